@@ -1,0 +1,5 @@
+import sys
+
+from nexttoken.cli import main
+
+sys.exit(main())

@@ -1,0 +1,121 @@
+"""The `nexttoken` command: `nexttoken <domain> <verb> [options]` and `nexttoken demo`.
+
+The core knows no domain by name. A domain is a sub-package with a ``cli`` module that defines ``HELP``,
+``register(parser)`` (adds its verbs, each with ``set_defaults(func=...)``) and ``demo(out, device) -> Section``;
+this module finds them with pkgutil, so a domain appears in the CLI and the demo as soon as its package exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import pkgutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import ModuleType
+
+import nexttoken
+from nexttoken.errors import UserError
+
+ORDER = ("grok", "muse", "jukebox", "instruct")  # the report's order; any other domain follows alphabetically
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad option on one line (no usage dump) and exits with code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+@functools.cache
+def domains() -> dict[str, ModuleType]:
+    found = {}
+    for info in pkgutil.iter_modules(nexttoken.__path__):
+        if info.ispkg:
+            try:
+                found[info.name] = importlib.import_module(f"nexttoken.{info.name}.cli")
+            except ModuleNotFoundError as e:
+                if e.name != f"nexttoken.{info.name}.cli":
+                    raise
+    rank = {name: i for i, name in enumerate(ORDER)}
+    return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
+
+
+def add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(float(text))  # accept 1e5
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="nexttoken", description=nexttoken.__doc__)
+    parser.add_argument("--version", action="version", version=f"nexttoken {nexttoken.__version__}")
+    sub = parser.add_subparsers(dest="domain", required=True, metavar="{" + ",".join([*domains(), "demo"]) + "}")
+    for name, module in domains().items():
+        module.register(sub.add_parser(name, help=module.HELP, description=module.HELP))
+    demo = sub.add_parser("demo", help="run every pipeline at its CPU-sized default and write one HTML report")
+    demo.add_argument("--out", type=Path, default=None, help="report folder (default runs/demo-<time>)")
+    demo.add_argument("--only", default="", help="comma-separated domains to include (default: all)")
+    add_device_option(demo)
+    demo.set_defaults(func=run_demo)
+    return parser
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from nexttoken.report import Section, render
+    from nexttoken.training import pick_device
+
+    found = domains()
+    wanted = [d for d in args.only.split(",") if d] or list(found)
+    unknown = [d for d in wanted if d not in found]
+    if unknown:
+        raise UserError(f"unknown domain {unknown[0]!r}; available: {', '.join(found) or 'none'}")
+    device = pick_device(args.device)
+    out = args.out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    sections, failed = [], []
+    for name in wanted:
+        print(f"[demo] {name} ...", file=sys.stderr, flush=True)
+        t0 = time.time()
+        try:
+            section = found[name].demo(out / name, device)
+        except Exception:  # one broken pipeline must not hide the others' results
+            failed.append(name)
+            section = Section(f"{name}: failed").code(traceback.format_exc())
+        sections.append(section.text(f"({name} took {time.time() - t0:.0f} s on {device.type})"))
+    if not sections:
+        sections.append(Section("No pipelines").text("No domain package is installed yet."))
+    report = render("nexttoken demo", sections, out / "report.html",
+                    intro=f"Every pipeline at its CPU-sized default, run on {device.type}.")
+    print(f"report: {report}")
+    if failed:
+        print(f"nexttoken: demo sections failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except UserError as e:
+        print(f"nexttoken: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nexttoken: interrupted (runs that checkpoint continue with --resume RUN)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,381 @@
+"""The one transformer every nexttoken pipeline trains: a decoder-only GPT.
+
+Radford et al. 2019 (GPT-2, https://cdn.openai.com/better-language-models/language_models_are_unsupervised_multitask_learners.pdf)
+with the switches the four pipelines need:
+
+- norm placement (pre/post/none), positions (learned/rope/none), bias on/off, GELU or ReLU, tied or untied head;
+- ``cond``: prefix condition tokens from their own vocabulary (composer, artist, genre) placed before the sequence;
+- ``x_add``: an additive per-position input (Jukebox upsamplers add the upsampled codes of the level above);
+- ``memory``: cross-attention to an encoder memory in every ``cross_every``-th block (Jukebox lyrics);
+- hook points (TransformerLens-style ``nn.Identity`` modules) exposing the residual stream, attention pattern and MLP
+  activations, so analysis needs no second model class;
+- a KV cache for decoding (``GPT.new_cache``), whose logits equal full recomputation.
+
+Run ``python -m nexttoken.model`` to print the size and FLOPs of the default config.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 256
+    block_size: int = 256  # longest sequence (prefix condition tokens included)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    mlp_hidden: int = 0  # 0 means 4 * n_embd
+    dropout: float = 0.0
+    bias: bool = True
+    norm: str = "pre"  # pre | post | none
+    pos: str = "learned"  # learned | rope | none
+    activation: str = "gelu"  # gelu | relu
+    tie_embeddings: bool = False
+    n_cond: int = 0  # vocabulary of prefix condition tokens; 0 disables them
+    cross_every: int = 0  # cross-attention in every k-th block (k-1, 2k-1, ...); 0 disables it
+    memory_dim: int = 0  # width of the encoder memory; 0 means n_embd
+
+    def __post_init__(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.norm not in ("pre", "post", "none"):
+            raise ValueError(f"norm must be pre, post or none, not {self.norm!r}")
+        if self.pos not in ("learned", "rope", "none"):
+            raise ValueError(f"pos must be learned, rope or none, not {self.pos!r}")
+        if self.activation not in ("gelu", "relu"):
+            raise ValueError(f"activation must be gelu or relu, not {self.activation!r}")
+        if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError("rope needs an even head size")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def hidden(self) -> int:
+        return self.mlp_hidden or 4 * self.n_embd
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class HookPoint(nn.Identity):
+    """A named place in the forward pass; register a forward hook on it to read or replace the activation."""
+
+
+def _norm(cfg: GPTConfig) -> nn.Module:
+    return nn.Identity() if cfg.norm == "none" else nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+
+
+def _rope_tables(length: int, head_dim: int, device, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)  # (T, head_dim/2)
+    return angles.cos(), angles.sin()
+
+
+def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    # x: (B, heads, T, head_dim); cos/sin: (T, head_dim/2). Rotate the two halves of each head as complex pairs.
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.type_as(x)
+
+
+class KVCache:
+    """Keys and values of every layer for decoding, preallocated for ``max_len`` positions.
+
+    ``pos`` is the number of positions already processed (prefix condition tokens included); ``cross`` keeps the keys
+    and values of the encoder memory, computed once per sequence.
+    """
+
+    def __init__(self, cfg: GPTConfig, batch_size: int, max_len: int, device, dtype) -> None:
+        shape = (batch_size, cfg.n_head, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
+        self.cross: list[tuple[Tensor, Tensor] | None] = [None] * cfg.n_layer
+        self.memory_mask: Tensor | None = None
+        self.max_len = max_len
+        self.pos = 0
+
+    def reset(self) -> None:
+        self.pos = 0
+        self.cross = [None] * len(self.cross)
+        self.memory_mask = None
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.hook_pattern = HookPoint()  # (B, heads, T, S) attention probabilities, computed only when hooked
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int) -> Tensor:
+        B, T, C = x.shape
+        H, D = self.cfg.n_head, self.cfg.head_dim
+        q, k, v = self.qkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
+        if rope is not None:
+            q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
+        start = 0
+        if cache is not None:
+            start = cache.pos
+            cache.k[layer][:, :, start : start + T] = k
+            cache.v[layer][:, :, start : start + T] = v
+            k, v = cache.k[layer][:, :, : start + T], cache.v[layer][:, :, : start + T]  # (B, H, S, D)
+        S = k.shape[2]
+        # Query i sits at absolute position start + i and sees keys 0..start + i.
+        mask = None
+        if T > 1 and start > 0:
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        dropout = self.cfg.dropout if self.training else 0.0
+        if self.hook_pattern._forward_hooks:
+            y = _explicit_attention(q, k, v, mask if mask is not None else _causal(T, S, x.device), self.hook_pattern)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None and T > 1
+            )
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, heads * head_dim)
+        return self.proj(y)
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.q = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.kv = nn.Linear(cfg.memory_dim or cfg.n_embd, 2 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.hook_pattern = HookPoint()  # (B, heads, T, memory length)
+
+    def memory_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        B, S, _ = memory.shape
+        H, D = self.cfg.n_head, self.cfg.head_dim
+        k, v = self.kv(memory).view(B, S, 2, H, D).permute(2, 0, 3, 1, 4)  # each (B, H, S, D)
+        return k, v
+
+    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], memory_mask: Tensor | None) -> Tensor:
+        B, T, C = x.shape
+        q = self.q(x).view(B, T, self.cfg.n_head, self.cfg.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k, v = kv
+        mask = None if memory_mask is None else memory_mask[:, None, None, :]  # (B, 1, 1, S), True = attend
+        dropout = self.cfg.dropout if self.training else 0.0
+        if self.hook_pattern._forward_hooks:
+            y = _explicit_attention(q, k, v, mask, self.hook_pattern)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+def _causal(T: int, S: int, device) -> Tensor:
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
+
+
+def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, hook: HookPoint) -> Tensor:
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    pattern = hook(scores.softmax(dim=-1))
+    return pattern @ v
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, cfg.hidden, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.hidden, cfg.n_embd, bias=cfg.bias)
+        self.act = nn.GELU(approximate="tanh") if cfg.activation == "gelu" else nn.ReLU()
+        self.hook_post = HookPoint()  # (B, T, hidden) activations after the nonlinearity
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.hook_post(self.act(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int) -> None:
+        super().__init__()
+        self.cfg, self.layer = cfg, layer
+        self.ln_attn, self.ln_mlp = _norm(cfg), _norm(cfg)
+        self.attn = SelfAttention(cfg)
+        self.mlp = MLP(cfg)
+        self.has_cross = cfg.cross_every > 0 and (layer + 1) % cfg.cross_every == 0
+        if self.has_cross:
+            self.ln_cross = _norm(cfg)
+            self.cross = CrossAttention(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.hook_resid_pre = HookPoint()
+        self.hook_attn_out = HookPoint()
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
+
+    def forward(self, x, rope, cache, memory_kv, memory_mask) -> Tensor:
+        x = self.hook_resid_pre(x)
+        post = self.cfg.norm == "post"
+        a = self.hook_attn_out(self.drop(self.attn(x if post else self.ln_attn(x), rope, cache, self.layer)))
+        x = self.ln_attn(x + a) if post else x + a
+        if self.has_cross and memory_kv is not None:
+            c = self.drop(self.cross(x if post else self.ln_cross(x), memory_kv, memory_mask))
+            x = self.ln_cross(x + c) if post else x + c
+        m = self.hook_mlp_out(self.drop(self.mlp(x if post else self.ln_mlp(x))))
+        x = self.ln_mlp(x + m) if post else x + m
+        return self.hook_resid_post(x)
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
+        self.cond_emb = nn.Embedding(cfg.n_cond, cfg.n_embd) if cfg.n_cond else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.ln_f = _norm(cfg) if cfg.norm == "pre" else nn.Identity()
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
+        self.hook_embed = HookPoint()  # (B, T, n_embd) the residual stream entering block 0
+        self.hook_final = HookPoint()  # (B, T, n_embd) the residual stream entering the head
+        if cfg.pos == "rope":
+            cos, sin = _rope_tables(cfg.block_size, cfg.head_dim, device="cpu")
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # ---- size -------------------------------------------------------------------------------------------------
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_emb.weight.numel()
+            if self.pos_emb is not None:
+                n -= self.pos_emb.weight.numel()
+            if self.cond_emb is not None:
+                n -= self.cond_emb.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward): 6 N plus attention scores, as in Kaplan et al. 2020."""
+        T = seq_len or self.cfg.block_size
+        n = self.num_params(non_embedding=True) + (0 if self.cfg.tie_embeddings else self.head.weight.numel())
+        return 6 * n + 12 * self.cfg.n_layer * self.cfg.n_embd * T
+
+    # ---- forward ----------------------------------------------------------------------------------------------
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        p = next(self.parameters())
+        return KVCache(self.cfg, batch_size, max_len or self.cfg.block_size, p.device, p.dtype)
+
+    def forward(
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        *,
+        cond: Tensor | None = None,
+        x_add: Tensor | None = None,
+        memory: Tensor | None = None,
+        memory_mask: Tensor | None = None,
+        cache: KVCache | None = None,
+        reduction: str = "mean",
+    ) -> tuple[Tensor, Tensor | None]:
+        """Logits (B, T, vocab) for ``idx`` (B, T) and, given ``targets``, the loss.
+
+        ``targets`` equal to -1 are ignored. ``reduction='none'`` gives the per-token loss (B, T), zero where ignored.
+        ``cond`` (B, C) prefix condition ids, ``x_add`` (B, T, n_embd) added to the token embeddings, ``memory``
+        (B, S, memory_dim) with optional ``memory_mask`` (B, S; True = attend) for cross-attention. With a ``cache``,
+        ``idx`` continues the sequence already in it; pass ``cond`` and ``memory`` on the first call only.
+        """
+        B, T = idx.shape
+        x = self.tok_emb(idx)  # (B, T, n_embd)
+        if x_add is not None:
+            x = x + x_add
+        n_prefix = 0
+        if cond is not None:
+            if self.cond_emb is None:
+                raise ValueError("this model has no condition tokens (n_cond=0)")
+            x = torch.cat([self.cond_emb(cond), x], dim=1)  # (B, C + T, n_embd)
+            n_prefix = cond.shape[1]
+        start = cache.pos if cache is not None else 0
+        L = x.shape[1]
+        if start + L > (cache.max_len if cache is not None else self.cfg.block_size):
+            raise ValueError(f"sequence of {start + L} positions exceeds the context of {self.cfg.block_size}")
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(start, start + L, device=idx.device))
+        elif self.cfg.pos == "rope":
+            rope = (self.rope_cos[start : start + L], self.rope_sin[start : start + L])
+        x = self.hook_embed(self.drop(x))
+
+        memory_kvs: list = [None] * self.cfg.n_layer
+        for i, block in enumerate(self.blocks):
+            if not block.has_cross:
+                continue
+            if cache is not None and cache.cross[i] is not None:
+                memory_kvs[i] = cache.cross[i]
+            elif memory is not None:
+                memory_kvs[i] = block.cross.memory_kv(memory)
+                if cache is not None:
+                    cache.cross[i] = memory_kvs[i]
+        if cache is not None:
+            if memory_mask is None:
+                memory_mask = cache.memory_mask
+            cache.memory_mask = memory_mask
+
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, cache, memory_kvs[i], memory_mask)
+        if cache is not None:
+            cache.pos = start + L
+        x = self.hook_final(self.ln_f(x[:, n_prefix:]))
+        logits = self.head(x)  # (B, T, vocab)
+        if targets is None:
+            return logits, None
+        token_loss = F.cross_entropy(
+            logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none"
+        ).view(B, T)
+        if reduction == "none":
+            return logits, token_loss
+        return logits, token_loss.sum() / (targets != -1).sum().clamp(min=1)
+
+    def run_with_cache(self, idx: Tensor, names: list[str] | None = None, **kwargs) -> tuple[Tensor, dict[str, Tensor]]:
+        """Forward pass that also returns the activations at the named hook points (all of them by default)."""
+        acts: dict[str, Tensor] = {}
+        handles = []
+        for name, module in self.named_modules():
+            if isinstance(module, HookPoint) and (names is None or name in names):
+                handles.append(module.register_forward_hook(lambda m, i, o, name=name: acts.__setitem__(name, o.detach())))
+        try:
+            logits, _ = self(idx, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+        return logits, acts
+
+    def hook_names(self) -> list[str]:
+        return [n for n, m in self.named_modules() if isinstance(m, HookPoint)]
+
+
+if __name__ == "__main__":
+    m = GPT(GPTConfig())
+    print(f"params {m.num_params(False):,}  non-embedding {m.num_params():,}  FLOPs/token {m.flops_per_token():,.0f}")

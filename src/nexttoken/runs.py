@@ -1,0 +1,265 @@
+"""The run folder every training or generating command writes, and the atomic file writes behind it.
+
+    RUN/config.json           everything needed to rebuild the model and continue the run
+    RUN/metrics.jsonl         one JSON object per evaluation
+    RUN/checkpoint.safetensors  the latest full training state (weights, optimizer, RNG; metadata in the header)
+    RUN/checkpoints/          optional weight snapshots kept for analysis (step-0001000.safetensors, ...)
+    RUN/summary.json          the headline numbers of the run
+    RUN/*.png, samples        plots and samples written by the domain
+
+Every file is written to a temporary name in the same folder and then renamed, so a killed run never leaves a corrupt
+file behind; ``Run.open`` + ``load_checkpoint`` continue a killed run from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as st_save
+
+from nexttoken.errors import UserError
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+# ---- atomic writes -----------------------------------------------------------------------------------------------
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "item"):
+        return x.item()
+    raise TypeError(f"cannot write {type(x).__name__} as JSON")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+# ---- tensors + JSON in one safetensors file --------------------------------------------------------------------------
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
+    """Write tensors and a JSON-able ``meta`` dict (kept in the safetensors header) atomically."""
+    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    header = {"meta": json.dumps(meta or {}, default=_jsonable)}
+    atomic_write_bytes(path, st_save(plain, metadata=header))
+
+
+def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return tensors, meta
+
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    for name, value in meta["scalars"].items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def rng_tensors() -> dict[str, torch.Tensor]:
+    out = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"rng.cuda{i}"] = s
+    return out
+
+
+def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    if "rng.cpu" in tensors:
+        torch.set_rng_state(tensors["rng.cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+# ---- the run folder -------------------------------------------------------------------------------------------------
+def default_run_dir(domain: str, verb: str, root: str | Path = "runs") -> Path:
+    return Path(root) / f"{domain}-{verb}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+class Run:
+    """A run folder. ``Run.create`` starts a new one, ``Run.open`` an existing one (to resume or analyse).
+
+    ``enabled=False`` (non-zero DDP ranks) turns every write into a no-op so only one process touches the folder.
+    """
+
+    def __init__(self, path: str | Path, config: dict, enabled: bool = True, tensorboard: bool = False) -> None:
+        self.path = Path(path)
+        self.config = config
+        self.enabled = enabled
+        self._tb = None
+        if tensorboard and enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:  # tensorboard itself is optional
+                raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
+            self._tb = SummaryWriter(str(self.path / "tensorboard"))
+
+    @classmethod
+    def create(cls, path: str | Path, config: dict, enabled: bool = True, tensorboard: bool = False) -> "Run":
+        path = Path(path)
+        if enabled:
+            if (path / "config.json").exists():
+                raise UserError(f"{path} already holds a run; pass --resume {path} to continue it or choose --out")
+            path.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path / "config.json", config)
+            (path / "metrics.jsonl").touch()
+        return cls(path, config, enabled, tensorboard)
+
+    @classmethod
+    def open(cls, path: str | Path, enabled: bool = True, tensorboard: bool = False) -> "Run":
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} is not a run folder (no config.json)")
+        return cls(path, read_json(path / "config.json"), enabled, tensorboard)
+
+    # metrics
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record, default=_jsonable) + "\n")
+        if self._tb is not None and "step" in record:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)) and v is not None:
+                    self._tb.add_scalar(k, v, record["step"])
+
+    def metrics(self) -> list[dict]:
+        return read_metrics(self.path)
+
+    def rewind_metrics(self, step: int) -> None:
+        """Drop records logged after ``step``: a resumed run logs them again."""
+        if self.enabled:
+            kept = [r for r in self.metrics() if r.get("step", 0) <= step]
+            atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+
+    # checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / CHECKPOINT
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_path.is_file()
+
+    def save_checkpoint(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        step: int,
+        extra_tensors: dict[str, torch.Tensor] | None = None,
+        extra_meta: dict | None = None,
+        snapshot: bool = False,
+    ) -> None:
+        """Write the full training state; ``snapshot`` also keeps this step's weights under checkpoints/."""
+        if not self.enabled:
+            return
+        tensors = {f"model.{k}": v for k, v in unwrap(model).state_dict().items()}
+        meta: dict = {"step": step, **(extra_meta or {})}
+        if optimizer is not None:
+            opt_tensors, meta["optimizer"] = optimizer_to_tensors(optimizer)
+            tensors.update(opt_tensors)
+        tensors.update(rng_tensors())
+        tensors.update(extra_tensors or {})
+        save_tensors(self.checkpoint_path, tensors, meta)
+        if snapshot:
+            weights = {k: v for k, v in tensors.items() if k.startswith("model.")}
+            save_tensors(self.path / "checkpoints" / f"step-{step:07d}.safetensors", weights, {"step": step})
+
+    def load_checkpoint(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, restore_rng_state: bool = True
+    ) -> tuple[int, dict[str, torch.Tensor], dict]:
+        """Load the latest state into ``model`` (and ``optimizer``); returns (step, all tensors, meta)."""
+        tensors, meta = load_tensors(self.checkpoint_path)
+        load_weights(model, tensors)
+        if optimizer is not None and "optimizer" in meta:
+            optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
+        if restore_rng_state:
+            restore_rng(tensors)
+        return meta["step"], tensors, meta
+
+    def snapshots(self) -> list[tuple[int, Path]]:
+        return sorted((int(p.stem.split("-")[1]), p) for p in (self.path / "checkpoints").glob("step-*.safetensors"))
+
+    # summary
+    def write_summary(self, summary: dict) -> None:
+        if self.enabled:
+            atomic_write_json(self.path / "summary.json", summary)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Records of RUN/metrics.jsonl; a half-written last line (a killed process) is skipped."""
+    f = Path(path) / "metrics.jsonl"
+    if not f.exists():
+        return []
+    records = []
+    for line in f.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside DDP and torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    unwrap(model).load_state_dict(weights)

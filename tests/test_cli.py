@@ -1,0 +1,35 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "nexttoken", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["no-such-domain"], "invalid choice"),
+        (["demo", "--only", "nope"], "unknown domain 'nope'"),
+        (["demo", "--bogus-option"], "unrecognized arguments"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_code_2(args, message, tmp_path):
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_missing_gpu_is_a_clear_error(tmp_path):
+    proc = run_cli("demo", "--device", "cuda", "--out", str(tmp_path / "d"), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "nexttoken: error: --device cuda asked for, but PyTorch sees no CUDA GPU (is a CUDA build of torch installed?)"
+    ]
