@@ -160,3 +160,26 @@ def test_context_overflow_is_an_error():
     model = tiny()
     with pytest.raises(ValueError, match="exceeds the context"):
         model(torch.zeros(1, 33, dtype=torch.long))
+
+
+@pytest.mark.parametrize("kw", [dict(norm="pre"), dict(norm="post", pos="rope"), dict(attention="math", n_cond=3)])
+def test_last_only_equals_the_last_position_of_the_full_pass(kw):
+    model = tiny(**kw)
+    idx = torch.randint(0, 23, (3, 11))
+    cond = torch.tensor([[0], [1], [2]]) if kw.get("n_cond") else None
+    full, _ = model(idx, cond=cond)
+    last, _ = model(idx, cond=cond, last_only=True)
+    assert last.shape == (3, 1, 23)
+    assert torch.allclose(last, full[:, -1:], atol=1e-5)
+    cache = model.new_cache(3)
+    model(idx[:, :6], cond=cond, cache=cache, last_only=True)  # a last-only prefill still fills the whole cache
+    nxt, _ = model(idx[:, 6:], cache=cache)
+    assert torch.allclose(nxt, full[:, 6:], atol=1e-5)
+
+
+def test_math_attention_equals_sdpa():
+    a = tiny()
+    b = tiny(attention="math")
+    b.load_state_dict(a.state_dict())
+    idx = torch.randint(0, 23, (2, 9))
+    assert torch.allclose(a(idx)[0], b(idx)[0], atol=1e-5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import os
 import pkgutil
 import sys
 import time
@@ -115,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nexttoken: interrupted (runs that checkpoint continue with --resume RUN)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `nexttoken grok table | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise for SIGPIPE
+        return 0
 
 
 if __name__ == "__main__":

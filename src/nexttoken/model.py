@@ -42,6 +42,7 @@ class GPTConfig:
     n_cond: int = 0  # vocabulary of prefix condition tokens; 0 disables them
     cross_every: int = 0  # cross-attention in every k-th block (k-1, 2k-1, ...); 0 disables it
     memory_dim: int = 0  # width of the encoder memory; 0 means n_embd
+    attention: str = "sdpa"  # sdpa (fused kernels) | math (explicit softmax: vmap-friendly, same result)
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head:
@@ -52,6 +53,8 @@ class GPTConfig:
             raise ValueError(f"pos must be learned, rope or none, not {self.pos!r}")
         if self.activation not in ("gelu", "relu"):
             raise ValueError(f"activation must be gelu or relu, not {self.activation!r}")
+        if self.attention not in ("sdpa", "math"):
+            raise ValueError(f"attention must be sdpa or math, not {self.attention!r}")
         if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError("rope needs an even head size")
 
@@ -123,31 +126,37 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.hook_pattern = HookPoint()  # (B, heads, T, S) attention probabilities, computed only when hooked
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int) -> Tensor:
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int, last_only: bool = False
+    ) -> Tensor:
         B, T, C = x.shape
         H, D = self.cfg.n_head, self.cfg.head_dim
-        q, k, v = self.qkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
+        if last_only:  # keys and values for every position, a query for the last one only
+            w_q, w_kv = self.qkv.weight.split([C, 2 * C])
+            b_q, b_kv = self.qkv.bias.split([C, 2 * C]) if self.qkv.bias is not None else (None, None)
+            q = F.linear(x[:, -1:], w_q, b_q).view(B, 1, H, D).transpose(1, 2)  # (B, H, 1, D)
+            k, v = F.linear(x, w_kv, b_kv).view(B, T, 2, H, D).permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
+        else:
+            q, k, v = self.qkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
         if rope is not None:
-            q, k = _apply_rope(q, *rope), _apply_rope(k, *rope)
+            q = _apply_rope(q, rope[0][-q.shape[2] :], rope[1][-q.shape[2] :])
+            k = _apply_rope(k, *rope)
         start = 0
         if cache is not None:
             start = cache.pos
             cache.k[layer][:, :, start : start + T] = k
             cache.v[layer][:, :, start : start + T] = v
             k, v = cache.k[layer][:, :, : start + T], cache.v[layer][:, :, : start + T]  # (B, H, S, D)
-        S = k.shape[2]
-        # Query i sits at absolute position start + i and sees keys 0..start + i.
-        mask = None
-        if T > 1 and start > 0:
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        Tq, S = q.shape[2], k.shape[2]
+        # Queries are the last Tq of the S positions: query i sees keys 0..S - Tq + i.
+        causal = Tq > 1
         dropout = self.cfg.dropout if self.training else 0.0
-        if self.hook_pattern._forward_hooks:
-            y = _explicit_attention(q, k, v, mask if mask is not None else _causal(T, S, x.device), self.hook_pattern)
+        if self.cfg.attention == "math" or self.hook_pattern._forward_hooks:
+            y = _explicit_attention(q, k, v, _causal(Tq, S, x.device) if causal else None, self.hook_pattern, dropout)
         else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None and T > 1
-            )
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, heads * head_dim)
+            mask = _causal(Tq, S, x.device) if causal and S != Tq else None  # is_causal aligns top-left
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal and S == Tq)
+        y = y.transpose(1, 2).reshape(B, Tq, C)  # (B, Tq, heads * head_dim)
         return self.proj(y)
 
 
@@ -172,8 +181,8 @@ class CrossAttention(nn.Module):
         k, v = kv
         mask = None if memory_mask is None else memory_mask[:, None, None, :]  # (B, 1, 1, S), True = attend
         dropout = self.cfg.dropout if self.training else 0.0
-        if self.hook_pattern._forward_hooks:
-            y = _explicit_attention(q, k, v, mask, self.hook_pattern)
+        if self.cfg.attention == "math" or self.hook_pattern._forward_hooks:
+            y = _explicit_attention(q, k, v, mask, self.hook_pattern, dropout)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
@@ -183,12 +192,14 @@ def _causal(T: int, S: int, device) -> Tensor:
     return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
 
 
-def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, hook: HookPoint) -> Tensor:
+def _explicit_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, hook: HookPoint, dropout: float = 0.0
+) -> Tensor:
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, S)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     pattern = hook(scores.softmax(dim=-1))
-    return pattern @ v
+    return F.dropout(pattern, dropout) @ v if dropout else pattern @ v
 
 
 class MLP(nn.Module):
@@ -220,10 +231,13 @@ class Block(nn.Module):
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, x, rope, cache, memory_kv, memory_mask) -> Tensor:
+    def forward(self, x, rope, cache, memory_kv, memory_mask, last_only: bool = False) -> Tensor:
         x = self.hook_resid_pre(x)
         post = self.cfg.norm == "post"
-        a = self.hook_attn_out(self.drop(self.attn(x if post else self.ln_attn(x), rope, cache, self.layer)))
+        a = self.attn(x if post else self.ln_attn(x), rope, cache, self.layer, last_only)
+        a = self.hook_attn_out(self.drop(a))
+        if last_only:  # from here on only the last position is computed
+            x = x[:, -1:]
         x = self.ln_attn(x + a) if post else x + a
         if self.has_cross and memory_kv is not None:
             c = self.drop(self.cross(x if post else self.ln_cross(x), memory_kv, memory_mask))
@@ -299,6 +313,7 @@ class GPT(nn.Module):
         memory_mask: Tensor | None = None,
         cache: KVCache | None = None,
         reduction: str = "mean",
+        last_only: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         """Logits (B, T, vocab) for ``idx`` (B, T) and, given ``targets``, the loss.
 
@@ -306,6 +321,8 @@ class GPT(nn.Module):
         ``cond`` (B, C) prefix condition ids, ``x_add`` (B, T, n_embd) added to the token embeddings, ``memory``
         (B, S, memory_dim) with optional ``memory_mask`` (B, S; True = attend) for cross-attention. With a ``cache``,
         ``idx`` continues the sequence already in it; pass ``cond`` and ``memory`` on the first call only.
+        ``last_only`` computes the last block and the head for the last position alone (B, 1, vocab): what decoding and
+        single-answer tasks need, for a fraction of the last block's work.
         """
         B, T = idx.shape
         x = self.tok_emb(idx)  # (B, T, n_embd)
@@ -343,17 +360,18 @@ class GPT(nn.Module):
                 memory_mask = cache.memory_mask
             cache.memory_mask = memory_mask
 
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, cache, memory_kvs[i], memory_mask)
+            x = block(x, rope, cache, memory_kvs[i], memory_mask, last_only and i == last)
         if cache is not None:
             cache.pos = start + L
-        x = self.hook_final(self.ln_f(x[:, n_prefix:]))
-        logits = self.head(x)  # (B, T, vocab)
+        x = self.hook_final(self.ln_f(x if last_only else x[:, n_prefix:]))
+        logits = self.head(x)  # (B, T, vocab), or (B, 1, vocab) with last_only
         if targets is None:
             return logits, None
         token_loss = F.cross_entropy(
             logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none"
-        ).view(B, T)
+        ).view(B, -1)
         if reduction == "none":
             return logits, token_loss
         return logits, token_loss.sum() / (targets != -1).sum().clamp(min=1)

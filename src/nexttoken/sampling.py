@@ -177,6 +177,7 @@ def generate(
             memory=memory if first else None,
             memory_mask=memory_mask if first else None,
             cache=cache,
+            last_only=True,
         )
         return logits
 

@@ -1,0 +1,271 @@
+import itertools
+import math
+import subprocess
+import sys
+from dataclasses import asdict, replace
+
+import numpy as np
+import pytest
+import torch
+
+from nexttoken.errors import UserError
+from nexttoken.grok.data import OPERATIONS, make_table, split
+from nexttoken.grok.sweep import expand, median_steps, run_sweep
+from nexttoken.grok.train import (Ensemble, GrokConfig, eval_steps, load_member, stablemax_cross_entropy, train,
+                                  train_ensemble)
+from nexttoken.model import GPT
+from nexttoken.runs import Run
+
+# ---- data -------------------------------------------------------------------------------------------------------
+
+
+def independent(op: str, x: int, y: int, p: int) -> int:
+    """The same operations computed another way: division by search, powers by repeated multiplication."""
+    div = next((c for c in range(p) if (c * y) % p == x), None) if y % p else None
+    return {
+        "x+y": (x + y) % p, "x-y": (x - y + p) % p, "x*y": (x * y) % p, "x/y": div,
+        "x/y if y odd else x-y": div if y % 2 == 1 else (x - y) % p,
+        "x^2+y^2": (x * x + y * y) % p, "x^2+xy+y^2": (x * x + x * y + y * y) % p,
+        "x^2+xy+y^2+x": (x * x + x * y + y * y + x) % p, "x^3+xy": (x * x * x + x * y) % p,
+        "x^3+xy^2+y": (x * x * x + x * y * y + y) % p,
+    }[op]
+
+
+@pytest.mark.parametrize("op", [o for o in OPERATIONS if not o.startswith("s5:")])
+@pytest.mark.parametrize("p", [7, 13])
+def test_modular_tables_against_an_independent_computation(op, p):
+    table = make_table(op, p)
+    pairs = {(a, b): c for (a, _, b, _), c in zip(table.inputs.tolist(), table.answers.tolist())}
+    expected_pairs = [(x, y) for x in range(p) for y in range(p) if not (op == "x/y" and y == 0)]
+    assert sorted(pairs) == expected_pairs
+    for (x, y), c in pairs.items():
+        assert c == independent(op, x, y, p), (op, x, y)
+
+
+def test_s5_tables_against_numpy_permutations():
+    perms = [np.array(q) for q in itertools.permutations(range(5))]
+    index = {tuple(q): i for i, q in enumerate(perms)}
+    inv = lambda q: np.argsort(q)  # noqa: E731
+    ops = {"s5:x*y": lambda x, y: x[y], "s5:x*y*x^-1": lambda x, y: x[y][inv(x)], "s5:x*y*x": lambda x, y: x[y][x]}
+    for op, fn in ops.items():
+        table = make_table(op)
+        assert len(table) == 120 * 120 and table.vocab_size == 122
+        for (a, _, b, _), c in zip(table.inputs.tolist()[::37], table.answers.tolist()[::37]):
+            assert c == index[tuple(fn(perms[a], perms[b]))]
+
+
+def test_tokenisation_is_a_op_b_equals():
+    table = make_table("x+y", 5)
+    assert table.inputs[7].tolist() == [1, 5, 2, 6]  # 1 op 2 =  (op token 5, '=' token 6)
+    assert table.answers[7].item() == 3
+
+
+def test_split_is_seeded_and_disjoint():
+    a_tr, a_va = split(100, 0.3, seed=4)
+    b_tr, b_va = split(100, 0.3, seed=4)
+    c_tr, _ = split(100, 0.3, seed=5)
+    assert torch.equal(a_tr, b_tr) and torch.equal(a_va, b_va)
+    assert not torch.equal(a_tr, c_tr)
+    assert len(a_tr) == 30 and len(set(a_tr.tolist()) | set(a_va.tolist())) == 100
+    assert not set(a_tr.tolist()) & set(a_va.tolist())
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: make_table("x^4", 7), "unknown operation"),
+    (lambda: make_table("x/y", 9), "prime"),
+    (lambda: split(10, 1.0, 0), "strictly between 0 and 1"),
+    (lambda: split(10, 0.0, 0), "strictly between 0 and 1"),
+])
+def test_bad_input_is_a_user_error(call, message):
+    with pytest.raises(UserError, match=message):
+        call()
+
+
+# ---- losses and filters -----------------------------------------------------------------------------------------
+
+
+def test_stablemax_matches_its_definition():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [-3.0, 0.0, 4.0]])
+    targets = torch.tensor([0, 1])
+    s = lambda x: x + 1 if x >= 0 else 1 / (1 - x)  # noqa: E731
+    for row, t, loss in zip(logits.tolist(), targets.tolist(), stablemax_cross_entropy(logits, targets).tolist()):
+        assert loss == pytest.approx(-math.log(s(row[t]) / sum(s(v) for v in row)), rel=1e-6)
+
+
+def tiny(**kw) -> GrokConfig:
+    base = dict(op="x+y", p=7, frac=0.5, n_layer=1, n_embd=16, n_head=2, mlp_hidden=32, batch_size=8, steps=20)
+    base.update(kw)
+    return GrokConfig(**base)
+
+
+def test_grokfast_ema_filter_matches_its_definition():
+    ens = Ensemble([tiny(grokfast="ema", grokfast_alpha=0.9, grokfast_lambda=2.0, weight_decay=0.0)])
+    grads = [torch.randn_like(ens.flat) for _ in range(3)]
+    mu, seen = None, []
+    for g in grads:  # Lee et al.: mu starts at the first gradient, then mu <- a mu + (1 - a) g; g <- g + lambda mu
+        mu = g.clone() if mu is None else 0.9 * mu + 0.1 * g
+        seen.append(g + 2.0 * mu)
+    check_filter(ens, grads, seen)
+
+
+def test_grokfast_ma_filter_matches_its_definition():
+    ens = Ensemble([tiny(grokfast="ma", grokfast_window=2, grokfast_lambda=5.0, weight_decay=0.0)])
+    grads = [torch.randn_like(ens.flat) for _ in range(4)]
+    seen = [grads[0]] + [grads[i] + 5.0 * (grads[i - 1] + grads[i]) / 2 for i in range(1, 4)]  # once the window is full
+    check_filter(ens, grads, seen)
+
+
+def check_filter(ens: Ensemble, grads, expected):
+    """Run the optimiser on given gradients and compare with AdamW fed the expected filtered gradients."""
+    reference = ens.flat.clone().requires_grad_(True)
+    opt = torch.optim.AdamW([reference], lr=1e-3, betas=(0.9, 0.98), weight_decay=0.0)
+    ens.warmup.fill_(1)
+    for g, e in zip(grads, expected):
+        ens.apply_gradient(g)
+        reference.grad = e
+        opt.step()
+    assert torch.allclose(ens.flat, reference.detach(), atol=1e-6)
+
+
+def test_perpendicular_gradient_has_no_component_along_the_weights():
+    ens = Ensemble([tiny(perp_grad=True, weight_decay=0.0, lr=1.0, beta1=0.0, beta2=0.0, warmup_steps=1)])
+    w0 = ens.flat.clone()
+    ens.exp_avg_sq.fill_(0)
+    g = torch.randn_like(w0)
+    ens.apply_gradient(g)
+    # With beta1 = beta2 = 0, Adam's step is sign-like (g / |g|); undo it to recover the gradient it used.
+    used = ens.exp_avg  # the first moment equals the filtered gradient when beta1 = 0
+    assert float((used * w0).sum()) == pytest.approx(0.0, abs=1e-3 * float(used.norm() * w0.norm()))
+
+
+def test_decay_toward_the_initial_weights():
+    ens = Ensemble([tiny(decay_to_init=True, weight_decay=0.5, lr=1.0, warmup_steps=1)])
+    init = ens.init.clone()
+    ens.flat.add_(1.0)
+    moved = ens.flat.clone()
+    ens.exp_avg_sq.fill_(1.0)  # keep Adam's own step tiny and known
+    ens.apply_gradient(torch.zeros_like(ens.flat))
+    expected = moved - 0.5 * (moved - init)  # w <- w - lr * wd * (w - w0), Adam's part is 0 for a zero gradient
+    assert torch.allclose(ens.flat, expected, atol=1e-6)
+
+
+# ---- training ---------------------------------------------------------------------------------------------------
+
+
+def test_an_ensemble_step_equals_the_single_model_step():
+    """Member i of a 3-run ensemble takes exactly the step a plain GPT + torch.optim.AdamW takes on its batch."""
+    configs = [tiny(seed=s, frac=f, lr=lr) for s, f, lr in [(0, 0.5, 1e-3), (1, 0.4, 3e-3), (2, 0.6, 1e-2)]]
+    ens = Ensemble(configs)
+    torch.manual_seed(11)
+    ens.step()  # remember the batch it drew by replaying the same random stream below
+    for m, cfg in enumerate(configs):
+        single = Ensemble([cfg])
+        model = single.member_model(0).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr * 1 / cfg.warmup_steps, betas=(0.9, 0.98),
+                                weight_decay=1.0)
+        torch.manual_seed(11)
+        keys = torch.rand(3, ens.train_x.shape[1])  # the ensemble's batch draw
+        keys = keys.masked_fill(torch.arange(keys.shape[1]) >= ens.n_train[:, None], 2.0)
+        rows = keys.topk(ens.B, dim=1, largest=False).indices[m, : int(ens.batch[m])]
+        logits, _ = model(ens.train_x[m, rows], last_only=True)
+        torch.nn.functional.cross_entropy(logits[:, 0], ens.train_y[m, rows]).backward()
+        opt.step()
+        got = ens.member_state_dict(m)
+        for name, p in model.named_parameters():
+            assert torch.allclose(got[name], p.detach(), atol=2e-6), (m, name)
+
+
+def test_a_tiny_run_memorises_its_training_set(tmp_path):
+    cfg = GrokConfig(op="x+y", p=11, frac=0.5, n_embd=32, n_head=2, mlp_hidden=64, steps=300, lr=3e-3,
+                     weight_decay=0.1)
+    run = Run.create(tmp_path / "r", {"members": [asdict(cfg)]})
+    summary = train(cfg, run, torch.device("cpu"), progress=False)
+    assert summary["final_train_acc"] == 1.0
+    assert summary["steps_to_train_99"] is not None
+    assert set(summary) >= {"steps_to_train_99", "steps_to_val_99", "wall_s_to_val_99", "final_train_acc",
+                            "final_val_acc", "device"}
+    model = load_member(run)
+    assert isinstance(model, GPT)
+
+
+def test_resume_gives_the_same_run(tmp_path):
+    cfg = tiny(steps=60, dropout=0.1, weight_noise=0.01)
+
+    full = Run.create(tmp_path / "full", {"members": [asdict(cfg)]})
+    train_ensemble(Ensemble([cfg]), full, eval_ratio=1.5, checkpoint_every_s=0, progress=False)
+
+    part = Run.create(tmp_path / "part", {"members": [asdict(cfg)]})
+
+    class Killed(Exception):
+        pass
+
+    def die(step, ev):
+        if step >= 30:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_ensemble(Ensemble([cfg]), part, eval_ratio=1.5, checkpoint_every_s=0, progress=False, on_eval=die)
+    torch.manual_seed(999)  # resuming must not depend on the process's RNG
+    train_ensemble(Ensemble([cfg]), part, resume=True, eval_ratio=1.5, checkpoint_every_s=0, progress=False)
+    a, b = full.metrics(), part.metrics()
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for x, y in zip(a, b):
+        assert x["val_acc"] == y["val_acc"] and x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)
+
+
+def test_sweep_trains_groups_and_writes_the_figures(tmp_path):
+    grid = {"op": ["x+y", "x-y"], "frac": [0.4, 0.6], "seed": [0, 1]}
+    configs = expand(tiny(steps=30), grid) + [tiny(steps=30, dropout=0.1)]  # the dropout run needs its own group
+    rows = run_sweep(configs, grid, tmp_path, torch.device("cpu"), progress=False)
+    assert len(rows) == 9 and len(list(tmp_path.glob("group-*"))) == 2
+    from nexttoken.grok.sweep import write_results
+
+    summary = write_results(rows, tmp_path, 30, {})
+    assert (tmp_path / "steps_to_val_99.png").exists() and (tmp_path / "best_val_acc.png").exists()
+    assert summary["runs"] == 9
+
+
+def test_eval_schedule_and_median():
+    steps = eval_steps(1_000_000)
+    assert steps[0] == 10 and steps[-1] == 1_000_000 and len(steps) < 700
+    assert all(b > a for a, b in zip(steps, steps[1:]))
+    assert median_steps([5, None, 7]) == 7
+
+
+# ---- CLI ----------------------------------------------------------------------------------------------------------
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "nexttoken", "grok", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--op", "x^9"], "unknown operation"),
+    (["train", "--frac", "1.2"], "strictly between 0 and 1"),
+    (["train", "--op", "x/y", "--p", "91"], "prime"),
+    (["train", "--grokfast", "fast"], "--grokfast must be one of"),
+    (["table", "--op", "x/y", "--p", "10"], "prime"),
+    (["train", "--steps", "many"], "expected a number"),
+    (["analyze", "no/such/run"], "not a run folder"),
+    (["sweep", "--grid", "nonsense=1"], "--grid expects NAME=V1,V2"),
+])
+def test_cli_bad_input(args, message, tmp_path):
+    proc = cli(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_cli_train_analyze_and_table(tmp_path):
+    out = tmp_path / "run"
+    proc = cli("train", "--op", "x+y", "--p", "7", "--steps", "40", "--n-embd", "16", "--n-head", "2", "--mlp-hidden",
+               "32", "--snapshots", "3", "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "summary.json").exists() and (out / "curves.png").exists()
+    proc = cli("analyze", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("unembedding_map.png", "fourier_spectrum.png", "key_frequency_circle.png", "progress_measures.png"):
+        assert (out / name).exists(), name
+    proc = cli("table", "--op", "x-y", "--p", "3", cwd=tmp_path)
+    assert proc.stdout.splitlines()[:2] == ["0 x-y 0 = 0", "0 x-y 1 = 2"]
