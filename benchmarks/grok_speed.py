@@ -46,7 +46,7 @@ def conventional(cfg: GrokConfig, device: torch.device) -> dict:
     table = make_table(cfg.op, cfg.p)
     tr, va = split(len(table), cfg.frac, cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = GPT(model_config(cfg, table.vocab_size)).to(device)
+    model = GPT(replace(model_config(cfg, table.vocab_size), attention="sdpa")).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                             weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup_steps))
@@ -82,7 +82,10 @@ def ours(cfg: GrokConfig, device: torch.device) -> dict:
         s = train(cfg, run, device, progress=False)
     # Steady-state step time, measured apart from evaluation.
     ens = Ensemble([cfg], device)
-    ens.capture() if device.type == "cuda" else [ens.step() for _ in range(3)]
+    try:
+        ens.capture() if device.type == "cuda" else [ens.step() for _ in range(3)]
+    except RuntimeError as e:
+        print(f"capture failed: {e}")
     sync(device)
     t0 = time.perf_counter()
     n = 200 if device.type == "cuda" else 20
@@ -104,15 +107,18 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--skip-conventional", action="store_true")
     p.add_argument("--sweep", type=int, default=0, help="also time a sweep of this many runs (x/y, fractions x seeds)")
+    p.add_argument("--sweep-steps", type=int, default=5000, help="step budget of each sweep run")
+    p.add_argument("--steps", type=int, default=TASK.steps, help="step budget of the single runs")
     args = p.parse_args()
     device = pick_device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     rows = []
-    variants = [("nexttoken", ours, TASK), ("nexttoken + grokfast-ema", ours, replace(TASK, grokfast="ema"))]
+    task = replace(TASK, steps=args.steps)
+    variants = [("nexttoken", ours, task), ("nexttoken + grokfast-ema", ours, replace(task, grokfast="ema"))]
     if not args.skip_conventional:
-        variants.insert(0, ("conventional", conventional, TASK))
+        variants.insert(0, ("conventional", conventional, task))
     for name, fn, cfg in variants:
         runs = [fn(replace(cfg, seed=s), device) for s in range(args.seeds)]
         rows.append({"trainer": name,
@@ -126,14 +132,14 @@ def main() -> None:
         fracs = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
         seeds = max(1, args.sweep // len(fracs))
         grid = {"op": ["x/y"], "frac": fracs, "seed": list(range(seeds))}
-        configs = expand(replace(TASK, steps=5000), grid)
+        configs = expand(replace(TASK, steps=args.sweep_steps), grid)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             results = run_sweep(configs, grid, Path(tmp), device, progress=False)
             wall = time.perf_counter() - t0
         sweep = {"runs": len(configs), "wall_s": wall,
                  "reached_99": sum(r["steps_to_val_99"] is not None for r in results),
-                 "budget_steps": 5000, "stop_at": 0.99}
+                 "budget_steps": args.sweep_steps, "stop_at": 0.99}
     name = device_name(device)
     print(f"x/y mod 97, 50% training data, first step with validation accuracy >= 99%   device: {name}")
     print(f"{'trainer':26} {'steps':>7} {'wall s':>8} {'ms/step':>8}")
@@ -142,7 +148,7 @@ def main() -> None:
         wall = f"{r['wall_s_to_val_99']:.2f}" if r["wall_s_to_val_99"] else "-"
         print(f"{r['trainer']:26} {steps:>7} {wall:>8} {r['ms_per_step']:>8.2f}")
     if sweep:
-        print(f"sweep: {sweep['runs']} runs (x/y, 8 fractions x seeds, early stop at 99%, budget 5000 steps) in "
+        print(f"sweep: {sweep['runs']} runs (x/y, 8 fractions x seeds, early stop at 99%, budget {sweep['budget_steps']} steps) in "
               f"{sweep['wall_s']:.1f} s; {sweep['reached_99']} reached 99%")
     out = Path(__file__).parent / "results" / f"grok_speed-{device.type}.json"
     out.parent.mkdir(exist_ok=True)

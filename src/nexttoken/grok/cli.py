@@ -74,6 +74,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-ratio", type=number, default=None,
                    help="evaluate when the step grows by this factor (default 1.1 on CPU, 1.02 on CUDA)")
     p.add_argument("--no-cuda-graph", action="store_true", help="run every step eagerly on CUDA")
+    p.add_argument("--no-tf32", action="store_true", help="full fp32 matrix products on CUDA (default: TF32)")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -117,9 +118,14 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def _device(args):
+    import torch
+
     from nexttoken.training import pick_device
 
-    return pick_device(args.device)
+    device = pick_device(args.device)
+    if device.type == "cuda" and not getattr(args, "no_tf32", False):
+        torch.backends.cuda.matmul.allow_tf32 = True  # 10-bit mantissa inputs, fp32 accumulation: ~3x faster products
+    return device
 
 
 def cmd_train(args: argparse.Namespace) -> int:

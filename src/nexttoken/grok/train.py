@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable
@@ -233,6 +234,7 @@ class Ensemble:
         self.ma_ring = torch.zeros(window, E, self.flat.shape[1], device=self.device) if self.use["ma"] else None
         self.ma_sum = torch.zeros_like(self.flat) if self.use["ma"] else None
         self.step_fn: Callable[[], None] = self._step
+        self._eval_graph: torch.cuda.CUDAGraph | None = None
         self.training = c0.dropout > 0
 
     # -- weights as named tensors ------------------------------------------------------------------------------------------
@@ -323,6 +325,13 @@ class Ensemble:
     # -- evaluation -----------------------------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> Evaluation:
+        """Accuracy and loss of every member on its whole training and validation sets."""
+        if self._eval_graph is not None:
+            self._eval_graph.replay()
+            return Evaluation(*(t.clone() for t in self._eval_out))
+        return self._evaluate()
+
+    def _evaluate(self) -> Evaluation:
         was = self.training
         self.training = False
         try:
@@ -348,7 +357,8 @@ class Ensemble:
 
     # -- CUDA graphs ------------------------------------------------------------------------------------------------------------
     def capture(self, warmup: int = 3) -> int:
-        """Run ``warmup`` eager steps on a side stream, then capture one step as a CUDA graph; returns steps taken."""
+        """CUDA only: run ``warmup`` eager steps on a side stream, then capture one training step and one evaluation as
+        CUDA graphs that later calls replay. Returns the training steps taken (the warm-up steps are real steps)."""
         if self.device.type != "cuda":
             return 0
         stream = torch.cuda.Stream()
@@ -356,13 +366,16 @@ class Ensemble:
         with torch.cuda.stream(stream):
             for _ in range(warmup):
                 self._step()
+            with torch.no_grad():
+                self._evaluate()
         torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._step()
-        # Capturing ran the step's kernels into the graph without executing them: state is as after the warm-up.
-        self.step_fn = graph.replay
-        self._graph = graph
+        step_graph, eval_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(step_graph):
+            self._step()  # recorded, not run: the state stays as after the warm-up
+        with torch.no_grad(), torch.cuda.graph(eval_graph):
+            self._eval_out = self._evaluate()
+        self._step_graph, self._eval_graph = step_graph, eval_graph
+        self.step_fn = step_graph.replay
         return warmup
 
     # -- state for checkpoints ----------------------------------------------------------------------------------------------
@@ -422,7 +435,7 @@ def train_ensemble(
 ) -> TrainResult:
     """Train every member for the longest budget; stop early once each member with a ``stop_at`` has reached it."""
     budget = max(c.steps for c in ens.configs)
-    stop_at = torch.tensor([c.stop_at or 2.0 for c in ens.configs], device=ens.device)
+    stop_levels = [c.stop_at or 2.0 for c in ens.configs]  # 2.0: never stops early
     schedule = eval_steps(budget, eval_ratio)
     snapshot_steps = snapshot_steps or set()
     E = ens.E
@@ -454,7 +467,11 @@ def train_ensemble(
             while step < stop:
                 if use_cuda_graph and ens.device.type == "cuda" and ens.step_fn == ens._step and step >= 1:
                     c0 = time.perf_counter()
-                    step += ens.capture(warmup=min(3, stop - step))
+                    try:
+                        step += ens.capture(warmup=min(3, stop - step))
+                    except RuntimeError as e:  # an exotic setting the graph cannot hold: carry on eagerly
+                        warnings.warn(f"CUDA graph capture failed, continuing eagerly: {e}")
+                        use_cuda_graph = False
                     capture_s += time.perf_counter() - c0
                     continue
                 ens.step()
@@ -465,20 +482,21 @@ def train_ensemble(
                     save_tensors(run.path / "checkpoints" / f"{name}.safetensors",
                                  {f"model.{k}": v for k, v in ens.member_state_dict(m).items()}, {"step": stop})
         ev = ens.evaluate()
+        values = {k: getattr(ev, k).tolist() for k in ("train_acc", "train_loss", "val_acc", "val_loss")}  # one sync
         wall = time.perf_counter() - t0
         bar.update(step - bar.n)
-        record = _record(step, wall, ev, E)
         for m in range(E):
-            if prog.steps_to_train_99[m] is None and ev.train_acc[m] >= 0.99:
+            if prog.steps_to_train_99[m] is None and values["train_acc"][m] >= 0.99:
                 prog.steps_to_train_99[m] = step
-            if prog.steps_to_val_99[m] is None and ev.val_acc[m] >= 0.99:
+            if prog.steps_to_val_99[m] is None and values["val_acc"][m] >= 0.99:
                 prog.steps_to_val_99[m], prog.wall_s_to_val_99[m] = step, round(wall, 4)
-        bar.set_postfix(train=f"{float(ev.train_acc.mean()):.3f}", val=f"{float(ev.val_acc.mean()):.3f}", refresh=False)
+        bar.set_postfix(val=f"{sum(values['val_acc']) / E:.3f}", refresh=False)
         if run is not None:
-            run.log(record)
+            run.log({"step": step, "wall_s": round(wall, 4),
+                     **{k: v[0] if E == 1 else v for k, v in values.items()}})
         if on_eval is not None:
             on_eval(step, ev)
-        done = step >= budget or bool((ev.val_acc >= stop_at).all())
+        done = step >= budget or all(v >= s for v, s in zip(values["val_acc"], stop_levels))
         if done or time.perf_counter() - last_save > checkpoint_every_s:
             save(step, wall)
             last_save = time.perf_counter()
@@ -486,13 +504,6 @@ def train_ensemble(
             break
     bar.close()
     return TrainResult(prog, ev, step, wall, capture_s)
-
-
-def _record(step: int, wall: float, ev: Evaluation, E: int) -> dict:
-    vals = {k: getattr(ev, k).tolist() for k in ("train_acc", "train_loss", "val_acc", "val_loss")}
-    if E == 1:
-        vals = {k: v[0] for k, v in vals.items()}
-    return {"step": step, "wall_s": round(wall, 4), **vals}
 
 
 def config_from_dict(d: dict) -> GrokConfig:
