@@ -183,3 +183,11 @@ def test_math_attention_equals_sdpa():
     b.load_state_dict(a.state_dict())
     idx = torch.randint(0, 23, (2, 9))
     assert torch.allclose(a(idx)[0], b(idx)[0], atol=1e-5)
+
+
+def test_init_schemes():
+    gpt2 = tiny(init_std=0.05)
+    assert abs(gpt2.tok_emb.weight.std().item() - 0.05) < 0.01
+    assert gpt2.blocks[0].mlp.fc.bias.abs().sum() == 0
+    torch_init = tiny(init="torch")  # PyTorch defaults: N(0, 1) embeddings
+    assert abs(torch_init.tok_emb.weight.std().item() - 1.0) < 0.2

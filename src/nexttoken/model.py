@@ -43,6 +43,8 @@ class GPTConfig:
     cross_every: int = 0  # cross-attention in every k-th block (k-1, 2k-1, ...); 0 disables it
     memory_dim: int = 0  # width of the encoder memory; 0 means n_embd
     attention: str = "sdpa"  # sdpa (fused kernels) | math (explicit softmax: vmap-friendly, same result)
+    init: str = "gpt2"  # gpt2: N(0, init_std), residual projections / sqrt(2 n_layer) | torch: PyTorch layer defaults
+    init_std: float = 0.02
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head:
@@ -53,6 +55,8 @@ class GPTConfig:
             raise ValueError(f"pos must be learned, rope or none, not {self.pos!r}")
         if self.activation not in ("gelu", "relu"):
             raise ValueError(f"activation must be gelu or relu, not {self.activation!r}")
+        if self.init not in ("gpt2", "torch"):
+            raise ValueError(f"init must be gpt2 or torch, not {self.init!r}")
         if self.attention not in ("sdpa", "math"):
             raise ValueError(f"attention must be sdpa or math, not {self.attention!r}")
         if self.pos == "rope" and (self.n_embd // self.n_head) % 2:
@@ -266,19 +270,17 @@ class GPT(nn.Module):
             cos, sin = _rope_tables(cfg.block_size, cfg.head_dim, device="cpu")
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
-            if name.endswith("proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        if cfg.init == "gpt2":  # "torch" keeps PyTorch's defaults: N(0, 1) embeddings, U(+-1/sqrt(fan_in)) linears
+            self.apply(self._init_weights)
+            for name, p in self.named_parameters():  # GPT-2: residual projections scaled by depth
+                if name.endswith("proj.weight"):
+                    nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layer))
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     # ---- size -------------------------------------------------------------------------------------------------
     def num_params(self, non_embedding: bool = True) -> int:

@@ -14,6 +14,7 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 LogitsFn = Callable[[Tensor, "Cache | None"], Tensor]
 MaskFn = Callable[[Tensor], Tensor]  # current tokens (B, t) -> allowed next tokens (B, vocab), bool
@@ -185,6 +186,9 @@ def generate(
     model.eval()
     try:
         cache = model.new_cache(prompt.shape[0]) if use_cache else None
-        return sample(logits_fn, prompt, max_new_tokens, cache=cache, context=context, **kwargs)
+        # Decoding meets a new key length at every step; cuDNN's attention builds a plan per shape, which costs far
+        # more than the step itself, so decoding keeps to the flash, memory-efficient and math kernels.
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+            return sample(logits_fn, prompt, max_new_tokens, cache=cache, context=context, **kwargs)
     finally:
         model.train(was_training)

@@ -53,8 +53,11 @@ class GrokConfig:
     n_embd: int = 128
     n_head: int = 4
     mlp_hidden: int = 512
-    norm: str = "pre"  # pre | none (Nanda: no LayerNorm)
+    norm: str = "pre"  # pre | post (the paper's code) | none (Nanda)
     activation: str = "gelu"  # gelu | relu
+    bias: bool = True
+    init: str = "gpt2"  # gpt2: N(0, init_std) | torch: PyTorch defaults, N(0, 1) embeddings (the paper's code)
+    init_std: float = 0.02
     dropout: float = 0.0
     # optimiser: AdamW lr 1e-3, betas (0.9, 0.98), weight decay 1 on every tensor, 10 warm-up steps, batch 512
     lr: float = 1e-3
@@ -80,8 +83,8 @@ class GrokConfig:
         check_op(self.op, self.p)
         if not 0.0 < self.frac < 1.0:
             raise UserError(f"training fraction must be strictly between 0 and 1, not {self.frac}")
-        choices = {"norm": ("pre", "none"), "activation": ("gelu", "relu"), "grokfast": ("none", "ema", "ma"),
-                   "loss": ("softmax", "stablemax")}
+        choices = {"norm": ("pre", "post", "none"), "activation": ("gelu", "relu"), "grokfast": ("none", "ema", "ma"),
+                   "loss": ("softmax", "stablemax"), "init": ("gpt2", "torch")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
@@ -95,7 +98,7 @@ class GrokConfig:
     def shape_key(self) -> tuple:
         """Members of one ensemble must share everything that changes the model's shape or the step's structure."""
         vocab = make_table_size(self.op, self.p)
-        return (vocab, self.n_layer, self.n_embd, self.n_head, self.mlp_hidden, self.norm, self.activation,
+        return (vocab, self.n_layer, self.n_embd, self.n_head, self.mlp_hidden, self.norm, self.activation, self.bias,
                 self.dropout, self.grokfast_window if self.grokfast == "ma" else 0)
 
 
@@ -114,7 +117,7 @@ def make_table_size(op: str, p: int) -> int:
 def model_config(cfg: GrokConfig, vocab_size: int) -> GPTConfig:
     return GPTConfig(vocab_size=vocab_size, block_size=4, n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd,
                      mlp_hidden=cfg.mlp_hidden, dropout=cfg.dropout, norm=cfg.norm, activation=cfg.activation,
-                     pos="learned", attention="math")
+                     bias=cfg.bias, init=cfg.init, init_std=cfg.init_std, pos="learned", attention="math")
 
 
 # ---- losses ---------------------------------------------------------------------------------------------------------------
@@ -196,7 +199,8 @@ class Ensemble:
         rows = []
         for c in configs:
             torch.manual_seed(c.seed)
-            rows.append(torch.cat([p.detach().flatten() for p in GPT(self.model_cfg).parameters()]))
+            member = GPT(model_config(c, self.vocab_size))  # its own init scheme
+            rows.append(torch.cat([p.detach().flatten() for p in member.parameters()]))
         self.names = [n for n, _ in self.skeleton.named_parameters()]
         self.shapes = [tuple(p.shape) for _, p in self.skeleton.named_parameters()]
         self.numels = [math.prod(s) for s in self.shapes]
@@ -256,13 +260,16 @@ class Ensemble:
     # -- forward ------------------------------------------------------------------------------------------------------------
     def logits(self, flat: Tensor, x: Tensor) -> Tensor:
         """Answer logits (E, B, vocab) of each member's rows x (E, B, 4)."""
+        return self._logits(self.views(flat), x)
+
+    def _logits(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
         skeleton = self.skeleton.train(self.training)
 
-        def one(params: dict, rows: Tensor) -> Tensor:
-            logits, _ = functional_call(skeleton, params, (rows,), {"last_only": True})
+        def one(member_params: dict, rows: Tensor) -> Tensor:
+            logits, _ = functional_call(skeleton, member_params, (rows,), {"last_only": True})
             return logits[:, 0]
 
-        return vmap(one, randomness="different")(self.views(flat), x)
+        return vmap(one, randomness="different")(params, x)
 
     def row_loss(self, logits: Tensor, y: Tensor) -> Tensor:
         if self.use["stablemax"] and self.use["softmax"]:
@@ -282,11 +289,13 @@ class Ensemble:
         y = self.train_y.gather(1, rows)
         weight = (torch.arange(self.B, device=self.device) < self.batch[:, None]) / self.batch[:, None]  # (E, B)
 
-        flat = self.flat.detach().requires_grad_(True)
-        used = flat + self.weight_noise * torch.randn_like(flat) if self.use["weight_noise"] else flat
-        loss = (self.row_loss(self.logits(used, x), y) * weight).sum()  # sum over members of each member's mean
-        (grad,) = torch.autograd.grad(loss, flat)
-        self.apply_gradient(grad)
+        used = self.flat + self.weight_noise * torch.randn_like(self.flat) if self.use["weight_noise"] else self.flat
+        # Each parameter is its own leaf, so the backward writes one gradient per parameter and a single cat makes the
+        # flat gradient (differentiating through views of `flat` would zero-fill an (E, P) buffer per parameter).
+        params = {name: v.detach().requires_grad_(True) for name, v in self.views(used).items()}
+        loss = (self.row_loss(self._logits(params, x), y) * weight).sum()  # sum over members of each member's mean
+        grads = torch.autograd.grad(loss, list(params.values()))
+        self.apply_gradient(torch.cat([g.reshape(self.E, -1) for g in grads], dim=1))
 
     @torch.no_grad()
     def apply_gradient(self, grad: Tensor) -> None:
@@ -328,7 +337,7 @@ class Ensemble:
         """Accuracy and loss of every member on its whole training and validation sets."""
         if self._eval_graph is not None:
             self._eval_graph.replay()
-            return Evaluation(*(t.clone() for t in self._eval_out))
+            return Evaluation(**{f.name: getattr(self._eval_out, f.name).clone() for f in fields(Evaluation)})
         return self._evaluate()
 
     def _evaluate(self) -> Evaluation:
