@@ -8,7 +8,9 @@ Rows:
   TensorDataset reshuffled each epoch, torch.optim.AdamW, eager steps, the validation set evaluated every epoch;
 - `nexttoken`: `nexttoken grok train` (data on the device, flat fused optimiser, log-spaced evaluation, CUDA graph on
   GPU);
-- `nexttoken + grokfast-ema`: the same with Lee et al.'s EMA gradient filter (alpha 0.98, lambda 2).
+- `nexttoken + grokfast-ema`: the same with Lee et al.'s EMA gradient filter (alpha 0.98, lambda 2);
+
+for each model preset: `paper` (Power et al.'s model as their code builds it) and `modern` (pre-LN GPT-2 block).
 
 Each row reports steps and wall seconds until validation accuracy first reaches 99% (median over --seeds seeds), and
 milliseconds per training step. Writes benchmarks/results/grok_speed-<device>.json.
@@ -29,12 +31,12 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from nexttoken.grok.data import make_table, split
 from nexttoken.grok.sweep import expand, run_sweep
-from nexttoken.grok.train import Ensemble, GrokConfig, device_name, model_config, train
+from nexttoken.grok.train import PRESETS, Ensemble, GrokConfig, device_name, model_config, train
 from nexttoken.model import GPT
 from nexttoken.runs import Run
 from nexttoken.training import pick_device
 
-TASK = GrokConfig(op="x/y", p=97, frac=0.5, steps=20_000, stop_at=0.99)
+TASK = GrokConfig(op="x/y", p=97, frac=0.5, steps=20_000, stop_at=0.99)  # the paper's model unless --presets
 
 
 def sync(device):
@@ -105,6 +107,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
     p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--presets", default="paper,modern", help="model presets to time (paper, modern)")
     p.add_argument("--skip-conventional", action="store_true")
     p.add_argument("--sweep", type=int, default=0, help="also time a sweep of this many runs (x/y, fractions x seeds)")
     p.add_argument("--sweep-steps", type=int, default=5000, help="step budget of each sweep run")
@@ -115,24 +118,26 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     rows = []
-    task = replace(TASK, steps=args.steps)
-    variants = [("nexttoken", ours, task), ("nexttoken + grokfast-ema", ours, replace(task, grokfast="ema"))]
-    if not args.skip_conventional:
-        variants.insert(0, ("conventional", conventional, task))
-    for name, fn, cfg in variants:
-        runs = [fn(replace(cfg, seed=s), device) for s in range(args.seeds)]
-        rows.append({"trainer": name,
-                     "steps_to_val_99": median([r["steps_to_val_99"] for r in runs]),
-                     "wall_s_to_val_99": median([r["wall_s_to_val_99"] for r in runs]),
-                     "ms_per_step": statistics.median(r["ms_per_step"] for r in runs),
-                     "capture_s": median([r.get("capture_s") for r in runs]) if "capture_s" in runs[0] else None,
-                     "seeds": args.seeds})
+    for preset in args.presets.split(","):
+        task = replace(TASK, **PRESETS[preset], steps=args.steps)
+        variants = [("nexttoken", ours, task), ("nexttoken + grokfast-ema", ours, replace(task, grokfast="ema"))]
+        if not args.skip_conventional:
+            variants.insert(0, ("conventional", conventional, task))
+        for name, fn, cfg in variants:
+            runs = [fn(replace(cfg, seed=s), device) for s in range(args.seeds)]
+            rows.append({"preset": preset, "trainer": name,
+                         "steps_to_val_99": median([r["steps_to_val_99"] for r in runs]),
+                         "wall_s_to_val_99": median([r["wall_s_to_val_99"] for r in runs]),
+                         "ms_per_step": statistics.median(r["ms_per_step"] for r in runs),
+                         "capture_s": median([r.get("capture_s") for r in runs]) if "capture_s" in runs[0] else None,
+                         "seeds": args.seeds})
+            print(rows[-1], flush=True)
     sweep = None
     if args.sweep:
         fracs = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
         seeds = max(1, args.sweep // len(fracs))
         grid = {"op": ["x/y"], "frac": fracs, "seed": list(range(seeds))}
-        configs = expand(replace(TASK, steps=args.sweep_steps), grid)
+        configs = expand(replace(TASK, **PRESETS["modern"], steps=args.sweep_steps), grid)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             results = run_sweep(configs, grid, Path(tmp), device, progress=False)
@@ -142,11 +147,11 @@ def main() -> None:
                  "budget_steps": args.sweep_steps, "stop_at": 0.99}
     name = device_name(device)
     print(f"x/y mod 97, 50% training data, first step with validation accuracy >= 99%   device: {name}")
-    print(f"{'trainer':26} {'steps':>7} {'wall s':>8} {'ms/step':>8}")
+    print(f"{'preset':7} {'trainer':26} {'steps':>7} {'wall s':>8} {'ms/step':>8}")
     for r in rows:
         steps = f"{r['steps_to_val_99']:.0f}" if r["steps_to_val_99"] else "never"
         wall = f"{r['wall_s_to_val_99']:.2f}" if r["wall_s_to_val_99"] else "-"
-        print(f"{r['trainer']:26} {steps:>7} {wall:>8} {r['ms_per_step']:>8.2f}")
+        print(f"{r['preset']:7} {r['trainer']:26} {steps:>7} {wall:>8} {r['ms_per_step']:>8.2f}")
     if sweep:
         print(f"sweep: {sweep['runs']} runs (x/y, 8 fractions x seeds, early stop at 99%, budget {sweep['budget_steps']} steps) in "
               f"{sweep['wall_s']:.1f} s; {sweep['reached_99']} reached 99%")

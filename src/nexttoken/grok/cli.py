@@ -48,7 +48,8 @@ def integer(text: str) -> int:
 def add_config_options(p: argparse.ArgumentParser) -> None:
     """One option per GrokConfig field; defaults come from --preset (then the dataclass)."""
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper",
-                   help="paper: Power et al. (default); nanda: 1-layer full-batch x+y mod 113")
+                   help="paper: Power et al.'s model as their code builds it (default); modern: pre-LN GPT-2 block; "
+                        "nanda: 1-layer full-batch x+y mod 113")
     for f in fields(GrokConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
@@ -227,18 +228,20 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def demo(out: Path, device) -> "Section":  # noqa: F821
-    """x+y mod 23 at 40% data, with snapshots for the progress measures: about a minute on a 2-core CPU."""
+    """x+y mod 31 at 50% data (train 99% near step 100, validation 99% near step 1,700 on a GPU sweep of two seeds),
+    with weight snapshots for the progress measures: about a minute on a 2-core CPU."""
     from nexttoken.grok.analysis import analyze
     from nexttoken.report import Section
 
-    cfg = replace(GrokConfig(), op="x+y", p=23, frac=0.4, steps=3000)
+    cfg = replace(GrokConfig(), **PRESETS["modern"], op="x+y", p=31, frac=0.5, steps=3000)
     run = Run.create(out / "train", {"members": [asdict(cfg)], "snapshots": 12})
     summary = train(cfg, run, device, snapshots=12, progress=True)
     paths = analyze(run, device)
     section = Section("Grokking (Power et al. 2022)")
     section.text(
-        f"A 2-layer transformer learns {cfg.op} mod {cfg.p} from {cfg.frac:.0%} of the table with AdamW and weight "
-        f"decay 1. {_summary_line(summary)}."
+        f"A 2-layer transformer (the 'modern' preset) learns {cfg.op} mod {cfg.p} from {cfg.frac:.0%} of the table "
+        f"with AdamW and weight decay 1: it fits the training set long before it generalises. "
+        f"{_summary_line(summary)}."
     )
     section.table([{k: summary[k] for k in ("op", "p", "frac", "steps_to_train_99", "steps_to_val_99",
                                              "wall_s_to_val_99", "final_train_acc", "final_val_acc", "device")}])
