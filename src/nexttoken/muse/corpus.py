@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from nexttoken.errors import UserError
-from nexttoken.muse.encoding import DRUMS, Notes, read_midi
+from nexttoken.muse.encoding import DRUMS, FAMILIES, Notes, read_midi
 from nexttoken.runs import atomic_write_bytes, atomic_write_json, read_json
 from nexttoken.training import progress_bar
 
@@ -88,6 +88,9 @@ class Corpus:
 
     def composers(self) -> list[str]:
         return sorted(set(self.labels))
+
+    def families(self) -> list[str]:
+        return [FAMILIES[f] for f in np.unique(self.table["family"])]
 
     def indices(self, split: str, label: str | None = None) -> list[int]:
         return [i for i, (s, l) in enumerate(zip(self.splits, self.labels)) if s == split and label in (None, l)]

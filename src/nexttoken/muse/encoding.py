@@ -88,6 +88,11 @@ def velocity_level(velocity: np.ndarray, family: np.ndarray) -> np.ndarray:
     return (np.clip(velocity, 1, 127) - 1) // width
 
 
+def _levels(family: int) -> np.ndarray:
+    """Velocities of a family's note tokens: 0 (the note-off, none for drums), then every level."""
+    return velocity_levels(family) if family == DRUMS else np.concatenate([[0], velocity_levels(family)])
+
+
 def pitch_name(pitch: int) -> str:
     return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
 
@@ -191,38 +196,39 @@ def write_midi(notes: Notes, path: str | Path) -> Path:
 class Vocab:
     """Token strings <-> ids. Fixed tokens first (so their ids never change), the corpus's composers last.
 
-    Note tokens of family f, level l (0 = note-off; drums have none) and pitch p have id
-    ``note_base[f] + l * 128 + p``.
+    ``families`` limits the note tokens to the instrument families a corpus has (a model trained on chorales needs no
+    drum tokens, and a smaller softmax trains faster on a CPU); by default every family is in. Note tokens of family
+    f, level l (0 = note-off; drums have none) and pitch p have id ``note_base[f] + l * 128 + p``.
     """
 
-    def __init__(self, composers: Sequence[str]) -> None:
+    def __init__(self, composers: Sequence[str], families: Sequence[str] = FAMILIES) -> None:
         self.composers = list(composers)
-        tokens = ["start", "end"] + [f"inst:{f}" for f in FAMILIES] + [f"tempo:{t}" for t in TEMPOS]
+        self.families = [f for f in FAMILIES if f in families]
+        tokens = ["start", "end"] + [f"inst:{f}" for f in self.families] + [f"tempo:{t}" for t in TEMPOS]
         self.wait_base = len(tokens) - 1  # id of wait:N is wait_base + N
         tokens += [f"wait:{n}" for n in range(1, MAX_WAIT + 1)]
-        self.note_base = np.zeros(len(FAMILIES), dtype=np.int64)
-        self.family_of, self.velocity_of, self.pitch_of = [], [], []
-        for f, name in enumerate(FAMILIES):
+        self.note_base = np.full(len(FAMILIES), -1, dtype=np.int64)
+        for name in self.families:
+            f = FAMILIES.index(name)
             self.note_base[f] = len(tokens)
-            levels = velocity_levels(f) if f == DRUMS else np.concatenate([[0], velocity_levels(f)])
-            for v in levels:
+            for v in _levels(f):
                 tokens += [f"{name}:v{v}:{pitch_name(p)}" for p in range(128)]
-        self.note_start = int(self.note_base[0])
         self.composer_base = len(tokens)
         tokens += [f"composer:{c}" for c in self.composers]
         self.tokens = tokens
         self.index = {t: i for i, t in enumerate(tokens)}
         self.start, self.end = self.index["start"], self.index["end"]
 
-        # Per-id lookup tables for decoding and for the timing features (-1 where not applicable).
+        # Per-id lookup tables for decoding and for the timing features.
         n = len(tokens)
         self.wait_value = np.zeros(n, dtype=np.int64)
         self.wait_value[self.wait_base + 1 : self.wait_base + MAX_WAIT + 1] = np.arange(1, MAX_WAIT + 1)
-        self.note_family = np.full(n, -1, dtype=np.int64)
-        self.note_velocity = np.zeros(n, dtype=np.int64)
+        self.note_family = np.full(n, -1, dtype=np.int64)  # -1: not a note token
+        self.note_velocity = np.zeros(n, dtype=np.int64)  # 0: note-off
         self.note_pitch = np.zeros(n, dtype=np.int64)
-        for f in range(len(FAMILIES)):
-            levels = velocity_levels(f) if f == DRUMS else np.concatenate([[0], velocity_levels(f)])
+        for name in self.families:
+            f = FAMILIES.index(name)
+            levels = _levels(f)
             ids = self.note_base[f] + np.arange(len(levels) * 128)
             self.note_family[ids] = f
             self.note_velocity[ids] = np.repeat(levels, 128)
@@ -243,8 +249,8 @@ class Vocab:
         return self.composer_base + self.composers.index(composer)
 
     def inst_id(self, family: str) -> int:
-        if family not in FAMILIES:
-            raise UserError(f"unknown instrument {family!r}; choose from {', '.join(FAMILIES)}")
+        if family not in self.families:
+            raise UserError(f"instrument {family!r} is not in this vocabulary; choose from {', '.join(self.families)}")
         return self.index[f"inst:{family}"]
 
     def tempo_id(self, bpm: float) -> int:
@@ -252,15 +258,18 @@ class Vocab:
 
     def note_ids(self, family: np.ndarray, level: np.ndarray, pitch: np.ndarray) -> np.ndarray:
         """ids of note tokens; ``level`` counts from 1 for note-ons (0 is the note-off) except for drums."""
-        level = np.where(family == DRUMS, level - 1, level)
-        return self.note_base[family] + level * 128 + pitch
+        base = self.note_base[family]
+        if (base < 0).any():
+            missing = sorted({FAMILIES[f] for f in np.asarray(family)[base < 0]})
+            raise UserError(f"instrument {', '.join(missing)} is not in this vocabulary ({', '.join(self.families)})")
+        return base + np.where(family == DRUMS, level - 1, level) * 128 + pitch
 
     def is_note_on(self, ids: np.ndarray) -> np.ndarray:
         return (self.note_family[ids] >= 0) & (self.note_velocity[ids] > 0)
 
     def header_ids(self) -> np.ndarray:
         """Every id that belongs in a header and nowhere else."""
-        return np.array([self.start] + [self.index[f"inst:{f}"] for f in FAMILIES]
+        return np.array([self.start] + [self.index[f"inst:{f}"] for f in self.families]
                         + [self.index[f"tempo:{t}"] for t in TEMPOS]
                         + list(range(self.composer_base, len(self))))
 
@@ -398,11 +407,12 @@ class Encoded:
 @dataclass
 class MuseNetEncoding:
     composers: list[str]
+    families: Sequence[str] = FAMILIES
     name: str = "musenet"
     vocab: Vocab = field(init=False)
 
     def __post_init__(self) -> None:
-        self.vocab = Vocab(self.composers)
+        self.vocab = Vocab(self.composers, self.families)
 
     @property
     def vocab_size(self) -> int:
@@ -454,9 +464,9 @@ class MidiTokEncoding:
         return notes_from_score(self.tokenizer.decode([ids]))
 
 
-def make_encoding(name: str, composers: Sequence[str]):
+def make_encoding(name: str, composers: Sequence[str], families: Sequence[str] = FAMILIES):
     if name == "musenet":
-        return MuseNetEncoding(list(composers))
+        return MuseNetEncoding(list(composers), list(families))
     if name in ("remi", "midilike"):
         return MidiTokEncoding(list(composers), name)
     raise UserError(f"unknown encoding {name!r}; choose from {', '.join(ENCODINGS)}")
