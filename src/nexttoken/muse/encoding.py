@@ -461,7 +461,7 @@ class MidiTokEncoding:
 
     def decode(self, ids) -> Notes:
         ids = [int(i) for i in ids if 0 <= int(i) < self.composer_base]
-        return notes_from_score(self.tokenizer.decode([ids]))
+        return notes_from_score(self.tokenizer.decode(ids))
 
 
 def make_encoding(name: str, composers: Sequence[str], families: Sequence[str] = FAMILIES):
