@@ -21,6 +21,7 @@ import json
 import os
 import re
 import sys
+import unicodedata
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -55,10 +56,11 @@ def slug(text: str) -> str:
 def label_of(name: str) -> str:
     """A composer label as a token can hold it: lower case, words joined by underscores.
 
-    >>> label_of("Johann Sebastian Bach")
-    'johann_sebastian_bach'
+    >>> label_of("Frédéric Chopin")
+    'frederic_chopin'
     """
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "unknown"
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_") or "unknown"
 
 
 # ---- the note table ------------------------------------------------------------------------------------------------
