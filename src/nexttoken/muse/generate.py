@@ -71,22 +71,22 @@ def prime_events(path: str, n_notes: int, encoding: MuseNetEncoding, fallback: s
 
 
 def generate_pieces(model: MuseModel, encoding, cfg: GenerateConfig, device: torch.device,
-                    tokens_per_second: float = 40.0) -> list[Piece]:
-    """``cfg.n`` pieces, sampled as one batch."""
+                    tokens_per_second: float = 40.0, use_cache: bool = True) -> list[Piece]:
+    """``cfg.n`` pieces, sampled as one batch (``use_cache=False`` recomputes every window: for benchmarks)."""
     if device.type != "cpu":
-        return _generate(model, encoding, cfg, device, tokens_per_second)
+        return _generate(model, encoding, cfg, device, tokens_per_second, use_cache)
     # Decoding a few rows at a time is latency-bound: on a CPU one thread beats several, which spend each tiny
     # matmul waking each other (30x slower here when another process holds a core).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _generate(model, encoding, cfg, device, tokens_per_second)
+        return _generate(model, encoding, cfg, device, tokens_per_second, use_cache)
     finally:
         torch.set_num_threads(threads)
 
 
 def _generate(model: MuseModel, encoding, cfg: GenerateConfig, device: torch.device,
-              tokens_per_second: float) -> list[Piece]:
+              tokens_per_second: float, use_cache: bool) -> list[Piece]:
     if not isinstance(encoding, MuseNetEncoding):
         raise UserError("generate needs a run trained with --encoding musenet (MidiTok encodings are for comparing "
                         "bits per note)")
@@ -143,7 +143,7 @@ def _generate(model: MuseModel, encoding, cfg: GenerateConfig, device: torch.dev
 
         logits_fn = _logits_fn(model, vocab, H, offset_q, total_q)
         out = sample(logits_fn, prompt, steps, temperature=cfg.temperature, top_p=cfg.top_p, allowed=allowed,
-                     stop_tokens=[vocab.end], cache=model.new_cache(B), generator=rng)
+                     stop_tokens=[vocab.end], cache=model.new_cache(B) if use_cache else None, generator=rng)
         new = out.tokens[:, prompt.shape[1] :]
         body = torch.cat([body, new.clamp(min=0)], dim=1)
         finished |= out.finished
