@@ -4,7 +4,7 @@
     python benchmarks/muse_sampling.py --device cuda
 
 Rows, all on the same randomly initialised model (speed does not depend on the weights):
-- core generate: the shared sampler wired to the bare GPT (no mask, no timing embedding): the floor;
+- core generate: the shared sampler wired to the bare GPT (top-p, but no mask and no timing inputs): the floor;
 - muse cached: the real generation path (length/instrument mask, timing inputs recomputed per token, KV cache);
 - muse uncached: the same path recomputing the whole window for every token (the alternative the cache must beat).
 Prints a table and writes benchmarks/results/muse_sampling-<device>.json.
@@ -62,7 +62,7 @@ def main() -> None:
             if device.type == "cpu":
                 torch.set_num_threads(1)  # as the muse path does for small batches
             try:
-                out = generate(model.gpt, prompt, args.tokens)
+                out = generate(model.gpt, prompt, args.tokens, top_p=0.95)
             finally:
                 torch.set_num_threads(threads)
             return out.tokens.numel() - prompt.numel()

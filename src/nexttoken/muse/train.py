@@ -31,11 +31,12 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from nexttoken.errors import UserError
 from nexttoken.model import GPT, GPTConfig
 from nexttoken.muse.corpus import Augment, Corpus, load_corpus
 from nexttoken.muse.encoding import QUANTUM, Encoded, make_encoding
 from nexttoken.plots import plot_metrics
-from nexttoken.runs import Run
+from nexttoken.runs import Run, default_run_dir
 from nexttoken.training import Dist, LoopConfig, OptimConfig, fit, init_distributed, seed_everything
 
 N_PARTS = 128  # MuseNet's structural embedding: the piece in 128 parts
@@ -208,11 +209,11 @@ def score_pieces(model: MuseModel, encoded: list[Encoded], n_notes: list[int], c
     for enc in encoded:
         body = len(enc.ids) - enc.n_header
         L = context - enc.n_header
-        rows += [make_row(enc, s, context, count_header=s == 0) for s in range(0, max(body, 1), L)]
         # make_row leaves each window's last target to the next window; the last window predicts nothing after it.
+        rows += [make_row(enc, s, context, count_header=s == 0) for s in range(0, max(body, 1), L)]
     device = next(model.parameters()).device
     with_where = model.music is not None
-    nats, count = 0.0, 0
+    nats = 0.0
     for i in range(0, len(rows), batch_size):
         batch = {k: v.to(device) for k, v in stack(rows[i : i + batch_size], with_where).items()}
         _, loss = model(batch.pop("idx"), batch.pop("targets"), reduction="none", **batch)
@@ -248,16 +249,12 @@ def train(cfg: MuseConfig, optim: OptimConfig, loop: LoopConfig, out: Path | Non
     if not cfg.families:
         cfg.families = corpus.families()
     if len(corpus.indices("train")) == 0:
-        from nexttoken.errors import UserError
-
         raise UserError(f"{cfg.corpus}: no training pieces")
     encoding = make_encoding(cfg.encoding, cfg.composers, cfg.families)
     if not cfg.tokens_per_second:
         cfg.tokens_per_second = tokens_per_second(corpus, encoding)
     model = build_model(cfg, encoding.vocab_size).to(dist.device)
     if resume is None:
-        from nexttoken.runs import default_run_dir
-
         run = Run.create(out or default_run_dir("muse", "train"),
                          {"muse": asdict(cfg), "gpt": model.cfg.to_dict(), "optim": asdict(optim), "loop": asdict(loop)},
                          enabled=dist.is_main)
@@ -316,8 +313,6 @@ def _load_corpus_once(name: str, jobs: int, dist: Dist) -> Corpus:
 
 def load_run(path: Path, device: torch.device) -> tuple[MuseModel, object, MuseConfig, Run]:
     """The trained model of a run folder, its encoding and config (for generate, evaluate, embeddings)."""
-    from nexttoken.errors import UserError
-
     run = Run.open(path)
     if "muse" not in run.config:
         raise UserError(f"{path} is not a muse training run")
