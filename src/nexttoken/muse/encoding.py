@@ -226,6 +226,7 @@ class Vocab:
         self.note_family = np.full(n, -1, dtype=np.int64)  # -1: not a note token
         self.note_velocity = np.zeros(n, dtype=np.int64)  # 0: note-off
         self.note_pitch = np.zeros(n, dtype=np.int64)
+        self.note_off_of = np.full(n, -1, dtype=np.int64)  # the note-off that ends a note-on (itself for a note-off)
         for name in self.families:
             f = FAMILIES.index(name)
             levels = _levels(f)
@@ -233,6 +234,8 @@ class Vocab:
             self.note_family[ids] = f
             self.note_velocity[ids] = np.repeat(levels, 128)
             self.note_pitch[ids] = np.tile(np.arange(128), len(levels))
+            if f != DRUMS:
+                self.note_off_of[ids] = self.note_base[f] + self.note_pitch[ids]
 
     def __len__(self) -> int:
         return len(self.tokens)

@@ -5,10 +5,11 @@
 
 The prompt is the header MuseNet would see (``composer:bach inst:piano inst:strings start tempo:120``) followed by
 the prime's first notes. The core sampler draws the rest with the KV cache and a token mask that keeps every sample
-well formed: no header tokens after the header; no wait past the requested length and nothing but ``end`` once it
-is reached, and only waits when the token budget runs short, so each piece lasts exactly ``--seconds``. The
-requested instruments are strong suggestions, as in MuseNet (they sit in the header); ``--strict`` also masks the
-note-ons of every other instrument.
+well formed: no header tokens after the header; a note-off only for a note that is sounding (the model's wish to end
+a note goes to a note that can end, instead of leaving it hanging); nothing but ``end`` once the requested length is
+reached, and only waits when the token budget runs short. The last wait is shortened to land on the length, so each
+piece lasts exactly ``--seconds``. The requested instruments are strong suggestions, as in MuseNet (they sit in the
+header); ``--strict`` also masks the note-ons of every other instrument.
 
 A piece longer than the context is sampled window by window: each new window is the header plus the second half of
 the previous one, so the composer token conditions every token, as in training.
@@ -114,6 +115,15 @@ def _generate(model: MuseModel, encoding, cfg: GenerateConfig, device: torch.dev
         allowed_static[torch.from_numpy(other_on)] = False
     allowed_static = allowed_static.to(device)
     wait_value = torch.from_numpy(vocab.wait_value).to(device)
+    is_off = torch.from_numpy((vocab.note_family >= 0) & (vocab.note_velocity == 0)).to(device)
+    off_of = torch.from_numpy(np.maximum(vocab.note_off_of, 0)).to(device)
+    # +1 for a note-on, -1 for a note-off, at the column of the note-off that ends it: sounding notes per row.
+    sign = torch.from_numpy(np.where(vocab.note_off_of < 0, 0, np.where(vocab.note_velocity > 0, 1, -1))).to(device)
+
+    def sounding(tokens: torch.Tensor) -> torch.Tensor:  # (B, t) -> (B, vocab) notes each note-off would end
+        return torch.zeros(tokens.shape[0], len(vocab), dtype=torch.long, device=device).scatter_add_(
+            1, off_of[tokens], sign[tokens])
+
     end_only = torch.zeros(len(vocab), dtype=torch.bool, device=device)
     end_only[vocab.end] = True
 
@@ -128,14 +138,16 @@ def _generate(model: MuseModel, encoding, cfg: GenerateConfig, device: torch.dev
         keep = min(body.shape[1], (context - H) // 2 if made else context - H - 1)
         dropped = body[:, : body.shape[1] - keep]
         offset_q = wait_value[dropped].sum(1)  # (B,) time of the dropped tokens
+        sounding_before = sounding(dropped)
         prompt = torch.cat([head_t, body[:, body.shape[1] - keep :]], dim=1)  # (B, H + keep)
         steps = min(budget - made, context - prompt.shape[1])
 
-        def allowed(tokens: torch.Tensor, offset_q=offset_q, made=made, start=prompt.shape[1]) -> torch.Tensor:
+        def allowed(tokens: torch.Tensor, offset_q=offset_q, before=sounding_before, made=made,
+                    start=prompt.shape[1]) -> torch.Tensor:
             now = offset_q + wait_value[tokens[:, H:]].sum(1)  # (B,) quanta elapsed
             left_q = total_q - now
             left_tokens = budget - made - (tokens.shape[1] - start)
-            mask = allowed_static & (wait_value <= left_q[:, None])  # (B, vocab): no wait past the end
+            mask = allowed_static & (~is_off | (before + sounding(tokens[:, H:]) > 0))  # (B, vocab)
             mask = torch.where((left_q <= 0)[:, None], end_only, mask)
             # Out of tokens: the longest wait that fits, until the length is reached.
             short = (left_tokens <= (left_q + MAX_WAIT - 1) // MAX_WAIT + 1) & (left_q > 0)
@@ -153,6 +165,10 @@ def _generate(model: MuseModel, encoding, cfg: GenerateConfig, device: torch.dev
         row = body[b].cpu().numpy()
         if (row == vocab.end).any():
             row = row[: int(np.argmax(row == vocab.end)) + 1]
+        elapsed = np.cumsum(vocab.wait_value[row])
+        if len(row) and elapsed[-1] > total_q:  # the last wait overshot: shorten it to land on the length
+            last = int(np.argmax(elapsed >= total_q))
+            row[last] = vocab.wait_base + int(vocab.wait_value[row[last]] - (elapsed[last] - total_q))
         ids = np.concatenate([head, row])
         pieces.append(Piece(ids, encoding.decode(ids), prime_seconds, bool(finished[b])))
     return pieces
