@@ -322,7 +322,7 @@ def composer_map(run_dir: Path, out: Path | None = None) -> list[Path]:
 
 
 # ---- the demo section ------------------------------------------------------------------------------------------------------
-DEMO_STEPS = 600  # about 2 minutes on 2 free cores (13k tokens/s)
+DEMO_STEPS = 500  # under 3 minutes on 2 free cores (about 13k tokens/s)
 
 
 def demo(out: Path, device):
