@@ -269,7 +269,7 @@ def format_evaluation(ev) -> str:
              f"composer classifier over {len(ev.classifier_classes)} composers (chance {ev.chance:.2f}): "
              f"real held-out excerpts {ev.real_accuracy:.2f}, generated excerpts {ev.generated_accuracy:.2f}"]
     keys = ["pitch_class_tvd", "interval_tvd", "ioi_tvd", "density_rel_diff"]
-    lines.append(f"{'composer':16} " + " ".join(f"{k[:-4] if k.endswith('_tvd') else 'density':>22}" for k in keys)
+    lines.append(f"{'composer':16} " + " ".join(f"{k[:-4] if k.endswith('_tvd') else 'density':^22}" for k in keys)
                  + "   (generated vs real | real half vs half)")
     for r in ev.per_composer:
         cells = [f"{r.get('gen_' + k, float('nan')):>10.3f} | {r.get('real_' + k, float('nan')):<9.3f}" for k in keys]
