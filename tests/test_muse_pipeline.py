@@ -10,6 +10,7 @@ import symusic
 import torch
 
 from muse_fixtures import toy_corpus
+from nexttoken.errors import UserError
 from nexttoken.muse.corpus import load_corpus
 from nexttoken.muse.encoding import FAMILIES, QUANTUM, make_encoding, read_midi
 from nexttoken.muse.generate import GenerateConfig, generate_pieces
@@ -74,11 +75,18 @@ def test_generation_has_the_requested_length_header_and_prime(env, tmp_path):
         assert piece.notes.seconds <= 6.0 + 1e-6 and len(piece.notes) > 0
 
 
-def test_strict_mode_masks_other_instruments(env):
+def test_strict_mode_masks_other_instruments(env, capsys):
     model, enc, cfg, _ = load_run(env["run"], torch.device("cpu"))
     gen = GenerateConfig(composer="scales", instruments=["strings"], strict=True, seconds=4, n=2, seed=1)
     for piece in generate_pieces(model, enc, gen, torch.device("cpu"), cfg.tokens_per_second):
         assert set(FAMILIES[f] for f in piece.notes.family) <= {"strings"}
+    # An instrument the corpus never had: a suggestion with a warning, and an error when strict.
+    gen = GenerateConfig(composer="scales", instruments=["brass"], seconds=2, n=1)
+    assert len(generate_pieces(model, enc, gen, torch.device("cpu"), cfg.tokens_per_second)) == 1
+    assert "never saw brass" in capsys.readouterr().err
+    with pytest.raises(UserError, match="no notes for brass"):
+        generate_pieces(model, enc, GenerateConfig(instruments=["brass"], strict=True, seconds=2, n=1),
+                        torch.device("cpu"), cfg.tokens_per_second)
 
 
 def test_evaluation_reports_fidelity_and_distances(env):

@@ -197,14 +197,16 @@ class Vocab:
     """Token strings <-> ids. Fixed tokens first (so their ids never change), the corpus's composers last.
 
     ``families`` limits the note tokens to the instrument families a corpus has (a model trained on chorales needs no
-    drum tokens, and a smaller softmax trains faster on a CPU); by default every family is in. Note tokens of family
+    drum tokens, and a smaller softmax trains faster on a CPU); by default every family is in. The ``inst:`` tokens
+    of every family are always there. Note tokens of family
     f, level l (0 = note-off; drums have none) and pitch p have id ``note_base[f] + l * 128 + p``.
     """
 
     def __init__(self, composers: Sequence[str], families: Sequence[str] = FAMILIES) -> None:
         self.composers = list(composers)
         self.families = [f for f in FAMILIES if f in families]
-        tokens = ["start", "end"] + [f"inst:{f}" for f in self.families] + [f"tempo:{t}" for t in TEMPOS]
+        # Every family has its instrument token (a request for strings stays expressible), only some have notes.
+        tokens = ["start", "end"] + [f"inst:{f}" for f in FAMILIES] + [f"tempo:{t}" for t in TEMPOS]
         self.wait_base = len(tokens) - 1  # id of wait:N is wait_base + N
         tokens += [f"wait:{n}" for n in range(1, MAX_WAIT + 1)]
         self.note_base = np.full(len(FAMILIES), -1, dtype=np.int64)
@@ -252,8 +254,8 @@ class Vocab:
         return self.composer_base + self.composers.index(composer)
 
     def inst_id(self, family: str) -> int:
-        if family not in self.families:
-            raise UserError(f"instrument {family!r} is not in this vocabulary; choose from {', '.join(self.families)}")
+        if family not in FAMILIES:
+            raise UserError(f"unknown instrument {family!r}; choose from {', '.join(FAMILIES)}")
         return self.index[f"inst:{family}"]
 
     def tempo_id(self, bpm: float) -> int:
@@ -272,7 +274,7 @@ class Vocab:
 
     def header_ids(self) -> np.ndarray:
         """Every id that belongs in a header and nowhere else."""
-        return np.array([self.start] + [self.index[f"inst:{f}"] for f in self.families]
+        return np.array([self.start] + [self.index[f"inst:{f}"] for f in FAMILIES]
                         + [self.index[f"tempo:{t}"] for t in TEMPOS]
                         + list(range(self.composer_base, len(self))))
 

@@ -18,6 +18,7 @@ the previous one, so the composer token conditions every token, as in training.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,10 +95,19 @@ def _generate(model: MuseModel, encoding, cfg: GenerateConfig, device: torch.dev
     vocab = encoding.vocab
     composer = cfg.composer or vocab.composers[0]
     for inst in cfg.instruments:
-        vocab.inst_id(inst)  # a clear error for an instrument the model has no tokens for
+        vocab.inst_id(inst)  # a clear error for a name that is no instrument family
+    playable = [i for i in cfg.instruments if vocab.note_base[FAMILIES.index(i)] >= 0]
+    if len(playable) < len(cfg.instruments):
+        unplayable = ", ".join(i for i in cfg.instruments if i not in playable)
+        if cfg.strict and not playable:
+            raise UserError(f"--strict: the model has no notes for {unplayable} (its corpus has "
+                            f"{', '.join(vocab.families)})")
+        print(f"nexttoken: warning: the model never saw {unplayable} (its corpus has {', '.join(vocab.families)}); "
+              f"the request stays in the header as a suggestion", file=sys.stderr)
     events, tempo, prime_seconds = np.zeros(0, dtype=np.int64), cfg.tempo, 0.0
     if cfg.prime:
-        events, tempo, prime_seconds = prime_events(cfg.prime, cfg.prime_notes, encoding, cfg.instruments[0])
+        events, tempo, prime_seconds = prime_events(cfg.prime, cfg.prime_notes, encoding, (playable or
+                                                    vocab.families)[0])
     head = header(vocab, composer, cfg.instruments, tempo)
     H = len(head)
     total_q = int(round(cfg.seconds / QUANTUM))
