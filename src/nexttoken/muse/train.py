@@ -91,6 +91,10 @@ class MusicalEmbedding(nn.Module):
             self.chord_emb = nn.Embedding(MAX_CHORD, n_embd)
         if structure:
             self.part_emb = nn.Embedding(N_PARTS, n_embd)
+        # The GPT's own scale (N(0, 0.02), as its token embeddings): PyTorch's default N(0, 1) embeddings would
+        # drown the token identity at the start of training.
+        for p in self.parameters():
+            nn.init.normal_(p, std=0.02 / math.sqrt(2 * N_FREQ) if p.shape[-1] == 2 * N_FREQ else 0.02)
 
     def forward(self, where: Tensor) -> Tensor:
         quanta, chord, part = where.unbind(-1)  # each (B, T)
