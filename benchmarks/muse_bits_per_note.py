@@ -32,6 +32,8 @@ def main() -> None:
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-embd", type=int, default=128)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--stretch", type=float, default=0.1, help="tempo-stretch augmentation (a no-op for beat-based "
+                   "REMI/MIDILike, a real change of our absolute-time tokens)")
     p.add_argument("--encodings", default="musenet-noextras,musenet,remi,midilike")
     p.add_argument("--device", default="auto")
     args = p.parse_args()
@@ -41,7 +43,7 @@ def main() -> None:
             extras = name == "musenet"
             cfg = MuseConfig(corpus=args.corpus, encoding=name.replace("-noextras", ""), context=args.context,
                              n_layer=args.n_layer, n_embd=args.n_embd, timing_embedding=extras,
-                             structure_embedding=extras, val_pieces=0)
+                             structure_embedding=extras, stretch=args.stretch, val_pieces=0)
             loop = LoopConfig(steps=args.steps, batch_size=args.batch_size, eval_every=args.steps,
                               ckpt_every=args.steps)
             t0 = time.time()
@@ -58,7 +60,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['encoding']:18} {r['bits_per_note']:>10.3f} {r['tokens_per_note']:>12.2f} {r['vocab_size']:>7} "
               f"{r['params']:>10,} {r['seconds']:>8.0f}")
-    out = Path(__file__).parent / "results" / "muse_bits_per_note.json"
+    out = Path(__file__).parent / "results" / f"muse_bits_per_note{'' if args.stretch == 0.1 else '-stretch' + str(args.stretch)}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
 
