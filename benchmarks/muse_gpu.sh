@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# MuseNet at GPU size: a ~30M-parameter model (8 layers x 512, 8 heads) with a 2048-token context, trained on the
+# whole music21 corpus, then samples (MIDI, WAV, piano rolls), the composer map and bits per note.
+#
+#   bash benchmarks/muse_gpu.sh                 # on one CUDA GPU (estimated, not yet measured: about 4-5 minutes on an
+#                                               # H100 once the corpus is cached)
+#   STEPS=3000 bash benchmarks/muse_gpu.sh      # longer
+#   torchrun --nproc_per_node 8 -m nexttoken muse train ...   # the same training over 8 GPUs (DDP)
+#
+# The first run converts the music21 corpus to MIDI with every CPU core (resumable; cached in $NEXTTOKEN_CACHE): about
+# 2,700 CPU-seconds of music21 parsing by our per-file timings, so about 3 more minutes on 16 cores, once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-.venv/bin}
+OUT=${OUT:-runs/muse-gpu-$(date +%Y%m%d-%H%M%S)}
+STEPS=${STEPS:-800}
+JOBS=${JOBS:-$(nproc)}
+
+apt-get install -y -qq timgm6mb-soundfont >/dev/null 2>&1 || true   # audio for the samples, when apt is there
+
+time "$BIN/nexttoken" muse prepare --corpus music21 --jobs "$JOBS"
+
+time "$BIN/nexttoken" muse train --corpus music21 --device cuda --precision bf16 \
+    --n-layer 8 --n-head 8 --n-embd 512 --context 2048 --dropout 0.1 \
+    --steps "$STEPS" --batch-size 32 --lr 6e-4 --warmup 100 --eval-every 200 --ckpt-every 200 \
+    --val-pieces 200 --out "$OUT/run"
+
+for spec in "bach piano" "palestrina voice" "folk_oneill piano" "mozart strings"; do
+    set -- $spec
+    "$BIN/nexttoken" muse generate "$OUT/run" --device cuda --composer "$1" --instruments "$2" \
+        --seconds 30 --n 4 --top-p 0.95 --out "$OUT/samples-$1" || true   # a composer missing from the corpus
+done
+"$BIN/nexttoken" muse generate "$OUT/run" --device cuda --composer mozart --instruments piano \
+    --prime "$(ls ${NEXTTOKEN_CACHE:-$HOME/.cache/nexttoken}/muse/music21-*/midi/bach_bwv10.7.mxl.mid | head -1)" \
+    --prime-notes 6 --seconds 30 --n 4 --out "$OUT/samples-primed"
+"$BIN/nexttoken" muse embeddings "$OUT/run"
+cat "$OUT/run/summary.json"

@@ -1,0 +1,382 @@
+"""`nexttoken muse ...`: MuseNet on your machine. Verbs, in the order a user meets them:
+
+    prepare      convert a corpus once (the music21 subset by default) and print what is in it
+    encode       MIDI -> readable tokens, one per line          decode   tokens -> MIDI
+    train        train a model (a run folder); --resume RUN continues a killed run
+    generate     compose: composer, instruments, prime, length -> .mid, .wav, piano-roll .png per sample
+    evaluate     bits per note, composer-classifier fidelity, histogram distances to real music
+    embeddings   the composer tokens' embeddings: cosine-similarity heatmap and a 2-D map
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from nexttoken.cli import add_device_option, positive_int
+from nexttoken.errors import UserError
+
+HELP = "MuseNet: MIDI as a language, composer-conditioned training, primed generation"
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("prepare", help="convert and cache a corpus; print its composers and sizes")
+    _corpus_options(p)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("encode", help="MIDI file -> tokens, one readable token per line")
+    p.add_argument("midi", type=Path)
+    p.add_argument("-o", "--out", type=Path, default=None, help="default: the MIDI path with .tokens")
+    p.add_argument("--composer", default="unknown", help="the composer token of the header")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="tokens (one per line) -> MIDI file")
+    p.add_argument("tokens", type=Path)
+    p.add_argument("-o", "--out", type=Path, default=None, help="default: the tokens path with .mid")
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("train", help="train a model on a corpus; writes a run folder")
+    _corpus_options(p)
+    p.add_argument("--encoding", default="musenet", choices=["musenet", "remi", "midilike"])
+    p.add_argument("--context", type=positive_int, default=256, help="tokens per training window")
+    p.add_argument("--n-layer", type=positive_int, default=4)
+    p.add_argument("--n-head", type=positive_int, default=4)
+    p.add_argument("--n-embd", type=positive_int, default=128)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--no-timing-embedding", dest="timing_embedding", action="store_false",
+                   help="drop MuseNet's timing embedding (time and index within a chord)")
+    p.add_argument("--no-structure-embedding", dest="structure_embedding", action="store_false",
+                   help="drop MuseNet's structural embedding (position within the piece in 128 parts)")
+    p.add_argument("--transpose", type=int, default=5, help="augmentation: transpose up to this many semitones")
+    p.add_argument("--stretch", type=float, default=0.1, help="augmentation: tempo stretch up to this fraction")
+    p.add_argument("--velocity-shift", type=int, default=12, help="augmentation: velocity shift")
+    p.add_argument("--steps", type=positive_int, default=600)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--grad-accum", type=positive_int, default=1)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--eval-every", type=positive_int, default=100)
+    p.add_argument("--ckpt-every", type=positive_int, default=100)
+    p.add_argument("--val-pieces", type=int, default=40, help="validation pieces scored per evaluation (0: all)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/muse-train-<time>)")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN", help="continue a killed run")
+    add_device_option(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="compose pieces with a trained model")
+    p.add_argument("run", type=Path)
+    p.add_argument("--composer", default="", help="a composer of the run (default: its first)")
+    p.add_argument("--instruments", default="piano", help="comma-separated families, e.g. piano,strings")
+    p.add_argument("--strict", action="store_true", help="mask every other instrument (default: a strong suggestion)")
+    p.add_argument("--prime", default=None, metavar="FILE.mid", help="start from the opening of this piece")
+    p.add_argument("--prime-notes", type=positive_int, default=6)
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--n", type=positive_int, default=4, help="pieces to sample (one batch)")
+    p.add_argument("--tempo", type=float, default=120.0, help="tempo token of the header when not priming")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--soundfont", default=None, help="General MIDI .sf2 (default: a system soundfont)")
+    p.add_argument("--out", type=Path, default=None, help="folder (default RUN/samples-<time>)")
+    add_device_option(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("evaluate", help="bits per note, conditioning fidelity and distances to real music")
+    p.add_argument("run", type=Path)
+    p.add_argument("--n-per-composer", type=positive_int, default=4)
+    p.add_argument("--seconds", type=float, default=20.0, help="length of generated (and real) excerpts")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--jobs", type=positive_int, default=2)
+    add_device_option(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("embeddings", help="composer-token embeddings: similarity heatmap and 2-D map")
+    p.add_argument("run", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="folder (default: the run folder)")
+    p.set_defaults(func=cmd_embeddings)
+
+
+def _corpus_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--corpus", default="music21-small",
+                   help="music21-small (default subset), music21 (all), a folder of MIDI files, or a CSV")
+    p.add_argument("--jobs", type=positive_int, default=2, help="processes converting the music21 corpus")
+
+
+# ---- verbs ---------------------------------------------------------------------------------------------------------------
+def cmd_prepare(args) -> None:
+    from nexttoken.muse.corpus import load_corpus
+
+    corpus = load_corpus(args.corpus, args.jobs)
+    print(f"{'label':18} {'pieces':>7} {'val':>5} {'notes':>9}")
+    for r in corpus.summary():
+        print(f"{r['label']:18} {r['pieces']:>7} {r['val']:>5} {r['notes']:>9,}")
+    print(f"{len(corpus)} pieces, {corpus.table['pitch'].size:,} notes, {corpus.skipped} file(s) skipped")
+
+
+def cmd_encode(args) -> None:
+    from nexttoken.muse.corpus import label_of
+    from nexttoken.muse.encoding import Vocab, encode, read_midi
+    from nexttoken.runs import atomic_write_text
+
+    notes = read_midi(args.midi)
+    composer = label_of(args.composer)
+    vocab = Vocab([composer])
+    ids = encode(notes, vocab, composer)
+    out = args.out or args.midi.with_suffix(".tokens")
+    atomic_write_text(out, "\n".join(vocab.to_strings(ids)) + "\n")
+    print(f"{out}: {len(ids)} tokens for {len(notes)} notes ({len(ids) / max(len(notes), 1):.2f} tokens per note)")
+
+
+def cmd_decode(args) -> None:
+    from nexttoken.muse.encoding import Vocab, decode, write_midi
+
+    if not args.tokens.is_file():
+        raise UserError(f"{args.tokens}: no such file")
+    lines = [(n, t.strip()) for n, t in enumerate(args.tokens.read_text().splitlines(), 1) if t.strip()]
+    vocab = Vocab(sorted({t[len("composer:"):] for _, t in lines if t.startswith("composer:")}))
+    ids = []
+    for n, token in lines:
+        if token not in vocab.index:
+            raise UserError(f"{args.tokens}:{n}: unknown token {token!r}")
+        ids.append(vocab.index[token])
+    notes = decode(ids, vocab)
+    out = write_midi(notes, args.out or args.tokens.with_suffix(".mid"))
+    print(f"{out}: {len(notes)} notes, {notes.seconds:.1f} s")
+
+
+def cmd_train(args) -> None:
+    from nexttoken.muse.train import MuseConfig, train
+    from nexttoken.training import LoopConfig, OptimConfig
+
+    cfg = MuseConfig(corpus=args.corpus, encoding=args.encoding, context=args.context, n_layer=args.n_layer,
+                     n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout,
+                     timing_embedding=args.timing_embedding, structure_embedding=args.structure_embedding,
+                     transpose=args.transpose, stretch=args.stretch, velocity_shift=args.velocity_shift,
+                     val_pieces=args.val_pieces)
+    if args.n_embd % args.n_head:
+        raise UserError(f"--n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}")
+    optim = OptimConfig(lr=args.lr, warmup_steps=args.warmup)
+    loop = LoopConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                      eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed,
+                      precision=args.precision, compile=args.compile)
+    path = train(cfg, optim, loop, args.out, args.device, args.resume, args.jobs)
+    summary = path / "summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        print(f"{path}: bits per note {s['bits_per_note']:.3f} on validation pieces, "
+              f"{s['tokens_per_note']:.2f} tokens per note, {s['params']:,} parameters")
+
+
+def _instruments(text: str) -> list[str]:
+    from nexttoken.muse.encoding import FAMILIES
+
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    for n in names:
+        if n not in FAMILIES:
+            raise UserError(f"unknown instrument {n!r}; choose from {', '.join(FAMILIES)}")
+    if not names:
+        raise UserError("--instruments needs at least one instrument")
+    return names
+
+
+def cmd_generate(args) -> None:
+    from nexttoken.muse.generate import GenerateConfig
+    from nexttoken.training import pick_device
+
+    if args.seconds <= 0:
+        raise UserError("--seconds must be positive")
+    if args.prime and not Path(args.prime).is_file():
+        raise UserError(f"{args.prime}: no such file")
+    cfg = GenerateConfig(composer=args.composer, instruments=_instruments(args.instruments), strict=args.strict,
+                         prime=args.prime, prime_notes=args.prime_notes, seconds=args.seconds,
+                         temperature=args.temperature, top_p=args.top_p, n=args.n, tempo=args.tempo, seed=args.seed)
+    out = args.out or args.run / f"samples-{time.strftime('%Y%m%d-%H%M%S')}"
+    written = write_samples(args.run, cfg, out, pick_device(args.device), args.soundfont)
+    for s in written:
+        print(f"{s['midi']}  {s['seconds']:.1f} s  {s['notes']} notes  {s['tokens']} tokens")
+
+
+def write_samples(run_dir: Path, cfg, out: Path, device, soundfont: str | None = None,
+                  title: str = "") -> list[dict]:
+    """Generate, then write sample-NN.mid/.wav/.png and samples.json into ``out``; returns one record per sample."""
+    from nexttoken.muse.encoding import write_midi
+    from nexttoken.muse.generate import generate_pieces
+    from nexttoken.muse.render import find_soundfont, piano_roll, render_wav
+    from nexttoken.muse.train import load_run
+    from nexttoken.runs import atomic_write_json
+
+    model, encoding, muse_cfg, _ = load_run(run_dir, device)
+    if cfg.composer and cfg.composer not in muse_cfg.composers:
+        raise UserError(f"unknown composer {cfg.composer!r}; this run knows: {', '.join(muse_cfg.composers)}")
+    sf = find_soundfont(soundfont)
+    if sf is None:
+        print("nexttoken: warning: no General MIDI soundfont found (apt-get install timgm6mb-soundfont, or pass "
+              "--soundfont FILE.sf2); writing MIDI and piano rolls without audio", file=sys.stderr)
+    t0 = time.time()
+    pieces = generate_pieces(model, encoding, cfg, device, muse_cfg.tokens_per_second)
+    elapsed = time.time() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    composer = cfg.composer or muse_cfg.composers[0]
+    for k, piece in enumerate(pieces):
+        stem = out / f"sample-{k:02d}"
+        write_midi(piece.notes, stem.with_suffix(".mid"))
+        caption = title or f"{composer} / {','.join(cfg.instruments)} / sample {k}"
+        piano_roll(piece.notes, stem.with_suffix(".png"), caption, piece.prime_seconds)
+        record = {"midi": str(stem.with_suffix(".mid")), "png": str(stem.with_suffix(".png")),
+                  "seconds": piece.notes.seconds, "notes": len(piece.notes), "tokens": len(piece.ids),
+                  "finished": piece.finished}
+        if sf is not None:
+            render_wav(piece.notes, stem.with_suffix(".wav"), sf)
+            record["wav"] = str(stem.with_suffix(".wav"))
+        records.append(record)
+    atomic_write_json(out / "samples.json", {"run": str(run_dir), "config": asdict(cfg), "soundfont": str(sf),
+                                             "sampling_seconds": elapsed, "samples": records})
+    return records
+
+
+def cmd_evaluate(args) -> None:
+    from nexttoken.muse.corpus import load_corpus
+    from nexttoken.muse.evaluate import evaluate
+    from nexttoken.muse.train import load_run
+    from nexttoken.runs import atomic_write_json
+    from nexttoken.training import pick_device
+
+    device = pick_device(args.device)
+    model, encoding, cfg, run = load_run(args.run, device)
+    corpus = load_corpus(cfg.corpus, args.jobs)
+    ev = evaluate(model, encoding, cfg, corpus, device, args.n_per_composer, args.seconds,
+                  temperature=args.temperature, top_p=args.top_p)
+    atomic_write_json(run.path / "evaluation.json", ev.to_dict())
+    print(format_evaluation(ev))
+
+
+def format_evaluation(ev) -> str:
+    lines = [f"bits per note on {ev.held_out_pieces} held-out pieces: {ev.bits_per_note:.3f} "
+             f"({ev.tokens_per_note:.2f} tokens per note)",
+             f"composer classifier over {len(ev.classifier_classes)} composers (chance {ev.chance:.2f}): "
+             f"real held-out excerpts {ev.real_accuracy:.2f}, generated excerpts {ev.generated_accuracy:.2f}"]
+    keys = ["pitch_class_tvd", "interval_tvd", "ioi_tvd", "density_rel_diff"]
+    lines.append(f"{'composer':16} " + " ".join(f"{k[:-4] if k.endswith('_tvd') else 'density':^22}" for k in keys)
+                 + "   (generated vs real | real half vs half)")
+    for r in ev.per_composer:
+        cells = [f"{r.get('gen_' + k, float('nan')):>10.3f} | {r.get('real_' + k, float('nan')):<9.3f}" for k in keys]
+        lines.append(f"{r['composer']:16} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def cmd_embeddings(args) -> None:
+    paths = composer_map(args.run, args.out)
+    for p in paths:
+        print(p)
+
+
+def composer_map(run_dir: Path, out: Path | None = None) -> list[Path]:
+    """Cosine similarities of the composer tokens' embeddings (heatmap) and their first two principal components."""
+    import torch
+
+    from nexttoken.muse.train import load_run
+    from nexttoken.plots import figure, save
+
+    model, encoding, cfg, run = load_run(run_dir, torch.device("cpu"))
+    names = cfg.composers
+    if len(names) < 2:
+        raise UserError(f"{run_dir}: the run has only {len(names)} composer; a map needs two or more")
+    ids = torch.tensor([encoding.composer_id(c) for c in names])
+    emb = model.gpt.tok_emb.weight[ids].detach()  # (composers, n_embd)
+    unit = torch.nn.functional.normalize(emb, dim=1)
+    sim = (unit @ unit.T).numpy()
+    out = out or run.path
+    fig, ax = figure(1.2 + 0.45 * len(names), 1.0 + 0.4 * len(names))
+    im = ax.imshow(sim, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title("composer tokens: cosine similarity", fontsize=9)
+    heat = save(fig, out / "composer_similarity.png")
+    centred = emb - emb.mean(0)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    xy = (centred @ v[:2].T).numpy()  # (composers, 2) first two principal components
+    fig, ax = figure(5, 4)
+    ax.scatter(xy[:, 0], xy[:, 1])
+    for (x, y), n in zip(xy, names):
+        ax.annotate(n, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    ax.set_title("composer tokens: first two principal components", fontsize=9)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    m = save(fig, out / "composer_map.png")
+    np.savetxt(out / "composer_similarity.csv", sim, delimiter=",", header=",".join(names), fmt="%.4f")
+    return [heat, m]
+
+
+# ---- the demo section ------------------------------------------------------------------------------------------------------
+DEMO_STEPS = 500  # under 3 minutes on 2 free cores (about 13k tokens/s)
+
+
+def demo(out: Path, device):
+    """A small model trained for a few CPU minutes on the music21 subset; pieces as audio and piano rolls; the map."""
+    from nexttoken.muse.corpus import load_corpus
+    from nexttoken.muse.generate import GenerateConfig
+    from nexttoken.muse.train import MuseConfig, train
+    from nexttoken.report import Section
+    from nexttoken.training import LoopConfig, OptimConfig
+
+    t0 = time.time()
+    corpus = load_corpus("music21-small")
+    t_corpus = time.time() - t0
+    run_dir = out / "run"
+    loop = LoopConfig(steps=DEMO_STEPS, batch_size=16, eval_every=100, ckpt_every=100)
+    if (run_dir / "config.json").exists():
+        train(MuseConfig(), OptimConfig(), loop, device=device.type, resume=run_dir)
+    else:
+        train(MuseConfig(), OptimConfig(lr=3e-3, warmup_steps=30), loop, out=run_dir, device=device.type)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    section = Section("MuseNet: MIDI as a language")
+    section.text(
+        f"The music21 corpus subset ({len(corpus)} pieces, {corpus.table['pitch'].size:,} notes; prepared in "
+        f"{t_corpus:.0f} s) as MuseNet tokens: {summary['tokens_per_note']:.2f} tokens per note. A "
+        f"{summary['params'] / 1e6:.1f} M-parameter GPT with MuseNet's timing and structural embeddings trained "
+        f"{summary['steps']} steps in {summary['train_seconds']:.0f} s: {summary['bits_per_note']:.2f} bits per "
+        f"note on held-out pieces.")
+    section.image(run_dir / "bits_per_note.png", "validation bits per note")
+    bach_prime = next((corpus.notes(p) for p in corpus.indices("val", "bach")), None)
+    requests = [
+        ("bach", "piano", None, "bach, piano"),
+        ("palestrina", "voice", None, "palestrina, voice"),
+        ("folk_ryan", "piano", None, "folk_ryan (Ryan's Mammoth Collection), piano"),
+        ("monteverdi", "piano", bach_prime, "monteverdi, primed with the first 6 notes of a held-out Bach chorale"),
+    ]
+    for k, (composer, inst, prime, caption) in enumerate(requests):
+        if composer not in summary["composers"]:
+            continue
+        if prime is not None:
+            from nexttoken.muse.encoding import write_midi
+
+            prime = str(write_midi(prime, out / "prime.mid"))
+        cfg = GenerateConfig(composer=composer, instruments=[inst], prime=prime, prime_notes=6, seconds=20, n=1,
+                             seed=k, temperature=0.95)
+        for rec in write_samples(run_dir, cfg, out / f"sample-{composer}", device, title=caption):
+            if "wav" in rec:
+                section.audio(rec["wav"], caption)
+            section.image(rec["png"], caption)
+    maps = composer_map(run_dir, out)
+    section.image(maps[1], "composer tokens' embeddings, first two principal components")
+    section.image(maps[0], "cosine similarity of the composer tokens' embeddings")
+    section.text("Each piece starts from the header MuseNet would see (composer, instruments, start, tempo) and is "
+                 "sampled with top-p 0.95; a CPU-minutes model has learned local texture (voicing, rhythm, key) "
+                 "more than form. See `nexttoken muse evaluate RUN` for bits per note, composer-classifier "
+                 "fidelity and histogram distances.")
+    return section
+

@@ -1,0 +1,134 @@
+import numpy as np
+import pytest
+
+from muse_fixtures import toy_corpus, toy_piece
+from nexttoken.errors import UserError
+from nexttoken.muse import corpus as corpus_mod
+from nexttoken.muse.corpus import Augment, load_corpus, split_by_piece
+from nexttoken.muse.encoding import DRUMS, notes_from_score
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEXTTOKEN_CACHE", str(tmp_path / "cache"))
+
+
+def test_folder_labels_from_subfolders_and_corrupt_files_skipped(tmp_path, capsys):
+    root = toy_corpus(tmp_path / "midi", per_style=3)
+    (root / "chords" / "broken.mid").write_bytes(b"MThd not really")
+    (root / "scales" / "empty.mid").write_bytes(b"")
+    corpus = load_corpus(str(root))
+    assert corpus.skipped == 2
+    assert sorted(set(corpus.labels)) == ["chords", "scales"] and len(corpus) == 6
+    err = capsys.readouterr().err
+    assert "broken.mid" in err and "2 file(s) could not be read" in err
+    # The second call reads the cache, and a changed folder is read again.
+    assert load_corpus(str(root)).ids == corpus.ids
+    toy_piece("scales", 99).dump_midi(str(root / "scales" / "new.mid"))
+    assert len(load_corpus(str(root))) == 7
+
+
+def test_maestro_style_csv(tmp_path):
+    root = toy_corpus(tmp_path / "midi", per_style=2)
+    rows = ["canonical_composer,canonical_title,split,year,midi_filename,audio_filename,duration"]
+    for k, split in enumerate(["train", "validation"]):
+        rows.append(f"Johann Sebastian Bach,Piece {k},{split},2004,scales/scales-{k}.mid,x.wav,10")
+        rows.append(f"Frédéric Chopin,Piece {k},{split},2004,chords/chords-{k}.mid,x.wav,10")
+    rows.append("Frédéric Chopin,Missing,train,2004,chords/nope.mid,x.wav,10")
+    csv = root / "maestro.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    corpus = load_corpus(str(csv))
+    assert sorted(set(corpus.labels)) == ["frederic_chopin", "johann_sebastian_bach"]
+    assert corpus.splits.count("val") == 2 and corpus.skipped == 1
+
+
+def test_bad_corpus_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="not a folder"):
+        load_corpus(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no MIDI files"):
+        load_corpus(str(tmp_path / "empty"))
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match="needs a path column"):
+        load_corpus(str(tmp_path / "bad.csv"))
+
+
+def test_split_is_by_piece_stable_and_per_label():
+    ids = [f"piece{i}" for i in range(40)]
+    labels = ["a"] * 20 + ["b"] * 19 + ["c"]
+    splits = split_by_piece(ids, labels, 0.1)
+    assert splits.count("val") == 4 and splits[-1] == "train"  # 2 + 2, none from a one-piece label
+    assert split_by_piece(ids[::-1], labels[::-1], 0.1) == splits[::-1]  # depends on the ids, not their order
+
+
+def test_music21_preparation_resumes_after_an_interruption(tmp_path, monkeypatch):
+    monkeypatch.setattr(corpus_mod, "SMALL", {"bach": 3})
+    calls = []
+    real = corpus_mod.convert_source
+
+    def counting(rel, label, out_dir):
+        calls.append(rel)
+        return real(rel, label, out_dir)
+
+    # A first run that dies after converting one file.
+    monkeypatch.setattr(corpus_mod, "ProcessPoolExecutor", _InlinePool)
+    monkeypatch.setattr(corpus_mod, "as_completed", iter)
+    monkeypatch.setattr(corpus_mod, "convert_source", _dies_after(1, counting))
+    with pytest.raises(KeyboardInterrupt):
+        corpus_mod.prepare_music21("small")
+    assert len(calls) == 1
+    monkeypatch.setattr(corpus_mod, "convert_source", counting)
+    corpus = corpus_mod.prepare_music21("small")
+    assert len(calls) == 3 and len(set(calls)) == 3  # the converted file was not converted again
+    assert len(corpus) == 3 and set(corpus.labels) == {"bach"} and corpus.n_notes(0) > 100
+
+
+def _dies_after(n, fn):
+    count = [0]
+
+    def wrapped(*args):
+        if count[0] == n:
+            raise KeyboardInterrupt
+        count[0] += 1
+        return fn(*args)
+
+    return wrapped
+
+
+class _LazyFuture:
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def result(self):
+        return self.fn(*self.args)
+
+
+class _InlinePool:
+    """ProcessPoolExecutor stand-in that runs each task in this process, one at a time, as its result is asked for."""
+
+    def __init__(self, max_workers=None):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def submit(self, fn, *args):
+        return _LazyFuture(fn, args)
+
+
+def test_augmentation_transposes_stretches_and_spares_drums():
+    from muse_fixtures import case_score
+
+    notes = notes_from_score(case_score("drums"))
+    out = Augment(transpose=5, stretch=0.2, velocity=10)(notes, np.random.default_rng(3))
+    drums = notes.family == DRUMS
+    assert np.array_equal(out.pitch[drums], notes.pitch[drums])
+    shift = set((out.pitch[~drums] - notes.pitch[~drums]).tolist())
+    assert len(shift) == 1 and abs(shift.pop()) <= 5
+    ratio = out.end.max() / notes.end.max()
+    assert 1 / 1.2 - 1e-9 <= ratio <= 1.2 + 1e-9 and out.tempo == pytest.approx(notes.tempo / ratio)
+    again = Augment(transpose=5, stretch=0.2, velocity=10)(notes, np.random.default_rng(3))
+    assert np.array_equal(again.pitch, out.pitch) and np.array_equal(again.start, out.start)

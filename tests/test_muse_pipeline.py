@@ -1,0 +1,183 @@
+"""Training, generation, evaluation and the CLI, end to end on a toy two-style corpus with a tiny model."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import symusic
+import torch
+
+from muse_fixtures import toy_corpus
+from nexttoken.errors import UserError
+from nexttoken.muse.corpus import load_corpus
+from nexttoken.muse.encoding import FAMILIES, QUANTUM, make_encoding, read_midi
+from nexttoken.muse.generate import GenerateConfig, generate_pieces
+from nexttoken.muse.train import Batches, MuseConfig, load_run, train
+from nexttoken.training import LoopConfig, OptimConfig
+
+TINY = dict(context=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0, val_pieces=0)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("muse")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NEXTTOKEN_CACHE", str(root / "cache"))
+    corpus_dir = toy_corpus(root / "midi", per_style=6)
+    loop = LoopConfig(steps=60, batch_size=8, eval_every=20, ckpt_every=60)
+    run = train(MuseConfig(corpus=str(corpus_dir), **TINY), OptimConfig(lr=1e-2, warmup_steps=10), loop,
+                out=root / "run", device="cpu")
+    yield {"root": root, "corpus": str(corpus_dir), "run": run}
+    mp.undo()
+
+
+def test_training_learns_and_writes_bits_per_note(env):
+    records = [json.loads(line) for line in (env["run"] / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [20, 40, 60]
+    summary = json.loads((env["run"] / "summary.json").read_text())
+    assert summary["bits_per_note"] == records[-1]["bits_per_note"]
+    # Untrained, a token costs about log2(vocab) bits (11 here) and a note about 2.8 tokens: 30 bits.
+    assert summary["bits_per_note"] < 0.6 * np.log2(summary["vocab_size"]) * summary["tokens_per_note"]
+    assert records[-1]["bits_per_note"] < records[0]["bits_per_note"]
+    assert set(summary["composers"]) == {"chords", "scales"}
+
+
+def test_batches_depend_on_the_step_alone_and_start_with_the_header(env):
+    corpus = load_corpus(env["corpus"])
+    cfg = MuseConfig(corpus=env["corpus"], composers=corpus.composers(), families=corpus.families(), **TINY)
+    enc = make_encoding("musenet", cfg.composers, cfg.families)
+    a, b = Batches(corpus, enc, cfg, 4, seed=0), Batches(corpus, enc, cfg, 4, seed=0)
+    first = a(7)
+    a(3)
+    assert all(torch.equal(first[k], b(7)[k]) for k in first)
+    assert not torch.equal(first["idx"], a(8)["idx"])
+    composer_ids = {enc.composer_id(c) for c in cfg.composers}
+    assert all(int(row[0]) in composer_ids for row in first["idx"])
+    assert first["where"].shape == (4, 64, 3) and (first["where"][..., 2] < 128).all()
+
+
+def test_generation_has_the_requested_length_header_and_prime(env, tmp_path):
+    model, enc, cfg, _ = load_run(env["run"], torch.device("cpu"))
+    prime = next((env["root"] / "midi" / "scales").glob("*.mid"))
+    gen = GenerateConfig(composer="chords", instruments=["strings"], prime=str(prime), prime_notes=4, seconds=6, n=2)
+    pieces = generate_pieces(model, enc, gen, torch.device("cpu"), cfg.tokens_per_second)
+    vocab = enc.vocab
+    events = vocab.to_strings(enc.encode(read_midi(prime), "scales").ids[4:])  # after the prime's own header
+    fourth_on = [i for i, t in enumerate(events) if t.startswith("piano:") and ":v0:" not in t][3]
+    for piece in pieces:
+        tokens = vocab.to_strings(piece.ids)
+        assert tokens[:4] == ["composer:chords", "inst:strings", "start", "tempo:120"]
+        assert tokens[4 : 5 + fourth_on] == events[: fourth_on + 1]  # the prime, up to its 4th note
+        assert tokens[-1] == "end" and piece.finished
+        assert vocab.wait_value[piece.ids].sum() * QUANTUM == pytest.approx(6.0)  # exactly the requested length
+        assert piece.notes.seconds <= 6.0 + 1e-6 and len(piece.notes) > 0
+
+
+def test_strict_mode_masks_other_instruments(env, capsys):
+    model, enc, cfg, _ = load_run(env["run"], torch.device("cpu"))
+    gen = GenerateConfig(composer="scales", instruments=["strings"], strict=True, seconds=4, n=2, seed=1)
+    for piece in generate_pieces(model, enc, gen, torch.device("cpu"), cfg.tokens_per_second):
+        assert set(FAMILIES[f] for f in piece.notes.family) <= {"strings"}
+    # An instrument the corpus never had: a suggestion with a warning, and an error when strict.
+    gen = GenerateConfig(composer="scales", instruments=["brass"], seconds=2, n=1)
+    assert len(generate_pieces(model, enc, gen, torch.device("cpu"), cfg.tokens_per_second)) == 1
+    assert "never saw brass" in capsys.readouterr().err
+    with pytest.raises(UserError, match="no notes for brass"):
+        generate_pieces(model, enc, GenerateConfig(instruments=["brass"], strict=True, seconds=2, n=1),
+                        torch.device("cpu"), cfg.tokens_per_second)
+
+
+def test_evaluation_reports_fidelity_and_distances(env):
+    from nexttoken.muse.evaluate import evaluate
+
+    model, enc, cfg, _ = load_run(env["run"], torch.device("cpu"))
+    ev = evaluate(model, enc, cfg, load_corpus(env["corpus"]), torch.device("cpu"), n_per_composer=2, seconds=4,
+                  min_pieces=2)
+    assert ev.classifier_classes == ["chords", "scales"] and ev.chance == 0.5
+    assert ev.real_accuracy == 1.0  # the two toy styles are trivially separable on real excerpts
+    assert 0.0 <= ev.generated_accuracy <= 1.0 and ev.bits_per_note > 0
+    assert {r["composer"] for r in ev.per_composer} == {"chords", "scales"}
+    assert all(0 <= r["real_pitch_class_tvd"] <= 1 for r in ev.per_composer)
+
+
+def test_classifier_learns_separable_features():
+    from nexttoken.muse.evaluate import fit_classifier
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (50, 5)), rng.normal(3, 1, (50, 5))])
+    y = np.repeat([0, 1], 50)
+    clf = fit_classifier(x, y, ["a", "b"])
+    assert (clf.predict(x) == y).mean() > 0.95
+
+
+def cli(*args, cwd, env_vars):
+    import os
+
+    return subprocess.run([sys.executable, "-m", "nexttoken", "muse", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=300, env={**os.environ, **env_vars})
+
+
+def test_cli_end_to_end(env, tmp_path):
+    """encode -> decode, generate (mid + png, and wav when a soundfont is installed), embeddings, resume, errors."""
+    from nexttoken.muse.render import find_soundfont
+
+    envv = {"NEXTTOKEN_CACHE": str(env["root"] / "cache")}
+    prime = next((env["root"] / "midi" / "scales").glob("*.mid"))
+    p = cli("encode", prime, "-o", tmp_path / "p.tokens", "--composer", "J. S. Bach", cwd=tmp_path, env_vars=envv)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "p.tokens").read_text().splitlines()[0] == "composer:j_s_bach"
+    p = cli("decode", tmp_path / "p.tokens", "-o", tmp_path / "p.mid", cwd=tmp_path, env_vars=envv)
+    assert p.returncode == 0 and symusic.Score(str(tmp_path / "p.mid")).note_num() == len(read_midi(prime))
+
+    out = tmp_path / "samples"
+    p = cli("generate", env["run"], "--composer", "scales", "--instruments", "piano,strings", "--prime", prime,
+            "--prime-notes", "3", "--seconds", "4", "--n", "2", "--temperature", "0.9", "--top-p", "0.9",
+            "--device", "cpu", "--out", out, cwd=tmp_path, env_vars=envv)
+    assert p.returncode == 0, p.stderr
+    for k in range(2):
+        assert symusic.Score(str(out / f"sample-{k:02d}.mid")).note_num() > 0
+        assert (out / f"sample-{k:02d}.png").stat().st_size > 1000
+        if find_soundfont() is not None:
+            import wave
+
+            with wave.open(str(out / f"sample-{k:02d}.wav")) as w:
+                assert w.getnframes() / w.getframerate() > 3.0
+    meta = json.loads((out / "samples.json").read_text())
+    assert meta["config"]["instruments"] == ["piano", "strings"] and len(meta["samples"]) == 2
+
+    p = cli("embeddings", env["run"], "--out", tmp_path / "emb", cwd=tmp_path, env_vars=envv)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "emb" / "composer_map.png").is_file() and (tmp_path / "emb" / "composer_similarity.png").is_file()
+
+    # Resuming a finished run trains nothing and keeps its summary.
+    before = json.loads((env["run"] / "summary.json").read_text())["bits_per_note"]
+    p = cli("train", "--resume", env["run"], "--device", "cpu", cwd=tmp_path, env_vars=envv)
+    assert p.returncode == 0, p.stderr
+    assert json.loads((env["run"] / "summary.json").read_text())["bits_per_note"] == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["encode", "missing.mid"], "missing.mid: no such file"),
+    (["generate", "RUN", "--composer", "mozart"], "unknown composer 'mozart'"),
+    (["generate", "RUN", "--instruments", "kazoo"], "unknown instrument 'kazoo'"),
+    (["generate", "RUN", "--prime", "nope.mid"], "nope.mid: no such file"),
+    (["generate", "RUN", "--n", "0"], "expected a positive integer"),
+    (["train", "--corpus", "no/such/folder"], "not a folder of MIDI files"),
+    (["evaluate", "not-a-run"], "not a run folder"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(env, tmp_path, monkeypatch, capsys, args, message):
+    """In-process through the CLI's entry point (the subprocess path is covered by test_cli_end_to_end)."""
+    from nexttoken.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = [str(env["run"]) if a == "RUN" else a for a in args]
+    try:
+        code = main(["muse", *args])
+    except SystemExit as e:  # argparse rejects bad options before main's own handler
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in err
