@@ -89,6 +89,7 @@ def test_checkpoint_is_atomic_and_loadable(tmp_path):
     model = char_model()
     run.save_checkpoint(model, None, 7, snapshot=True)
     assert not list(run.path.glob(".*tmp"))  # no temporary files left behind
+    assert run.checkpoint_path.stat().st_mode & 0o044  # readable by others, like any file the user writes
     other = char_model(seed=5)
     step, _, _ = run.load_checkpoint(other)
     assert step == 7

@@ -27,6 +27,8 @@ from safetensors.torch import save as st_save
 from nexttoken.errors import UserError
 
 CHECKPOINT = "checkpoint.safetensors"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 # ---- atomic writes -----------------------------------------------------------------------------------------------
@@ -39,6 +41,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private (0600); give them the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
