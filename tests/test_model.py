@@ -129,6 +129,7 @@ def test_hook_points_expose_and_patch_activations():
     model = tiny()
     idx = torch.randint(0, 23, (2, 6))
     logits, acts = model.run_with_cache(idx)
+    assert set(acts) == set(model.hook_names())
     assert acts["blocks.0.attn.hook_pattern"].shape == (2, 2, 6, 6)
     pattern = acts["blocks.1.attn.hook_pattern"]
     assert torch.allclose(pattern.sum(-1), torch.ones(2, 2, 6), atol=1e-5)

@@ -366,9 +366,6 @@ class Ensemble:
             loss += (self.row_loss(logits, ys) * valid).sum(1)
         return correct / n, loss / n
 
-    def weight_norm(self) -> Tensor:
-        return self.flat.norm(dim=1)
-
     # -- CUDA graphs ------------------------------------------------------------------------------------------------------------
     def capture(self, warmup: int = 3) -> int:
         """CUDA only: run ``warmup`` eager steps on a side stream, then capture one training step and one evaluation as
