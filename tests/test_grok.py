@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nexttoken.errors import UserError
-from nexttoken.grok.data import OPERATIONS, make_table, split
+from nexttoken.grok.data import OPERATIONS, make_table, split, vocab_size
 from nexttoken.grok.sweep import expand, median_steps, run_sweep
 from nexttoken.grok.train import (Ensemble, GrokConfig, eval_steps, load_member, stablemax_cross_entropy, train,
                                   train_ensemble)
@@ -58,6 +58,8 @@ def test_tokenisation_is_a_op_b_equals():
     table = make_table("x+y", 5)
     assert table.inputs[7].tolist() == [1, 5, 2, 6]  # 1 op 2 =  (op token 5, '=' token 6)
     assert table.answers[7].item() == 3
+    assert vocab_size("x+y", 5) == table.vocab_size == 7
+    assert vocab_size("s5:x*y", 97) == make_table("s5:x*y").vocab_size == 122
 
 
 def test_split_is_seeded_and_disjoint():
@@ -181,6 +183,7 @@ def test_a_tiny_run_memorises_its_training_set(tmp_path):
     run = Run.create(tmp_path / "r", {"members": [asdict(cfg)]})
     summary = train(cfg, run, torch.device("cpu"), progress=False)
     assert summary["final_train_acc"] == 1.0
+    assert summary["best_val_acc"] == max(r["val_acc"] for r in run.metrics())
     assert summary["steps_to_train_99"] is not None
     assert set(summary) >= {"steps_to_train_99", "steps_to_val_99", "wall_s_to_val_99", "final_train_acc",
                             "final_val_acc", "device"}

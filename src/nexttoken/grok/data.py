@@ -74,6 +74,11 @@ PERMUTATION: dict[str, Callable[[tuple, tuple], tuple]] = {
 OPERATIONS = [*MODULAR, *PERMUTATION]
 
 
+def vocab_size(op: str, p: int) -> int:
+    """Tokens of an operation's table without building it: the elements, then `op` and `=`."""
+    return (len(PERMS) if op.startswith("s5:") else p) + 2
+
+
 def is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
 

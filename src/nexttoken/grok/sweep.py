@@ -77,9 +77,6 @@ def run_sweep(
         ens = Ensemble(member_cfgs, device)
         result = train_ensemble(ens, run, resume=resume, eval_ratio=eval_ratio or default_eval_ratio(device),
                                 use_cuda_graph=use_cuda_graph, progress=progress)
-        best = torch.zeros(len(members))
-        for record in run.metrics():
-            best = torch.maximum(best, torch.tensor(record["val_acc"]))
         group_rows = []
         for m, cfg in enumerate(member_cfgs):
             group_rows.append({
@@ -87,7 +84,7 @@ def run_sweep(
                 **{k: getattr(cfg, k) for k in grid if k not in ("op", "frac", "seed")},
                 "steps_to_train_99": result.progress.steps_to_train_99[m],
                 "steps_to_val_99": result.progress.steps_to_val_99[m],
-                "best_val_acc": round(float(best[m]), 4),
+                "best_val_acc": round(result.progress.best_val_acc[m], 4),
                 "final_val_acc": round(float(result.final.val_acc[m]), 4),
                 "steps": result.steps,
             })

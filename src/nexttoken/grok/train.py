@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.func import functional_call, vmap
 
 from nexttoken.errors import UserError
-from nexttoken.grok.data import check_op, make_table, split
+from nexttoken.grok.data import check_op, make_table, split, vocab_size
 from nexttoken.model import GPT, GPTConfig
 from nexttoken.runs import Run, load_tensors, restore_rng, rng_tensors, save_tensors
 from nexttoken.training import progress_bar
@@ -98,7 +98,7 @@ class GrokConfig:
 
     def shape_key(self) -> tuple:
         """Members of one ensemble must share everything that changes the model's shape or the step's structure."""
-        vocab = make_table_size(self.op, self.p)
+        vocab = vocab_size(self.op, self.p)
         return (vocab, self.n_layer, self.n_embd, self.n_head, self.mlp_hidden, self.norm, self.activation, self.bias,
                 self.dropout, self.grokfast_window if self.grokfast == "ma" else 0)
 
@@ -113,10 +113,6 @@ PRESETS: dict[str, dict] = {
     "nanda": dict(op="x+y", p=113, frac=0.3, n_layer=1, norm="none", activation="relu", bias=True, init="gpt2",
                   init_std=128**-0.5, batch_size=0, steps=40_000),
 }
-
-
-def make_table_size(op: str, p: int) -> int:
-    return (120 if op.startswith("s5:") else p) + 2
 
 
 def model_config(cfg: GrokConfig, vocab_size: int) -> GPTConfig:
@@ -192,9 +188,9 @@ class Ensemble:
         self.vocab_size = next(iter(tables.values())).vocab_size
         self.train_x, self.train_y, self.n_train = _pad(train, self.device)
         self.val_x, self.val_y, self.n_val = _pad(val, self.device)
-        full = torch.tensor([c.batch_size == 0 for c in configs])
-        batch = torch.tensor([n if f else min(c.batch_size, max(1, n // 2)) for c, n, f in
-                              zip(configs, self.n_train.tolist(), full.tolist())])
+        # Rows per step: the paper's min(batch, half the training set); batch 0 is the whole training set.
+        batch = torch.tensor([min(c.batch_size, max(1, n // 2)) if c.batch_size else n
+                              for c, n in zip(configs, self.n_train.tolist())])
         self.batch = batch.to(self.device)  # rows per step of each member
         self.B = int(batch.max())
 
@@ -416,11 +412,13 @@ def _pad(pairs: list[tuple[Tensor, Tensor]], device) -> tuple[Tensor, Tensor, Te
 # ---- the training loop --------------------------------------------------------------------------------------------------------
 @dataclass
 class Progress:
-    """First steps (and seconds since the first step) at which each member reached 99% train / validation accuracy."""
+    """Per member: first steps (and seconds since the first step) at 99% train / validation accuracy, and the best
+    validation accuracy seen at any evaluation."""
 
     steps_to_train_99: list
     steps_to_val_99: list
     wall_s_to_val_99: list
+    best_val_acc: list
 
 
 @dataclass
@@ -450,7 +448,7 @@ def train_ensemble(
     schedule = eval_steps(budget, eval_ratio)
     snapshot_steps = snapshot_steps or set()
     E = ens.E
-    prog = Progress([None] * E, [None] * E, [None] * E)
+    prog = Progress([None] * E, [None] * E, [None] * E, [0.0] * E)
     start = 0
     elapsed_before = 0.0
     if resume and run is not None and run.has_checkpoint():
@@ -501,6 +499,7 @@ def train_ensemble(
                 prog.steps_to_train_99[m] = step
             if prog.steps_to_val_99[m] is None and values["val_acc"][m] >= 0.99:
                 prog.steps_to_val_99[m], prog.wall_s_to_val_99[m] = step, round(wall, 4)
+            prog.best_val_acc[m] = max(prog.best_val_acc[m], values["val_acc"][m])
         bar.set_postfix(val=f"{sum(values['val_acc']) / E:.3f}", refresh=False)
         if run is not None:
             run.log({"step": step, "wall_s": round(wall, 4),
@@ -560,7 +559,7 @@ def train(
         "wall_s_to_val_99": p.wall_s_to_val_99[0],
         "final_train_acc": result.final.train_acc.item(),
         "final_val_acc": result.final.val_acc.item(),
-        "best_val_acc": max(r["val_acc"] for r in run.metrics()) if run.metrics() else result.final.val_acc.item(),
+        "best_val_acc": p.best_val_acc[0],
         "steps": result.steps,
         "wall_s": round(result.wall_s, 3),
         "capture_s": round(result.capture_s, 3),
@@ -581,7 +580,7 @@ def load_member(run: Run, member: int = 0, snapshot: Path | None = None) -> GPT:
     """The GPT of one member of a finished (or running) run, from its checkpoint or from a weight snapshot."""
     configs = [config_from_dict(c) for c in run.config["members"]]
     cfg = configs[member]
-    model = GPT(replace(model_config(cfg, make_table_size(cfg.op, cfg.p)), attention="sdpa"))
+    model = GPT(replace(model_config(cfg, vocab_size(cfg.op, cfg.p)), attention="sdpa"))
     if snapshot is not None:
         tensors, _ = load_tensors(snapshot)
         model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items()})
