@@ -138,7 +138,7 @@ class SelfAttention(nn.Module):
         if last_only:  # keys and values for every position, a query for the last one only
             w_q, w_kv = self.qkv.weight.split([C, 2 * C])
             b_q, b_kv = self.qkv.bias.split([C, 2 * C]) if self.qkv.bias is not None else (None, None)
-            q = F.linear(x[:, -1:], w_q, b_q).view(B, 1, H, D).transpose(1, 2)  # (B, H, 1, D)
+            q = F.linear(x[:, -1], w_q, b_q).view(B, 1, H, D).transpose(1, 2)  # (B, H, 1, D)
             k, v = F.linear(x, w_kv, b_kv).view(B, T, 2, H, D).permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
         else:
             q, k, v = self.qkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
