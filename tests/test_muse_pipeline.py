@@ -181,3 +181,56 @@ def test_bad_input_is_one_line_and_exit_code_2(env, tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in err
+
+
+def test_critic_features_tell_real_music_from_noise(env):
+    """The inner critic's features (the model's own view of a piece) separate real excerpts from random notes."""
+    from nexttoken.muse.critic import Critic, piece_features, real_excerpts
+    from nexttoken.muse.encoding import Notes
+    from nexttoken.muse.evaluate import fit_classifier
+
+    model, enc, cfg, _ = load_run(env["run"], torch.device("cpu"))
+    corpus = load_corpus(env["corpus"])
+    rng = np.random.default_rng(0)
+    real, labels = real_excerpts(corpus, "train", cfg.composers, 4.0, 100, rng)
+    noise = []
+    for _ in range(len(real)):
+        start = np.sort(rng.uniform(0, 3.5, 12))
+        noise.append(Notes(start, start + rng.uniform(0.05, 0.5, 12), rng.integers(30, 100, 12), np.full(12, 80),
+                           np.zeros(12, dtype=np.int8)))
+    x_real = piece_features(model, [enc.encode(n, c) for n, c in zip(real, labels)], cfg.context)
+    x_noise = piece_features(model, [enc.encode(n, c) for n, c in zip(noise, labels)], cfg.context)
+    assert x_real.shape == (len(real), cfg.n_embd + 5)
+    assert x_noise[:, cfg.n_embd].mean() > x_real[:, cfg.n_embd].mean()  # random notes surprise the model more
+    x = np.concatenate([x_noise, x_real])
+    y = np.repeat([0, 1], len(real))
+    critic = Critic(fit_classifier(x, y, ["generated", "real"]), 4.0, 1.0, 0.95)
+    p = critic.prob_real(x)
+    assert ((p > 0.5) == y).mean() > 0.9
+
+
+def test_critic_cli_fits_saves_and_ranks_candidates(env, tmp_path, capsys):
+    import shutil
+
+    from nexttoken.cli import main
+    from nexttoken.muse.critic import CRITIC_FILE, Critic
+
+    run = tmp_path / "run"
+    shutil.copytree(env["run"], run)
+    # Without a critic, --candidates is one clear error line.
+    assert main(["muse", "generate", str(run), "--candidates", "2", "--seconds", "2", "--device", "cpu"]) == 2
+    assert "no critic yet" in capsys.readouterr().err
+    assert main(["muse", "critic", str(run), "--per-composer", "3", "--seconds", "4", "--device", "cpu"]) == 0
+    assert "balanced accuracy" in capsys.readouterr().out
+    report = json.loads((run / "critic.json").read_text())
+    assert report["train_generated"] == 6 and report["test_generated"] == 6 and report["train_real"] > 0
+    assert 0 <= report["balanced_accuracy"] <= 1 and 0 <= report["auc"] <= 1
+    critic = Critic.load(run / CRITIC_FILE)
+    assert critic.seconds == 4.0 and critic.classifier.weight.shape == (32 + 5, 2)
+
+    out = tmp_path / "ranked"
+    assert main(["muse", "generate", str(run), "--composer", "scales", "--n", "2", "--candidates", "3",
+                 "--seconds", "3", "--device", "cpu", "--out", str(out)]) == 0
+    meta = json.loads((out / "samples.json").read_text())
+    scores = [s["critic_real"] for s in meta["samples"]]
+    assert meta["candidates"] == 3 and len(scores) == 2 and scores == sorted(scores, reverse=True)

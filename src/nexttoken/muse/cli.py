@@ -4,6 +4,7 @@
     encode       MIDI -> readable tokens, one per line          decode   tokens -> MIDI
     train        train a model (a run folder); --resume RUN continues a killed run
     generate     compose: composer, instruments, prime, length -> .mid, .wav, piano-roll .png per sample
+    critic       fit the inner critic (real vs generated) that --candidates uses to pick the best samples
     evaluate     bits per note, composer-classifier fidelity, histogram distances to real music
     embeddings   the composer tokens' embeddings: cosine-similarity heatmap and a 2-D map
 """
@@ -85,12 +86,26 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--n", type=positive_int, default=4, help="pieces to sample (one batch)")
+    p.add_argument("--candidates", type=positive_int, default=1,
+                   help="sample this many times --n pieces and keep the --n the critic finds most real "
+                        "(needs `nexttoken muse critic RUN` first)")
     p.add_argument("--tempo", type=float, default=120.0, help="tempo token of the header when not priming")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--soundfont", default=None, help="General MIDI .sf2 (default: a system soundfont)")
     p.add_argument("--out", type=Path, default=None, help="folder (default RUN/samples-<time>)")
     add_device_option(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("critic", help="fit the inner critic (real vs generated) on the run's own samples")
+    p.add_argument("run", type=Path)
+    p.add_argument("--per-composer", type=positive_int, default=16, help="samples per composer to fit on (and as "
+                   "many fresh ones to test on)")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of the excerpts and samples")
+    p.add_argument("--temperature", type=float, default=1.0, help="the sampling settings the critic will rank")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--jobs", type=positive_int, default=2)
+    add_device_option(p)
+    p.set_defaults(func=cmd_critic)
 
     p = sub.add_parser("evaluate", help="bits per note, conditioning fidelity and distances to real music")
     p.add_argument("run", type=Path)
@@ -203,33 +218,45 @@ def cmd_generate(args) -> None:
                          prime=args.prime, prime_notes=args.prime_notes, seconds=args.seconds,
                          temperature=args.temperature, top_p=args.top_p, n=args.n, tempo=args.tempo, seed=args.seed)
     out = args.out or args.run / f"samples-{time.strftime('%Y%m%d-%H%M%S')}"
-    written = write_samples(args.run, cfg, out, pick_device(args.device), args.soundfont)
+    written = write_samples(args.run, cfg, out, pick_device(args.device), args.soundfont, candidates=args.candidates)
     for s in written:
-        print(f"{s['midi']}  {s['seconds']:.1f} s  {s['notes']} notes  {s['tokens']} tokens")
+        critic = f"  critic {s['critic_real']:.2f}" if "critic_real" in s else ""
+        print(f"{s['midi']}  {s['seconds']:.1f} s  {s['notes']} notes  {s['tokens']} tokens{critic}")
 
 
-def write_samples(run_dir: Path, cfg, out: Path, device, soundfont: str | None = None,
-                  title: str = "") -> list[dict]:
-    """Generate, then write sample-NN.mid/.wav/.png and samples.json into ``out``; returns one record per sample."""
+def write_samples(run_dir: Path, cfg, out: Path, device, soundfont: str | None = None, title: str = "",
+                  candidates: int = 1) -> list[dict]:
+    """Generate, then write sample-NN.mid/.wav/.png and samples.json into ``out``; returns one record per sample.
+    With ``candidates`` > 1, ``candidates * cfg.n`` pieces are sampled and the critic keeps the ``cfg.n`` best."""
+    from dataclasses import replace
+
+    from nexttoken.muse.critic import CRITIC_FILE, Critic, keep_best, score_pieces_real
     from nexttoken.muse.encoding import write_midi
     from nexttoken.muse.generate import generate_pieces
     from nexttoken.muse.render import find_soundfont, piano_roll, render_wav
     from nexttoken.muse.train import load_run
     from nexttoken.runs import atomic_write_json
 
-    model, encoding, muse_cfg, _ = load_run(run_dir, device)
+    model, encoding, muse_cfg, run = load_run(run_dir, device)
     if cfg.composer and cfg.composer not in muse_cfg.composers:
         raise UserError(f"unknown composer {cfg.composer!r}; this run knows: {', '.join(muse_cfg.composers)}")
+    critic = Critic.load(run.path / CRITIC_FILE) if candidates > 1 else None
     sf = find_soundfont(soundfont)
     if sf is None:
         print("nexttoken: warning: no General MIDI soundfont found (apt-get install timgm6mb-soundfont, or pass "
               "--soundfont FILE.sf2); writing MIDI and piano rolls without audio", file=sys.stderr)
+    composer = cfg.composer or muse_cfg.composers[0]
     t0 = time.time()
-    pieces = generate_pieces(model, encoding, cfg, device, muse_cfg.tokens_per_second)
+    pieces = generate_pieces(model, encoding, replace(cfg, n=cfg.n * candidates), device, muse_cfg.tokens_per_second)
+    scores = None
+    if critic is not None:
+        scores = score_pieces_real(critic, model, encoding, [p.notes for p in pieces], [composer] * len(pieces),
+                                   muse_cfg.context)
+        best = keep_best(scores, cfg.n)
+        pieces, scores = [pieces[i] for i in best], scores[best]
     elapsed = time.time() - t0
     out.mkdir(parents=True, exist_ok=True)
     records = []
-    composer = cfg.composer or muse_cfg.composers[0]
     for k, piece in enumerate(pieces):
         stem = out / f"sample-{k:02d}"
         write_midi(piece.notes, stem.with_suffix(".mid"))
@@ -238,13 +265,28 @@ def write_samples(run_dir: Path, cfg, out: Path, device, soundfont: str | None =
         record = {"midi": str(stem.with_suffix(".mid")), "png": str(stem.with_suffix(".png")),
                   "seconds": piece.notes.seconds, "notes": len(piece.notes), "tokens": len(piece.ids),
                   "finished": piece.finished}
+        if scores is not None:
+            record["critic_real"] = float(scores[k])
         if sf is not None:
             render_wav(piece.notes, stem.with_suffix(".wav"), sf)
             record["wav"] = str(stem.with_suffix(".wav"))
         records.append(record)
-    atomic_write_json(out / "samples.json", {"run": str(run_dir), "config": asdict(cfg), "soundfont": str(sf),
+    atomic_write_json(out / "samples.json", {"run": str(run_dir), "config": asdict(cfg), "candidates": candidates,
+                                             "soundfont": str(sf),
                                              "sampling_seconds": elapsed, "samples": records})
     return records
+
+
+def cmd_critic(args) -> None:
+    from nexttoken.muse.critic import fit_and_save, format_report
+    from nexttoken.training import pick_device
+
+    if args.seconds <= 0:
+        raise UserError("--seconds must be positive")
+    report = fit_and_save(args.run, pick_device(args.device), args.jobs, per_class=args.per_composer,
+                          seconds=args.seconds, temperature=args.temperature, top_p=args.top_p)
+    print(format_report(report))
+    print(f"wrote {args.run / 'critic.safetensors'}; use it with: nexttoken muse generate {args.run} --candidates 4")
 
 
 def cmd_evaluate(args) -> None:
@@ -323,6 +365,7 @@ def composer_map(run_dir: Path, out: Path | None = None) -> list[Path]:
 
 # ---- the demo section ------------------------------------------------------------------------------------------------------
 DEMO_STEPS = 500  # under 3 minutes on 2 free cores (about 13k tokens/s)
+DEMO_CANDIDATES = 3  # samples drawn per piece shown; the critic keeps the best
 
 
 def demo(out: Path, device):
@@ -351,6 +394,13 @@ def demo(out: Path, device):
         f"{summary['steps']} steps in {summary['train_seconds']:.0f} s: {summary['bits_per_note']:.2f} bits per "
         f"note on held-out pieces.")
     section.image(run_dir / "bits_per_note.png", "validation bits per note")
+    from nexttoken.muse.critic import fit_and_save
+
+    critic = fit_and_save(run_dir, device, per_class=8, seconds=20.0, temperature=0.95)
+    section.text(f"MuseNet's inner critic (`nexttoken muse critic RUN`), fitted on {critic.train_real} real openings "
+                 f"against {critic.train_generated} of the model's own samples, tells held-out openings from fresh "
+                 f"samples with balanced accuracy {critic.balanced_accuracy:.2f} (AUC {critic.auc:.2f}). Each piece "
+                 f"below is the one it found most real of {DEMO_CANDIDATES} samples.")
     bach_prime = next((corpus.notes(p) for p in corpus.indices("val", "bach")), None)
     requests = [
         ("bach", "piano", None, "bach, piano"),
@@ -367,7 +417,8 @@ def demo(out: Path, device):
             prime = str(write_midi(prime, out / "prime.mid"))
         cfg = GenerateConfig(composer=composer, instruments=[inst], prime=prime, prime_notes=6, seconds=20, n=1,
                              seed=k, temperature=0.95)
-        for rec in write_samples(run_dir, cfg, out / f"sample-{composer}", device, title=caption):
+        for rec in write_samples(run_dir, cfg, out / f"sample-{composer}", device, title=caption,
+                                 candidates=DEMO_CANDIDATES):
             if "wav" in rec:
                 section.audio(rec["wav"], caption)
             section.image(rec["png"], caption)
