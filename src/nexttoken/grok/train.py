@@ -125,8 +125,8 @@ def model_config(cfg: GrokConfig, vocab_size: int) -> GPTConfig:
 def stablemax_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Per-row cross-entropy of StableMax: s(x) = x + 1 for x >= 0, 1 / (1 - x) below; p_i = s(x_i) / sum_j s(x_j).
 
-    >>> stablemax_cross_entropy(torch.tensor([[0.0, 1.0]]), torch.tensor([1])).item() == -math.log(2 / 3)
-    True
+    >>> round(stablemax_cross_entropy(torch.tensor([[0.0, 1.0]]), torch.tensor([1])).item(), 6)
+    0.405465
     """
     x = logits.double()  # Prieto et al. compute it in float64: the point is to avoid absorption errors
     s = torch.where(x >= 0, x + 1, 1 / (1 - x))
