@@ -11,27 +11,28 @@
 # 2,700 CPU-seconds of music21 parsing by our per-file timings, so about 3 more minutes on 16 cores, once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${BIN:-.venv/bin}
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY=${PY:-python3}  # any Python with torch, symusic, music21 and miditok (make setup: PY=.venv/bin/python)
 OUT=${OUT:-runs/muse-gpu-$(date +%Y%m%d-%H%M%S)}
 STEPS=${STEPS:-800}
 JOBS=${JOBS:-$(nproc)}
 
 apt-get install -y -qq timgm6mb-soundfont >/dev/null 2>&1 || true   # audio for the samples, when apt is there
 
-time "$BIN/nexttoken" muse prepare --corpus music21 --jobs "$JOBS"
+time $PY -m nexttoken muse prepare --corpus music21 --jobs "$JOBS"
 
-time "$BIN/nexttoken" muse train --corpus music21 --device cuda --precision bf16 \
+time $PY -m nexttoken muse train --corpus music21 --device cuda --precision bf16 \
     --n-layer 8 --n-head 8 --n-embd 512 --context 2048 --dropout 0.1 \
     --steps "$STEPS" --batch-size 32 --lr 6e-4 --warmup 100 --eval-every 200 --ckpt-every 200 \
     --val-pieces 200 --out "$OUT/run"
 
 for spec in "bach piano" "palestrina voice" "folk_oneill piano" "mozart strings"; do
     set -- $spec
-    "$BIN/nexttoken" muse generate "$OUT/run" --device cuda --composer "$1" --instruments "$2" \
+    $PY -m nexttoken muse generate "$OUT/run" --device cuda --composer "$1" --instruments "$2" \
         --seconds 30 --n 4 --top-p 0.95 --out "$OUT/samples-$1" || true   # a composer missing from the corpus
 done
-"$BIN/nexttoken" muse generate "$OUT/run" --device cuda --composer mozart --instruments piano \
+$PY -m nexttoken muse generate "$OUT/run" --device cuda --composer mozart --instruments piano \
     --prime "$(ls ${NEXTTOKEN_CACHE:-$HOME/.cache/nexttoken}/muse/music21-*/midi/bach_bwv10.7.mxl.mid | head -1)" \
     --prime-notes 6 --seconds 30 --n 4 --out "$OUT/samples-primed"
-"$BIN/nexttoken" muse embeddings "$OUT/run"
+$PY -m nexttoken muse embeddings "$OUT/run"
 cat "$OUT/run/summary.json"
