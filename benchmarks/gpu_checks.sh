@@ -22,6 +22,7 @@ part() {  # part NAME SECONDS COMMAND...
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
+part grok_profile 90 $PY benchmarks/grok_profile.py --presets paper,modern,nanda --sizes 1,8,32,128
 part grok_speed 150 $PY benchmarks/grok_speed.py --seeds 3 --sweep 128
 part grok_repro 120 $PY -m nexttoken grok sweep --ops "x/y,x^3+xy^2+y" --fracs 0.5 --seeds 2 \
   --grid weight_decay=0,1 --steps 1e5 --out "$WORK/repro"
