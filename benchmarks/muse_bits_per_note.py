@@ -43,7 +43,7 @@ def main() -> None:
             extras = name == "musenet"
             cfg = MuseConfig(corpus=args.corpus, encoding=name.replace("-noextras", ""), context=args.context,
                              n_layer=args.n_layer, n_embd=args.n_embd, timing_embedding=extras,
-                             structure_embedding=extras, stretch=args.stretch, val_pieces=0)
+                             structure_embedding=extras, countdown_embedding=extras, stretch=args.stretch, val_pieces=0)
             loop = LoopConfig(steps=args.steps, batch_size=args.batch_size, eval_every=args.steps,
                               ckpt_every=args.steps)
             t0 = time.time()

@@ -55,7 +55,7 @@ def test_batches_depend_on_the_step_alone_and_start_with_the_header(env):
     assert not torch.equal(first["idx"], a(8)["idx"])
     composer_ids = {enc.composer_id(c) for c in cfg.composers}
     assert all(int(row[0]) in composer_ids for row in first["idx"])
-    assert first["where"].shape == (4, 64, 3) and (first["where"][..., 2] < 128).all()
+    assert first["where"].shape == (4, 64, 4) and (first["where"][..., 2] < 128).all()
 
 
 def test_generation_has_the_requested_length_header_and_prime(env, tmp_path):
@@ -234,3 +234,19 @@ def test_critic_cli_fits_saves_and_ranks_candidates(env, tmp_path, capsys):
     meta = json.loads((out / "samples.json").read_text())
     scores = [s["critic_real"] for s in meta["samples"]]
     assert meta["candidates"] == 3 and len(scores) == 2 and scores == sorted(scores, reverse=True)
+
+
+def test_countdown_embedding_counts_down_to_the_end(env):
+    from nexttoken.muse.train import MuseConfig, where_of
+
+    model, enc, cfg, _ = load_run(env["run"], torch.device("cpu"))
+    assert model.music.countdown and cfg.countdown_embedding
+    corpus = load_corpus(env["corpus"])
+    e = enc.encode(corpus.notes(0), corpus.labels[0])
+    left = where_of(e, np.arange(len(e.ids)))[:, 3]
+    assert (left[: e.n_header] == 0).all()  # the header has no place in time
+    assert (np.diff(left[e.n_header :]) <= 0).all() and left[e.n_header] > left[-1] == 1  # down to 1 at `end`
+    # A run saved before the countdown embedding existed loads without one.
+    old = {k: v for k, v in json.loads((env["run"] / "config.json").read_text())["muse"].items()
+           if k != "countdown_embedding"}
+    assert MuseConfig.from_dict(old).countdown_embedding is False

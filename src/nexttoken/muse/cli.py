@@ -56,6 +56,8 @@ def register(parser: argparse.ArgumentParser) -> None:
                    help="drop MuseNet's timing embedding (time and index within a chord)")
     p.add_argument("--no-structure-embedding", dest="structure_embedding", action="store_false",
                    help="drop MuseNet's structural embedding (position within the piece in 128 parts)")
+    p.add_argument("--no-countdown-embedding", dest="countdown_embedding", action="store_false",
+                   help="drop MuseNet's countdown embedding (time left to the end of the piece)")
     p.add_argument("--transpose", type=int, default=5, help="augmentation: transpose up to this many semitones")
     p.add_argument("--stretch", type=float, default=0.1, help="augmentation: tempo stretch up to this fraction")
     p.add_argument("--velocity-shift", type=int, default=12, help="augmentation: velocity shift")
@@ -178,6 +180,7 @@ def cmd_train(args) -> None:
     cfg = MuseConfig(corpus=args.corpus, encoding=args.encoding, context=args.context, n_layer=args.n_layer,
                      n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout,
                      timing_embedding=args.timing_embedding, structure_embedding=args.structure_embedding,
+                     countdown_embedding=args.countdown_embedding,
                      transpose=args.transpose, stretch=args.stretch, velocity_shift=args.velocity_shift,
                      val_pieces=args.val_pieces)
     if args.n_embd % args.n_head:
@@ -390,7 +393,7 @@ def demo(out: Path, device):
     section.text(
         f"The music21 corpus subset ({len(corpus)} pieces, {corpus.table['pitch'].size:,} notes; prepared in "
         f"{t_corpus:.0f} s) as MuseNet tokens: {summary['tokens_per_note']:.2f} tokens per note. A "
-        f"{summary['params'] / 1e6:.1f} M-parameter GPT with MuseNet's timing and structural embeddings trained "
+        f"{summary['params'] / 1e6:.1f} M-parameter GPT with MuseNet's timing, structural and countdown embeddings trained "
         f"{summary['steps']} steps in {summary['train_seconds']:.0f} s: {summary['bits_per_note']:.2f} bits per "
         f"note on held-out pieces.")
     section.image(run_dir / "bits_per_note.png", "validation bits per note")

@@ -10,10 +10,12 @@ starting anywhere in the piece, so the composer token conditions every window, a
 proportion to their number of notes and augmented (transposition, tempo stretch, velocity shift) with a generator
 seeded by the step alone, so resume and DDP see exactly the rows of an uninterrupted run.
 
-MuseNet's extra embeddings (``--timing-embedding``, ``--structure-embedding``) enter the core GPT through its
-additive per-position input ``x_add``: a timing embedding of the absolute time (sinusoids of the seconds, shared by
-every token of one instant) plus the token's index within its instant (a chord), and a structural embedding of the
-position within the piece in 128 parts.
+MuseNet's extra embeddings enter the core GPT through its additive per-position input ``x_add``: a timing embedding
+of the absolute time (sinusoids of the seconds, shared by every token of one instant) plus the token's index within
+its instant (a chord); and two structural embeddings, the position within the piece in 128 parts and a countdown to
+its end (the seconds left, in 64 log-spaced steps). When generating, the piece's length is the requested one, so the
+countdown tells the model how long it has left to finish. ``--no-timing-embedding``, ``--no-structure-embedding`` and
+``--no-countdown-embedding`` drop them.
 
 Bits per note = the validation pieces' total negative log2-likelihood (every token after the composer token, each
 counted once) divided by their number of notes: it does not depend on the vocabulary, so encodings compare fairly.
@@ -42,6 +44,17 @@ from nexttoken.training import Dist, LoopConfig, OptimConfig, fit, init_distribu
 N_PARTS = 128  # MuseNet's structural embedding: the piece in 128 parts
 MAX_CHORD = 32  # index within an instant, clamped
 N_FREQ = 16  # sinusoid pairs of the timing embedding, periods from 40 ms to 20 minutes
+N_COUNTDOWN = 64  # countdown steps: 0 for the header, then 1 + 6 log2(1 + seconds left), clamped (24 minutes)
+
+
+def countdown_step(quanta_left: np.ndarray) -> np.ndarray:
+    """The countdown embedding's index for the time left to the end of the piece (in 10 ms quanta).
+
+    >>> countdown_step(np.array([0, 100, 6000, 10**7])).tolist()
+    [1, 7, 36, 63]
+    """
+    seconds = np.maximum(quanta_left, 0) * QUANTUM
+    return np.minimum(1 + np.floor(6 * np.log2(1 + seconds)).astype(np.int64), N_COUNTDOWN - 1)
 
 
 @dataclass
@@ -57,6 +70,7 @@ class MuseConfig:
     dropout: float = 0.0  # CPU-minute runs underfit; dropout only slows them (the GPU script uses 0.1)
     timing_embedding: bool = True
     structure_embedding: bool = True
+    countdown_embedding: bool = True
     transpose: int = 5
     stretch: float = 0.1
     velocity_shift: int = 12
@@ -73,17 +87,18 @@ class MuseConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "MuseConfig":
+        d = {"countdown_embedding": False, **d}  # runs from before the countdown embedding have none
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 # ---- the model: the core GPT plus MuseNet's extra embeddings ---------------------------------------------------------
 class MusicalEmbedding(nn.Module):
-    """MuseNet's timing and structural embeddings from ``where`` (B, T, 3) = (time in quanta, index within the
-    instant, part of the piece 0..127); the sum goes into the GPT as ``x_add``."""
+    """MuseNet's timing and structural embeddings from ``where`` (B, T, 4) = (time in quanta, index within the
+    instant, part of the piece 0..127, countdown step); the sum goes into the GPT as ``x_add``."""
 
-    def __init__(self, n_embd: int, timing: bool, structure: bool) -> None:
+    def __init__(self, n_embd: int, timing: bool, structure: bool, countdown: bool = False) -> None:
         super().__init__()
-        self.timing, self.structure = timing, structure
+        self.timing, self.structure, self.countdown = timing, structure, countdown
         if timing:
             periods = 0.04 * (30_000 ** (torch.arange(N_FREQ) / (N_FREQ - 1)))  # seconds, 0.04 .. 1200
             self.register_buffer("omega", 2 * math.pi / periods, persistent=False)
@@ -91,29 +106,34 @@ class MusicalEmbedding(nn.Module):
             self.chord_emb = nn.Embedding(MAX_CHORD, n_embd)
         if structure:
             self.part_emb = nn.Embedding(N_PARTS, n_embd)
+        if countdown:
+            self.countdown_emb = nn.Embedding(N_COUNTDOWN, n_embd)
         # The GPT's own scale (N(0, 0.02), as its token embeddings): PyTorch's default N(0, 1) embeddings would
         # drown the token identity at the start of training.
         for p in self.parameters():
             nn.init.normal_(p, std=0.02 / math.sqrt(2 * N_FREQ) if p.shape[-1] == 2 * N_FREQ else 0.02)
 
     def forward(self, where: Tensor) -> Tensor:
-        quanta, chord, part = where.unbind(-1)  # each (B, T)
+        quanta, chord, part, left = where.unbind(-1)  # each (B, T)
         out = 0
         if self.timing:
             angle = (quanta.float() * QUANTUM)[..., None] * self.omega  # (B, T, N_FREQ)
             out = out + self.time_proj(torch.cat([angle.sin(), angle.cos()], dim=-1)) + self.chord_emb(chord)
         if self.structure:
             out = out + self.part_emb(part)
+        if self.countdown:
+            out = out + self.countdown_emb(left)
         return out
 
 
 class MuseModel(nn.Module):
     """The core ``GPT`` with the optional ``MusicalEmbedding``; ``where`` is passed by batches and by the sampler."""
 
-    def __init__(self, gpt_cfg: GPTConfig, timing: bool, structure: bool) -> None:
+    def __init__(self, gpt_cfg: GPTConfig, timing: bool, structure: bool, countdown: bool = False) -> None:
         super().__init__()
         self.gpt = GPT(gpt_cfg)
-        self.music = MusicalEmbedding(gpt_cfg.n_embd, timing, structure) if timing or structure else None
+        extras = timing or structure or countdown
+        self.music = MusicalEmbedding(gpt_cfg.n_embd, timing, structure, countdown) if extras else None
 
     @property
     def cfg(self) -> GPTConfig:
@@ -130,18 +150,20 @@ class MuseModel(nn.Module):
 
 def build_model(cfg: MuseConfig, vocab_size: int) -> MuseModel:
     extras = cfg.encoding == "musenet"  # the extra embeddings read MuseNet tokens' times
-    return MuseModel(cfg.gpt_config(vocab_size), cfg.timing_embedding and extras, cfg.structure_embedding and extras)
+    return MuseModel(cfg.gpt_config(vocab_size), cfg.timing_embedding and extras, cfg.structure_embedding and extras,
+                     cfg.countdown_embedding and extras)
 
 
 # ---- rows: header + a window of events --------------------------------------------------------------------------------
 def where_of(enc: Encoded, positions: np.ndarray) -> np.ndarray:
-    """(len(positions), 3) timing inputs of the tokens at ``positions`` of the piece (header tokens: zeros)."""
+    """(len(positions), 4) timing inputs of the tokens at ``positions`` of the piece (header tokens: zeros)."""
     if enc.times is None:
-        return np.zeros((len(positions), 3), dtype=np.int64)
+        return np.zeros((len(positions), 4), dtype=np.int64)
     t = enc.times
     quanta = t.quanta[positions]
     part = np.minimum(quanta * N_PARTS // t.total_quanta, N_PARTS - 1)
-    where = np.stack([quanta, np.minimum(t.chord_index[positions], MAX_CHORD - 1), part], axis=1)
+    where = np.stack([quanta, np.minimum(t.chord_index[positions], MAX_CHORD - 1), part,
+                      countdown_step(t.total_quanta - quanta)], axis=1)
     where[positions < enc.n_header] = 0
     return where
 
@@ -160,7 +182,7 @@ def make_row(enc: Encoded, start: int, context: int, count_header: bool = True) 
         targets[: H - 1] = -1
     row_idx = np.zeros(context, dtype=np.int64)
     row_idx[: len(idx)] = idx
-    where = np.zeros((context, 3), dtype=np.int64)
+    where = np.zeros((context, 4), dtype=np.int64)
     where[: len(idx)] = where_of(enc, positions)
     return {"idx": row_idx, "targets": targets, "where": where}
 
