@@ -8,7 +8,8 @@ the same training pieces and is scored on the same held-out pieces. Bits per not
 of a piece divided by its notes) does not depend on the vocabulary, so the rows compare directly. "musenet, no
 extras" is the like-for-like row (no timing/structural embeddings, which only our encoding can feed); "musenet" adds
 them. A fixed context holds more music with fewer tokens per note: that is part of what an encoding buys.
-Prints a table and writes benchmarks/results/muse_bits_per_note.json.
+Prints a table, where each encoding's bits per note go (by the kind of the predicted token: for ours note-ons,
+note-offs and waits; for MidiTok's its token types), and writes benchmarks/results/muse_bits_per_note.json.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def main() -> None:
                         out=Path(tmp) / name, device=args.device)
             s = json.loads((run / "summary.json").read_text())
             rows.append({"encoding": name, "bits_per_note": s["bits_per_note"], "tokens_per_note":
-                         s["tokens_per_note"], "vocab_size": s["vocab_size"], "params": s["params"],
+                         s["tokens_per_note"], "by_kind": s["bits_per_note_by_kind"], "vocab_size": s["vocab_size"],
+                         "params": s["params"],
                          "seconds": time.time() - t0})
             print(f"  {name}: {s['bits_per_note']:.3f} bits/note", flush=True)
     print(f"{args.corpus}: {args.n_layer} x {args.n_embd}, context {args.context}, {args.steps} steps x "
@@ -60,6 +62,10 @@ def main() -> None:
     for r in rows:
         print(f"{r['encoding']:18} {r['bits_per_note']:>10.3f} {r['tokens_per_note']:>12.2f} {r['vocab_size']:>7} "
               f"{r['params']:>10,} {r['seconds']:>8.0f}")
+    print("where the bits per note go (by the kind of the predicted token):")
+    for r in rows:
+        parts = sorted(r["by_kind"].items(), key=lambda kv: -kv[1])
+        print(f"  {r['encoding']:18} " + ", ".join(f"{k} {v:.2f}" for k, v in parts))
     out = Path(__file__).parent / "results" / f"muse_bits_per_note{'' if args.stretch == 0.1 else '-stretch' + str(args.stretch)}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")

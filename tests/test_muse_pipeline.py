@@ -42,6 +42,9 @@ def test_training_learns_and_writes_bits_per_note(env):
     assert summary["bits_per_note"] < 0.6 * np.log2(summary["vocab_size"]) * summary["tokens_per_note"]
     assert records[-1]["bits_per_note"] < records[0]["bits_per_note"]
     assert set(summary["composers"]) == {"chords", "scales"}
+    by_kind = summary["bits_per_note_by_kind"]  # every predicted token is of one kind: the parts add up
+    assert set(by_kind) <= {"header", "note-on", "note-off", "wait", "end"} and {"note-on", "wait"} <= set(by_kind)
+    assert sum(by_kind.values()) == pytest.approx(summary["bits_per_note"], rel=1e-6)
 
 
 def test_batches_depend_on_the_step_alone_and_start_with_the_header(env):
@@ -100,6 +103,12 @@ def test_evaluation_reports_fidelity_and_distances(env):
     assert 0.0 <= ev.generated_accuracy <= 1.0 and ev.bits_per_note > 0
     assert {r["composer"] for r in ev.per_composer} == {"chords", "scales"}
     assert all(0 <= r["real_pitch_class_tvd"] <= 1 for r in ev.per_composer)
+    assert sum(ev.bits_per_note_by_kind.values()) == pytest.approx(ev.bits_per_note, rel=1e-6)
+
+
+def test_midi_tok_token_kinds_are_its_token_types():
+    kinds = make_encoding("remi", ["bach"]).token_kinds()
+    assert {"Pitch", "Velocity", "Duration", "Position", "Bar", "header"} <= set(kinds)
 
 
 def test_classifier_learns_separable_features():

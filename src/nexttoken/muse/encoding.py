@@ -434,6 +434,16 @@ class MuseNetEncoding:
     def composer_id(self, composer: str) -> int:
         return self.vocab.composer_id(composer)
 
+    def token_kinds(self) -> np.ndarray:
+        """The kind of every id (note-on, note-off, wait, end, header): where the bits per note go."""
+        v = self.vocab
+        kinds = np.full(len(v), "header", dtype=object)
+        kinds[v.wait_value > 0] = "wait"
+        kinds[(v.note_family >= 0) & (v.note_velocity > 0)] = "note-on"
+        kinds[(v.note_family >= 0) & (v.note_velocity == 0)] = "note-off"
+        kinds[v.end] = "end"
+        return kinds
+
 
 @dataclass
 class MidiTokEncoding:
@@ -467,6 +477,13 @@ class MidiTokEncoding:
     def decode(self, ids) -> Notes:
         ids = [int(i) for i in ids if 0 <= int(i) < self.composer_base]
         return notes_from_score(self.tokenizer.decode(ids))
+
+    def token_kinds(self) -> np.ndarray:
+        """The kind of every id: MidiTok's token type (Pitch, Velocity, Duration, Position, Bar, Program, ...)."""
+        kinds = np.full(self.vocab_size, "header", dtype=object)
+        for token, i in self.tokenizer.vocab.items():
+            kinds[i] = token.split("_")[0]
+        return kinds
 
 
 def make_encoding(name: str, composers: Sequence[str], families: Sequence[str] = FAMILIES):

@@ -38,7 +38,7 @@ from nexttoken.model import GPT, GPTConfig
 from nexttoken.muse.corpus import Augment, Corpus, load_corpus
 from nexttoken.muse.encoding import QUANTUM, Encoded, make_encoding
 from nexttoken.plots import plot_metrics
-from nexttoken.runs import Run, default_run_dir
+from nexttoken.runs import Run, default_run_dir, read_json
 from nexttoken.training import Dist, LoopConfig, OptimConfig, fit, init_distributed, seed_everything
 
 N_PARTS = 128  # MuseNet's structural embedding: the piece in 128 parts
@@ -226,11 +226,13 @@ class Score:
     tokens_per_note: float
     notes: int
     tokens: int
+    by_kind: dict[str, float] = field(default_factory=dict)  # bits per note spent on each kind of token
 
 
 def score_pieces(model: MuseModel, encoded: list[Encoded], n_notes: list[int], context: int,
-                 batch_size: int = 16) -> Score:
-    """Total negative log-likelihood of whole pieces, window by window, every token after the composer once."""
+                 batch_size: int = 16, kinds: np.ndarray | None = None) -> Score:
+    """Total negative log-likelihood of whole pieces, window by window, every token after the composer once; with
+    ``kinds`` (the kind of each token id), also split by the kind of the predicted token."""
     rows = []
     for enc in encoded:
         body = len(enc.ids) - enc.n_header
@@ -240,14 +242,23 @@ def score_pieces(model: MuseModel, encoded: list[Encoded], n_notes: list[int], c
     device = next(model.parameters()).device
     with_where = model.music is not None
     nats = 0.0
+    names = sorted(set(kinds)) if kinds is not None else []
+    kind_index = np.array([names.index(k) for k in kinds]) if kinds is not None else None
+    kind_nats = np.zeros(len(names))
     for i in range(0, len(rows), batch_size):
         batch = {k: v.to(device) for k, v in stack(rows[i : i + batch_size], with_where).items()}
-        _, loss = model(batch.pop("idx"), batch.pop("targets"), reduction="none", **batch)
+        targets = batch.pop("targets")
+        _, loss = model(batch.pop("idx"), targets, reduction="none", **batch)
         nats += loss.double().sum().item()
+        if kind_index is not None:
+            t = targets.cpu().numpy()
+            kind_nats += np.bincount(kind_index[t[t >= 0]], weights=loss.double().cpu().numpy()[t >= 0],
+                                     minlength=len(names))
     count = sum(len(e.ids) - 1 for e in encoded)
-    notes = sum(n_notes)
-    return Score(nats / math.log(2) / max(notes, 1), nats / max(count, 1), (count + len(encoded)) / max(notes, 1),
-                 notes, count + len(encoded))
+    notes = max(sum(n_notes), 1)
+    by_kind = {name: float(v / math.log(2) / notes) for name, v in zip(names, kind_nats) if v > 0}
+    return Score(nats / math.log(2) / notes, nats / max(count, 1), (count + len(encoded)) / notes,
+                 sum(n_notes), count + len(encoded), by_kind)
 
 
 def validation_set(corpus: Corpus, encoding, limit: int) -> tuple[list[Encoded], list[int]]:
@@ -286,21 +297,30 @@ def train(cfg: MuseConfig, optim: OptimConfig, loop: LoopConfig, out: Path | Non
                          enabled=dist.is_main)
     val_encoded, val_notes = validation_set(corpus, encoding, cfg.val_pieces)
 
+    kinds = encoding.token_kinds()
+    by_kind: dict[str, float] = {}
+
     def eval_fn(m: MuseModel) -> dict:
-        s = score_pieces(m, val_encoded, val_notes, cfg.context)
+        s = score_pieces(m, val_encoded, val_notes, cfg.context, kinds=kinds)
+        by_kind.clear()
+        by_kind.update(s.by_kind)
         return {"val_loss": s.nats_per_token, "bits_per_note": s.bits_per_note}
 
     t0 = time.time()
     batches = Batches(corpus, encoding, cfg, loop.batch_size, loop.seed)
     record = fit(model, batches, optim, loop, run, dist=dist, eval_fn=eval_fn, resume=resume is not None)
-    record = record or (run.metrics() or [{}])[-1]  # resuming a finished run trains nothing
+    if not record:  # resuming a finished run trains nothing: keep what its summary says
+        record = (run.metrics() or [{}])[-1]
+        summary = run.path / "summary.json"
+        by_kind.update(read_json(summary).get("bits_per_note_by_kind", {}) if summary.is_file() else {})
     if dist.is_main:
         plot_metrics(run.metrics(), ["train_loss", "val_loss"], run.path / "loss.png", ylabel="nats per token",
                      title=f"{cfg.encoding}: loss")
         plot_metrics(run.metrics(), ["bits_per_note"], run.path / "bits_per_note.png", ylabel="bits per note",
                      title="validation bits per note")
         run.write_summary({
-            "bits_per_note": record.get("bits_per_note"), "val_loss": record.get("val_loss"),
+            "bits_per_note": record.get("bits_per_note"), "bits_per_note_by_kind": by_kind,
+            "val_loss": record.get("val_loss"),
             "train_loss": record.get("train_loss"), "steps": loop.steps, "encoding": cfg.encoding,
             "params": sum(p.numel() for p in model.parameters()), "vocab_size": encoding.vocab_size,
             "tokens_per_note": score_tokens_per_note(val_encoded, val_notes), "train_seconds": time.time() - t0,
