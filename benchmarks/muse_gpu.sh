@@ -35,4 +35,7 @@ $PY -m nexttoken muse generate "$OUT/run" --device cuda --composer mozart --inst
     --prime "$(ls ${NEXTTOKEN_CACHE:-$HOME/.cache/nexttoken}/muse/music21-*/midi/bach_bwv10.7.mxl.mid | head -1)" \
     --prime-notes 6 --seconds 30 --n 4 --out "$OUT/samples-primed"
 $PY -m nexttoken muse embeddings "$OUT/run"
+$PY -m nexttoken muse critic "$OUT/run" --device cuda
+$PY -m nexttoken muse report "$OUT/run" --device cuda --out "$OUT/report"   # report.html: curve, critic, samples
+$PY -m nexttoken muse evaluate "$OUT/run" --device cuda --n-per-composer 8
 cat "$OUT/run/summary.json"

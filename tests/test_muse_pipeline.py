@@ -259,3 +259,25 @@ def test_countdown_embedding_counts_down_to_the_end(env):
     old = {k: v for k, v in json.loads((env["run"] / "config.json").read_text())["muse"].items()
            if k != "countdown_embedding"}
     assert MuseConfig.from_dict(old).countdown_embedding is False
+
+
+def test_report_of_a_run_has_samples_critic_and_map(env, tmp_path, capsys):
+    import shutil
+
+    from nexttoken.cli import main
+    from nexttoken.muse.render import find_soundfont
+
+    run = tmp_path / "run"
+    shutil.copytree(env["run"], run)
+    out = tmp_path / "report"
+    assert main(["muse", "report", str(run), "--seconds", "3", "--candidates", "2", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    page = (out / "report.html").read_text()
+    assert "inner critic" in page and "primed with the first 6 notes" in page and "composer_map.png" in page
+    import re
+
+    pieces = set(re.findall(r"sample-\d\d-\w+/sample-00\.png", page))
+    assert len(pieces) == 3  # chords, scales, and scales primed with a chords opening
+    assert ("<audio" in page) == (find_soundfont() is not None)
+    assert main(["muse", "report", str(tmp_path)]) == 2  # not a run
+    assert "not a" in capsys.readouterr().err

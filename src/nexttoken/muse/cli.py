@@ -7,6 +7,7 @@
     critic       fit the inner critic (real vs generated) that --candidates uses to pick the best samples
     evaluate     bits per note, composer-classifier fidelity, histogram distances to real music
     embeddings   the composer tokens' embeddings: cosine-similarity heatmap and a 2-D map
+    report       an HTML page for a trained run: curve, critic, samples as audio and piano rolls, composer map
 """
 
 from __future__ import annotations
@@ -118,6 +119,17 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=positive_int, default=2)
     add_device_option(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="an HTML page for a trained run: its curve, critic, samples as audio, the map")
+    p.add_argument("run", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="folder (default RUN/report)")
+    p.add_argument("--composers", type=positive_int, default=4, help="pieces for this many composers (the largest)")
+    p.add_argument("--candidates", type=positive_int, default=3,
+                   help="samples drawn per piece shown; the critic keeps the best (1: no critic)")
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--jobs", type=positive_int, default=2)
+    add_device_option(p)
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("embeddings", help="composer-token embeddings: similarity heatmap and 2-D map")
     p.add_argument("run", type=Path)
@@ -323,6 +335,35 @@ def format_evaluation(ev) -> str:
     return "\n".join(lines)
 
 
+def cmd_report(args) -> None:
+    from nexttoken.muse.corpus import load_corpus
+    from nexttoken.muse.evaluate import main_family
+    from nexttoken.report import render
+    from nexttoken.runs import Run
+    from nexttoken.training import pick_device
+
+    if args.seconds <= 0:
+        raise UserError("--seconds must be positive")
+    run = Run.open(args.run)
+    if "muse" not in run.config or not (run.path / "summary.json").is_file():
+        raise UserError(f"{args.run} is not a finished muse training run")
+    composers = run.config["muse"]["composers"]
+    corpus = load_corpus(run.config["muse"]["corpus"], args.jobs)
+    largest = sorted((c for c in composers if corpus.indices("train", c)),
+                     key=lambda c: -len(corpus.indices("train", c)))[: args.composers]
+    requests = [(c, main_family(corpus, c), None, f"{c}, {main_family(corpus, c)}") for c in largest]
+    if len(largest) >= 2 and corpus.indices("val", largest[0]):  # MuseNet's trick: one composer's opening, another's style
+        prime = corpus.notes(corpus.indices("val", largest[0])[0])
+        requests.append((largest[1], main_family(corpus, largest[1]), prime,
+                         f"{largest[1]}, primed with the first 6 notes of a held-out {largest[0]} piece"))
+    out = args.out or run.path / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    section = run_section(run.path, out, pick_device(args.device), corpus, requests, args.candidates,
+                          f"MuseNet: {run.path.name}", f"Corpus {run.config['muse']['corpus']} ({len(corpus)} pieces).",
+                          args.seconds)
+    print(render(f"nexttoken muse: {run.path.name}", [section], out / "report.html"))
+
+
 def cmd_embeddings(args) -> None:
     paths = composer_map(args.run, args.out)
     for p in paths:
@@ -375,9 +416,7 @@ DEMO_CANDIDATES = 3  # samples drawn per piece shown; the critic keeps the best
 def demo(out: Path, device):
     """A small model trained for a few CPU minutes on the music21 subset; pieces as audio and piano rolls; the map."""
     from nexttoken.muse.corpus import load_corpus
-    from nexttoken.muse.generate import GenerateConfig
     from nexttoken.muse.train import MuseConfig, train
-    from nexttoken.report import Section
     from nexttoken.training import LoopConfig, OptimConfig
 
     t0 = time.time()
@@ -389,22 +428,6 @@ def demo(out: Path, device):
         train(MuseConfig(), OptimConfig(), loop, device=device.type, resume=run_dir)
     else:
         train(MuseConfig(), OptimConfig(lr=3e-3, warmup_steps=30), loop, out=run_dir, device=device.type)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    section = Section("MuseNet: MIDI as a language")
-    section.text(
-        f"The music21 corpus subset ({len(corpus)} pieces, {corpus.table['pitch'].size:,} notes; prepared in "
-        f"{t_corpus:.0f} s) as MuseNet tokens: {summary['tokens_per_note']:.2f} tokens per note. A "
-        f"{summary['params'] / 1e6:.1f} M-parameter GPT with MuseNet's timing, structural and countdown embeddings trained "
-        f"{summary['steps']} steps in {summary['train_seconds']:.0f} s: {summary['bits_per_note']:.2f} bits per "
-        f"note on held-out pieces.")
-    section.image(run_dir / "bits_per_note.png", "validation bits per note")
-    from nexttoken.muse.critic import fit_and_save
-
-    critic = fit_and_save(run_dir, device, per_class=8, seconds=20.0, temperature=0.95)
-    section.text(f"MuseNet's inner critic (`nexttoken muse critic RUN`), fitted on {critic.train_real} real openings "
-                 f"against {critic.train_generated} of the model's own samples, tells held-out openings from fresh "
-                 f"samples with balanced accuracy {critic.balanced_accuracy:.2f} (AUC {critic.auc:.2f}). Each piece "
-                 f"below is the one it found most real of {DEMO_CANDIDATES} samples.")
     bach_prime = next((corpus.notes(p) for p in corpus.indices("val", "bach")), None)
     requests = [
         ("bach", "piano", None, "bach, piano"),
@@ -412,26 +435,53 @@ def demo(out: Path, device):
         ("folk_ryan", "piano", None, "folk_ryan (Ryan's Mammoth Collection), piano"),
         ("monteverdi", "piano", bach_prime, "monteverdi, primed with the first 6 notes of a held-out Bach chorale"),
     ]
+    return run_section(run_dir, out, device, corpus, requests, DEMO_CANDIDATES, "MuseNet: MIDI as a language",
+                       f"The music21 corpus subset ({len(corpus)} pieces, {corpus.table['pitch'].size:,} notes; "
+                       f"prepared in {t_corpus:.0f} s).")
+
+
+def run_section(run_dir: Path, out: Path, device, corpus, requests: list[tuple], candidates: int, title: str,
+                intro: str = "", seconds: float = 20.0):
+    """A report section for a trained run: its learning curve, the inner critic, one piece per request
+    (composer, instrument, prime notes or None, caption) as audio and piano roll, and the composer map."""
+    from nexttoken.muse.critic import fit_and_save
+    from nexttoken.muse.encoding import write_midi
+    from nexttoken.muse.generate import GenerateConfig
+    from nexttoken.report import Section
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    section = Section(title)
+    by_kind = ", ".join(f"{k} {v:.2f}" for k, v in sorted(summary.get("bits_per_note_by_kind", {}).items(),
+                                                          key=lambda kv: -kv[1]))
+    section.text(
+        f"{intro} As MuseNet tokens: {summary['tokens_per_note']:.2f} tokens per note. A "
+        f"{summary['params'] / 1e6:.1f} M-parameter GPT with MuseNet's timing, structural and countdown embeddings "
+        f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s on {summary['device']}: "
+        f"{summary['bits_per_note']:.2f} bits per note on held-out pieces" + (f" ({by_kind})." if by_kind else "."))
+    section.image(run_dir / "bits_per_note.png", "validation bits per note")
+    if candidates > 1:
+        critic = fit_and_save(run_dir, device, per_class=8, seconds=seconds, temperature=0.95)
+        section.text(f"MuseNet's inner critic (`nexttoken muse critic RUN`), fitted on {critic.train_real} real "
+                     f"openings against {critic.train_generated} of the model's own samples, tells held-out openings "
+                     f"from fresh samples with balanced accuracy {critic.balanced_accuracy:.2f} (AUC "
+                     f"{critic.auc:.2f}). Each piece below is the one it found most real of {candidates} samples.")
     for k, (composer, inst, prime, caption) in enumerate(requests):
         if composer not in summary["composers"]:
             continue
         if prime is not None:
-            from nexttoken.muse.encoding import write_midi
-
             prime = str(write_midi(prime, out / "prime.mid"))
-        cfg = GenerateConfig(composer=composer, instruments=[inst], prime=prime, prime_notes=6, seconds=20, n=1,
+        cfg = GenerateConfig(composer=composer, instruments=[inst], prime=prime, prime_notes=6, seconds=seconds, n=1,
                              seed=k, temperature=0.95)
-        for rec in write_samples(run_dir, cfg, out / f"sample-{composer}", device, title=caption,
-                                 candidates=DEMO_CANDIDATES):
+        for rec in write_samples(run_dir, cfg, out / f"sample-{k:02d}-{composer}", device, title=caption,
+                                 candidates=candidates):
             if "wav" in rec:
                 section.audio(rec["wav"], caption)
             section.image(rec["png"], caption)
-    maps = composer_map(run_dir, out)
-    section.image(maps[1], "composer tokens' embeddings, first two principal components")
-    section.image(maps[0], "cosine similarity of the composer tokens' embeddings")
+    if len(summary["composers"]) >= 2:
+        maps = composer_map(run_dir, out)
+        section.image(maps[1], "composer tokens' embeddings, first two principal components")
+        section.image(maps[0], "cosine similarity of the composer tokens' embeddings")
     section.text("Each piece starts from the header MuseNet would see (composer, instruments, start, tempo) and is "
-                 "sampled with top-p 0.95; a CPU-minutes model has learned local texture (voicing, rhythm, key) "
-                 "more than form. See `nexttoken muse evaluate RUN` for bits per note, composer-classifier "
-                 "fidelity and histogram distances.")
+                 "sampled with temperature 0.95 and top-p 0.95. See `nexttoken muse evaluate RUN` for "
+                 "composer-classifier fidelity and histogram distances.")
     return section
-
