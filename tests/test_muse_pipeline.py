@@ -246,10 +246,14 @@ def test_critic_cli_fits_saves_and_ranks_candidates(env, tmp_path, capsys):
 
 
 def test_countdown_embedding_counts_down_to_the_end(env):
-    from nexttoken.muse.train import MuseConfig, where_of
+    from nexttoken.muse.train import MuseConfig, MusicalEmbedding, where_of
 
     model, enc, cfg, _ = load_run(env["run"], torch.device("cpu"))
     assert model.music.countdown and cfg.countdown_embedding
+    # The extra embeddings start at zero (the plain GPT) and training moves them.
+    assert all(p.abs().sum() > 0 for p in model.music.parameters())
+    fresh = MusicalEmbedding(8, timing=True, structure=True, countdown=True)
+    assert all((p == 0).all() for p in fresh.parameters())
     corpus = load_corpus(env["corpus"])
     e = enc.encode(corpus.notes(0), corpus.labels[0])
     left = where_of(e, np.arange(len(e.ids)))[:, 3]

@@ -108,10 +108,11 @@ class MusicalEmbedding(nn.Module):
             self.part_emb = nn.Embedding(N_PARTS, n_embd)
         if countdown:
             self.countdown_emb = nn.Embedding(N_COUNTDOWN, n_embd)
-        # The GPT's own scale (N(0, 0.02), as its token embeddings): PyTorch's default N(0, 1) embeddings would
-        # drown the token identity at the start of training.
+        # Zero at the start, so the model starts as the plain GPT and learns to use time and place as far as they
+        # help (the gradients of an embedding do not depend on its value). Random embeddings at the tokens' own scale
+        # cost 0.5-1.3 bits per note over a 300-step CPU run: they drown the token identity while training is young.
         for p in self.parameters():
-            nn.init.normal_(p, std=0.02 / math.sqrt(2 * N_FREQ) if p.shape[-1] == 2 * N_FREQ else 0.02)
+            nn.init.zeros_(p)
 
     def forward(self, where: Tensor) -> Tensor:
         quanta, chord, part, left = where.unbind(-1)  # each (B, T)
