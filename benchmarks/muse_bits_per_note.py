@@ -51,17 +51,22 @@ def main() -> None:
             run = train(cfg, OptimConfig(lr=args.lr, warmup_steps=min(50, args.steps // 10)), loop,
                         out=Path(tmp) / name, device=args.device)
             s = json.loads((run / "summary.json").read_text())
-            rows.append({"encoding": name, "bits_per_note": s["bits_per_note"], "tokens_per_note":
+            rows.append({"encoding": name, "bits_per_note": s["bits_per_note"],
+                         "masked_bits_per_note": s.get("masked_bits_per_note"), "tokens_per_note":
                          s["tokens_per_note"], "by_kind": s["bits_per_note_by_kind"], "vocab_size": s["vocab_size"],
                          "params": s["params"],
                          "seconds": time.time() - t0})
             print(f"  {name}: {s['bits_per_note']:.3f} bits/note", flush=True)
     print(f"{args.corpus}: {args.n_layer} x {args.n_embd}, context {args.context}, {args.steps} steps x "
           f"{args.batch_size} rows; bits per note on all held-out pieces")
-    print(f"{'encoding':18} {'bits/note':>10} {'tokens/note':>12} {'vocab':>7} {'params':>10} {'seconds':>8}")
+    print(f"{'encoding':18} {'bits/note':>10} {'masked':>8} {'tokens/note':>12} {'vocab':>7} {'params':>10} "
+          f"{'seconds':>8}")
     for r in rows:
-        print(f"{r['encoding']:18} {r['bits_per_note']:>10.3f} {r['tokens_per_note']:>12.2f} {r['vocab_size']:>7} "
-              f"{r['params']:>10,} {r['seconds']:>8.0f}")
+        masked = f"{r['masked_bits_per_note']:.3f}" if r["masked_bits_per_note"] is not None else "-"
+        print(f"{r['encoding']:18} {r['bits_per_note']:>10.3f} {masked:>8} {r['tokens_per_note']:>12.2f} "
+              f"{r['vocab_size']:>7} {r['params']:>10,} {r['seconds']:>8.0f}")
+    print("masked: under the rules the sampler enforces (a note-off only for a sounding note, no header token "
+          "after the header), each prediction renormalised over the tokens they allow")
     print("where the bits per note go (by the kind of the predicted token):")
     for r in rows:
         parts = sorted(r["by_kind"].items(), key=lambda kv: -kv[1])

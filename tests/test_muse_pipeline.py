@@ -45,6 +45,25 @@ def test_training_learns_and_writes_bits_per_note(env):
     by_kind = summary["bits_per_note_by_kind"]  # every predicted token is of one kind: the parts add up
     assert set(by_kind) <= {"header", "note-on", "note-off", "wait", "end"} and {"note-on", "wait"} <= set(by_kind)
     assert sum(by_kind.values()) == pytest.approx(summary["bits_per_note"], rel=1e-6)
+    # Renormalising over what the sampler's rules allow only moves probability onto the real tokens.
+    assert summary["masked_bits_per_note"] < summary["bits_per_note"]
+
+
+def test_sampler_rules_allow_every_real_next_token_and_only_sounding_note_offs(env):
+    corpus = load_corpus(env["corpus"])
+    enc = make_encoding("musenet", corpus.composers(), corpus.families())
+    v = enc.vocab
+    for p in range(len(corpus)):
+        e = enc.encode(corpus.notes(p), corpus.labels[p])
+        allowed = enc.allowed_next(e.ids, e.n_header)
+        assert allowed[np.arange(len(e.ids) - 1), e.ids[1:]].all()  # the encoder never breaks the rules
+    ids = v.from_strings(["composer:chords", "inst:piano", "start", "tempo:120", "piano:v72:C4", "wait:10",
+                          "piano:v0:C4", "end"])
+    allowed = enc.allowed_next(ids, 4)
+    c4_off, d4_off = v.id("piano:v0:C4"), v.id("piano:v0:D4")
+    assert allowed[4, c4_off] and allowed[5, c4_off] and not allowed[6, c4_off]  # sounding from the note-on on
+    assert not allowed[4:, d4_off].any() and not allowed[3, c4_off]
+    assert not allowed[3:, v.header_ids()].any() and allowed[:3].all()
 
 
 def test_batches_depend_on_the_step_alone_and_start_with_the_header(env):
@@ -104,6 +123,7 @@ def test_evaluation_reports_fidelity_and_distances(env):
     assert {r["composer"] for r in ev.per_composer} == {"chords", "scales"}
     assert all(0 <= r["real_pitch_class_tvd"] <= 1 for r in ev.per_composer)
     assert sum(ev.bits_per_note_by_kind.values()) == pytest.approx(ev.bits_per_note, rel=1e-6)
+    assert 0 < ev.masked_bits_per_note < ev.bits_per_note
 
 
 def test_midi_tok_token_kinds_are_its_token_types():

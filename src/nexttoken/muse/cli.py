@@ -321,7 +321,8 @@ def cmd_evaluate(args) -> None:
 
 
 def format_evaluation(ev) -> str:
-    lines = [f"bits per note on {ev.held_out_pieces} held-out pieces: {ev.bits_per_note:.3f} "
+    masked = "" if ev.masked_bits_per_note is None else f", {ev.masked_bits_per_note:.3f} under the sampler's rules"
+    lines = [f"bits per note on {ev.held_out_pieces} held-out pieces: {ev.bits_per_note:.3f}{masked} "
              f"({ev.tokens_per_note:.2f} tokens per note): "
              + ", ".join(f"{k} {v:.2f}" for k, v in sorted(ev.bits_per_note_by_kind.items(), key=lambda kv: -kv[1])),
              f"composer classifier over {len(ev.classifier_classes)} composers (chance {ev.chance:.2f}): "

@@ -434,6 +434,24 @@ class MuseNetEncoding:
     def composer_id(self, composer: str) -> int:
         return self.vocab.composer_id(composer)
 
+    def allowed_next(self, ids: np.ndarray, n_header: int) -> np.ndarray:
+        """(len(ids), vocab) which tokens may follow each prefix ``ids[: i + 1]`` of a piece's body: the rules the
+        sampler enforces. No header token after the header, and a note-off only for a note that is sounding. Rows
+        inside the header allow everything."""
+        v = self.vocab
+        T, V = len(ids), len(v)
+        sign = np.where(v.note_off_of < 0, 0, np.where(v.note_velocity > 0, 1, -1))
+        changes = np.zeros((T, V), dtype=np.int16)  # +1 / -1 at the note-off column of each note-on / note-off
+        changes[np.arange(T), np.maximum(v.note_off_of[ids], 0)] = sign[ids]
+        changes[:n_header] = 0
+        sounding = np.cumsum(changes, axis=0) > 0
+        is_off = (v.note_family >= 0) & (v.note_velocity == 0)
+        allowed = np.ones((T, V), dtype=bool)
+        allowed[:, v.header_ids()] = False
+        allowed[:, is_off] = sounding[:, is_off]
+        allowed[: n_header - 1] = True  # the header's own tokens predict the header
+        return allowed
+
     def token_kinds(self) -> np.ndarray:
         """The kind of every id (note-on, note-off, wait, end, header): where the bits per note go."""
         v = self.vocab

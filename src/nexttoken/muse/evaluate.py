@@ -130,6 +130,7 @@ def fit_classifier(x: np.ndarray, y: np.ndarray, classes: list[str], weight_deca
 class Evaluation:
     bits_per_note: float
     bits_per_note_by_kind: dict[str, float]  # how the bits per note split over the kinds of predicted token
+    masked_bits_per_note: float | None  # under the rules the sampler enforces (MuseNet encoding)
     tokens_per_note: float
     held_out_pieces: int
     classifier_classes: list[str]
@@ -174,7 +175,7 @@ def evaluate(model, encoding, cfg, corpus: Corpus, device: torch.device, n_per_c
     encoded = [encoding.encode(corpus.notes(p), corpus.labels[p]) for p in val]
     with torch.no_grad():
         score = score_pieces(model, encoded, [corpus.n_notes(p) for p in val], cfg.context,
-                             kinds=encoding.token_kinds())
+                             kinds=encoding.token_kinds(), allowed_next=getattr(encoding, "allowed_next", None))
 
     classes = [c for c in cfg.composers if len(corpus.indices("train", c)) >= min_pieces and corpus.indices("val", c)]
     real_acc = gen_acc = float("nan")
@@ -204,5 +205,6 @@ def evaluate(model, encoding, cfg, corpus: Corpus, device: torch.device, n_per_c
                 row.update({f"real_{k2}": v for k2, v in distances(a, b).items()})
             rows.append(row)
         gen_acc = hits / max(total, 1)
-    return Evaluation(score.bits_per_note, score.by_kind, score.tokens_per_note, len(val), classes,
+    return Evaluation(score.bits_per_note, score.by_kind, score.masked_bits_per_note, score.tokens_per_note, len(val),
+                      classes,
                       1 / len(classes) if classes else float("nan"), real_acc, gen_acc, rows)

@@ -228,38 +228,66 @@ class Score:
     notes: int
     tokens: int
     by_kind: dict[str, float] = field(default_factory=dict)  # bits per note spent on each kind of token
+    masked_bits_per_note: float | None = None  # under the sampler's rules (MuseNet encoding only)
 
 
 def score_pieces(model: MuseModel, encoded: list[Encoded], n_notes: list[int], context: int,
-                 batch_size: int = 16, kinds: np.ndarray | None = None) -> Score:
+                 batch_size: int = 16, kinds: np.ndarray | None = None, allowed_next=None) -> Score:
     """Total negative log-likelihood of whole pieces, window by window, every token after the composer once; with
-    ``kinds`` (the kind of each token id), also split by the kind of the predicted token."""
-    rows = []
-    for enc in encoded:
-        body = len(enc.ids) - enc.n_header
-        L = context - enc.n_header
-        # make_row leaves each window's last target to the next window; the last window predicts nothing after it.
-        rows += [make_row(enc, s, context, count_header=s == 0) for s in range(0, max(body, 1), L)]
+    ``kinds`` (the kind of each token id), also split by the kind of the predicted token. With ``allowed_next``
+    (``MuseNetEncoding.allowed_next``), ``masked_bits_per_note`` scores the model under the rules its sampler
+    enforces: each prediction renormalised over the tokens those rules allow."""
+    # make_row leaves each window's last target to the next window; the last window predicts nothing after it.
+    windows = [(k, s) for k, enc in enumerate(encoded)
+               for s in range(0, max(len(enc.ids) - enc.n_header, 1), context - enc.n_header)]
     device = next(model.parameters()).device
     with_where = model.music is not None
-    nats = 0.0
+    nats = masked_nats = 0.0
     names = sorted(set(kinds)) if kinds is not None else []
     kind_index = np.array([names.index(k) for k in kinds]) if kinds is not None else None
     kind_nats = np.zeros(len(names))
-    for i in range(0, len(rows), batch_size):
-        batch = {k: v.to(device) for k, v in stack(rows[i : i + batch_size], with_where).items()}
+    allowed_of: dict[int, np.ndarray] = {}  # the current piece's (T, vocab) rules
+    for i in range(0, len(windows), batch_size):
+        chunk = windows[i : i + batch_size]
+        batch = {k: v.to(device) for k, v in
+                 stack([make_row(encoded[k], s, context, count_header=s == 0) for k, s in chunk], with_where).items()}
         targets = batch.pop("targets")
-        _, loss = model(batch.pop("idx"), targets, reduction="none", **batch)
+        logits, loss = model(batch.pop("idx"), targets, reduction="none", **batch)
         nats += loss.double().sum().item()
         if kind_index is not None:
             t = targets.cpu().numpy()
             kind_nats += np.bincount(kind_index[t[t >= 0]], weights=loss.double().cpu().numpy()[t >= 0],
                                      minlength=len(names))
+        if allowed_next is not None:
+            masks = []
+            for k, s in chunk:
+                if k not in allowed_of:
+                    allowed_of.clear()
+                    allowed_of[k] = allowed_next(encoded[k].ids, encoded[k].n_header)
+                masks.append(_row_rules(allowed_of[k], encoded[k], s, context))
+            allowed = torch.from_numpy(np.stack(masks)).to(device)
+            safe = targets.clamp(min=0)[..., None]
+            allowed.scatter_(-1, safe, True)  # a token the rules forbid (none in encoded music) is scored unmasked
+            logp = logits.float().masked_fill(~allowed, float("-inf")).log_softmax(-1)
+            masked_nats += (-logp.gather(-1, safe)[..., 0] * (targets >= 0)).double().sum().item()
     count = sum(len(e.ids) - 1 for e in encoded)
     notes = max(sum(n_notes), 1)
     by_kind = {name: float(v / math.log(2) / notes) for name, v in zip(names, kind_nats) if v > 0}
+    masked = masked_nats / math.log(2) / notes if allowed_next is not None else None
     return Score(nats / math.log(2) / notes, nats / max(count, 1), (count + len(encoded)) / notes,
-                 sum(n_notes), count + len(encoded), by_kind)
+                 sum(n_notes), count + len(encoded), by_kind, masked)
+
+
+def _row_rules(allowed: np.ndarray, enc: Encoded, start: int, context: int) -> np.ndarray:
+    """The (context, vocab) rules of the row ``make_row(enc, start, context)``: position j predicts what follows it in
+    the piece, and the header's last token predicts the window's first event, so it takes the rules after the event
+    before the window."""
+    H = enc.n_header
+    positions = np.concatenate([np.arange(H), H + np.arange(start, min(start + context - H, len(enc.ids) - H))])
+    positions[H - 1] = H + start - 1
+    out = np.ones((context, allowed.shape[1]), dtype=bool)
+    out[: len(positions)] = allowed[positions]
+    return out
 
 
 def validation_set(corpus: Corpus, encoding, limit: int) -> tuple[list[Encoded], list[int]]:
@@ -301,11 +329,14 @@ def train(cfg: MuseConfig, optim: OptimConfig, loop: LoopConfig, out: Path | Non
     kinds = encoding.token_kinds()
     by_kind: dict[str, float] = {}
 
+    rules = getattr(encoding, "allowed_next", None)
+
     def eval_fn(m: MuseModel) -> dict:
-        s = score_pieces(m, val_encoded, val_notes, cfg.context, kinds=kinds)
+        s = score_pieces(m, val_encoded, val_notes, cfg.context, kinds=kinds, allowed_next=rules)
         by_kind.clear()
         by_kind.update(s.by_kind)
-        return {"val_loss": s.nats_per_token, "bits_per_note": s.bits_per_note}
+        out = {"val_loss": s.nats_per_token, "bits_per_note": s.bits_per_note}
+        return out if s.masked_bits_per_note is None else {**out, "masked_bits_per_note": s.masked_bits_per_note}
 
     t0 = time.time()
     batches = Batches(corpus, encoding, cfg, loop.batch_size, loop.seed)
@@ -321,6 +352,7 @@ def train(cfg: MuseConfig, optim: OptimConfig, loop: LoopConfig, out: Path | Non
                      title="validation bits per note")
         run.write_summary({
             "bits_per_note": record.get("bits_per_note"), "bits_per_note_by_kind": by_kind,
+            "masked_bits_per_note": record.get("masked_bits_per_note"),
             "val_loss": record.get("val_loss"),
             "train_loss": record.get("train_loss"), "steps": loop.steps, "encoding": cfg.encoding,
             "params": sum(p.numel() for p in model.parameters()), "vocab_size": encoding.vocab_size,
