@@ -458,7 +458,9 @@ def run_section(run_dir: Path, out: Path, device, corpus, requests: list[tuple],
         f"{intro} As MuseNet tokens: {summary['tokens_per_note']:.2f} tokens per note. A "
         f"{summary['params'] / 1e6:.1f} M-parameter GPT with MuseNet's timing, structural and countdown embeddings "
         f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s on {summary['device']}: "
-        f"{summary['bits_per_note']:.2f} bits per note on held-out pieces" + (f" ({by_kind})." if by_kind else "."))
+        f"{summary['bits_per_note']:.2f} bits per note on held-out pieces" + (f" ({by_kind})" if by_kind else "")
+        + (f"; {summary['masked_bits_per_note']:.2f} under the rules the sampler enforces (a note-off only for a "
+           f"sounding note)." if summary.get("masked_bits_per_note") else "."))
     section.image(run_dir / "bits_per_note.png", "validation bits per note")
     if candidates > 1:
         critic = fit_and_save(run_dir, device, per_class=8, seconds=seconds, temperature=0.95)
