@@ -134,8 +134,10 @@ def sampled_excerpts(model, encoding, corpus: Corpus, classes: list[str], per_cl
                      temperature: float, top_p: float, device, tokens_per_second: float,
                      seed: int) -> tuple[list[Notes], list[str]]:
     from nexttoken.muse.generate import GenerateConfig, generate_pieces
+    from nexttoken.training import progress_bar
 
     notes, labels = [], []
+    bar = progress_bar(len(classes) * per_class, desc="critic: sampling")
     for k, composer in enumerate(classes):
         cfg = GenerateConfig(composer=composer, instruments=[main_family(corpus, composer)], seconds=seconds,
                              n=per_class, temperature=temperature, top_p=top_p, seed=seed + k)
@@ -143,6 +145,8 @@ def sampled_excerpts(model, encoding, corpus: Corpus, classes: list[str], per_cl
             if len(piece.notes):
                 notes.append(piece.notes)
                 labels.append(composer)
+        bar.update(per_class)
+    bar.close()
     return notes, labels
 
 

@@ -440,15 +440,17 @@ class MuseNetEncoding:
         inside the header allow everything."""
         v = self.vocab
         T, V = len(ids), len(v)
-        sign = np.where(v.note_off_of < 0, 0, np.where(v.note_velocity > 0, 1, -1))
-        changes = np.zeros((T, V), dtype=np.int16)  # +1 / -1 at the note-off column of each note-on / note-off
-        changes[np.arange(T), np.maximum(v.note_off_of[ids], 0)] = sign[ids]
-        changes[:n_header] = 0
-        sounding = np.cumsum(changes, axis=0) > 0
-        is_off = (v.note_family >= 0) & (v.note_velocity == 0)
+        off_ids = np.flatnonzero((v.note_family >= 0) & (v.note_velocity == 0))  # one column per sounding-able note
+        column = np.full(V, -1)
+        column[off_ids] = np.arange(len(off_ids))
+        sign = np.where(v.note_off_of < 0, 0, np.where(v.note_velocity > 0, 1, -1))[ids]  # +1 on, -1 off, 0 other
+        sign[:n_header] = 0
+        at = np.flatnonzero(sign)
+        changes = np.zeros((T, len(off_ids)), dtype=np.int16)
+        changes[at, column[v.note_off_of[ids[at]]]] = sign[at]
         allowed = np.ones((T, V), dtype=bool)
         allowed[:, v.header_ids()] = False
-        allowed[:, is_off] = sounding[:, is_off]
+        allowed[:, off_ids] = np.cumsum(changes, axis=0) > 0  # notes sounding after each token
         allowed[: n_header - 1] = True  # the header's own tokens predict the header
         return allowed
 
