@@ -303,5 +303,9 @@ def test_report_of_a_run_has_samples_critic_and_map(env, tmp_path, capsys):
     pieces = set(re.findall(r"sample-\d\d-\w+/sample-00\.png", page))
     assert len(pieces) == 3  # chords, scales, and scales primed with a chords opening
     assert ("<audio" in page) == (find_soundfont() is not None)
+    fitted = (run / "critic.safetensors").stat().st_mtime_ns
+    assert main(["muse", "report", str(run), "--seconds", "3", "--candidates", "2", "--composers", "1",
+                 "--device", "cpu", "--out", str(tmp_path / "again")]) == 0
+    assert (run / "critic.safetensors").stat().st_mtime_ns == fitted  # the run's critic is reused, not refitted
     assert main(["muse", "report", str(tmp_path)]) == 2  # not a run
     assert "not a" in capsys.readouterr().err

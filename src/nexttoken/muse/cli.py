@@ -445,7 +445,7 @@ def run_section(run_dir: Path, out: Path, device, corpus, requests: list[tuple],
                 intro: str = "", seconds: float = 20.0):
     """A report section for a trained run: its learning curve, the inner critic, one piece per request
     (composer, instrument, prime notes or None, caption) as audio and piano roll, and the composer map."""
-    from nexttoken.muse.critic import fit_and_save
+    from nexttoken.muse.critic import CRITIC_FILE, CriticReport, fit_and_save
     from nexttoken.muse.encoding import write_midi
     from nexttoken.muse.generate import GenerateConfig
     from nexttoken.report import Section
@@ -463,7 +463,10 @@ def run_section(run_dir: Path, out: Path, device, corpus, requests: list[tuple],
            f"sounding note)." if summary.get("masked_bits_per_note") else "."))
     section.image(run_dir / "bits_per_note.png", "validation bits per note")
     if candidates > 1:
-        critic = fit_and_save(run_dir, device, per_class=8, seconds=seconds, temperature=0.95)
+        if (run_dir / CRITIC_FILE).is_file() and (run_dir / "critic.json").is_file():  # fitted before: keep it
+            critic = CriticReport(**json.loads((run_dir / "critic.json").read_text()))
+        else:
+            critic = fit_and_save(run_dir, device, per_class=8, seconds=seconds, temperature=0.95)
         section.text(f"MuseNet's inner critic (`nexttoken muse critic RUN`), fitted on {critic.train_real} real "
                      f"openings against {critic.train_generated} of the model's own samples, tells held-out openings "
                      f"from fresh samples with balanced accuracy {critic.balanced_accuracy:.2f} (AUC "
