@@ -39,16 +39,11 @@ QUANTILES = (0.1, 0.5, 0.9)
 def piece_features(model, encoded: list[Encoded], context: int, batch_size: int = 16) -> np.ndarray:
     """(pieces, n_embd + 5): the mean final residual stream over each piece's tokens after the header, then the mean,
     standard deviation and 10/50/90% quantiles of the model's per-token negative log-likelihood (nats)."""
-    from nexttoken.muse.train import make_row, stack
+    from nexttoken.muse.train import make_row, piece_windows, stack
 
-    rows, owner = [], []
-    for k, enc in enumerate(encoded):
-        body = len(enc.ids) - enc.n_header
-        L = context - enc.n_header
-        for s in range(0, max(body, 1), L):
-            row = make_row(enc, s, context, count_header=False)  # targets on body tokens only
-            rows.append(row)
-            owner.append(k)
+    windows = piece_windows(encoded, context)
+    rows = [make_row(encoded[k], s, context, count_header=False) for k, s in windows]  # targets: body tokens only
+    owner = [k for k, _ in windows]
     device = next(model.parameters()).device
     with_where = model.music is not None
     width = model.cfg.n_embd

@@ -169,13 +169,25 @@ def where_of(enc: Encoded, positions: np.ndarray) -> np.ndarray:
     return where
 
 
+def row_positions(enc: Encoded, start: int, context: int) -> np.ndarray:
+    """Where in the piece each token of a row comes from: the header, then events ``start ..`` up to the context."""
+    H = enc.n_header
+    return np.concatenate([np.arange(H), H + np.arange(start, min(start + context - H, len(enc.ids) - H))])
+
+
+def piece_windows(encoded: list[Encoded], context: int) -> list[tuple[int, int]]:
+    """(piece, start) of the rows that score every piece once, window after window: ``make_row`` leaves each
+    window's last target to the next window, and the last window predicts nothing after it."""
+    return [(k, s) for k, enc in enumerate(encoded)
+            for s in range(0, max(len(enc.ids) - enc.n_header, 1), context - enc.n_header)]
+
+
 def make_row(enc: Encoded, start: int, context: int, count_header: bool = True) -> dict[str, np.ndarray]:
     """One row: the header, then events ``start .. start + context - header`` of the piece; the targets are the
     next tokens, -1 where padded, at the last position (the next window predicts it) and, unless ``count_header``,
     on the header (so that scoring a piece window by window counts every token once)."""
     H = enc.n_header
-    L = context - H
-    positions = np.concatenate([np.arange(H), H + np.arange(start, min(start + L, len(enc.ids) - H))])
+    positions = row_positions(enc, start, context)
     idx = enc.ids[positions]
     targets = np.full(context, -1, dtype=np.int64)
     targets[: len(idx) - 1] = idx[1:]
@@ -237,14 +249,11 @@ def score_pieces(model: MuseModel, encoded: list[Encoded], n_notes: list[int], c
     ``kinds`` (the kind of each token id), also split by the kind of the predicted token. With ``allowed_next``
     (``MuseNetEncoding.allowed_next``), ``masked_bits_per_note`` scores the model under the rules its sampler
     enforces: each prediction renormalised over the tokens those rules allow."""
-    # make_row leaves each window's last target to the next window; the last window predicts nothing after it.
-    windows = [(k, s) for k, enc in enumerate(encoded)
-               for s in range(0, max(len(enc.ids) - enc.n_header, 1), context - enc.n_header)]
+    windows = piece_windows(encoded, context)
     device = next(model.parameters()).device
     with_where = model.music is not None
     nats = masked_nats = 0.0
-    names = sorted(set(kinds)) if kinds is not None else []
-    kind_index = np.array([names.index(k) for k in kinds]) if kinds is not None else None
+    names, kind_index = np.unique(kinds, return_inverse=True) if kinds is not None else ([], None)
     kind_nats = np.zeros(len(names))
     allowed_of: dict[int, np.ndarray] = {}  # the current piece's (T, vocab) rules
     for i in range(0, len(windows), batch_size):
@@ -283,7 +292,7 @@ def _row_rules(allowed: np.ndarray, enc: Encoded, start: int, context: int) -> n
     the piece, and the header's last token predicts the window's first event, so it takes the rules after the event
     before the window."""
     H = enc.n_header
-    positions = np.concatenate([np.arange(H), H + np.arange(start, min(start + context - H, len(enc.ids) - H))])
+    positions = row_positions(enc, start, context)
     positions[H - 1] = H + start - 1
     out = np.ones((context, allowed.shape[1]), dtype=bool)
     out[: len(positions)] = allowed[positions]
