@@ -293,7 +293,7 @@ def write_samples(run_dir: Path, cfg, out: Path, device, soundfont: str | None =
 
 
 def cmd_critic(args) -> None:
-    from nexttoken.muse.critic import fit_and_save, format_report
+    from nexttoken.muse.critic import CRITIC_FILE, fit_and_save, format_report
     from nexttoken.training import pick_device
 
     if args.seconds <= 0:
@@ -301,7 +301,7 @@ def cmd_critic(args) -> None:
     report = fit_and_save(args.run, pick_device(args.device), args.jobs, per_class=args.per_composer,
                           seconds=args.seconds, temperature=args.temperature, top_p=args.top_p)
     print(format_report(report))
-    print(f"wrote {args.run / 'critic.safetensors'}; use it with: nexttoken muse generate {args.run} --candidates 4")
+    print(f"wrote {args.run / CRITIC_FILE}; use it with: nexttoken muse generate {args.run} --candidates 4")
 
 
 def cmd_evaluate(args) -> None:
@@ -352,10 +352,11 @@ def cmd_report(args) -> None:
     corpus = load_corpus(run.config["muse"]["corpus"], args.jobs)
     largest = sorted((c for c in composers if corpus.indices("train", c)),
                      key=lambda c: -len(corpus.indices("train", c)))[: args.composers]
-    requests = [(c, main_family(corpus, c), None, f"{c}, {main_family(corpus, c)}") for c in largest]
+    family = {c: main_family(corpus, c) for c in largest}
+    requests = [(c, family[c], None, f"{c}, {family[c]}") for c in largest]
     if len(largest) >= 2 and corpus.indices("val", largest[0]):  # MuseNet's trick: one composer's opening, another's style
         prime = corpus.notes(corpus.indices("val", largest[0])[0])
-        requests.append((largest[1], main_family(corpus, largest[1]), prime,
+        requests.append((largest[1], family[largest[1]], prime,
                          f"{largest[1]}, primed with the first 6 notes of a held-out {largest[0]} piece"))
     out = args.out or run.path / "report"
     out.mkdir(parents=True, exist_ok=True)
