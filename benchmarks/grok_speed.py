@@ -110,6 +110,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--presets", default="paper,modern", help="model presets to time (paper, modern)")
     p.add_argument("--skip-conventional", action="store_true")
+    p.add_argument("--skip-grokfast", action="store_true", help="leave out the Grokfast row (up to --steps per seed)")
     p.add_argument("--sweep", type=int, default=0, help="also time a sweep of this many runs (x/y, fractions x seeds)")
     p.add_argument("--sweep-steps", type=int, default=5000, help="step budget of each sweep run")
     p.add_argument("--steps", type=int, default=TASK.steps, help="step budget of the single runs")
@@ -119,11 +120,11 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     rows = []
-    for preset in args.presets.split(","):
+    for preset in filter(None, args.presets.split(",")):  # --presets "" --sweep 128: the sweep alone
         task = replace(TASK, **PRESETS[preset], steps=args.steps)
         # Grokfast's published EMA setting pairs the filter with a small weight decay (0.005).
         grokfast = replace(task, grokfast="ema", grokfast_alpha=0.98, grokfast_lambda=2.0, weight_decay=0.005)
-        variants = [("nexttoken", ours, task), ("nexttoken + grokfast-ema", ours, grokfast)]
+        variants = [("nexttoken", ours, task)] + ([] if args.skip_grokfast else [("nexttoken + grokfast-ema", ours, grokfast)])
         if not args.skip_conventional:
             variants.insert(0, ("conventional", conventional, task))
         for name, fn, cfg in variants:
@@ -163,7 +164,8 @@ def main() -> None:
 
 
 def save(device: torch.device, rows: list[dict], sweep: dict | None) -> None:
-    out = Path(__file__).parent / "results" / f"grok_speed-{device.type}.json"
+    name = f"grok_speed-{device.type}" + ("" if rows else "-sweep")
+    out = Path(__file__).parent / "results" / f"{name}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"device": device_name(device), "rows": rows, "sweep": sweep}, indent=2) + "\n")
 

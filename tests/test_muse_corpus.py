@@ -28,6 +28,19 @@ def test_folder_labels_from_subfolders_and_corrupt_files_skipped(tmp_path, capsy
     assert len(load_corpus(str(root))) == 7
 
 
+def test_a_prepared_note_table_travels_without_its_sources(tmp_path):
+    """The cached table (pieces.json + notes.npz) is a corpus of its own: copied elsewhere, with the MIDI gone."""
+    import shutil
+
+    root = toy_corpus(tmp_path / "midi", per_style=2)
+    corpus = load_corpus(str(root))
+    moved = shutil.copytree(corpus.path, tmp_path / "elsewhere" / "table")
+    shutil.rmtree(root)
+    again = load_corpus(str(moved))
+    assert again.ids == corpus.ids and again.labels == corpus.labels and again.splits == corpus.splits
+    assert all(np.array_equal(again.table[k], corpus.table[k]) for k in corpus.table)
+
+
 def test_maestro_style_csv(tmp_path):
     root = toy_corpus(tmp_path / "midi", per_style=2)
     rows = ["canonical_composer,canonical_title,split,year,midi_filename,audio_filename,duration"]

@@ -40,6 +40,40 @@ def test_gradient_accumulation_equals_the_full_batch():
     assert torch.allclose(results[0], results[1], atol=1e-5)
 
 
+def test_prefetching_workers_train_exactly_as_the_loop_does():
+    """Batches built ahead by worker processes are the loop's own batches: the same weights to the bit."""
+    results = []
+    for workers in (0, 2):
+        model = char_model()
+        fit(model, batch_fn(32, 8), OptimConfig(lr=1e-2, warmup_steps=1),
+            LoopConfig(steps=6, batch_size=8, eval_every=3, ckpt_every=3, workers=workers))
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(results[0], results[1])
+
+
+def test_time_budget_plans_the_steps_and_ends_with_a_checkpoint(tmp_path):
+    """With max_seconds the loop plans how many steps fit, stops there with an evaluation and a checkpoint, and the
+    LR schedule ends at that step."""
+    import time
+
+    slow = batch_fn(32, 8)
+
+    def batches(step):
+        time.sleep(0.05)
+        return slow(step)
+
+    run = Run.create(tmp_path / "r", {"x": 1})
+    loop = LoopConfig(steps=10_000, batch_size=8, eval_every=10, ckpt_every=10, max_seconds=1.5)
+    t0 = time.time()
+    record = fit(char_model(), batches, OptimConfig(lr=1e-3, warmup_steps=1), loop, run, eval_fn=eval_loss)
+    assert time.time() - t0 < 4
+    assert 11 <= loop.steps < 40 and record["step"] == loop.steps
+    assert run.metrics()[-1]["step"] == loop.steps
+    step, _, _ = run.load_checkpoint(char_model(), restore_rng_state=False)
+    assert step == loop.steps
+    assert record["lr"] < 0.5e-3  # the cosine decayed over the planned steps, not over 10,000
+
+
 def test_parameters_change_after_a_step():
     model = char_model()
     before = [p.detach().clone() for p in model.parameters()]

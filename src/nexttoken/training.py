@@ -171,6 +171,8 @@ class LoopConfig:
     seed: int = 0
     precision: str = "auto"  # auto | fp32 | bf16
     compile: bool = False
+    max_seconds: float = 0.0  # > 0: as many steps (up to ``steps``) as fit in this wall-clock time; the LR follows
+    workers: int = 0  # processes building batches ahead of the loop (0: built in the loop)
 
     def validate(self, world_size: int = 1) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.eval_every < 1:
@@ -180,6 +182,8 @@ class LoopConfig:
                 f"batch size {self.batch_size} must divide evenly into {world_size} processes x "
                 f"{self.grad_accum} accumulation steps"
             )
+        if self.max_seconds < 0 or self.workers < 0:
+            raise UserError("the time budget and the number of batch workers cannot be negative")
         if self.ckpt_every % self.eval_every:
             raise UserError(f"checkpoint interval {self.ckpt_every} must be a multiple of eval interval {self.eval_every}")
 
@@ -195,6 +199,62 @@ def progress_bar(total: int, initial: int = 0, enabled: bool = True, desc: str =
     return tqdm(total=total, initial=initial, desc=desc, disable=not (enabled and sys.stderr.isatty()), leave=False)
 
 
+class Prefetch:
+    """``batch_fn`` run ahead of the loop by forked worker processes, so the accelerator never waits for the CPU.
+
+    The workers inherit ``batch_fn`` (and the data it reads) through fork, so nothing large is pickled; batches come
+    back as numpy arrays. Since a batch depends on its step alone, the batches are exactly those of ``batch_fn``.
+    """
+
+    def __init__(self, batch_fn: BatchFn, workers: int, ahead: int | None = None) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                        initializer=_prefetch_init, initargs=(batch_fn,))
+        self.ahead = ahead or 2 * workers
+        self.pending: dict = {}
+
+    def __call__(self, step: int) -> dict:
+        for s in range(step, step + self.ahead + 1):
+            if s not in self.pending:
+                self.pending[s] = self.pool.submit(_prefetch_batch, s)
+        for s in [s for s in self.pending if s < step]:  # a resumed or re-planned loop skipped them
+            self.pending.pop(s).cancel()
+        return {k: torch.from_numpy(v) for k, v in self.pending.pop(step).result().items()}
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+_PREFETCH_FN: BatchFn | None = None
+
+
+def _prefetch_init(batch_fn: BatchFn) -> None:
+    global _PREFETCH_FN
+    _PREFETCH_FN = batch_fn
+    torch.set_num_threads(1)
+
+
+def _prefetch_batch(step: int) -> dict:
+    return {k: v.numpy() for k, v in _PREFETCH_FN(step).items()}
+
+
+def planned_steps(cap: int, done: int, timed_steps: int, timed_s: float, seconds_left: float) -> int:
+    """The step count that fits a time budget: the steps done plus those the measured pace fits in the time left,
+    at most ``cap`` and at least ``done``.
+
+    >>> planned_steps(1000, done=20, timed_steps=10, timed_s=1.0, seconds_left=50)
+    520
+    >>> planned_steps(100, done=20, timed_steps=10, timed_s=1.0, seconds_left=50)
+    100
+    >>> planned_steps(100, done=20, timed_steps=10, timed_s=1.0, seconds_left=-3)
+    20
+    """
+    pace = timed_s / max(timed_steps, 1)
+    return max(done, min(cap, done + int(max(seconds_left, 0.0) / max(pace, 1e-9))))
+
+
 def fit(
     model: torch.nn.Module,
     batch_fn: BatchFn,
@@ -206,7 +266,10 @@ def fit(
     eval_fn: EvalFn | None = None,
     resume: bool = False,
 ) -> dict:
-    """Train ``model`` (already on its device) for ``loop.steps`` optimizer steps; return the last evaluation record."""
+    """Train ``model`` (already on its device) for ``loop.steps`` optimizer steps; return the last evaluation record.
+
+    With ``loop.max_seconds``, ``loop.steps`` becomes the number of steps that fit that time (never more than it was).
+    """
     dist = dist or Dist(device=next(model.parameters()).device)
     loop.validate(dist.world_size)
     device = dist.device
@@ -217,12 +280,40 @@ def fit(
         run.rewind_metrics(start)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if dist.enabled else model
     forward = torch.compile(ddp) if loop.compile else ddp
-    micro = loop.batch_size // (dist.world_size * loop.grad_accum)
+    bar = progress_bar(loop.steps, start, dist.is_main, desc="train")
+    prefetch = Prefetch(batch_fn, loop.workers) if loop.workers else None
+    try:
+        return _loop(model, ddp, forward, optimizer, prefetch or batch_fn, optim, loop, run, dist, eval_fn, start, bar)
+    finally:
+        if prefetch is not None:
+            prefetch.close()
+        bar.close()
 
+
+def _loop(model, ddp, forward, optimizer, batch_fn, optim, loop, run, dist, eval_fn, start, bar) -> dict:
+    device = dist.device
+    micro = loop.batch_size // (dist.world_size * loop.grad_accum)
     record: dict = {}
     loss_sum, loss_steps, t0, tokens_seen = 0.0, 0, time.time(), 0
-    bar = progress_bar(loop.steps, start, dist.is_main, desc="train")
-    for step in range(start, loop.steps):
+    # With a time budget, loop.steps is planned from the pace of the steps after the first (which pays for warm-up
+    # and compilation): after 10 steps, and again after every evaluation, so that evaluations count too.
+    deadline = time.time() + loop.max_seconds if loop.max_seconds else None
+    cap, t_timed = loop.steps, time.time()
+
+    def replan(done: int) -> None:
+        planned = planned_steps(cap, done, done - start - 1, time.time() - t_timed, deadline - time.time())
+        if dist.enabled:  # every process must stop at the same step: rank 0's plan is the plan
+            t = torch.tensor([planned], device=device)
+            torch_dist.broadcast(t, 0)
+            planned = int(t.item())
+        if dist.is_main and done == start + 11:
+            print(f"nexttoken: {planned} steps fit the time budget of {loop.max_seconds:.0f} s "
+                  f"({1e3 * (time.time() - t_timed) / 10:.0f} ms per step)", file=sys.stderr)
+        loop.steps = planned
+        bar.total = planned
+
+    step = start
+    while step < loop.steps:
         set_lr(optimizer, optim.lr * lr_factor(step, loop.steps, optim))
         batch = batch_fn(step)
         n_targets = (batch["targets"] != -1).sum().item()
@@ -248,6 +339,10 @@ def fit(
         bar.set_postfix(loss=f"{step_loss:.3f}", refresh=False)
 
         done = step + 1
+        if deadline is not None and done == start + 1:
+            t_timed = time.time()
+        elif deadline is not None and done == start + 11:
+            replan(done)
         if done % loop.eval_every == 0 or done == loop.steps:
             elapsed = time.time() - t0
             record = {"step": done, "train_loss": loss_sum / loss_steps, "lr": optimizer.param_groups[0]["lr"]}
@@ -257,10 +352,12 @@ def fit(
                     record.update(eval_fn(unwrap(model)))
                 model.train()
             record["tokens_per_s"] = tokens_seen / max(elapsed, 1e-9)
+            if deadline is not None and done > start + 11:
+                replan(done)
             if run is not None:
                 run.log(record)
                 if done % loop.ckpt_every == 0 or done == loop.steps:
                     run.save_checkpoint(model, optimizer, done, extra_meta={"loop": asdict(loop)})
             loss_sum, loss_steps, t0, tokens_seen = 0.0, 0, time.time(), 0
-    bar.close()
+        step = done
     return record

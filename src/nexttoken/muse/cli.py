@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -70,6 +71,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=positive_int, default=100)
     p.add_argument("--ckpt-every", type=positive_int, default=100)
     p.add_argument("--val-pieces", type=int, default=40, help="validation pieces scored per evaluation (0: all)")
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="train as many of --steps as fit in this many minutes (the LR schedule follows)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes building batches ahead (default: none on CPU, half the cores on a GPU)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     p.add_argument("--seed", type=int, default=0)
@@ -139,7 +144,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def _corpus_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", default="music21-small",
-                   help="music21-small (default subset), music21 (all), a folder of MIDI files, or a CSV")
+                   help="music21-small (default subset), music21 (all), a folder of MIDI files, a CSV, or a note "
+                        "table that prepare printed")
     p.add_argument("--jobs", type=positive_int, default=2, help="processes converting the music21 corpus")
 
 
@@ -152,6 +158,7 @@ def cmd_prepare(args) -> None:
     for r in corpus.summary():
         print(f"{r['label']:18} {r['pieces']:>7} {r['val']:>5} {r['notes']:>9,}")
     print(f"{len(corpus)} pieces, {corpus.table['pitch'].size:,} notes, {corpus.skipped} file(s) skipped")
+    print(f"note table: {corpus.path} (pass it as --corpus on a machine without the source files)")
 
 
 def cmd_encode(args) -> None:
@@ -187,7 +194,7 @@ def cmd_decode(args) -> None:
 
 def cmd_train(args) -> None:
     from nexttoken.muse.train import MuseConfig, train
-    from nexttoken.training import LoopConfig, OptimConfig
+    from nexttoken.training import LoopConfig, OptimConfig, pick_device
 
     cfg = MuseConfig(corpus=args.corpus, encoding=args.encoding, context=args.context, n_layer=args.n_layer,
                      n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout,
@@ -198,9 +205,14 @@ def cmd_train(args) -> None:
     if args.n_embd % args.n_head:
         raise UserError(f"--n-embd {args.n_embd} must be a multiple of --n-head {args.n_head}")
     optim = OptimConfig(lr=args.lr, warmup_steps=args.warmup)
+    workers = args.workers
+    if workers is None:  # the CPU's cores are the model's on a CPU run
+        per_process = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        workers = 0 if pick_device(args.device).type == "cpu" else min(8, per_process // 2)
     loop = LoopConfig(steps=args.steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
                       eval_every=args.eval_every, ckpt_every=args.ckpt_every, seed=args.seed,
-                      precision=args.precision, compile=args.compile)
+                      precision=args.precision, compile=args.compile, max_seconds=60 * args.max_minutes,
+                      workers=workers)
     path = train(cfg, optim, loop, args.out, args.device, args.resume, args.jobs)
     summary = path / "summary.json"
     if summary.is_file():

@@ -75,6 +75,7 @@ class Corpus:
     tempos: np.ndarray  # (P,) bpm
     table: dict[str, np.ndarray]  # start, end, pitch, velocity, family: (total notes,)
     skipped: int = 0  # files that could not be read
+    path: Path | None = None  # the folder it is cached in, once saved or loaded
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -105,6 +106,7 @@ class Corpus:
         atomic_write_bytes(path / "notes.npz", buf.getvalue())
         atomic_write_json(path / "pieces.json", {"ids": self.ids, "labels": self.labels, "splits": self.splits,
                                                  "skipped": self.skipped})
+        self.path = path
 
     @classmethod
     def load(cls, path: Path) -> "Corpus":
@@ -112,7 +114,7 @@ class Corpus:
         with np.load(path / "notes.npz") as z:
             arrays = {k: z[k] for k in z.files}
         offsets, tempos = arrays.pop("offsets"), arrays.pop("tempos")
-        return cls(meta["ids"], meta["labels"], meta["splits"], offsets, tempos, arrays, meta.get("skipped", 0))
+        return cls(meta["ids"], meta["labels"], meta["splits"], offsets, tempos, arrays, meta.get("skipped", 0), path)
 
     def summary(self) -> list[dict]:
         rows = []
@@ -331,11 +333,15 @@ def _stat(path: Path) -> tuple[int, int]:
 
 
 def load_corpus(name: str = "music21-small", jobs: int = 2, val_fraction: float = 0.1) -> Corpus:
-    """``music21-small`` (default), ``music21`` (everything), a folder of MIDI files, or a CSV."""
+    """``music21-small`` (default), ``music21`` (everything), a folder of MIDI files, a CSV, or a prepared note table
+    (a folder holding ``pieces.json`` and ``notes.npz``, as ``muse prepare`` caches them: it travels to a machine that
+    lacks music21 or the MIDI files)."""
     if name == "music21-small":
         corpus = prepare_music21("small", jobs, val_fraction)
     elif name == "music21":
         corpus = prepare_music21("full", jobs, val_fraction)
+    elif (Path(name) / "pieces.json").is_file() and (Path(name) / "notes.npz").is_file():
+        corpus = Corpus.load(Path(name))
     else:
         corpus = prepare_user(Path(name), val_fraction)
     if corpus.skipped:
