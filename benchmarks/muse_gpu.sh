@@ -15,13 +15,15 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PY:-python3}  # any Python with torch, symusic, music21 and miditok (make setup: PY=.venv/bin/python)
 OUT=${OUT:-runs/muse-gpu-$(date +%Y%m%d-%H%M%S)}
 STEPS=${STEPS:-800}
+MAX_MINUTES=${MAX_MINUTES:-0}  # > 0: as many of STEPS as fit in this many minutes
+CORPUS=${CORPUS:-music21}      # or the note table that `nexttoken muse prepare --corpus music21` printed elsewhere
 JOBS=${JOBS:-$(nproc)}
 
 apt-get install -y -qq timgm6mb-soundfont >/dev/null 2>&1 || true   # audio for the samples, when apt is there
 
-time $PY -m nexttoken muse prepare --corpus music21 --jobs "$JOBS"
+time $PY -m nexttoken muse prepare --corpus "$CORPUS" --jobs "$JOBS"
 
-time $PY -m nexttoken muse train --corpus music21 --device cuda --precision bf16 \
+time $PY -m nexttoken muse train --corpus "$CORPUS" --device cuda --precision bf16 --max-minutes "$MAX_MINUTES" \
     --n-layer 8 --n-head 8 --n-embd 512 --context 2048 --dropout 0.1 \
     --steps "$STEPS" --batch-size 32 --lr 6e-4 --warmup 100 --eval-every 200 --ckpt-every 200 \
     --val-pieces 200 --out "$OUT/run"
@@ -31,9 +33,11 @@ for spec in "bach piano" "palestrina voice" "folk_oneill piano" "mozart strings"
     $PY -m nexttoken muse generate "$OUT/run" --device cuda --composer "$1" --instruments "$2" \
         --seconds 30 --n 4 --top-p 0.95 --out "$OUT/samples-$1" || true   # a composer missing from the corpus
 done
-$PY -m nexttoken muse generate "$OUT/run" --device cuda --composer mozart --instruments piano \
-    --prime "$(ls ${NEXTTOKEN_CACHE:-$HOME/.cache/nexttoken}/muse/music21-*/midi/bach_bwv10.7.mxl.mid | head -1)" \
-    --prime-notes 6 --seconds 30 --n 4 --out "$OUT/samples-primed"
+PRIME=$(ls ${NEXTTOKEN_CACHE:-$HOME/.cache/nexttoken}/muse/music21-*/midi/bach_bwv10.7.mxl.mid 2>/dev/null | head -1)
+if [ -n "$PRIME" ]; then
+    $PY -m nexttoken muse generate "$OUT/run" --device cuda --composer mozart --instruments piano \
+        --prime "$PRIME" --prime-notes 6 --seconds 30 --n 4 --out "$OUT/samples-primed"
+fi
 $PY -m nexttoken muse embeddings "$OUT/run"
 $PY -m nexttoken muse critic "$OUT/run" --device cuda
 $PY -m nexttoken muse report "$OUT/run" --device cuda --out "$OUT/report"   # report.html: curve, critic, samples

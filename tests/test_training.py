@@ -51,6 +51,27 @@ def test_prefetching_workers_train_exactly_as_the_loop_does():
     assert torch.equal(results[0], results[1])
 
 
+def test_a_dead_batch_worker_does_not_stop_training(capsys):
+    """A worker killed mid-run (out of memory, say): the loop builds the batches itself and trains the same."""
+    import os
+
+    parent, base = os.getpid(), batch_fn(32, 8)
+
+    def dying_in_workers(step):
+        if step == 3 and os.getpid() != parent:
+            os._exit(1)
+        return base(step)
+
+    results = []
+    for workers, fn in ((0, base), (2, dying_in_workers)):
+        model = char_model()
+        fit(model, fn, OptimConfig(lr=1e-2, warmup_steps=1),
+            LoopConfig(steps=6, batch_size=8, eval_every=3, ckpt_every=3, workers=workers))
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(results[0], results[1])
+    assert "batch workers stopped" in capsys.readouterr().err
+
+
 def test_time_budget_plans_the_steps_and_ends_with_a_checkpoint(tmp_path):
     """With max_seconds the loop plans how many steps fit, stops there with an evaluation and a checkpoint, and the
     LR schedule ends at that step."""

@@ -210,18 +210,30 @@ class Prefetch:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
+        self.batch_fn = batch_fn
         self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                         initializer=_prefetch_init, initargs=(batch_fn,))
         self.ahead = ahead or 2 * workers
         self.pending: dict = {}
+        self.broken = False
 
     def __call__(self, step: int) -> dict:
-        for s in range(step, step + self.ahead + 1):
-            if s not in self.pending:
-                self.pending[s] = self.pool.submit(_prefetch_batch, s)
-        for s in [s for s in self.pending if s < step]:  # a resumed or re-planned loop skipped them
-            self.pending.pop(s).cancel()
-        return {k: torch.from_numpy(v) for k, v in self.pending.pop(step).result().items()}
+        from concurrent.futures.process import BrokenProcessPool
+
+        if self.broken:
+            return self.batch_fn(step)
+        try:
+            for s in range(step, step + self.ahead + 1):
+                if s not in self.pending:
+                    self.pending[s] = self.pool.submit(_prefetch_batch, s)
+            for s in [s for s in self.pending if s < step]:  # a resumed or re-planned loop skipped them
+                self.pending.pop(s).cancel()
+            return {k: torch.from_numpy(v) for k, v in self.pending.pop(step).result().items()}
+        except (BrokenProcessPool, OSError) as e:  # a worker died (killed, out of memory): go on without them
+            print(f"nexttoken: batch workers stopped ({type(e).__name__}); building batches in the loop", file=sys.stderr)
+            self.broken = True
+            self.close()
+            return self.batch_fn(step)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
