@@ -102,7 +102,7 @@ class Corpus:
         import io
 
         buf = io.BytesIO()
-        np.savez(buf, offsets=self.offsets, tempos=self.tempos, **self.table)
+        np.savez_compressed(buf, offsets=self.offsets, tempos=self.tempos, **self.table)  # ~4x smaller
         atomic_write_bytes(path / "notes.npz", buf.getvalue())
         atomic_write_json(path / "pieces.json", {"ids": self.ids, "labels": self.labels, "splits": self.splits,
                                                  "skipped": self.skipped})
