@@ -177,6 +177,69 @@ def test_an_ensemble_step_equals_the_single_model_step():
             assert torch.allclose(got[name], p.detach(), atol=2e-6), (m, name)
 
 
+def test_retiring_members_leaves_the_others_on_their_course():
+    """Full-batch members (the same rows every step): an ensemble of three that drops its middle member after 5 steps
+    trains the other two as an ensemble of those two does, Grokfast state and all."""
+    configs = [tiny(seed=s, frac=f, lr=lr, batch_size=0, grokfast="ema")
+               for s, f, lr in [(0, 0.5, 1e-3), (1, 0.4, 3e-3), (2, 0.6, 1e-2)]]
+    three, two = Ensemble(configs), Ensemble([configs[0], configs[2]])
+    for _ in range(5):
+        three.step()
+    three.keep([0, 2])
+    assert three.E == 2 and three.flat.shape[0] == 2 and three.configs == two.configs
+    for _ in range(5):
+        three.step()
+    for _ in range(10):
+        two.step()
+    for name in ("flat", "exp_avg", "exp_avg_sq", "ema"):
+        # Equal up to summation order (each step visits the rows in a random order): steps move weights by ~1e-2.
+        assert torch.allclose(getattr(three, name), getattr(two, name), atol=2e-5), name
+    ev3, ev2 = three.evaluate(), two.evaluate()
+    assert torch.allclose(ev3.val_loss, ev2.val_loss, atol=1e-5)
+
+
+def test_a_sweep_retires_runs_that_reached_their_target(tmp_path):
+    """A member that reaches its stop_at leaves the ensemble; its metrics stay, the other trains to its budget."""
+    quick, slow = tiny(p=5, frac=0.9, lr=1e-2, stop_at=0.2, steps=200), tiny(p=5, frac=0.9, steps=200, seed=1)
+    run = Run.create(tmp_path / "r", {"members": [asdict(quick), asdict(slow)]})
+    sizes = []
+    result = train_ensemble(Ensemble([quick, slow]), run, eval_ratio=1.5, progress=False,
+                            on_eval=lambda step, ev: sizes.append(len(ev.val_acc)))
+    assert sizes[0] == 2 and sizes[-1] == 1
+    assert result.member_steps[0] == result.progress.steps_to_val_99[0] or result.member_steps[0] < 200
+    assert result.member_steps[1] == 200 == result.steps
+    rows = run.metrics()
+    assert all(len(r["val_acc"]) == 2 for r in rows)
+    retired = [r["val_acc"][0] for r in rows if r["step"] >= result.member_steps[0]]
+    assert len(set(retired)) == 1 and retired[0] >= 0.2  # frozen at its last evaluation
+    assert float(result.final.val_acc[0]) == retired[0]
+
+
+def test_a_sweep_resumes_after_a_member_retired(tmp_path):
+    quick, slow = tiny(p=5, frac=0.9, lr=1e-2, stop_at=0.2, steps=200), tiny(p=5, frac=0.9, steps=200, seed=1)
+    members = {"members": [asdict(quick), asdict(slow)]}
+    whole = Run.create(tmp_path / "whole", members)
+    train_ensemble(Ensemble([quick, slow]), whole, eval_ratio=1.5, checkpoint_every_s=0, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def die(step, ev):
+        if len(ev.val_acc) == 1:  # the first evaluation after the quick one retired (its checkpoint has one member)
+            raise Killed
+
+    part = Run.create(tmp_path / "part", members)
+    with pytest.raises(Killed):
+        train_ensemble(Ensemble([quick, slow]), part, eval_ratio=1.5, checkpoint_every_s=0, progress=False, on_eval=die)
+    result = train_ensemble(Ensemble([quick, slow]), Run.open(part.path), resume=True, eval_ratio=1.5,
+                            checkpoint_every_s=0, progress=False)
+    a, b = whole.metrics(), part.metrics()
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for x, y in zip(a, b):
+        assert x["val_acc"] == y["val_acc"] and x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)
+    assert result.member_steps[0] < result.member_steps[1] == 200
+
+
 def test_a_tiny_run_memorises_its_training_set(tmp_path):
     cfg = GrokConfig(op="x+y", p=11, frac=0.5, n_embd=32, n_head=2, mlp_hidden=64, steps=300, lr=3e-3,
                      weight_decay=0.1)

@@ -61,6 +61,7 @@ def run_sweep(
     eval_ratio: float | None = None,
     use_cuda_graph: bool = True,
     progress: bool = True,
+    retire: bool = True,
 ) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -76,7 +77,7 @@ def run_sweep(
         run = Run.open(folder) if resume and (folder / "config.json").exists() else Run.create(folder, config)
         ens = Ensemble(member_cfgs, device)
         result = train_ensemble(ens, run, resume=resume, eval_ratio=eval_ratio or default_eval_ratio(device),
-                                use_cuda_graph=use_cuda_graph, progress=progress)
+                                use_cuda_graph=use_cuda_graph, progress=progress, retire=retire)
         group_rows = []
         for m, cfg in enumerate(member_cfgs):
             group_rows.append({
@@ -86,7 +87,7 @@ def run_sweep(
                 "steps_to_val_99": result.progress.steps_to_val_99[m],
                 "best_val_acc": round(result.progress.best_val_acc[m], 4),
                 "final_val_acc": round(float(result.final.val_acc[m]), 4),
-                "steps": result.steps,
+                "steps": result.member_steps[m],
             })
         run.write_summary({"members": group_rows, "wall_s": round(result.wall_s, 3), "capture_s": result.capture_s,
                            "ensemble_size": len(members), "device": device_name(device)})

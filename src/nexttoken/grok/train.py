@@ -242,6 +242,26 @@ class Ensemble:
         self._eval_graph: torch.cuda.CUDAGraph | None = None
         self.training = c0.dropout > 0
 
+    # -- retiring members ---------------------------------------------------------------------------------------------------
+    MEMBER_TENSORS = ("train_x", "train_y", "n_train", "val_x", "val_y", "n_val", "batch", "flat", "init", "exp_avg",
+                      "exp_avg_sq", "lr", "beta1", "beta2", "wd", "to_init", "warmup", "grad_noise", "weight_noise",
+                      "ema_alpha", "ema_lambda", "ma_lambda", "perp", "stable", "ema", "ma_sum")
+
+    def keep(self, members: list[int]) -> None:
+        """Go on with only these members (indices into the current ensemble): a sweep retires the runs that are done,
+        so the step costs what the runs still training need. Captured CUDA graphs are dropped (shapes change)."""
+        index = torch.tensor(members, device=self.device)
+        for name in self.MEMBER_TENSORS:
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, value.index_select(0, index))
+        if self.ma_ring is not None:  # (window, E, P)
+            self.ma_ring = self.ma_ring.index_select(1, index)
+        self.configs = [self.configs[m] for m in members]
+        self.E = len(members)
+        self.B = int(self.batch.max())
+        self.step_fn, self._eval_graph = self._step, None
+
     # -- weights as named tensors ------------------------------------------------------------------------------------------
     def views(self, flat: Tensor) -> dict[str, Tensor]:
         out, offset = {}, 0
@@ -428,6 +448,10 @@ class TrainResult:
     steps: int  # steps taken (less than the budget after an early stop)
     wall_s: float  # since the first step, resumed stretches included
     capture_s: float  # of which CUDA-graph warm-up and capture
+    member_steps: list[int]  # steps each member trained (fewer for one retired early)
+
+
+EVAL_KEYS = ("train_acc", "train_loss", "val_acc", "val_loss")
 
 
 def train_ensemble(
@@ -440,19 +464,31 @@ def train_ensemble(
     checkpoint_every_s: float = 60.0,
     use_cuda_graph: bool = True,
     progress: bool = True,
+    retire: bool = True,
     on_eval: Callable[[int, Evaluation], None] | None = None,
 ) -> TrainResult:
-    """Train every member for the longest budget; stop early once each member with a ``stop_at`` has reached it."""
+    """Train every member for the longest budget; stop early once each member with a ``stop_at`` has reached it.
+
+    With ``retire``, a member that has reached its ``stop_at`` leaves the ensemble at that evaluation, so the members
+    still training no longer pay for it (its metrics stay at their last values). ``on_eval`` sees the evaluation of
+    the members still training.
+    """
     budget = max(c.steps for c in ens.configs)
     stop_levels = [c.stop_at or 2.0 for c in ens.configs]  # 2.0: never stops early
     schedule = eval_steps(budget, eval_ratio)
     snapshot_steps = snapshot_steps or set()
     E = ens.E
     prog = Progress([None] * E, [None] * E, [None] * E, [0.0] * E)
+    active = list(range(E))  # row of the ensemble -> member
+    last = {k: [0.0] * E for k in EVAL_KEYS}  # each member's latest evaluation (kept once it retires)
+    member_steps = [0] * E
     start = 0
     elapsed_before = 0.0
     if resume and run is not None and run.has_checkpoint():
         tensors, meta = load_tensors(run.checkpoint_path)
+        active, last, member_steps = meta.get("active", active), meta.get("last", last), meta.get("member_steps", member_steps)
+        if len(active) < E:
+            ens.keep(active)
         ens.load_state_tensors(tensors)
         restore_rng(tensors)
         start, elapsed_before = meta["step"], meta["wall_s"]
@@ -462,7 +498,8 @@ def train_ensemble(
     def save(step: int, wall: float) -> None:
         if run is not None:
             save_tensors(run.checkpoint_path, {**ens.state_tensors(), **rng_tensors()},
-                         {"step": step, "wall_s": wall, "progress": asdict(prog)})
+                         {"step": step, "wall_s": wall, "progress": asdict(prog), "active": active, "last": last,
+                          "member_steps": member_steps})
 
     bar = progress_bar(budget, start, progress, desc="grok")
     t0 = time.perf_counter() - elapsed_before
@@ -486,34 +523,41 @@ def train_ensemble(
                 ens.step()
                 step += 1
             if stop in snapshot_steps and run is not None:
-                for m in range(E):
+                for row, m in enumerate(active):
                     name = f"step-{stop:07d}" + (f"-m{m}" if E > 1 else "")
                     save_tensors(run.path / "checkpoints" / f"{name}.safetensors",
-                                 {f"model.{k}": v for k, v in ens.member_state_dict(m).items()}, {"step": stop})
+                                 {f"model.{k}": v for k, v in ens.member_state_dict(row).items()}, {"step": stop})
         ev = ens.evaluate()
-        values = {k: getattr(ev, k).tolist() for k in ("train_acc", "train_loss", "val_acc", "val_loss")}  # one sync
+        values = {k: getattr(ev, k).tolist() for k in EVAL_KEYS}  # one sync
         wall = time.perf_counter() - t0
         bar.update(step - bar.n)
-        for m in range(E):
-            if prog.steps_to_train_99[m] is None and values["train_acc"][m] >= 0.99:
+        for row, m in enumerate(active):
+            for k in EVAL_KEYS:
+                last[k][m] = values[k][row]
+            member_steps[m] = step
+            if prog.steps_to_train_99[m] is None and values["train_acc"][row] >= 0.99:
                 prog.steps_to_train_99[m] = step
-            if prog.steps_to_val_99[m] is None and values["val_acc"][m] >= 0.99:
+            if prog.steps_to_val_99[m] is None and values["val_acc"][row] >= 0.99:
                 prog.steps_to_val_99[m], prog.wall_s_to_val_99[m] = step, round(wall, 4)
-            prog.best_val_acc[m] = max(prog.best_val_acc[m], values["val_acc"][m])
-        bar.set_postfix(val=f"{sum(values['val_acc']) / E:.3f}", refresh=False)
+            prog.best_val_acc[m] = max(prog.best_val_acc[m], values["val_acc"][row])
+        bar.set_postfix(val=f"{sum(values['val_acc']) / len(active):.3f}", refresh=False)
         if run is not None:
-            run.log({"step": step, "wall_s": round(wall, 4),
-                     **{k: v[0] if E == 1 else v for k, v in values.items()}})
+            run.log({"step": step, "wall_s": round(wall, 4), **{k: v[0] if E == 1 else list(v) for k, v in last.items()}})
         if on_eval is not None:
             on_eval(step, ev)
-        done = step >= budget or all(v >= s for v, s in zip(values["val_acc"], stop_levels))
+        going = [row for row, m in enumerate(active) if values["val_acc"][row] < stop_levels[m]]
+        done = step >= budget or not going
+        if retire and not done and len(going) < len(active):
+            ens.keep(going)
+            active = [active[row] for row in going]
         if done or time.perf_counter() - last_save > checkpoint_every_s:
             save(step, wall)
             last_save = time.perf_counter()
         if done:
             break
     bar.close()
-    return TrainResult(prog, ev, step, wall, capture_s)
+    final = Evaluation(**{k: torch.tensor(v) for k, v in last.items()})
+    return TrainResult(prog, final, step, wall, capture_s, member_steps)
 
 
 def config_from_dict(d: dict) -> GrokConfig:
