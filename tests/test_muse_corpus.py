@@ -1,3 +1,6 @@
+import json
+import shutil
+
 import numpy as np
 import pytest
 
@@ -39,6 +42,41 @@ def test_a_prepared_note_table_travels_without_its_sources(tmp_path):
     again = load_corpus(str(moved))
     assert again.ids == corpus.ids and again.labels == corpus.labels and again.splits == corpus.splits
     assert all(np.array_equal(again.table[k], corpus.table[k]) for k in corpus.table)
+
+
+def _score(broken: str):
+    """Four 3/4 bars of quarter notes; 'repeats': a start repeat with no end; 'shared': one time signature object in
+    two bars (both as music21's ABC reader leaves some of the corpus's tunes)."""
+    from music21 import bar, meter, note, stream
+
+    part, signature = stream.Part(), meter.TimeSignature("3/4")
+    for i in range(4):
+        m = stream.Measure(number=i + 1)
+        if i in ((0, 2) if broken == "shared" else (0,)):
+            m.insert(0, signature)
+        for k in range(3):
+            m.append(note.Note(60 + i + k, quarterLength=1))
+        part.append(m)
+    if broken == "repeats":
+        list(part.getElementsByClass(stream.Measure))[1].leftBarline = bar.Repeat(direction="start")
+    score = stream.Score()
+    score.insert(0, part)
+    return score
+
+
+@pytest.mark.parametrize("broken", ["repeats", "shared"])
+def test_scores_music21_refuses_to_write_are_repaired(tmp_path, broken):
+    import warnings
+
+    from nexttoken.muse.encoding import read_midi
+
+    warnings.simplefilter("ignore")
+    with pytest.raises(Exception):
+        _score(broken).write("midi", fp=str(tmp_path / "as-is.mid"))
+    corpus_mod.write_score_midi(_score(broken), tmp_path / "repaired.mid")
+    notes = read_midi(tmp_path / "repaired.mid")
+    assert sorted(notes.pitch.tolist()) == sorted(60 + i + k for i in range(4) for k in range(3))
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_maestro_style_csv(tmp_path):
@@ -94,6 +132,16 @@ def test_music21_preparation_resumes_after_an_interruption(tmp_path, monkeypatch
     corpus = corpus_mod.prepare_music21("small")
     assert len(calls) == 3 and len(set(calls)) == 3  # the converted file was not converted again
     assert len(corpus) == 3 and set(corpus.labels) == {"bach"} and corpus.n_notes(0) > 100
+
+    # A file an older converter gave up on is converted again by this one; the others are not.
+    records = sorted((corpus_mod.cache_root()).glob("music21-*/records/*.json"))
+    old = json.loads(records[0].read_text())
+    records[0].write_text(json.dumps({**old, "errors": ["x: StreamException"], "converter": 1}))
+    for table in corpus_mod.cache_root().glob("music21-*/small-v*"):
+        shutil.rmtree(table)
+    calls.clear()
+    corpus_mod.prepare_music21("small")
+    assert calls == [old["source"]]
 
 
 def _dies_after(n, fn):

@@ -10,6 +10,8 @@ a process pool; each finished source leaves a small JSON record, so an interrupt
 stopped. Every MIDI file is then read with symusic into one table of notes (``Corpus``), cached as ``notes.npz``:
 tokens are made from it on the fly, because augmentation (transposition, tempo stretch, velocity jitter, as MuseNet)
 changes them at every step. Files that cannot be parsed are skipped with a warning and counted, never fatal.
+music21's MIDI writer refuses about 1,000 of the corpus's scores (badly formed repeats, or one time signature object
+placed in two measures); those are repaired and written again, played once through without their repeats.
 Caches live under ``$NEXTTOKEN_CACHE/muse`` (default ``~/.cache/nexttoken/muse``).
 """
 
@@ -196,6 +198,44 @@ def music21_sources(subset: str) -> list[tuple[str, str]]:
     return out
 
 
+CONVERTER = 2  # 2: scores music21 cannot write are repaired and written again (1 skipped them)
+
+
+def repair_score(score) -> None:
+    """Make a score music21's MIDI writer accepts: drop its repeat signs and give each measure its own time signature,
+    key signature and tempo mark (the ABC reader can put one object in two measures). The music plays once through."""
+    import copy
+
+    from music21 import bar, key, meter, repeat, spanner, stream, tempo
+
+    for el in list(score.recurse().getElementsByClass((repeat.RepeatExpression, spanner.RepeatBracket))):
+        el.activeSite.remove(el)
+    for m in score.recurse().getElementsByClass(stream.Measure):
+        for side in ("leftBarline", "rightBarline"):
+            if isinstance(getattr(m, side), bar.Repeat):
+                setattr(m, side, None)
+    seen: set[int] = set()
+    for site in list(score.recurse(streamsOnly=True, includeSelf=True)):
+        for el in list(site.getElementsByClass((meter.TimeSignature, key.KeySignature, tempo.MetronomeMark))):
+            if id(el) in seen:
+                site.replace(el, copy.deepcopy(el))
+            seen.add(id(el))
+
+
+def write_score_midi(score, path: Path) -> None:
+    """Write a music21 score as MIDI atomically, repairing it once if music21 refuses it as it is."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        try:
+            score.write("midi", fp=str(tmp))
+        except Exception:  # music21 raises many kinds of errors on malformed scores
+            repair_score(score)
+            score.write("midi", fp=str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def convert_source(rel: str, label: str, out_dir: str) -> dict:
     """Worker: parse one music21 source file and write each piece in it (an ABC book holds many) as MIDI.
 
@@ -207,7 +247,7 @@ def convert_source(rel: str, label: str, out_dir: str) -> dict:
     from music21 import converter
 
     root = Path(music21.__file__).parent / "corpus"
-    record: dict = {"source": rel, "pieces": [], "errors": []}
+    record: dict = {"source": rel, "pieces": [], "errors": [], "converter": CONVERTER}
     try:
         parsed = converter.parse(root / rel)
         scores = list(parsed.scores) if isinstance(parsed, music21.stream.Opus) else [parsed]
@@ -217,12 +257,9 @@ def convert_source(rel: str, label: str, out_dir: str) -> dict:
     for k, score in enumerate(scores):
         pid = rel if len(scores) == 1 else f"{rel}#{k}"
         midi = Path(out_dir) / (slug(pid) + ".mid")
-        tmp = midi.with_name(f".{midi.name}.tmp")
         try:
-            score.write("midi", fp=str(tmp))
-            os.replace(tmp, midi)
+            write_score_midi(score, midi)
         except Exception as e:
-            tmp.unlink(missing_ok=True)
             record["errors"].append(f"{pid}: {type(e).__name__}: {e}")
             continue
         record["pieces"].append([pid, label, midi.name])
@@ -234,13 +271,21 @@ def prepare_music21(subset: str = "small", jobs: int = 2, val_fraction: float = 
 
     base = cache_root() / f"music21-{music21.__version__}"
     midi_dir, records_dir = base / "midi", base / "records"
-    table_dir = base / subset
+    table_dir = base / f"{subset}-v{CONVERTER}"
     if (table_dir / "pieces.json").is_file():
         return Corpus.load(table_dir)
     midi_dir.mkdir(parents=True, exist_ok=True)
     records_dir.mkdir(parents=True, exist_ok=True)
     sources = music21_sources(subset)
-    todo = [(rel, label) for rel, label in sources if not (records_dir / (slug(rel) + ".json")).is_file()]
+
+    def done(rel: str) -> bool:  # converted, and not by an older converter that gave up on some of its scores
+        path = records_dir / (slug(rel) + ".json")
+        if not path.is_file():
+            return False
+        record = read_json(path)
+        return not record["errors"] or record.get("converter", 1) >= CONVERTER
+
+    todo = [(rel, label) for rel, label in sources if not done(rel)]
     if todo:
         print(f"nexttoken: converting {len(todo)} of {len(sources)} music21 files to MIDI with {jobs} processes "
               f"(once; cached in {base})", file=sys.stderr)
