@@ -469,9 +469,9 @@ def train_ensemble(
 ) -> TrainResult:
     """Train every member for the longest budget; stop early once each member with a ``stop_at`` has reached it.
 
-    With ``retire``, a member that has reached its ``stop_at`` leaves the ensemble at that evaluation, so the members
-    still training no longer pay for it (its metrics stay at their last values). ``on_eval`` sees the evaluation of
-    the members still training.
+    With ``retire``, members that have reached their ``stop_at`` leave the ensemble once they are an eighth of it (or
+    one member, for small ensembles), so the members still training no longer pay for them; a retired member's
+    metrics stay at their last values. ``on_eval`` sees the evaluation of the members still training.
     """
     budget = max(c.steps for c in ens.configs)
     stop_levels = [c.stop_at or 2.0 for c in ens.configs]  # 2.0: never stops early
@@ -547,7 +547,8 @@ def train_ensemble(
             on_eval(step, ev)
         going = [row for row, m in enumerate(active) if values["val_acc"][row] < stop_levels[m]]
         done = step >= budget or not going
-        if retire and not done and len(going) < len(active):
+        # Retire in batches of an eighth of the ensemble: each change of shape costs a new CUDA graph capture.
+        if retire and not done and len(active) - len(going) >= max(1, len(active) // 8):
             ens.keep(going)
             active = [active[row] for row in going]
         if done or time.perf_counter() - last_save > checkpoint_every_s:
