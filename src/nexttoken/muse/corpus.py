@@ -1,7 +1,7 @@
 """The pieces a model learns from: the corpus the music21 wheel ships, or the user's own MIDI, as one note table.
 
     nexttoken muse prepare                          # the default subset of the music21 corpus (about a minute)
-    nexttoken muse prepare --corpus music21         # all of it (an hour on 2 cores; resumes where it stopped)
+    nexttoken muse prepare --corpus music21         # all of it (~40 min on 2 cores; resumes where it stopped)
     nexttoken muse prepare --corpus ~/midi          # a folder: labels are the sub-folder names
     nexttoken muse prepare --corpus maestro.csv     # a CSV of path + composer (the MAESTRO metadata CSV works as is)
 
