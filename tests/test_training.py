@@ -87,7 +87,7 @@ def test_time_budget_plans_the_steps_and_ends_with_a_checkpoint(tmp_path):
     loop = LoopConfig(steps=10_000, batch_size=8, eval_every=10, ckpt_every=10, max_seconds=1.5)
     t0 = time.time()
     record = fit(char_model(), batches, OptimConfig(lr=1e-3, warmup_steps=1), loop, run, eval_fn=eval_loss)
-    assert time.time() - t0 < 4
+    assert time.time() - t0 < 6  # 1.5 s of budget, the planning steps and a last evaluation
     assert 11 <= loop.steps < 40 and record["step"] == loop.steps
     assert run.metrics()[-1]["step"] == loop.steps
     step, _, _ = run.load_checkpoint(char_model(), restore_rng_state=False)
