@@ -84,11 +84,12 @@ def test_time_budget_plans_the_steps_and_ends_with_a_checkpoint(tmp_path):
         return slow(step)
 
     run = Run.create(tmp_path / "r", {"x": 1})
-    loop = LoopConfig(steps=10_000, batch_size=8, eval_every=10, ckpt_every=10, max_seconds=1.5)
+    # About 50 steps fit 3 s; a loaded machine fits fewer, but more than the 11 it takes to plan.
+    loop = LoopConfig(steps=10_000, batch_size=8, eval_every=10, ckpt_every=10, max_seconds=3.0)
     t0 = time.time()
     record = fit(char_model(), batches, OptimConfig(lr=1e-3, warmup_steps=1), loop, run, eval_fn=eval_loss)
-    assert time.time() - t0 < 6  # 1.5 s of budget, the planning steps and a last evaluation
-    assert 11 <= loop.steps < 40 and record["step"] == loop.steps
+    assert time.time() - t0 < 8  # 3 s of budget, the planning steps and a last evaluation
+    assert 11 < loop.steps <= 60 and record["step"] == loop.steps
     assert run.metrics()[-1]["step"] == loop.steps
     step, _, _ = run.load_checkpoint(char_model(), restore_rng_state=False)
     assert step == loop.steps
