@@ -278,14 +278,11 @@ def prepare_music21(subset: str = "small", jobs: int = 2, val_fraction: float = 
     records_dir.mkdir(parents=True, exist_ok=True)
     sources = music21_sources(subset)
 
-    def done(rel: str) -> bool:  # converted, and not by an older converter that gave up on some of its scores
-        path = records_dir / (slug(rel) + ".json")
-        if not path.is_file():
-            return False
-        record = read_json(path)
-        return not record["errors"] or record.get("converter", 1) >= CONVERTER
-
-    todo = [(rel, label) for rel, label in sources if not done(rel)]
+    paths = {rel: records_dir / (slug(rel) + ".json") for rel, _ in sources}
+    records = {rel: read_json(path) for rel, path in paths.items() if path.is_file()}
+    # To convert: files with no record, and files an older converter gave up on some scores of.
+    todo = [(rel, label) for rel, label in sources
+            if rel not in records or (records[rel]["errors"] and records[rel].get("converter", 1) < CONVERTER)]
     if todo:
         print(f"nexttoken: converting {len(todo)} of {len(sources)} music21 files to MIDI with {jobs} processes "
               f"(once; cached in {base})", file=sys.stderr)
@@ -294,12 +291,13 @@ def prepare_music21(subset: str = "small", jobs: int = 2, val_fraction: float = 
             futures = [pool.submit(convert_source, rel, label, str(midi_dir)) for rel, label in todo]
             for fut in as_completed(futures):
                 record = fut.result()
-                atomic_write_json(records_dir / (slug(record["source"]) + ".json"), record)
+                atomic_write_json(paths[record["source"]], record)
+                records[record["source"]] = record
                 bar.update(1)
         bar.close()
     pieces, errors = [], 0
     for rel, _ in sources:
-        record = read_json(records_dir / (slug(rel) + ".json"))
+        record = records[rel]
         for message in record["errors"]:
             warn(f"skipped {message}")
         errors += len(record["errors"])
