@@ -42,6 +42,16 @@ def test_a_prepared_note_table_travels_without_its_sources(tmp_path):
     again = load_corpus(str(moved))
     assert again.ids == corpus.ids and again.labels == corpus.labels and again.splits == corpus.splits
     assert all(np.array_equal(again.table[k], corpus.table[k]) for k in corpus.table)
+    # A damaged copy is one clear error, not numpy's.
+    notes = moved / "notes.npz"
+    notes.write_bytes(notes.read_bytes()[: notes.stat().st_size // 2])
+    with pytest.raises(UserError, match="not a readable note table"):
+        load_corpus(str(moved))
+    shutil.copy(corpus.path / "notes.npz", notes)
+    meta = json.loads((moved / "pieces.json").read_text())
+    (moved / "pieces.json").write_text(json.dumps({**meta, "ids": meta["ids"][1:]}))
+    with pytest.raises(UserError, match="do not match"):
+        load_corpus(str(moved))
 
 
 def _score(broken: str):

@@ -25,6 +25,8 @@ import re
 import sys
 import unicodedata
 import warnings
+import zipfile
+import zlib
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,11 +114,20 @@ class Corpus:
 
     @classmethod
     def load(cls, path: Path) -> "Corpus":
-        meta = read_json(path / "pieces.json")
-        with np.load(path / "notes.npz") as z:
-            arrays = {k: z[k] for k in z.files}
-        offsets, tempos = arrays.pop("offsets"), arrays.pop("tempos")
-        return cls(meta["ids"], meta["labels"], meta["splits"], offsets, tempos, arrays, meta.get("skipped", 0), path)
+        try:
+            meta = read_json(path / "pieces.json")
+            with np.load(path / "notes.npz") as z:
+                arrays = {k: z[k] for k in z.files}
+            offsets, tempos = arrays.pop("offsets"), arrays.pop("tempos")
+            corpus = cls(meta["ids"], meta["labels"], meta["splits"], offsets, tempos, arrays, meta.get("skipped", 0),
+                         path)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise UserError(f"{path}: not a readable note table ({type(e).__name__}: {e}); delete the folder and run "
+                            "`nexttoken muse prepare` again") from None
+        if not len(corpus.offsets) - 1 == len(corpus.ids) == len(corpus.labels) == len(corpus.splits):
+            raise UserError(f"{path}: pieces.json and notes.npz do not match; delete the folder and run "
+                            "`nexttoken muse prepare` again")
+        return corpus
 
     def summary(self) -> list[dict]:
         rows = []
