@@ -96,6 +96,22 @@ def test_time_budget_plans_the_steps_and_ends_with_a_checkpoint(tmp_path):
     assert record["lr"] < 0.5e-3  # the cosine decayed over the planned steps, not over 10,000
 
 
+def test_a_time_budget_of_a_few_slow_steps_ends_on_time_with_the_lr_decayed():
+    import time
+
+    slow = batch_fn(32, 8)
+
+    def batches(step):
+        time.sleep(0.25)
+        return slow(step)
+
+    loop = LoopConfig(steps=10_000, batch_size=8, eval_every=100, ckpt_every=100, max_seconds=1.5)  # ~6 steps
+    t0 = time.time()
+    record = fit(char_model(), batches, OptimConfig(lr=1e-3, warmup_steps=1), loop, eval_fn=eval_loss)
+    assert time.time() - t0 < 3 and 2 <= loop.steps <= 7 and record["step"] == loop.steps
+    assert record["lr"] < 0.5e-3
+
+
 def test_parameters_change_after_a_step():
     model = char_model()
     before = [p.detach().clone() for p in model.parameters()]

@@ -308,7 +308,8 @@ def _loop(model, ddp, forward, optimizer, batch_fn, optim, loop, run, dist, eval
     record: dict = {}
     loss_sum, loss_steps, t0, tokens_seen = 0.0, 0, time.time(), 0
     # With a time budget, loop.steps is planned from the pace of the steps after the first (which pays for warm-up
-    # and compilation): after 10 steps, and again after every evaluation, so that evaluations count too.
+    # and compilation): after each of the next 10 steps (a budget of a few slow steps still ends on time, with the LR
+    # decayed), then after every evaluation, so that evaluations count too.
     deadline = time.time() + loop.max_seconds if loop.max_seconds else None
     cap, t_timed = loop.steps, time.time()
 
@@ -318,9 +319,9 @@ def _loop(model, ddp, forward, optimizer, batch_fn, optim, loop, run, dist, eval
             t = torch.tensor([planned], device=device)
             torch_dist.broadcast(t, 0)
             planned = int(t.item())
-        if dist.is_main and done == start + 11:
+        if dist.is_main and (done == start + 11 or done < start + 11 and planned == done):
             print(f"nexttoken: {planned} steps fit the time budget of {loop.max_seconds:.0f} s "
-                  f"({1e3 * (time.time() - t_timed) / 10:.0f} ms per step)", file=sys.stderr)
+                  f"({1e3 * (time.time() - t_timed) / (done - start - 1):.0f} ms per step)", file=sys.stderr)
         loop.steps = planned
         bar.total = planned
 
@@ -353,7 +354,7 @@ def _loop(model, ddp, forward, optimizer, batch_fn, optim, loop, run, dist, eval
         done = step + 1
         if deadline is not None and done == start + 1:
             t_timed = time.time()
-        elif deadline is not None and done == start + 11:
+        elif deadline is not None and done <= start + 11:
             replan(done)
         if done % loop.eval_every == 0 or done == loop.steps:
             elapsed = time.time() - t0
