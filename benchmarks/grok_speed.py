@@ -2,6 +2,7 @@
 
     python benchmarks/grok_speed.py                  # CPU or the GPU PyTorch sees
     python benchmarks/grok_speed.py --sweep 128      # also time a 128-run vmapped sweep (GPU)
+    python benchmarks/grok_speed.py --presets "" --sweep 128 --sweep-precision fp32,bf16   # the sweep alone, twice
 
 Rows:
 - `conventional`: the loop most public grokking code uses: the same GPT and hyperparameters, a DataLoader over a
@@ -115,6 +116,7 @@ def main() -> None:
     p.add_argument("--sweep-steps", type=int, default=5000, help="step budget of each sweep run")
     p.add_argument("--sweep-baseline", action="store_true",
                    help="also time the sweep with every run kept in the ensemble to the end (no retiring)")
+    p.add_argument("--sweep-precision", default="fp32", help="time the sweep at each of these precisions (fp32,bf16)")
     p.add_argument("--steps", type=int, default=TASK.steps, help="step budget of the single runs")
     args = p.parse_args()
     device = pick_device(args.device)
@@ -144,30 +146,39 @@ def main() -> None:
         fracs = [0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
         seeds = max(1, args.sweep // len(fracs))
         grid = {"op": ["x/y"], "frac": fracs, "seed": list(range(seeds))}
-        configs = expand(replace(TASK, **PRESETS["modern"], steps=args.sweep_steps), grid)
-        sweep = {"runs": len(configs), "budget_steps": args.sweep_steps, "stop_at": 0.99}
-        for retire in [True] + ([False] if args.sweep_baseline else []):
-            with tempfile.TemporaryDirectory() as tmp:
-                t0 = time.perf_counter()
-                results = run_sweep(configs, grid, Path(tmp), device, progress=False, retire=retire)
-                wall = time.perf_counter() - t0
-            key = "" if retire else "_no_retire"
-            sweep[f"wall_s{key}"] = wall
-            sweep[f"reached_99{key}"] = sum(r["steps_to_val_99"] is not None for r in results)
-            sweep[f"run_steps{key}"] = sum(r["steps"] for r in results)
+        sweep = {"runs": len(fracs) * seeds, "budget_steps": args.sweep_steps, "stop_at": 0.99, "timings": []}
+        for precision in args.sweep_precision.split(","):
+            configs = expand(replace(TASK, **PRESETS["modern"], steps=args.sweep_steps, precision=precision), grid)
+            for retire in [True] + ([False] if args.sweep_baseline else []):
+                with tempfile.TemporaryDirectory() as tmp:
+                    t0 = time.perf_counter()
+                    results = run_sweep(configs, grid, Path(tmp), device, progress=False, retire=retire)
+                    wall = time.perf_counter() - t0
+                reached = [r["steps_to_val_99"] for r in results if r["steps_to_val_99"] is not None]
+                sweep["timings"].append({
+                    "precision": precision, "retire": retire, "wall_s": wall, "reached_99": len(reached),
+                    "run_steps": sum(r["steps"] for r in results),
+                    "median_steps_to_val_99": statistics.median(reached) if reached else None,
+                    "steps_to_val_99_by_frac": {f: [r["steps_to_val_99"] for r in results if r["frac"] == f]
+                                                for f in fracs}})
+                print(sweep["timings"][-1], flush=True)
     name = device_name(device)
-    print(f"x/y mod 97, 50% training data, first step with validation accuracy >= 99%   device: {name}")
-    print(f"{'preset':7} {'trainer':26} {'steps':>7} {'wall s':>8} {'ms/step':>8}")
+    print(f"x/y mod 97, first step with validation accuracy >= 99%   device: {name}")
+    if rows:
+        print(f"50% training data\n{'preset':7} {'trainer':26} {'steps':>7} {'wall s':>8} {'ms/step':>8}")
     for r in rows:
         steps = f"{r['steps_to_val_99']:.0f}" if r["steps_to_val_99"] else "never"
         wall = f"{r['wall_s_to_val_99']:.2f}" if r["wall_s_to_val_99"] else "-"
         print(f"{r['preset']:7} {r['trainer']:26} {steps:>7} {wall:>8} {r['ms_per_step']:>8.2f}")
     if sweep:
-        print(f"sweep: {sweep['runs']} runs (x/y, 8 fractions x seeds, early stop at 99%, budget {sweep['budget_steps']} steps)")
-        for key, what in (("", "runs retire at 99%"), ("_no_retire", "every run to the end")):
-            if f"wall_s{key}" in sweep:
-                print(f"  {what:22} {sweep[f'wall_s{key}']:7.1f} s   {sweep[f'reached_99{key}']} reached 99%   "
-                      f"{sweep[f'run_steps{key}']:,} run-steps")
+        print(f"sweep: {sweep['runs']} runs (x/y, modern preset, 8 fractions x seeds, early stop at 99%, budget "
+              f"{sweep['budget_steps']} steps)")
+        print(f"  {'precision':9} {'runs':22} {'wall s':>7} {'reached 99%':>11} {'run-steps':>10} {'median steps':>12}")
+        for t in sweep["timings"]:
+            what = "retire at 99%" if t["retire"] else "every run to the end"
+            median_steps = f"{t['median_steps_to_val_99']:.0f}" if t["median_steps_to_val_99"] else "-"
+            print(f"  {t['precision']:9} {what:22} {t['wall_s']:7.1f} {t['reached_99']:>11} {t['run_steps']:>10,} "
+                  f"{median_steps:>12}")
     save(device, rows, sweep)
 
 

@@ -177,6 +177,26 @@ def test_an_ensemble_step_equals_the_single_model_step():
             assert torch.allclose(got[name], p.detach(), atol=2e-6), (m, name)
 
 
+def test_evaluation_is_each_members_accuracy_and_loss_on_its_own_split():
+    """Members of different operations, fractions and seeds, evaluated in small chunks, against each member's own model
+    on its training and validation rows."""
+    configs = [tiny(op="x/y", seed=0, frac=0.3), tiny(op="x+y", seed=1, frac=0.7), tiny(op="x-y", seed=2, frac=0.5)]
+    ens = Ensemble(configs, eval_chunk=7)
+    for _ in range(3):
+        ens.step()
+    ev = ens.evaluate()
+    for m, cfg in enumerate(configs):
+        table = make_table(cfg.op, cfg.p)
+        model = ens.member_model(m)
+        for part, acc, loss in zip(split(len(table), cfg.frac, cfg.seed), (ev.train_acc, ev.val_acc),
+                                   (ev.train_loss, ev.val_loss)):
+            with torch.no_grad():
+                logits = model(table.inputs[part], last_only=True)[0][:, 0]
+            expected_acc = (logits.argmax(-1) == table.answers[part]).float().mean()
+            expected_loss = torch.nn.functional.cross_entropy(logits, table.answers[part])
+            assert torch.allclose(acc[m], expected_acc) and torch.allclose(loss[m], expected_loss, atol=1e-5), (m, part)
+
+
 def test_retiring_members_leaves_the_others_on_their_course():
     """Full-batch members (the same rows every step): an ensemble of three that drops its middle member after 5 steps
     trains the other two as an ensemble of those two does, Grokfast state and all."""
@@ -240,9 +260,26 @@ def test_a_sweep_resumes_after_a_member_retired(tmp_path):
     assert result.member_steps[0] < result.member_steps[1] == 200
 
 
-def test_a_tiny_run_memorises_its_training_set(tmp_path):
+def test_bf16_autocasts_the_forward_and_keeps_the_weights_and_optimiser_in_fp32():
+    fp32, bf16 = Ensemble([tiny()]), Ensemble([tiny(precision="bf16")])
+    for ens, dtype in ((fp32, torch.float32), (bf16, torch.bfloat16)):
+        with ens.autocast():
+            assert ens.logits(ens.flat, ens.train_x).dtype == dtype
+    torch.manual_seed(0)
+    fp32.step()
+    torch.manual_seed(0)
+    bf16.step()
+    assert bf16.flat.dtype == bf16.exp_avg.dtype == torch.float32
+    assert not torch.equal(fp32.exp_avg, bf16.exp_avg)  # gradients through bf16 products
+    assert torch.allclose(fp32.exp_avg, bf16.exp_avg, atol=0.05 * fp32.exp_avg.abs().max().item())
+    with pytest.raises(UserError, match="precision"):
+        Ensemble([tiny(), tiny(precision="bf16")])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_tiny_run_memorises_its_training_set(tmp_path, precision):
     cfg = GrokConfig(op="x+y", p=11, frac=0.5, n_embd=32, n_head=2, mlp_hidden=64, steps=300, lr=3e-3,
-                     weight_decay=0.1)
+                     weight_decay=0.1, precision=precision)
     run = Run.create(tmp_path / "r", {"members": [asdict(cfg)]})
     summary = train(cfg, run, torch.device("cpu"), progress=False)
     assert summary["final_train_acc"] == 1.0

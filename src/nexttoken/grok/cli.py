@@ -28,6 +28,7 @@ OPTION_HELP = {
     "perp_grad": "drop the gradient component along the weights (perpendicular gradient)",
     "stop_at": "stop once validation accuracy reaches this (0 = use the whole budget)",
     "steps": "budget in optimiser steps",
+    "precision": "fp32, or bf16 autocast of the forward pass (weights and optimiser stay fp32)",
 }
 
 

@@ -76,6 +76,8 @@ class GrokConfig:
     grokfast_window: int = 100  # MA window
     loss: str = "softmax"  # softmax | stablemax
     perp_grad: bool = False  # drop the gradient component along the weights (⊥Grad)
+    # fp32 | bf16: bf16 autocast of the forward pass (matrix products in bf16); weights and optimiser stay fp32
+    precision: str = "fp32"
     # budget
     steps: int = 10_000
     stop_at: float = 0.0  # stop once validation accuracy reaches this (0 = run the whole budget)
@@ -85,7 +87,7 @@ class GrokConfig:
         if not 0.0 < self.frac < 1.0:
             raise UserError(f"training fraction must be strictly between 0 and 1, not {self.frac}")
         choices = {"norm": ("pre", "post", "none"), "activation": ("gelu", "relu"), "grokfast": ("none", "ema", "ma"),
-                   "loss": ("softmax", "stablemax"), "init": ("gpt2", "torch")}
+                   "loss": ("softmax", "stablemax"), "init": ("gpt2", "torch"), "precision": ("fp32", "bf16")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
@@ -100,7 +102,7 @@ class GrokConfig:
         """Members of one ensemble must share everything that changes the model's shape or the step's structure."""
         vocab = vocab_size(self.op, self.p)
         return (vocab, self.n_layer, self.n_embd, self.n_head, self.mlp_hidden, self.norm, self.activation, self.bias,
-                self.dropout, self.grokfast_window if self.grokfast == "ma" else 0)
+                self.dropout, self.grokfast_window if self.grokfast == "ma" else 0, self.precision)
 
 
 PRESETS: dict[str, dict] = {
@@ -170,24 +172,30 @@ class Ensemble:
             c.validate()
         keys = {c.shape_key() for c in configs}
         if len(keys) != 1:
-            raise UserError("ensemble members must share vocabulary, model shape, dropout and Grokfast window")
+            raise UserError("ensemble members must share vocabulary, model shape, dropout, Grokfast window and precision")
         self.configs = configs
         self.device = torch.device(device)
         self.E = E = len(configs)
         self.eval_chunk = eval_chunk
         c0 = configs[0]
 
-        # Data: each member's own split, padded to the longest, resident on the device.
+        # Data, resident on the device: each member's training rows (padded to the longest) to draw batches from, and
+        # its whole table with a mask of the training rows. Evaluation runs over the table once: a member's training
+        # and validation sets are its two halves, so nothing is padded to the largest set of either kind.
         tables: dict = {}
-        train, val = [], []
+        train, whole, masks = [], [], []
         for c in configs:
             table = tables.setdefault((c.op, c.p), make_table(c.op, c.p))
-            tr, va = split(len(table), c.frac, c.seed)
+            tr, _ = split(len(table), c.frac, c.seed)
             train.append((table.inputs[tr], table.answers[tr]))
-            val.append((table.inputs[va], table.answers[va]))
+            whole.append((table.inputs, table.answers))
+            masks.append(torch.zeros(len(table), dtype=torch.bool).index_fill_(0, tr, True))
         self.vocab_size = next(iter(tables.values())).vocab_size
         self.train_x, self.train_y, self.n_train = _pad(train, self.device)
-        self.val_x, self.val_y, self.n_val = _pad(val, self.device)
+        self.table_x, self.table_y, n_table = _pad(whole, self.device)
+        self.is_train = torch.nn.utils.rnn.pad_sequence(masks, batch_first=True).to(self.device)  # (E, N)
+        self.is_val = (torch.arange(self.table_y.shape[1], device=self.device) < n_table[:, None]) & ~self.is_train
+        self.n_val = n_table - self.n_train
         # Rows per step: the paper's min(batch, half the training set); batch 0 is the whole training set.
         batch = torch.tensor([min(c.batch_size, max(1, n // 2)) if c.batch_size else n
                               for c, n in zip(configs, self.n_train.tolist())])
@@ -241,9 +249,11 @@ class Ensemble:
         self.step_fn: Callable[[], None] = self._step
         self._eval_graph: torch.cuda.CUDAGraph | None = None
         self.training = c0.dropout > 0
+        self.bf16 = c0.precision == "bf16"
 
     # -- retiring members ---------------------------------------------------------------------------------------------------
-    MEMBER_TENSORS = ("train_x", "train_y", "n_train", "val_x", "val_y", "n_val", "batch", "flat", "init", "exp_avg",
+    MEMBER_TENSORS = ("train_x", "train_y", "n_train", "table_x", "table_y", "is_train", "is_val", "n_val", "batch",
+                      "flat", "init", "exp_avg",
                       "exp_avg_sq", "lr", "beta1", "beta2", "wd", "to_init", "warmup", "grad_noise", "weight_noise",
                       "ema_alpha", "ema_lambda", "ma_lambda", "perp", "stable", "ema", "ma_sum")
 
@@ -292,6 +302,10 @@ class Ensemble:
 
         return vmap(one, randomness="different")(params, x)
 
+    def autocast(self):
+        # No weight-cast cache: the step's parameters are fresh leaves each time, and a CUDA graph must not keep one.
+        return torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16, cache_enabled=False)
+
     def row_loss(self, logits: Tensor, y: Tensor) -> Tensor:
         if self.use["stablemax"] and self.use["softmax"]:
             return torch.where(self.stable[:, None], stablemax_cross_entropy(logits, y), softmax_cross_entropy(logits, y))
@@ -314,7 +328,9 @@ class Ensemble:
         # Each parameter is its own leaf, so the backward writes one gradient per parameter and a single cat makes the
         # flat gradient (differentiating through views of `flat` would zero-fill an (E, P) buffer per parameter).
         params = {name: v.detach().requires_grad_(True) for name, v in self.views(used).items()}
-        loss = (self.row_loss(self._logits(params, x), y) * weight).sum()  # sum over members of each member's mean
+        with self.autocast():
+            logits = self._logits(params, x)
+        loss = (self.row_loss(logits.float(), y) * weight).sum()  # sum over members of each member's mean
         grads = torch.autograd.grad(loss, list(params.values()))
         self.apply_gradient(torch.cat([g.reshape(self.E, -1) for g in grads], dim=1))
 
@@ -364,23 +380,22 @@ class Ensemble:
     def _evaluate(self) -> Evaluation:
         was = self.training
         self.training = False
+        sums = torch.zeros(4, self.E, device=self.device)  # correct and loss on the training rows, then validation
+        N = self.table_y.shape[1]
+        chunk = math.ceil(N / math.ceil(N / self.eval_chunk))  # equal chunks of at most eval_chunk rows
         try:
-            train_acc, train_loss = self._accuracy(self.train_x, self.train_y, self.n_train)
-            val_acc, val_loss = self._accuracy(self.val_x, self.val_y, self.n_val)
+            for start in range(0, N, chunk):
+                part = slice(start, start + chunk)
+                x, y = self.table_x[:, part], self.table_y[:, part]
+                with self.autocast():
+                    logits = self.logits(self.flat, x).float()
+                per_row = torch.stack([(logits.argmax(-1) == y).float(), self.row_loss(logits, y)])  # (2, E, chunk)
+                masks = torch.stack([self.is_train[:, part], self.is_val[:, part]]).float()  # (2, E, chunk)
+                sums += (per_row[None] * masks[:, None]).sum(-1).flatten(0, 1)
         finally:
             self.training = was
+        train_acc, train_loss, val_acc, val_loss = sums / torch.stack([self.n_train, self.n_train, self.n_val, self.n_val])
         return Evaluation(train_acc, train_loss, val_acc, val_loss)
-
-    def _accuracy(self, x: Tensor, y: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
-        correct = torch.zeros(self.E, device=self.device)
-        loss = torch.zeros(self.E, device=self.device)
-        for start in range(0, x.shape[1], self.eval_chunk):
-            xs, ys = x[:, start : start + self.eval_chunk], y[:, start : start + self.eval_chunk]
-            valid = (torch.arange(start, start + xs.shape[1], device=self.device) < n[:, None]).float()  # (E, chunk)
-            logits = self.logits(self.flat, xs)
-            correct += ((logits.argmax(-1) == ys).float() * valid).sum(1)
-            loss += (self.row_loss(logits, ys) * valid).sum(1)
-        return correct / n, loss / n
 
     # -- CUDA graphs ------------------------------------------------------------------------------------------------------------
     def capture(self, warmup: int = 3) -> int:
