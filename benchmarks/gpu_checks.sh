@@ -4,8 +4,10 @@
 # starve the rest, and everything lands in ${OUT:-gpu-out} after every part.
 #
 #   BUDGET=540 CORPUS=.corpus/music21 bash benchmarks/gpu_checks.sh
+#   BUDGET=540 PARTS=grok bash benchmarks/gpu_checks.sh       # the grokking checks alone
 #
 # BUDGET: seconds the whole script may take (the MuseNet run is sized to end inside it).
+# PARTS:  which checks to run: "grok muse" (default), "grok" or "muse".
 # CORPUS: the MuseNet corpus: music21 (converted here first: about 3 minutes on 16 cores), or a note table that
 #         `nexttoken muse prepare --corpus music21` printed on another machine, copied along.
 # What comes back: gpu-checks.tar.gz (logs, benchmark JSON, the MuseNet run without its checkpoint, samples as MIDI
@@ -14,6 +16,7 @@ set -u
 T0=$SECONDS
 BUDGET=${BUDGET:-900}
 CORPUS=${CORPUS:-music21}
+PARTS=" ${PARTS:-grok muse} "
 OUT=${OUT:-gpu-out}
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
@@ -38,10 +41,14 @@ part() {  # part NAME SECONDS COMMAND...: skipped when less time is left than it
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
-# Grokking: where the step's time goes, then the targets (one x/y run under 1 s, a 128-run sweep under a minute).
-part grok_profile 60 $PY benchmarks/grok_profile.py --presets paper,modern --sizes 1,8,32,128 --steps 20
-part grok_sweep 75 $PY benchmarks/grok_speed.py --presets "" --sweep 128
-part grok_speed 90 $PY benchmarks/grok_speed.py --seeds 3 --skip-grokfast
+# Grokking: where the step's time goes (fp32 and bf16), then the targets (one x/y run under 1 s, a 128-run sweep
+# under a minute), each at both precisions.
+if [[ $PARTS == *" grok "* ]]; then
+  part grok_profile 60 $PY benchmarks/grok_profile.py --presets modern --precisions fp32,bf16 --sizes 1,32,128 --steps 20
+  part grok_sweep 240 $PY benchmarks/grok_speed.py --presets "" --sweep 128 --sweep-precision bf16,fp32
+  part grok_speed 120 $PY benchmarks/grok_speed.py --seeds 3 --skip-grokfast --precisions fp32,bf16
+fi
+[[ $PARTS == *" muse "* ]] || { pack; ls -la "$OUT"; echo "total $((SECONDS - T0))s"; exit 0; }
 
 # MuseNet at GPU size: 29M parameters (7 layers x 512: its bf16 weights fit the 64 MiB a lent machine returns), a
 # 2048-token context, the whole music21 corpus, trained for

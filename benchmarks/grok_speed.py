@@ -11,6 +11,7 @@ Rows:
   GPU);
 - `nexttoken + grokfast-ema`: the same with Lee et al.'s EMA gradient filter and its published setting (alpha 0.98,
   lambda 2, weight decay 0.005);
+- `nexttoken bf16` (with --precisions fp32,bf16): the forward autocast to bf16, weights and optimiser in fp32;
 
 for each model preset: `paper` (Power et al.'s model as their code builds it) and `modern` (pre-LN GPT-2 block).
 
@@ -111,6 +112,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--presets", default="paper,modern", help="model presets to time (paper, modern)")
     p.add_argument("--skip-conventional", action="store_true")
+    p.add_argument("--precisions", default="fp32", help="also time nexttoken at these precisions (fp32,bf16)")
     p.add_argument("--skip-grokfast", action="store_true", help="leave out the Grokfast row (up to --steps per seed)")
     p.add_argument("--sweep", type=int, default=0, help="also time a sweep of this many runs (x/y, fractions x seeds)")
     p.add_argument("--sweep-steps", type=int, default=5000, help="step budget of each sweep run")
@@ -129,6 +131,7 @@ def main() -> None:
         # Grokfast's published EMA setting pairs the filter with a small weight decay (0.005).
         grokfast = replace(task, grokfast="ema", grokfast_alpha=0.98, grokfast_lambda=2.0, weight_decay=0.005)
         variants = [("nexttoken", ours, task)] + ([] if args.skip_grokfast else [("nexttoken + grokfast-ema", ours, grokfast)])
+        variants += [(f"nexttoken {p}", ours, replace(task, precision=p)) for p in args.precisions.split(",") if p != "fp32"]
         if not args.skip_conventional:
             variants.insert(0, ("conventional", conventional, task))
         for name, fn, cfg in variants:

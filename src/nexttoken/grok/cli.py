@@ -74,7 +74,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/grok-<verb>-<time>)")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN", help="continue a killed run from its folder")
     p.add_argument("--eval-ratio", type=number, default=None,
-                   help="evaluate when the step grows by this factor (default 1.1 on CPU, 1.02 on CUDA)")
+                   help="evaluate when the step grows by this factor (default 1.1 on CPU; on CUDA 1.02, or 1.05 "
+                        "for ensembles of more than 16 runs)")
     p.add_argument("--no-cuda-graph", action="store_true", help="run every step eagerly on CUDA")
     p.add_argument("--no-tf32", action="store_true", help="full fp32 matrix products on CUDA (default: TF32)")
 

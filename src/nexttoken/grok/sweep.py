@@ -76,7 +76,7 @@ def run_sweep(
         config = {"members": [asdict(c) for c in member_cfgs]}
         run = Run.open(folder) if resume and (folder / "config.json").exists() else Run.create(folder, config)
         ens = Ensemble(member_cfgs, device)
-        result = train_ensemble(ens, run, resume=resume, eval_ratio=eval_ratio or default_eval_ratio(device),
+        result = train_ensemble(ens, run, resume=resume, eval_ratio=eval_ratio or default_eval_ratio(device, len(members)),
                                 use_cuda_graph=use_cuda_graph, progress=progress, retire=retire)
         group_rows = []
         for m, cfg in enumerate(member_cfgs):
