@@ -140,6 +140,28 @@ def test_perpendicular_gradient_has_no_component_along_the_weights():
     assert float((used * w0).sum()) == pytest.approx(0.0, abs=1e-3 * float(used.norm() * w0.norm()))
 
 
+def test_l2_is_torch_adams_coupled_weight_decay():
+    """l2 with no decoupled decay takes the steps torch.optim.Adam(weight_decay=l2) takes, Grokfast filter included."""
+    cfg = tiny(l2=0.05, weight_decay=0.0, batch_size=0, grokfast="ema", warmup_steps=1)
+    ens = Ensemble([cfg])
+    model = ens.member_model(0).train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.05)
+    ema = None
+    for _ in range(3):
+        ens.step()
+        model.zero_grad()
+        logits, _ = model(ens.train_x[0, : int(ens.batch[0])], last_only=True)
+        torch.nn.functional.cross_entropy(logits[:, 0], ens.train_y[0, : int(ens.batch[0])]).backward()
+        grads = [p.grad for p in model.parameters()]
+        ema = [g.clone() for g in grads] if ema is None else [0.98 * e + 0.02 * g for e, g in zip(ema, grads)]
+        for g, e in zip(grads, ema):
+            g.add_(2.0 * e)  # Grokfast-EMA, then Adam adds l2 * w inside its step
+        opt.step()
+    got = ens.member_state_dict(0)
+    for name, p in model.named_parameters():
+        assert torch.allclose(got[name], p.detach(), atol=1e-5), name
+
+
 def test_decay_toward_the_initial_weights():
     ens = Ensemble([tiny(decay_to_init=True, weight_decay=0.5, lr=1.0, warmup_steps=1)])
     init = ens.init.clone()

@@ -23,6 +23,7 @@ OPTION_HELP = {
     "batch_size": "rows per step, capped at half the training set; 0 = full batch",
     "weight_decay": "AdamW decoupled weight decay (0 = Adam without decay)",
     "decay_to_init": "decay toward the initial weights instead of toward zero",
+    "l2": "coupled L2 penalty added to the gradient (torch.optim.Adam's weight_decay; Grokfast's runs use 0.005)",
     "grokfast": "Grokfast gradient filter: none, ema or ma",
     "loss": "softmax or stablemax cross-entropy",
     "perp_grad": "drop the gradient component along the weights (perpendicular gradient)",

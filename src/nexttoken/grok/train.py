@@ -12,7 +12,7 @@ operations whatever E is. Data stays on the device (no DataLoader); evaluation f
 is captured once as a CUDA graph and replayed.
 
 The optimiser is written out rather than taken from torch.optim because its hyperparameters differ per member; with
-one member it matches torch.optim.AdamW exactly (tested).
+one member it matches torch.optim.AdamW exactly, and torch.optim.Adam's coupled weight decay with ``l2`` (tested).
 
 Papers: Power et al. 2022 https://arxiv.org/abs/2201.02177 (the task, model, interventions);
 Lee et al. 2024 https://arxiv.org/abs/2405.20233 (Grokfast EMA/MA gradient filters);
@@ -66,6 +66,9 @@ class GrokConfig:
     beta2: float = 0.98
     weight_decay: float = 1.0  # 0 = Adam without decay
     decay_to_init: bool = False  # decay toward the initial weights instead of toward zero
+    # Coupled L2 penalty: l2 * w added to the gradient before Adam normalises it (torch.optim.Adam's weight_decay, as
+    # Grokfast's published runs use it: Adam with weight_decay 0.005). Unlike decoupled decay, it is rescaled by Adam.
+    l2: float = 0.0
     warmup_steps: int = 10
     batch_size: int = 512  # capped at half the training set, as the paper; 0 = the whole training set each step
     grad_noise: float = 0.0  # std of Gaussian noise added to the gradient
@@ -226,6 +229,7 @@ class Ensemble:
         self.beta1, self.beta2 = col(c.beta1 for c in configs), col(c.beta2 for c in configs)
         self.wd = col(c.weight_decay for c in configs)
         self.to_init = col(c.decay_to_init for c in configs)
+        self.l2 = col(c.l2 for c in configs)
         self.warmup = col(max(1, c.warmup_steps) for c in configs)
         self.grad_noise, self.weight_noise = col(c.grad_noise for c in configs), col(c.weight_noise for c in configs)
         self.ema_alpha = col(c.grokfast_alpha for c in configs)
@@ -239,6 +243,7 @@ class Ensemble:
             "grad_noise": any(c.grad_noise > 0 for c in configs),
             "weight_noise": any(c.weight_noise > 0 for c in configs),
             "perp": any(c.perp_grad for c in configs),
+            "l2": any(c.l2 > 0 for c in configs),
             "stablemax": bool(self.stable.any()),
             "softmax": not bool(self.stable.all()),
         }
@@ -253,9 +258,9 @@ class Ensemble:
 
     # -- retiring members ---------------------------------------------------------------------------------------------------
     MEMBER_TENSORS = ("train_x", "train_y", "n_train", "table_x", "table_y", "is_train", "is_val", "n_val", "batch",
-                      "flat", "init", "exp_avg",
-                      "exp_avg_sq", "lr", "beta1", "beta2", "wd", "to_init", "warmup", "grad_noise", "weight_noise",
-                      "ema_alpha", "ema_lambda", "ma_lambda", "perp", "stable", "ema", "ma_sum")
+                      "flat", "init", "exp_avg", "exp_avg_sq", "lr", "beta1", "beta2", "wd", "to_init", "l2", "warmup",
+                      "grad_noise", "weight_noise", "ema_alpha", "ema_lambda", "ma_lambda", "perp", "stable", "ema",
+                      "ma_sum")
 
     def keep(self, members: list[int]) -> None:
         """Go on with only these members (indices into the current ensemble): a sweep retires the runs that are done,
@@ -353,6 +358,8 @@ class Ensemble:
         if self.use["perp"]:  # ⊥Grad: remove the component of g along w, over each member's whole weight vector
             along = (grad * w).sum(1, keepdim=True) / (w * w).sum(1, keepdim=True).clamp_min(1e-30)
             grad = grad - self.perp * along * w
+        if self.use["l2"]:  # after the filters, as torch.optim.Adam adds it inside its step
+            grad = grad + self.l2 * w
 
         # AdamW with torch.optim.AdamW's arithmetic; decay toward zero or toward the initial weights.
         self.t += 1
