@@ -370,6 +370,8 @@ def cli(*args, cwd):
     (["train", "--frac", "1.2"], "strictly between 0 and 1"),
     (["train", "--op", "x/y", "--p", "91"], "prime"),
     (["train", "--grokfast", "fast"], "--grokfast must be one of"),
+    (["train", "--l2", "-0.1"], "must not be negative"),
+    (["train", "--precision", "fp8"], "--precision must be one of"),
     (["table", "--op", "x/y", "--p", "10"], "prime"),
     (["train", "--steps", "many"], "expected a number"),
     (["analyze", "no/such/run"], "not a run folder"),

@@ -98,6 +98,8 @@ class GrokConfig:
             raise UserError(f"width {self.n_embd} is not divisible by {self.n_head} heads")
         if self.steps < 1 or self.lr <= 0 or self.batch_size < 0 or self.grokfast_window < 1:
             raise UserError("steps, learning rate, batch size and Grokfast window must be positive")
+        if self.weight_decay < 0 or self.l2 < 0:
+            raise UserError("--weight-decay and --l2 must not be negative")
         if not 0.0 <= self.stop_at <= 1.0:
             raise UserError(f"--stop-at is an accuracy between 0 and 1, not {self.stop_at}")
 
