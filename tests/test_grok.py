@@ -340,9 +340,11 @@ def test_resume_gives_the_same_run(tmp_path):
 
 def test_sweep_trains_groups_and_writes_the_figures(tmp_path):
     grid = {"op": ["x+y", "x-y"], "frac": [0.4, 0.6], "seed": [0, 1]}
-    configs = expand(tiny(steps=30), grid) + [tiny(steps=30, dropout=0.1)]  # the dropout run needs its own group
+    configs = expand(tiny(steps=30), grid)
+    configs.insert(4, tiny(steps=30, dropout=0.1))  # the dropout run needs its own group
     rows = run_sweep(configs, grid, tmp_path, torch.device("cpu"), progress=False)
     assert len(rows) == 9 and len(list(tmp_path.glob("group-*"))) == 2
+    assert [(r["op"], r["frac"], r["seed"]) for r in rows] == [(c.op, c.frac, c.seed) for c in configs]  # in order
     from nexttoken.grok.sweep import write_results
 
     summary = write_results(rows, tmp_path, 30, {})

@@ -63,14 +63,15 @@ def run_sweep(
     progress: bool = True,
     retire: bool = True,
 ) -> list[dict]:
+    """Train every config (grouped into ensembles by model shape); one result row per config, in the order given."""
     out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
+    rows: dict[int, dict] = {}
     plan = groups(configs, max_ensemble)
     for g, members in enumerate(plan):
         folder = out / f"group-{g:03d}"
         done = folder / "summary.json"
         if resume and done.exists():
-            rows += read_json(done)["members"]
+            rows.update(zip(members, read_json(done)["members"]))
             continue
         member_cfgs = [configs[i] for i in members]
         config = {"members": [asdict(c) for c in member_cfgs]}
@@ -91,8 +92,8 @@ def run_sweep(
             })
         run.write_summary({"members": group_rows, "wall_s": round(result.wall_s, 3), "capture_s": result.capture_s,
                            "ensemble_size": len(members), "device": device_name(device)})
-        rows += group_rows
-    return rows
+        rows.update(zip(members, group_rows))
+    return [rows[i] for i in range(len(configs))]
 
 
 def median_steps(steps: list[int | None]) -> float | None:
