@@ -10,7 +10,7 @@ Rows:
 - `nexttoken`: `nexttoken grok train` (data on the device, flat fused optimiser, log-spaced evaluation, CUDA graph on
   GPU);
 - `nexttoken + grokfast-ema`: the same with Lee et al.'s EMA gradient filter and its published setting (alpha 0.98,
-  lambda 2, weight decay 0.005);
+  lambda 2, and torch.optim.Adam with weight_decay 0.005: a coupled L2 penalty, `--weight-decay 0 --l2 0.005`);
 - `nexttoken bf16` (with --precisions fp32,bf16): the forward autocast to bf16, weights and optimiser in fp32;
 
 for each model preset: `paper` (Power et al.'s model as their code builds it) and `modern` (pre-LN GPT-2 block).
@@ -128,8 +128,8 @@ def main() -> None:
     rows = []
     for preset in filter(None, args.presets.split(",")):  # --presets "" --sweep 128: the sweep alone
         task = replace(TASK, **PRESETS[preset], steps=args.steps)
-        # Grokfast's published EMA setting pairs the filter with a small weight decay (0.005).
-        grokfast = replace(task, grokfast="ema", grokfast_alpha=0.98, grokfast_lambda=2.0, weight_decay=0.005)
+        # Grokfast's published EMA setting: the filter on torch.optim.Adam with weight_decay 0.005 (coupled L2).
+        grokfast = replace(task, grokfast="ema", grokfast_alpha=0.98, grokfast_lambda=2.0, weight_decay=0.0, l2=0.005)
         variants = [("nexttoken", ours, task)] + ([] if args.skip_grokfast else [("nexttoken + grokfast-ema", ours, grokfast)])
         variants += [(f"nexttoken {p}", ours, replace(task, precision=p)) for p in args.precisions.split(",") if p != "fp32"]
         if not args.skip_conventional:
