@@ -3,9 +3,10 @@
     python benchmarks/grok_profile.py                          # paper preset, E = 1, 8, 32, 128
     python benchmarks/grok_profile.py --presets modern,nanda --sizes 1,16
     python benchmarks/grok_profile.py --presets modern --precisions fp32,bf16
+    python benchmarks/grok_profile.py --presets modern --sizes 8 --fracs 0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.95
 
-For each preset and ensemble size E (E copies of x/y mod 97 at 50% with different seeds; the nanda preset keeps its
-own task), the step is timed as training runs it (a CUDA graph on a GPU, eager on a CPU), with the achieved
+For each preset and ensemble size E (E copies of x/y mod 97 with different seeds, at 50% training data or cycling
+through --fracs; the nanda preset keeps its own task), the step is timed as training runs it (a CUDA graph on a GPU, eager on a CPU), with the achieved
 TFLOP/s from the model's FLOPs per token, and so is one evaluation (every member on its whole table). Then one eager step of the largest E is profiled and its top operators by
 device time are printed: the first place to look when a step is slower than its FLOPs say it should be.
 Writes benchmarks/results/grok_profile-<device>.json.
@@ -50,6 +51,11 @@ def time_steps(ens: Ensemble, device: torch.device, steps: int) -> tuple[float, 
     return (t1 - t0) / steps, (time.perf_counter() - t1) / evals
 
 
+def member_configs(preset: str, E: int, precision: str, fracs: list[float]) -> list[GrokConfig]:
+    return [replace(GrokConfig(), **PRESETS[preset], seed=s, frac=fracs[s % len(fracs)], precision=precision)
+            for s in range(E)]
+
+
 def flops_per_step(ens: Ensemble) -> float:
     """Forward + backward FLOPs of one step of every member: 6 x matmul parameters x tokens (the last block and the
     head see one position), plus attention."""
@@ -67,10 +73,12 @@ def main() -> None:
     p.add_argument("--sizes", default="1,8,32,128")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--precisions", default="fp32", help="fp32, bf16 or both (fp32,bf16)")
+    p.add_argument("--fracs", default="0.5", help="training fractions the runs cycle through (a sweep mixes them)")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-tf32", action="store_true")
     args = p.parse_args()
     device = pick_device(args.device)
+    fracs = [float(f) for f in args.fracs.split(",")]
     if device.type == "cuda" and not args.no_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
     rows = []
@@ -78,7 +86,7 @@ def main() -> None:
     for preset in args.presets.split(","):
         for precision in args.precisions.split(","):
             for E in map(int, args.sizes.split(",")):
-                cfgs = [replace(GrokConfig(), **PRESETS[preset], seed=s, precision=precision) for s in range(E)]
+                cfgs = member_configs(preset, E, precision, fracs)
                 ens = Ensemble(cfgs, device)
                 dt, de = time_steps(ens, device, args.steps)
                 row = {"preset": preset, "precision": precision, "E": E, "ms_per_step": dt * 1e3,
@@ -90,7 +98,7 @@ def main() -> None:
     # One eager step of the last configuration, profiled.
     from torch.profiler import ProfilerActivity, profile
 
-    ens = Ensemble([replace(GrokConfig(), **PRESETS[preset], seed=s, precision=precision) for s in range(E)], device)
+    ens = Ensemble(member_configs(preset, E, precision, fracs), device)
     ens.step()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities, record_shapes=True) as prof:
