@@ -8,8 +8,9 @@ Every run, even a single one, is a member of an ``Ensemble``: E copies of the sh
 settings; the weights of all members live in one (E, P) tensor, so AdamW, weight decay (to zero or to the initial
 weights), gradient and weight noise, the Grokfast filters and the perpendicular gradient are a handful of whole-tensor
 operations whatever E is. Data stays on the device (no DataLoader); evaluation follows a log-spaced schedule, so a
-1e6-step run costs a few hundred evaluations. On CUDA the whole step (batch sampling, forward, backward, optimiser)
-is captured once as a CUDA graph and replayed.
+1e6-step run costs a few hundred evaluations, each scoring every member's whole table once. On CUDA the whole step
+(batch sampling, forward, backward, optimiser) is captured once as a CUDA graph and replayed. ``precision="bf16"``
+runs the forward under bf16 autocast; the weights and the optimiser stay fp32.
 
 The optimiser is written out rather than taken from torch.optim because its hyperparameters differ per member; with
 one member it matches torch.optim.AdamW exactly, and torch.optim.Adam's coupled weight decay with ``l2`` (tested).
