@@ -45,7 +45,7 @@ $PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_na
 # under a minute), each at both precisions.
 if [[ $PARTS == *" grok "* ]]; then
   part grok_profile 60 $PY benchmarks/grok_profile.py --presets modern --precisions fp32,bf16 --sizes 1,32,128 --steps 20
-  part grok_sweep 240 $PY benchmarks/grok_speed.py --presets "" --sweep 128 --sweep-precision bf16,fp32
+  part grok_sweep 240 $PY benchmarks/grok_speed.py --presets "" --sweep 128 --sweep-precisions bf16,fp32
   part grok_speed 120 $PY benchmarks/grok_speed.py --seeds 3 --skip-grokfast --precisions fp32,bf16
 fi
 [[ $PARTS == *" muse "* ]] || { pack; ls -la "$OUT"; echo "total $((SECONDS - T0))s"; exit 0; }

@@ -5,10 +5,11 @@
     python benchmarks/grok_profile.py --presets modern --precisions fp32,bf16
     python benchmarks/grok_profile.py --presets modern --sizes 8 --fracs 0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.95
 
-For each preset and ensemble size E (E copies of x/y mod 97 with different seeds, at 50% training data or cycling
-through --fracs; the nanda preset keeps its own task), the step is timed as training runs it (a CUDA graph on a GPU, eager on a CPU), with the achieved
-TFLOP/s from the model's FLOPs per token, and so is one evaluation (every member on its whole table). Then one eager step of the largest E is profiled and its top operators by
-device time are printed: the first place to look when a step is slower than its FLOPs say it should be.
+For each preset, precision and ensemble size E (E copies of x/y mod 97 with different seeds, at 50% training data or
+cycling through --fracs; the nanda preset keeps its own task), the step is timed as training runs it (a CUDA graph on
+a GPU, eager on a CPU), with the achieved TFLOP/s from the model's FLOPs per token, and so is one evaluation (every
+member on its whole table). Then one eager step of the last configuration is profiled and its top operators by device
+time are printed: the first place to look when a step is slower than its FLOPs say it should be.
 Writes benchmarks/results/grok_profile-<device>.json.
 """
 

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from nexttoken.grok.sweep import run_sweep
+from nexttoken.grok.sweep import median_steps, run_sweep
 from nexttoken.grok.train import PRESETS, GrokConfig, device_name
 from nexttoken.training import pick_device
 
@@ -34,6 +33,11 @@ RECIPES: dict[str, dict] = {
     # Prieto et al.: StableMax and the perpendicular gradient, without weight decay
     "stablemax-perp": {"loss": "stablemax", "perp_grad": True, "weight_decay": 0.0},
 }
+
+
+def show(values: list) -> str:
+    """Steps as 1,234 (None: never), accuracies as 0.995."""
+    return ", ".join("never" if v is None else f"{v:,}" if isinstance(v, int) else f"{v:.3f}" for v in values)
 
 
 def main() -> None:
@@ -59,15 +63,13 @@ def main() -> None:
     for i, name in enumerate(names):
         mine = rows[i * args.seeds : (i + 1) * args.seeds]
         val = [r["steps_to_val_99"] for r in mine]
-        reached = [v for v in val if v is not None]
         results.append({"recipe": name, "settings": RECIPES[name], "steps_to_val_99": val,
                         "steps_to_train_99": [r["steps_to_train_99"] for r in mine],
                         "best_val_acc": [r["best_val_acc"] for r in mine],
-                        "median_steps_to_val_99": statistics.median(reached) if len(reached) == len(val) else None})
+                        "median_steps_to_val_99": median_steps(val)})  # never reaching counts as slowest
     print(f"x/y mod 97, 50% training data, {args.preset} preset, {args.seeds} seeds, budget {args.steps:,} steps, "
           f"{device_name(device)}, {wall:.0f} s")
     print(f"{'recipe':15} {'val 99% at step (per seed)':32} {'train 99% at step':26} {'best val acc':20}")
-    show = lambda xs: ", ".join("never" if x is None else f"{x:,}" if isinstance(x, int) else f"{x:.3f}" for x in xs)  # noqa: E731
     for r in results:
         print(f"{r['recipe']:15} {show(r['steps_to_val_99']):32} {show(r['steps_to_train_99']):26} "
               f"{show(r['best_val_acc']):20}")

@@ -2,7 +2,7 @@
 
     python benchmarks/grok_speed.py                  # CPU or the GPU PyTorch sees
     python benchmarks/grok_speed.py --sweep 128      # also time a 128-run vmapped sweep (GPU)
-    python benchmarks/grok_speed.py --presets "" --sweep 128 --sweep-precision fp32,bf16   # the sweep alone, twice
+    python benchmarks/grok_speed.py --presets "" --sweep 128 --sweep-precisions fp32,bf16   # the sweep alone, twice
 
 Rows:
 - `conventional`: the loop most public grokking code uses: the same GPT and hyperparameters, a DataLoader over a
@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from nexttoken.grok.data import make_table, split
-from nexttoken.grok.sweep import expand, run_sweep
+from nexttoken.grok.sweep import expand, median_steps, run_sweep
 from nexttoken.grok.train import PRESETS, Ensemble, GrokConfig, device_name, model_config, train
 from nexttoken.model import GPT
 from nexttoken.runs import Run
@@ -118,7 +118,7 @@ def main() -> None:
     p.add_argument("--sweep-steps", type=int, default=5000, help="step budget of each sweep run")
     p.add_argument("--sweep-baseline", action="store_true",
                    help="also time the sweep with every run kept in the ensemble to the end (no retiring)")
-    p.add_argument("--sweep-precision", default="fp32", help="time the sweep at each of these precisions (fp32,bf16)")
+    p.add_argument("--sweep-precisions", default="fp32", help="time the sweep at each of these precisions (fp32,bf16)")
     p.add_argument("--steps", type=int, default=TASK.steps, help="step budget of the single runs")
     args = p.parse_args()
     device = pick_device(args.device)
@@ -150,18 +150,18 @@ def main() -> None:
         seeds = max(1, args.sweep // len(fracs))
         grid = {"op": ["x/y"], "frac": fracs, "seed": list(range(seeds))}
         sweep = {"runs": len(fracs) * seeds, "budget_steps": args.sweep_steps, "stop_at": 0.99, "timings": []}
-        for precision in args.sweep_precision.split(","):
+        for precision in args.sweep_precisions.split(","):
             configs = expand(replace(TASK, **PRESETS["modern"], steps=args.sweep_steps, precision=precision), grid)
             for retire in [True] + ([False] if args.sweep_baseline else []):
                 with tempfile.TemporaryDirectory() as tmp:
                     t0 = time.perf_counter()
                     results = run_sweep(configs, grid, Path(tmp), device, progress=False, retire=retire)
                     wall = time.perf_counter() - t0
-                reached = [r["steps_to_val_99"] for r in results if r["steps_to_val_99"] is not None]
+                steps = [r["steps_to_val_99"] for r in results]
                 sweep["timings"].append({
-                    "precision": precision, "retire": retire, "wall_s": wall, "reached_99": len(reached),
-                    "run_steps": sum(r["steps"] for r in results),
-                    "median_steps_to_val_99": statistics.median(reached) if reached else None,
+                    "precision": precision, "retire": retire, "wall_s": wall,
+                    "reached_99": sum(s is not None for s in steps), "run_steps": sum(r["steps"] for r in results),
+                    "median_steps_to_val_99": median_steps(steps),  # never reaching counts as slowest
                     "steps_to_val_99_by_frac": {f: [r["steps_to_val_99"] for r in results if r["frac"] == f]
                                                 for f in fracs}})
                 print(sweep["timings"][-1], flush=True)
@@ -179,9 +179,9 @@ def main() -> None:
         print(f"  {'precision':9} {'runs':22} {'wall s':>7} {'reached 99%':>11} {'run-steps':>10} {'median steps':>12}")
         for t in sweep["timings"]:
             what = "retire at 99%" if t["retire"] else "every run to the end"
-            median_steps = f"{t['median_steps_to_val_99']:.0f}" if t["median_steps_to_val_99"] else "-"
+            med = f"{t['median_steps_to_val_99']:.0f}" if t["median_steps_to_val_99"] else "-"
             print(f"  {t['precision']:9} {what:22} {t['wall_s']:7.1f} {t['reached_99']:>11} {t['run_steps']:>10,} "
-                  f"{median_steps:>12}")
+                  f"{med:>12}")
     save(device, rows, sweep)
 
 
