@@ -600,9 +600,9 @@ def snapshot_schedule(budget: int, count: int) -> set[int]:
 
 def default_eval_ratio(device: torch.device, members: int = 1) -> float:
     """How far apart evaluations are (see ``eval_steps``). An evaluation scores the whole table (~9,400 rows for
-    p = 97) against a step's 512 rows: it costs 6-10 steps wherever the hardware is busy, which is on a CPU, and on a
-    GPU once an ensemble is large enough to fill it. One run on a GPU is bound by kernel launches instead, and its
-    evaluation costs next to nothing. So: ~24 evaluations per decade of steps on a CPU, ~47 for a large ensemble on a
+    p = 97) against a step's 512 rows: it costs 7-12 steps where the hardware is busy (measured on a CPU), as a GPU is
+    once an ensemble fills it (expected, not yet measured). One run on a GPU is bound by kernel launches instead, and
+    its evaluation costs next to nothing. So: ~24 evaluations per decade of steps on a CPU, ~47 for a large ensemble on a
     GPU (steps to 99% known within 5%), ~116 for a small one.
 
     >>> default_eval_ratio(torch.device("cpu")), default_eval_ratio(torch.device("cuda"), members=128)
