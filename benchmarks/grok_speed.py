@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from nexttoken.grok.data import make_table, split
-from nexttoken.grok.sweep import expand, median_steps, run_sweep
+from nexttoken.grok.sweep import expand, median_steps, run_sweep, write_results
 from nexttoken.grok.train import PRESETS, Ensemble, GrokConfig, device_name, model_config, train
 from nexttoken.model import GPT
 from nexttoken.runs import Run
@@ -119,6 +119,7 @@ def main() -> None:
     p.add_argument("--sweep-baseline", action="store_true",
                    help="also time the sweep with every run kept in the ensemble to the end (no retiring)")
     p.add_argument("--sweep-precisions", default="fp32", help="time the sweep at each of these precisions (fp32,bf16)")
+    p.add_argument("--sweep-out", type=Path, help="write the first sweep's figures and summary.json here (untimed)")
     p.add_argument("--steps", type=int, default=TASK.steps, help="step budget of the single runs")
     args = p.parse_args()
     device = pick_device(args.device)
@@ -157,9 +158,14 @@ def main() -> None:
                     t0 = time.perf_counter()
                     results = run_sweep(configs, grid, Path(tmp), device, progress=False, retire=retire)
                     wall = time.perf_counter() - t0
+                    groups = [json.loads(f.read_text()) for f in sorted(Path(tmp).glob("group-*/summary.json"))]
+                if args.sweep_out and not sweep["timings"]:
+                    write_results(results, args.sweep_out, args.sweep_steps, {"device": device_name(device)})
                 steps = [r["steps_to_val_99"] for r in results]
                 sweep["timings"].append({
                     "precision": precision, "retire": retire, "wall_s": wall,
+                    # where the time went: CUDA-graph captures, evaluations, checkpoints (the rest is steps and setup)
+                    **{k: sum(g[k] for g in groups) for k in ("capture_s", "eval_s", "save_s")},
                     "reached_99": sum(s is not None for s in steps), "run_steps": sum(r["steps"] for r in results),
                     "median_steps_to_val_99": median_steps(steps),  # never reaching counts as slowest
                     "steps_to_val_99_by_frac": {f: [r["steps_to_val_99"] for r in results if r["frac"] == f]
@@ -176,12 +182,13 @@ def main() -> None:
     if sweep:
         print(f"sweep: {sweep['runs']} runs (x/y, modern preset, 8 fractions x seeds, early stop at 99%, budget "
               f"{sweep['budget_steps']} steps)")
-        print(f"  {'precision':9} {'runs':22} {'wall s':>7} {'reached 99%':>11} {'run-steps':>10} {'median steps':>12}")
+        print(f"  {'precision':9} {'runs':22} {'wall s':>7} {'eval s':>7} {'capture s':>9} {'reached 99%':>11} "
+              f"{'run-steps':>10} {'median steps':>12}")
         for t in sweep["timings"]:
             what = "retire at 99%" if t["retire"] else "every run to the end"
             med = f"{t['median_steps_to_val_99']:.0f}" if t["median_steps_to_val_99"] else "-"
-            print(f"  {t['precision']:9} {what:22} {t['wall_s']:7.1f} {t['reached_99']:>11} {t['run_steps']:>10,} "
-                  f"{med:>12}")
+            print(f"  {t['precision']:9} {what:22} {t['wall_s']:7.1f} {t['eval_s']:7.1f} {t['capture_s']:9.1f} "
+                  f"{t['reached_99']:>11} {t['run_steps']:>10,} {med:>12}")
     save(device, rows, sweep)
 
 

@@ -199,6 +199,24 @@ def test_an_ensemble_step_equals_the_single_model_step():
             assert torch.allclose(got[name], p.detach(), atol=2e-6), (m, name)
 
 
+def test_the_fused_adamw_kernel_takes_the_general_paths_steps():
+    """Members that share their AdamW settings are stepped by PyTorch's fused kernel: the same steps, warm-up and
+    decoupled decay included, as the per-member arithmetic that mixed settings use."""
+    configs = [tiny(seed=s, frac=f, warmup_steps=3) for s, f in [(0, 0.5), (1, 0.4), (2, 0.6)]]
+    fused, general = Ensemble(configs), Ensemble(configs)
+    general.fused_adamw = None
+    assert fused.fused_adamw is not None
+    assert Ensemble([tiny(), tiny(lr=3e-3)]).fused_adamw is None
+    assert Ensemble([tiny(), tiny(decay_to_init=True)]).fused_adamw is None
+    for _ in range(4):
+        grad = torch.randn_like(fused.flat)
+        fused.apply_gradient(grad.clone())
+        general.apply_gradient(grad.clone())
+    assert float(fused.t) == float(general.t) == 4
+    for a, b in [(fused.flat, general.flat), (fused.exp_avg, general.exp_avg), (fused.exp_avg_sq, general.exp_avg_sq)]:
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
 def test_evaluation_is_each_members_accuracy_and_loss_on_its_own_split():
     """Members of different operations, fractions and seeds, evaluated in small chunks, against each member's own model
     on its training and validation rows."""

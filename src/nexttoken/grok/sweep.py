@@ -90,8 +90,8 @@ def run_sweep(
                 "final_val_acc": round(float(result.final.val_acc[m]), 4),
                 "steps": result.member_steps[m],
             })
-        run.write_summary({"members": group_rows, "wall_s": round(result.wall_s, 3), "capture_s": result.capture_s,
-                           "ensemble_size": len(members), "device": device_name(device)})
+        times = {k: round(getattr(result, k), 3) for k in ("wall_s", "capture_s", "eval_s", "save_s")}
+        run.write_summary({"members": group_rows, **times, "ensemble_size": len(members), "device": device_name(device)})
         rows.update(zip(members, group_rows))
     return [rows[i] for i in range(len(configs))]
 

@@ -113,9 +113,10 @@ class GrokConfig:
 
 PRESETS: dict[str, dict] = {
     "paper": {},
-    # The same sizes as a GPT-2-style block: pre-LayerNorm, GELU, biases, N(0, 0.02) init. Generalises several times
-    # sooner than the paper's model on the same task and optimiser.
-    "modern": dict(norm="pre", activation="gelu", bias=True, init="gpt2", init_std=0.02),
+    # The same sizes as a GPT-2-style block: pre-LayerNorm, GELU, biases, N(0, 0.04) init. Generalises several times
+    # sooner than the paper's model on the same task and optimiser. GPT-2's own N(0, 0.02) generalises as fast at 50%
+    # data but stalls at 25-35% training accuracy on most runs given 80-95% of the table; larger inits grok later.
+    "modern": dict(norm="pre", activation="gelu", bias=True, init="gpt2", init_std=0.04),
     # Nanda et al. 2023: x+y mod 113, 1 layer, width 128, 4 heads, ReLU MLP 512, no LayerNorm, 30% data, full batch,
     # weights initialised at 1/sqrt(width).
     "nanda": dict(op="x+y", p=113, frac=0.3, n_layer=1, norm="none", activation="relu", bias=True, init="gpt2",
@@ -254,10 +255,19 @@ class Ensemble:
         window = c0.grokfast_window
         self.ma_ring = torch.zeros(window, E, self.flat.shape[1], device=self.device) if self.use["ma"] else None
         self.ma_sum = torch.zeros_like(self.flat) if self.use["ma"] else None
+        self.fused_adamw = self._fused_settings()
         self.step_fn: Callable[[], None] = self._step
         self._eval_graph: torch.cuda.CUDAGraph | None = None
         self.training = c0.dropout > 0
         self.bf16 = c0.precision == "bf16"
+
+    def _fused_settings(self) -> dict | None:
+        """The AdamW settings every member shares, for PyTorch's fused AdamW kernel (30x faster than the general
+        per-member arithmetic on a CPU at 128 runs); None when members differ or decay toward their initial weights."""
+        settings = {"lr": self.lr, "warmup": self.warmup, "beta1": self.beta1, "beta2": self.beta2, "wd": self.wd}
+        if any(c.decay_to_init for c in self.configs) or any(bool((v != v[0]).any()) for v in settings.values()):
+            return None
+        return {k: v[0, 0] if k in ("lr", "warmup") else float(v[0, 0]) for k, v in settings.items()}
 
     # -- retiring members ---------------------------------------------------------------------------------------------------
     MEMBER_TENSORS = ("train_x", "train_y", "n_train", "table_x", "table_y", "is_train", "is_val", "n_val", "batch",
@@ -366,6 +376,12 @@ class Ensemble:
 
         # AdamW with torch.optim.AdamW's arithmetic; decay toward zero or toward the initial weights.
         self.t += 1
+        if self.fused_adamw is not None:  # every member the same AdamW: PyTorch's fused kernel, one pass over (E, P)
+            h = self.fused_adamw
+            lr = h["lr"] * torch.clamp(self.t / h["warmup"], max=1.0)  # a device tensor: a CUDA graph replays it
+            torch._fused_adamw_([w], [grad], [self.exp_avg], [self.exp_avg_sq], [], [self.t], lr=lr, beta1=h["beta1"],
+                                beta2=h["beta2"], weight_decay=h["wd"], eps=1e-8, amsgrad=False, maximize=False)
+            return
         lr = self.lr * torch.clamp(self.t / self.warmup, max=1.0)
         target = self.to_init * self.init
         w.sub_(lr * self.wd * (w - target))
@@ -473,6 +489,8 @@ class TrainResult:
     steps: int  # steps taken (less than the budget after an early stop)
     wall_s: float  # since the first step, resumed stretches included
     capture_s: float  # of which CUDA-graph warm-up and capture
+    eval_s: float  # of which evaluations (with the one read-back each needs)
+    save_s: float  # of which checkpoints
     member_steps: list[int]  # steps each member trained (fewer for one retired early)
 
 
@@ -529,7 +547,7 @@ def train_ensemble(
     bar = progress_bar(budget, start, progress, desc="grok")
     t0 = time.perf_counter() - elapsed_before
     last_save = time.perf_counter()
-    capture_s = 0.0
+    capture_s = eval_s = save_s = 0.0
     step = start
     for target in [s for s in schedule if s > start]:
         # Snapshots between evaluations split the stretch so they land exactly on their step.
@@ -552,9 +570,13 @@ def train_ensemble(
                     name = f"step-{stop:07d}" + (f"-m{m}" if E > 1 else "")
                     save_tensors(run.path / "checkpoints" / f"{name}.safetensors",
                                  {f"model.{k}": v for k, v in ens.member_state_dict(row).items()}, {"step": stop})
+        if ens.device.type == "cuda":
+            torch.cuda.synchronize(ens.device)  # the steps queued so far are not the evaluation's time
+        e0 = time.perf_counter()
         ev = ens.evaluate()
         values = {k: getattr(ev, k).tolist() for k in EVAL_KEYS}  # one sync
         wall = time.perf_counter() - t0
+        eval_s += wall + t0 - e0
         bar.update(step - bar.n)
         for row, m in enumerate(active):
             for k in EVAL_KEYS:
@@ -577,13 +599,15 @@ def train_ensemble(
             ens.keep(going)
             active = [active[row] for row in going]
         if done or time.perf_counter() - last_save > checkpoint_every_s:
+            s0 = time.perf_counter()
             save(step, wall)
             last_save = time.perf_counter()
+            save_s += last_save - s0
         if done:
             break
     bar.close()
     final = Evaluation(**{k: torch.tensor(v) for k, v in last.items()})
-    return TrainResult(prog, final, step, wall, capture_s, member_steps)
+    return TrainResult(prog, final, step, wall, capture_s, eval_s, save_s, member_steps)
 
 
 def config_from_dict(d: dict) -> GrokConfig:
@@ -642,6 +666,7 @@ def train(
         "steps": result.steps,
         "wall_s": round(result.wall_s, 3),
         "capture_s": round(result.capture_s, 3),
+        "eval_s": round(result.eval_s, 3),
         "device": device_name(device),
         "params": ens.skeleton.num_params(non_embedding=True),
     }
