@@ -262,8 +262,9 @@ class Ensemble:
         self.bf16 = c0.precision == "bf16"
 
     def _fused_settings(self) -> dict | None:
-        """The AdamW settings every member shares, for PyTorch's fused AdamW kernel (30x faster than the general
-        per-member arithmetic on a CPU at 128 runs); None when members differ or decay toward their initial weights."""
+        """The AdamW settings every member shares, for PyTorch's fused AdamW kernel: one pass over the (E, P) state
+        instead of a dozen. At 128 runs of the modern block a step takes 19.9 ms instead of 21.6 on an H200. None when
+        members differ in these settings or decay toward their initial weights: the general arithmetic handles those."""
         settings = {"lr": self.lr, "warmup": self.warmup, "beta1": self.beta1, "beta2": self.beta2, "wd": self.wd}
         if any(c.decay_to_init for c in self.configs) or any(bool((v != v[0]).any()) for v in settings.values()):
             return None
