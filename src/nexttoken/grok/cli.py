@@ -232,7 +232,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def demo(out: Path, device) -> "Section":  # noqa: F821
-    """x+y mod 31 at 50% data, modern preset: train 99% at step 90, validation 99% at step 1,453 on the 2-core CPU,
+    """x+y mod 31 at 50% data, modern preset: train 99% at step 70, validation 99% at step 1,453 on the 2-core CPU,
     with weight snapshots for the progress measures; about a minute."""
     from nexttoken.grok.analysis import analyze
     from nexttoken.report import Section
