@@ -576,8 +576,8 @@ def train_ensemble(
         e0 = time.perf_counter()
         ev = ens.evaluate()
         values = {k: getattr(ev, k).tolist() for k in EVAL_KEYS}  # one sync
-        wall = time.perf_counter() - t0
-        eval_s += wall + t0 - e0
+        now = time.perf_counter()
+        wall, eval_s = now - t0, eval_s + now - e0
         bar.update(step - bar.n)
         for row, m in enumerate(active):
             for k in EVAL_KEYS:
