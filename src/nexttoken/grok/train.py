@@ -12,8 +12,9 @@ operations whatever E is. Data stays on the device (no DataLoader); evaluation f
 (batch sampling, forward, backward, optimiser) is captured once as a CUDA graph and replayed. ``precision="bf16"``
 runs the forward under bf16 autocast; the weights and the optimiser stay fp32.
 
-The optimiser is written out rather than taken from torch.optim because its hyperparameters differ per member; with
-one member it matches torch.optim.AdamW exactly, and torch.optim.Adam's coupled weight decay with ``l2`` (tested).
+When every member shares its AdamW settings, the update is PyTorch's fused AdamW kernel on the (E, P) state. Otherwise
+it is written out, since torch.optim takes one set of hyperparameters per tensor and these differ per member; with one
+member it matches torch.optim.AdamW exactly, and torch.optim.Adam's coupled weight decay with ``l2`` (tested).
 
 Papers: Power et al. 2022 https://arxiv.org/abs/2201.02177 (the task, model, interventions);
 Lee et al. 2024 https://arxiv.org/abs/2405.20233 (Grokfast EMA/MA gradient filters);
