@@ -1,0 +1,1 @@
+"""Note data shared by the music domains: the built-in synthesizer (synth.py) that turns notes into audio."""
