@@ -1,0 +1,134 @@
+"""Reading the user's audio: formats, mono and resampling, discovery, bad files skipped with a count, the cache."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from nexttoken.errors import UserError
+from nexttoken.jukebox import audio
+from nexttoken.jukebox.audio import cache_root, clip_summary, find_tracks, load_clips, read_audio
+
+SR = 16000
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEXTTOKEN_CACHE", str(tmp_path / "cache"))
+
+
+def tone(freq, seconds, rate, amp=0.5):
+    return (amp * np.sin(2 * np.pi * freq * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
+
+
+def write_good(root):
+    (root / "alice").mkdir(parents=True)
+    (root / "bob").mkdir()
+    left, right = tone(440, 2.5, 44100), tone(440, 2.5, 44100, amp=0.1)
+    sf.write(root / "alice" / "one.wav", np.stack([left, right], axis=1), 44100)  # stereo, 44.1 kHz
+    sf.write(root / "alice" / "two.flac", tone(330, 2.0, 22050), 22050)
+    sf.write(root / "bob" / "three.ogg", tone(220, 3.2, 16000), 16000)
+
+
+def test_read_audio_mixes_to_mono_and_resamples_keeping_the_pitch(tmp_path):
+    write_good(tmp_path)
+    x = read_audio(tmp_path / "alice" / "one.wav", SR)
+    assert x.dtype == np.float32 and x.ndim == 1 and abs(len(x) - 2.5 * SR) <= 1
+    spectrum = np.abs(np.fft.rfft(x))
+    assert abs(np.argmax(spectrum) * SR / len(x) - 440) < 1
+    assert np.abs(x).max() == pytest.approx(0.3, abs=0.01)  # the average of the two channels
+    with pytest.raises(UserError, match="unreadable"):
+        read_audio(tmp_path / "missing.wav", SR)
+
+
+def test_a_folder_gives_clips_labelled_by_sub_folder(tmp_path):
+    write_good(tmp_path / "music")
+    clips = load_clips(tmp_path / "music", SR, clip_seconds=1.0)
+    assert [t.id for t in clips.tracks] == ["alice/one.wav", "alice/two.flac", "bob/three.ogg"]
+    assert [t.artist for t in clips.tracks] == ["alice", "alice", "bob"]
+    assert {t.genre for t in clips.tracks} == {"unknown"}
+    assert clips.clips.shape == (2 + 2 + 3, SR) and clips.track.tolist() == [0, 0, 1, 1, 2, 2, 2]
+    assert clips.start.tolist() == [0, SR, 0, SR, 0, SR, 2 * SR]
+    batch = clips.audio([0, 6])
+    assert batch.dtype.is_floating_point and batch.abs().max() <= 1 and batch.abs().max() > 0.2
+    assert sorted(clips.splits) == ["train", "train", "val"]  # one of alice's two tracks is held out
+    assert len(clips.rows("train")) + len(clips.rows("val")) == len(clips)
+    assert clip_summary(clips)["artists"] == ["alice", "bob"]
+
+
+def test_bad_files_are_skipped_with_one_warning_each_and_counted(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "music"
+    write_good(root)
+    sf.write(root / "bob" / "empty.wav", np.zeros(0, dtype=np.float32), SR)
+    (root / "bob" / "garbage.wav").write_bytes(os.urandom(4000))
+    sf.write(root / "bob" / "silent.flac", np.zeros(3 * SR, dtype=np.float32), SR)
+    sf.write(root / "bob" / "short.wav", tone(440, 0.5, SR), SR)
+    sf.write(root / "bob" / "crash.wav", tone(440, 2.0, SR), SR)
+    decode = audio._decode
+
+    def crashing_decoder(path, sample_rate):  # stands in for a parser that segfaults on one file
+        if path.endswith("crash.wav"):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return decode(path, sample_rate)
+
+    monkeypatch.setattr(audio, "_decode", crashing_decoder)
+    clips = load_clips(root, SR, clip_seconds=1.0)
+    assert len(clips.tracks) == 3 and len(clips) == 7
+    reasons = dict(clips.skipped)
+    assert set(reasons) == {"bob/empty.wav", "bob/garbage.wav", "bob/silent.flac", "bob/short.wav", "bob/crash.wav"}
+    assert reasons["bob/crash.wav"] == "crashed (SIGSEGV)"
+    assert reasons["bob/silent.flac"].startswith("silent")
+    assert reasons["bob/garbage.wav"].startswith("unreadable")
+    assert reasons["bob/empty.wav"] == "no audio in the file"
+    err = capsys.readouterr().err
+    assert err.count("warning: skipped") == 5 and "5 of 8 audio files skipped" in err
+
+
+def test_a_folder_with_nothing_usable_is_one_clear_error(tmp_path):
+    root = tmp_path / "music"
+    root.mkdir()
+    with pytest.raises(UserError, match="no audio files"):
+        load_clips(root, SR, clip_seconds=1.0)
+    sf.write(root / "silent.wav", np.zeros(2 * SR, dtype=np.float32), SR)
+    (root / "noise.mp3").write_bytes(b"ID3" + os.urandom(300))
+    with pytest.raises(UserError, match="none of the 2 audio files is usable"):
+        load_clips(root, SR, clip_seconds=1.0)
+    with pytest.raises(UserError, match="not a folder"):
+        load_clips(tmp_path / "nowhere", SR, clip_seconds=1.0)
+
+
+def test_a_csv_gives_artist_genre_and_lyrics(tmp_path):
+    write_good(tmp_path)
+    (tmp_path / "set.csv").write_text("path,artist,genre,lyrics\n"
+                                      "alice/one.wav,Alice Cooper,Rock,la la la\n"
+                                      "bob/three.ogg,Bob,Jazz,\n")
+    tracks = find_tracks(tmp_path / "set.csv")
+    assert [(t.artist, t.genre, t.lyrics) for t in tracks] == [("alice_cooper", "rock", "la la la"),
+                                                               ("bob", "jazz", "")]
+    clips = load_clips(tmp_path / "set.csv", SR, clip_seconds=1.0)
+    assert clips.genres() == ["jazz", "rock"] and len(clips) == 5
+    (tmp_path / "bad.csv").write_text("file,composer\nalice/one.wav,x\n")
+    with pytest.raises(UserError, match="missing path, artist, genre"):
+        find_tracks(tmp_path / "bad.csv")
+
+
+def test_clips_are_cached_once_per_file_and_a_changed_file_is_read_again(tmp_path, monkeypatch):
+    root = tmp_path / "music"
+    write_good(root)
+    first = load_clips(root, SR, clip_seconds=1.0)
+    assert (cache_root() / "tracks").is_dir() and str(cache_root()).startswith(str(tmp_path / "cache"))
+
+    def no_decoding(path, sample_rate):
+        raise AssertionError("a cached file was decoded again")
+
+    monkeypatch.setattr(audio, "_decode", no_decoding)
+    again = load_clips(root, SR, clip_seconds=1.0)
+    assert again.clips.equal(first.clips) and again.track.equal(first.track)
+    monkeypatch.undo()
+    monkeypatch.setenv("NEXTTOKEN_CACHE", str(tmp_path / "cache"))
+    sf.write(root / "bob" / "three.ogg", tone(220, 1.5, SR), SR)
+    os.utime(root / "bob" / "three.ogg", ns=(1, 1))
+    changed = load_clips(root, SR, clip_seconds=1.0)
+    assert len(changed) == len(first) - 2
