@@ -13,8 +13,10 @@ the chat format, which only demonstrations teach:
     ### Response:
     There once was a wise frog, ...
 
+``python -m nexttoken.instruct.corpus`` prints one page of every kind.
+
     >>> corpus = make_corpus(make_world(0), n_chars=20_000, seed=0)
-    >>> corpus == make_corpus(make_world(0), n_chars=20_000, seed=0), sum(map(len, corpus.train)) >= 19_000
+    >>> corpus == make_corpus(make_world(0), n_chars=20_000, seed=0), sum(map(len, corpus.train)) >= 20_000
     (True, True)
 """
 

@@ -1,8 +1,9 @@
 """A small fictional world, generated from a seed, that every instruct text is about: people, towns, animals, things.
 
 The instruction tasks (``tasks.py``), the pretraining corpus and the SFT demonstrations (``corpus.py``) all draw on one
-``World``, so that a model can learn facts from the corpus and be asked about them later. The world is small on
-purpose: a CPU-trained model of a few million parameters must be able to hold all of it.
+``World``, so that a model can learn facts from the corpus and be asked about them later. It stands in for the web
+text and the API prompts of InstructGPT (Ouyang et al. 2022, https://arxiv.org/abs/2203.02155), small on purpose: a
+CPU-trained model of a few million parameters must be able to hold all of it.
 
     >>> world = make_world(seed=0)
     >>> world == make_world(seed=0), len(world.people), len(world.towns)
