@@ -158,7 +158,7 @@ def instruction_list_page(world: World, rng: random.Random) -> str:
 
 
 def worked_solutions_page(world: World, rng: random.Random) -> str:
-    """Word problems and sums solved in prose: with the chain-of-thought trigger, as steps only, or answered directly."""
+    """Word problems and sums solved in prose: after the chain-of-thought trigger, as bare steps, or directly."""
     blocks = []
     for _ in range(rng.randint(1, 3)):
         task = _train_task(world, rng, ("word_problem", "word_problem", "arithmetic"))

@@ -10,7 +10,8 @@ a new turn) and brevity, adds Gaussian noise to each utility it reads, and rever
 (``HELD_OUT_LABELER``) judges final win rates, so no policy is scored by the labelers it was trained to please.
 
     >>> task = Task("arithmetic", "add", "What is 2 + 3?", "5")
-    >>> Labeler(noise=0.0).rank(task, ["What is 4 + 4?", "5", "6", "The sum of the two numbers is 5."], random.Random(0))
+    >>> outputs = ["What is 4 + 4?", "5", "6", "The sum of the two numbers is 5."]
+    >>> Labeler(noise=0.0).rank(task, outputs, random.Random(0))
     [1, 3, 2, 0]
 """
 

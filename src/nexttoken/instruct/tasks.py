@@ -7,6 +7,7 @@ to kinds of instruction never demonstrated, as InstructGPT's held-out prompts do
 https://arxiv.org/abs/2203.02155). Word problems take 2-4 steps, so that writing the steps out can help (Kojima et
 al. 2022, https://arxiv.org/abs/2205.11916).
 
+    >>> from nexttoken.instruct.world import make_world
     >>> world = make_world(0)
     >>> task = sample_task(world, "arithmetic", random.Random(1))
     >>> task.instruction, task.answer, score(task, task.answer), score(task, "7")
@@ -21,7 +22,7 @@ from typing import Callable
 
 from nexttoken.errors import UserError
 from nexttoken.instruct.world import (CATEGORIES, COLOURS, ITEMS, JOBS, KINDS, THINGS, TRAITS, Task, World,
-                                      final_answer, first_number, looks_like_instruction, make_world, words)
+                                      final_answer, first_number, looks_like_instruction, words)
 
 NUMBER_WORDS = {2: "two", 3: "three", 4: "four"}
 

@@ -35,7 +35,8 @@ SYLLABLES = ("ka", "lo", "mi", "ra", "to", "ne", "su", "vi", "da", "po", "ri", "
 # Words that open a request rather than an answer: how a checker or a labeler tells "continuing a list of
 # instructions" (what a base model does, Ouyang et al. 2022) from answering one.
 INSTRUCTION_OPENERS = ("what", "who", "where", "which", "how", "write", "list", "name", "add", "compute", "reverse",
-                       "sort", "spell", "join", "count", "answer", "give", "tell", "find", "multiply", "subtract", "compose", "put")
+                       "sort", "spell", "join", "count", "answer", "give", "tell", "find", "multiply", "subtract",
+                       "compose", "put")
 
 EVAL_PERCENT = 10  # share of all possible instructions kept for evaluation only
 
