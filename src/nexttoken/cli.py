@@ -12,14 +12,17 @@ import functools
 import importlib
 import os
 import pkgutil
+import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
 from types import ModuleType
 
 import nexttoken
-from nexttoken.errors import UserError
+from nexttoken.config import positive_int  # noqa: F401  (the domains' CLIs import it from here)
+from nexttoken.errors import Interrupted, UserError
 
 ORDER = ("grok", "muse", "jukebox", "instruct")  # the report's order; any other domain follows alphabetically
 
@@ -47,16 +50,6 @@ def domains() -> dict[str, ModuleType]:
 
 def add_device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(float(text))  # accept 1e5
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def build_parser() -> ArgumentParser:
@@ -106,19 +99,35 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a command as Ctrl-C does: cleanly, with the message below
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         return args.func(args) or 0
     except UserError as e:
         print(f"nexttoken: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("nexttoken: interrupted (runs that checkpoint continue with --resume RUN)", file=sys.stderr)
-        return 130
     except BrokenPipeError:  # `nexttoken grok table | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # as the Python docs advise for SIGPIPE
         return 0
+    except OSError as e:  # a file the user named cannot be read or written: permissions, a full disk, a folder
+        where = f": {e.filename}" if e.filename else ""
+        print(f"nexttoken: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    except Interrupted as e:
+        print(f"nexttoken: interrupted: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("nexttoken: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

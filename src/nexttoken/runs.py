@@ -5,16 +5,20 @@
     RUN/checkpoint.safetensors  the latest full training state (weights, optimizer, RNG; metadata in the header)
     RUN/checkpoints/          optional weight snapshots kept for analysis (step-0001000.safetensors, ...)
     RUN/summary.json          the headline numbers of the run
+    RUN/log.txt               progress lines of long work (also printed when stderr is not a terminal)
     RUN/*.png, samples        plots and samples written by the domain
 
-Every file is written to a temporary name in the same folder and then renamed, so a killed run never leaves a corrupt
-file behind; ``Run.open`` + ``load_checkpoint`` continue a killed run from its last checkpoint.
+Every file is written to a unique temporary name in the same folder and then renamed, so a killed run never leaves a
+corrupt file behind; ``Run.resume`` + ``load_checkpoint`` continue a killed run from its last checkpoint. A folder is
+claimed by one process at a time (a lock the kernel releases when the process dies), and a damaged file is one clear
+error that names it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -67,7 +71,13 @@ def _jsonable(x: Any) -> Any:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A JSON file; a missing or damaged one is a UserError that names it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, IsADirectoryError) as e:
+        raise UserError(f"{path} is damaged ({e})") from None
 
 
 # ---- tensors + JSON in one safetensors file --------------------------------------------------------------------------
@@ -79,9 +89,18 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict 
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads((f.metadata() or {}).get("meta", "{}"))
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    """Tensors and meta of a file written by ``save_tensors``; a damaged file is one UserError that names it."""
+    if not Path(path).is_file():
+        raise UserError(f"{path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for truncated or garbled files
+        raise UserError(f"{path} is damaged ({str(e).splitlines()[0][:120]}); delete it to start over from the last "
+                        f"good state, or train again") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"{path} is damaged (its header holds no settings)")
     return tensors, meta
 
 
@@ -130,41 +149,126 @@ def default_run_dir(domain: str, verb: str, root: str | Path = "runs") -> Path:
     return Path(root) / f"{domain}-{verb}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-class Run:
-    """A run folder. ``Run.create`` starts a new one, ``Run.open`` an existing one (to resume or analyse).
+def unique_dir(parent: str | Path, stem: str) -> Path:
+    """Create and return a new folder ``parent/stem``, or ``stem-2``, ``stem-3``...: two commands started in the same
+    second never share one (the exclusive mkdir decides)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        path = parent / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"{parent} holds too many folders named {stem}-N")
 
-    ``enabled=False`` (non-zero DDP ranks) turns every write into a no-op so only one process touches the folder.
+
+def _claim(path: Path):
+    """An exclusive lock on ``path/.lock`` held while the process runs; the kernel drops it when the process dies, so
+    a killed run can be resumed and two live processes never write the same folder."""
+    import fcntl
+
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(f"{path} is in use by another running nexttoken command") from None
+    return fd
+
+
+def _writable_dir(path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} exists and is not a folder; choose another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {path}: {e.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{path} is not writable; choose another --out")
+
+
+class Run:
+    """A run folder. ``Run.create`` claims a new one, ``Run.resume`` reclaims a run to continue it, ``Run.open`` reads
+    one (to analyse, evaluate or sample from it).
+
+    Used as a context manager, a run that fails before it has logged anything or saved a checkpoint removes what it
+    wrote, so the corrected command can use the same folder. ``kind`` (e.g. "grok.train") is saved in config.json and
+    checked on resume, so a folder of another command is refused by name. ``enabled=False`` (non-zero DDP ranks) turns
+    every write into a no-op so only one process touches the folder.
     """
 
-    def __init__(self, path: str | Path, config: dict, enabled: bool = True, tensorboard: bool = False) -> None:
+    def __init__(self, path: str | Path, config: dict, enabled: bool = True, lock: int | None = None,
+                 created: bool = False) -> None:
         self.path = Path(path)
         self.config = config
         self.enabled = enabled
-        self._tb = None
-        if tensorboard and enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:  # tensorboard itself is optional
-                raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
-            self._tb = SummaryWriter(str(self.path / "tensorboard"))
+        self._lock = lock
+        self._created = created  # this process made the folder (not only its files)
 
     @classmethod
-    def create(cls, path: str | Path, config: dict, enabled: bool = True, tensorboard: bool = False) -> "Run":
+    def create(cls, path: str | Path, config: dict, kind: str = "", enabled: bool = True) -> "Run":
         path = Path(path)
-        if enabled:
-            if (path / "config.json").exists():
-                raise UserError(f"{path} already holds a run; pass --resume {path} to continue it or choose --out")
-            path.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(path / "config.json", config)
-            (path / "metrics.jsonl").touch()
-        return cls(path, config, enabled, tensorboard)
+        if not enabled:
+            return cls(path, config, enabled)
+        made = not path.exists()
+        _writable_dir(path)
+        lock = _claim(path)
+        if (path / "config.json").exists():
+            os.close(lock)
+            raise UserError(f"{path} already holds a run; pass --resume {path} to continue it or choose another --out")
+        config = {"kind": kind, **config} if kind else config
+        atomic_write_json(path / "config.json", config)
+        atomic_write_text(path / "metrics.jsonl", "")
+        return cls(path, config, enabled, lock, made)
 
     @classmethod
-    def open(cls, path: str | Path, enabled: bool = True, tensorboard: bool = False) -> "Run":
+    def open(cls, path: str | Path, kind: str | tuple[str, ...] = (), enabled: bool = True) -> "Run":
+        """A run folder for reading; ``kind`` names the commands whose runs are accepted."""
         path = Path(path)
         if not (path / "config.json").is_file():
             raise UserError(f"{path} is not a run folder (no config.json)")
-        return cls(path, read_json(path / "config.json"), enabled, tensorboard)
+        config = read_json(path / "config.json")
+        if not isinstance(config, dict):
+            raise UserError(f"{path / 'config.json'} is damaged (not a JSON object)")
+        kinds = (kind,) if isinstance(kind, str) else kind
+        if kinds and config.get("kind") not in kinds:
+            found = config.get("kind") or "an unnamed"
+            raise UserError(f"{path} is {found} run, not a {' or '.join(kinds)} run")
+        return cls(path, config, enabled)
+
+    @classmethod
+    def resume(cls, path: str | Path, kind: str | tuple[str, ...] = (), enabled: bool = True) -> "Run":
+        """Claim an existing run to continue training it."""
+        run = cls.open(path, kind, enabled)
+        if enabled:
+            run._lock = _claim(run.path)
+        return run
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and self.enabled and self._lock is not None and not self.started():
+            self.discard()
+        self.close()
+
+    def started(self) -> bool:
+        """Anything worth keeping: a checkpoint or a logged record."""
+        return self.has_checkpoint() or bool(self.metrics())
+
+    def discard(self) -> None:
+        """Remove what a failed start wrote (and the folder, if this run made it)."""
+        for name in ("config.json", "metrics.jsonl", "log.txt", ".lock"):
+            (self.path / name).unlink(missing_ok=True)
+        if self._created:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def close(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     # metrics
     def log(self, record: dict) -> None:
@@ -172,10 +276,6 @@ class Run:
             return
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record, default=_jsonable) + "\n")
-        if self._tb is not None and "step" in record:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)) and v is not None:
-                    self._tb.add_scalar(k, v, record["step"])
 
     def metrics(self) -> list[dict]:
         return read_metrics(self.path)
@@ -185,6 +285,11 @@ class Run:
         if self.enabled:
             kept = [r for r in self.metrics() if r.get("step", 0) <= step]
             atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+
+    @property
+    def log_path(self) -> Path | None:
+        """RUN/log.txt, where long work writes its progress lines (None for ranks that write nothing)."""
+        return self.path / "log.txt" if self.enabled else None
 
     # checkpoints
     @property
@@ -223,9 +328,13 @@ class Run:
     ) -> tuple[int, dict[str, torch.Tensor], dict]:
         """Load the latest state into ``model`` (and ``optimizer``); returns (step, all tensors, meta)."""
         tensors, meta = load_tensors(self.checkpoint_path)
-        load_weights(model, tensors)
-        if optimizer is not None and "optimizer" in meta:
-            optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
+        try:
+            load_weights(model, tensors)
+            if optimizer is not None and "optimizer" in meta:
+                optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise UserError(f"{self.checkpoint_path} does not fit this model ({str(e).splitlines()[0]}); "
+                            f"it was written by another configuration") from None
         if restore_rng_state:
             restore_rng(tensors)
         return meta["step"], tensors, meta
@@ -238,10 +347,6 @@ class Run:
         if self.enabled:
             atomic_write_json(self.path / "summary.json", summary)
 
-    def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
-
 
 def read_metrics(path: str | Path) -> list[dict]:
     """Records of RUN/metrics.jsonl; a half-written last line (a killed process) is skipped."""
@@ -251,9 +356,11 @@ def read_metrics(path: str | Path) -> list[dict]:
     records = []
     for line in f.read_text().splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 

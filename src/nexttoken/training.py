@@ -16,9 +16,11 @@ import contextlib
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -26,7 +28,9 @@ import torch
 import torch.distributed as torch_dist
 from torch.nn.parallel import DistributedDataParallel
 
-from nexttoken.errors import UserError
+from nexttoken.config import check, option
+from nexttoken.errors import Interrupted, UserError
+from nexttoken.progress import Progress
 from nexttoken.runs import Run, unwrap
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -58,22 +62,20 @@ def seed_everything(seed: int) -> None:
 # ---- optimisation -----------------------------------------------------------------------------------------------------
 @dataclass
 class OptimConfig:
-    lr: float = 3e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    decay: str = "matrices"  # which tensors decay: matrices (2-D and up) | all | none
-    warmup_steps: int = 100
-    schedule: str = "cosine"  # constant | cosine (to min_lr_ratio * lr at the last step)
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0  # 0 disables clipping
+    lr: float = option(3e-4, "peak learning rate", gt=0, le=10)
+    betas: tuple[float, float] = option((0.9, 0.95), "AdamW betas", flag=False)
+    eps: float = option(1e-8, "AdamW epsilon", gt=0, flag=False)
+    weight_decay: float = option(0.1, "AdamW decoupled weight decay", ge=0)
+    decay: str = option("matrices", "which tensors decay", choices=("matrices", "all", "none"), flag=False)
+    warmup_steps: int = option(100, "linear LR warm-up steps", ge=0)
+    schedule: str = option("cosine", "LR after warm-up: constant, or cosine to min_lr_ratio x lr at the last step",
+                           choices=("constant", "cosine"), flag=False)
+    min_lr_ratio: float = option(0.1, "the cosine's final LR as a fraction of the peak", ge=0, le=1, flag=False)
+    grad_clip: float = option(1.0, "clip the gradient norm to this (0: no clipping)", ge=0)
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
-        if self.decay not in ("matrices", "all", "none"):
-            raise UserError(f"decay must be matrices, all or none, not {self.decay!r}")
-        if self.schedule not in ("constant", "cosine"):
-            raise UserError(f"schedule must be constant or cosine, not {self.schedule!r}")
+        check(self)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, decay: str = "matrices") -> list[dict]:
@@ -163,40 +165,81 @@ def shutdown_distributed() -> None:
 # ---- the loop -----------------------------------------------------------------------------------------------------------
 @dataclass
 class LoopConfig:
-    steps: int = 1000
-    batch_size: int = 32  # global: rows per optimizer step over all processes and micro-batches
-    grad_accum: int = 1
-    eval_every: int = 100
-    ckpt_every: int = 500  # a multiple of eval_every: checkpoints are written right after an evaluation
-    seed: int = 0
-    precision: str = "auto"  # auto | fp32 | bf16
-    compile: bool = False
-    max_seconds: float = 0.0  # > 0: as many steps (up to ``steps``) as fit in this wall-clock time; the LR follows
-    workers: int = 0  # processes building batches ahead of the loop (0: built in the loop)
+    steps: int = option(1000, "optimizer steps", ge=1, le=10**9)
+    batch_size: int = option(32, "rows per optimizer step over all processes and micro-batches", ge=1, le=10**6)
+    grad_accum: int = option(1, "micro-batches per step", ge=1, le=10**4)
+    eval_every: int = option(100, "steps between evaluations", ge=1)
+    ckpt_every: int = option(500, "steps between checkpoints (also one after the first step, one every "
+                                  "ckpt_seconds, and one when stopped)", ge=1)
+    ckpt_seconds: float = option(60.0, "seconds between checkpoints", gt=0, flag=False)
+    seed: int = option(0, "seed of the data order and the initial weights", ge=0)
+    precision: str = option("auto", "bf16 autocast on CUDA (auto), or fp32 / bf16 everywhere",
+                            choices=("auto", "fp32", "bf16"))
+    compile: bool = option(False, "torch.compile the model (GPU)")
+    max_seconds: float = option(0.0, "train as many of the steps as fit in this many seconds (0: no budget)", ge=0,
+                                flag=False)
+    workers: int = option(0, "processes building batches ahead of the loop", ge=0, le=64, flag=False)
 
     def validate(self, world_size: int = 1) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1 or self.eval_every < 1:
-            raise UserError("steps, batch size, grad accumulation and eval interval must be positive")
+        check(self)
         if self.batch_size % (world_size * self.grad_accum):
             raise UserError(
                 f"batch size {self.batch_size} must divide evenly into {world_size} processes x "
                 f"{self.grad_accum} accumulation steps"
             )
-        if self.max_seconds < 0 or self.workers < 0:
-            raise UserError("the time budget and the number of batch workers cannot be negative")
-        if self.ckpt_every % self.eval_every:
-            raise UserError(f"checkpoint interval {self.ckpt_every} must be a multiple of eval interval {self.eval_every}")
 
 
 BatchFn = Callable[[int], dict]  # step -> global batch {"idx": (B, T), "targets": (B, T), optional cond/x_add/...}
 EvalFn = Callable[[torch.nn.Module], dict]
+# (model, micro-batch on the device) -> the SUM of the loss over the micro-batch's examples (or tokens), optionally
+# with a dict of other summed quantities to log; the loop divides both by ``WeightFn`` of the whole global batch.
+LossFn = Callable[[torch.nn.Module, dict], "Tensor | tuple[Tensor, dict]"]
+WeightFn = Callable[[dict], float]
 
 
-def progress_bar(total: int, initial: int = 0, enabled: bool = True, desc: str = ""):
-    """tqdm on a terminal, silent otherwise (CI logs, pipes)."""
-    from tqdm.auto import tqdm
+def lm_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """Next-token cross-entropy summed over the target tokens (targets of -1 are ignored)."""
+    batch = dict(batch)
+    _, token_loss = model(batch.pop("idx"), batch.pop("targets"), reduction="none", **batch)
+    return token_loss.sum()
 
-    return tqdm(total=total, initial=initial, desc=desc, disable=not (enabled and sys.stderr.isatty()), leave=False)
+
+def count_targets(batch: dict) -> float:
+    return float((batch["targets"] != -1).sum())
+
+
+def count_rows(batch: dict) -> float:
+    return float(len(next(iter(batch.values()))))
+
+
+class StopRequests:
+    """While active, SIGINT and SIGTERM only set ``requested``, so a loop can finish its step, write a checkpoint and
+    stop cleanly; a second Ctrl-C interrupts at once. Outside the main thread (where Python cannot catch signals)
+    nothing changes."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._saved: dict = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        self._saved.clear()
+
+
+def progress_bar(total: int, initial: int = 0, enabled: bool = True, desc: str = "", log=None) -> Progress:
+    return Progress(total, desc, initial=initial, enabled=enabled, log=log)
 
 
 class Prefetch:
@@ -267,6 +310,12 @@ def planned_steps(cap: int, done: int, timed_steps: int, timed_s: float, seconds
     return max(done, min(cap, done + int(max(seconds_left, 0.0) / max(pace, 1e-9))))
 
 
+@dataclass
+class FitResult:
+    record: dict  # the last evaluation record
+    steps: int  # the steps the run was planned to (fewer than ``LoopConfig.steps`` under a time budget)
+
+
 def fit(
     model: torch.nn.Module,
     batch_fn: BatchFn,
@@ -277,88 +326,132 @@ def fit(
     dist: Dist | None = None,
     eval_fn: EvalFn | None = None,
     resume: bool = False,
-) -> dict:
-    """Train ``model`` (already on its device) for ``loop.steps`` optimizer steps; return the last evaluation record.
+    loss_fn: LossFn = lm_loss,
+    weight_fn: WeightFn = count_targets,
+    clock: Callable[[], float] = time.monotonic,
+    progress: bool = True,
+) -> FitResult:
+    """Train ``model`` (already on its device) for ``loop.steps`` optimizer steps, or as many as fit
+    ``loop.max_seconds``; ``loss_fn`` and ``weight_fn`` define the objective (next-token loss by default).
 
-    With ``loop.max_seconds``, ``loop.steps`` becomes the number of steps that fit that time (never more than it was).
+    Checkpoints are written after the first step, every ``ckpt_every`` steps, every ``ckpt_seconds``, at the end, and
+    when SIGINT or SIGTERM asks the run to stop (which then raises ``Interrupted``). A resumed run continues from its
+    checkpoint with the metrics logged after it dropped, so it ends exactly as an uninterrupted run would; with no
+    checkpoint it starts over.
     """
     dist = dist or Dist(device=next(model.parameters()).device)
     loop.validate(dist.world_size)
-    device = dist.device
     optimizer = make_optimizer(model, optim)
-    start = 0
-    if resume and run is not None and run.has_checkpoint():
-        start, _, _ = run.load_checkpoint(model, optimizer)
-        run.rewind_metrics(start)
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if dist.enabled else model
+    state = LoopState(planned=loop.steps)
+    if resume and run is not None:
+        if run.has_checkpoint():
+            state.step, _, meta = run.load_checkpoint(model, optimizer)
+            state = LoopState(**{**asdict(state), **meta.get("loop_state", {}), "step": state.step})
+        run.rewind_metrics(state.step)
+    if state.step >= state.planned and run is not None:  # a finished run: nothing to train
+        return FitResult((run.metrics() or [{}])[-1], state.planned)
+    ddp = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) \
+        if dist.enabled else model
     forward = torch.compile(ddp) if loop.compile else ddp
-    bar = progress_bar(loop.steps, start, dist.is_main, desc="train")
+    bar = Progress(state.planned, "train", initial=state.step, enabled=progress and dist.is_main,
+                   log=run.log_path if run is not None else None, clock=clock)
     prefetch = Prefetch(batch_fn, loop.workers) if loop.workers else None
     try:
-        return _loop(model, ddp, forward, optimizer, prefetch or batch_fn, optim, loop, run, dist, eval_fn, start, bar)
+        with StopRequests() as stop:
+            record = _loop(model, ddp, forward, optimizer, prefetch or batch_fn, optim, loop, run, dist, eval_fn,
+                           state, bar, loss_fn, weight_fn, clock, stop)
+        return FitResult(record, state.planned)
     finally:
         if prefetch is not None:
             prefetch.close()
         bar.close()
 
 
-def _loop(model, ddp, forward, optimizer, batch_fn, optim, loop, run, dist, eval_fn, start, bar) -> dict:
+@dataclass
+class LoopState:
+    """What a checkpoint must hold beyond weights and optimizer for a resumed loop to continue exactly."""
+
+    step: int = 0
+    planned: int = 0
+    loss_sum: float = 0.0
+    loss_steps: int = 0
+    logs: dict = field(default_factory=dict)
+    elapsed_s: float = 0.0  # training time before this stretch (a time budget counts it)
+
+
+def _loop(model, ddp, forward, optimizer, batch_fn, optim, loop, run, dist, eval_fn, state, bar, loss_fn, weight_fn,
+          clock, stop) -> dict:
     device = dist.device
     micro = loop.batch_size // (dist.world_size * loop.grad_accum)
     record: dict = {}
-    loss_sum, loss_steps, t0, tokens_seen = 0.0, 0, time.time(), 0
-    # With a time budget, loop.steps is planned from the pace of the steps after the first (which pays for warm-up
-    # and compilation): after each of the next 10 steps (a budget of a few slow steps still ends on time, with the LR
-    # decayed), then after every evaluation, so that evaluations count too.
-    deadline = time.time() + loop.max_seconds if loop.max_seconds else None
-    cap, t_timed = loop.steps, time.time()
+    start = state.step
+    t0, tokens_seen = clock(), 0
+    last_save = clock()
+    # With a time budget, the step count is planned from the pace of the steps after the first (which pays for
+    # warm-up and compilation): after each of the next 10 steps (a budget of a few slow steps still ends on time, with
+    # the LR decayed), then after every evaluation, so that evaluations count too.
+    deadline = clock() + loop.max_seconds - state.elapsed_s if loop.max_seconds > 0 else None
+    t_begin = clock() - state.elapsed_s
+    t_timed = clock()
 
     def replan(done: int) -> None:
-        planned = planned_steps(cap, done, done - start - 1, time.time() - t_timed, deadline - time.time())
+        planned = planned_steps(loop.steps, done, done - start - 1, clock() - t_timed, deadline - clock())
         if dist.enabled:  # every process must stop at the same step: rank 0's plan is the plan
             t = torch.tensor([planned], device=device)
             torch_dist.broadcast(t, 0)
             planned = int(t.item())
         if dist.is_main and (done == start + 11 or done < start + 11 and planned == done):
-            print(f"nexttoken: {planned} steps fit the time budget of {loop.max_seconds:.0f} s "
-                  f"({1e3 * (time.time() - t_timed) / (done - start - 1):.0f} ms per step)", file=sys.stderr)
-        loop.steps = planned
-        bar.total = planned
+            bar.write(f"nexttoken: {planned} steps fit the time budget of {loop.max_seconds:.0f} s "
+                      f"({1e3 * (clock() - t_timed) / max(done - start - 1, 1):.0f} ms per step)")
+        state.planned = planned
+        bar.set_total(planned)
 
-    step = start
-    while step < loop.steps:
-        set_lr(optimizer, optim.lr * lr_factor(step, loop.steps, optim))
+    def save(done: int) -> None:
+        state.elapsed_s = clock() - t_begin
+        if run is not None:
+            run.save_checkpoint(model, optimizer, done, extra_meta={"loop": asdict(loop), "loop_state": asdict(state)})
+
+    while state.step < state.planned:
+        step = state.step
+        set_lr(optimizer, optim.lr * lr_factor(step, state.planned, optim))
         batch = batch_fn(step)
-        n_targets = (batch["targets"] != -1).sum().item()
-        mine = {k: v[dist.rank * loop.grad_accum * micro : (dist.rank + 1) * loop.grad_accum * micro] for k, v in batch.items()}
-        step_loss = 0.0
+        weight = weight_fn(batch)
+        mine = {k: v[dist.rank * loop.grad_accum * micro : (dist.rank + 1) * loop.grad_accum * micro]
+                for k, v in batch.items()}
+        step_loss, step_logs = 0.0, {}
         for i in range(loop.grad_accum):
             mb = {k: v[i * micro : (i + 1) * micro].to(device, non_blocking=True) for k, v in mine.items()}
             sync = i == loop.grad_accum - 1
             with (contextlib.nullcontext() if sync or not dist.enabled else ddp.no_sync()), autocast(device, loop.precision):
-                _, token_loss = forward(mb.pop("idx"), mb.pop("targets"), reduction="none", **mb)
+                out = loss_fn(forward, mb)
+                total, logs = out if isinstance(out, tuple) else (out, {})
                 # DDP averages gradients over processes, so scale the share of this process back up by world_size.
-                loss = token_loss.sum() * (dist.world_size / max(n_targets, 1))
+                loss = total * (dist.world_size / max(weight, 1e-12))
             loss.backward()
             step_loss += loss.item() / dist.world_size
+            for k, v in logs.items():
+                step_logs[k] = step_logs.get(k, 0.0) + float(v) / max(weight, 1e-12)
         if optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_sum += step_loss
-        loss_steps += 1
-        tokens_seen += n_targets
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.3f}", refresh=False)
+        state.loss_sum += step_loss
+        state.loss_steps += 1
+        for k, v in step_logs.items():
+            state.logs[k] = state.logs.get(k, 0.0) + v
+        tokens_seen += weight
+        done = state.step = step + 1
+        bar.update(1, loss=step_loss)
 
-        done = step + 1
         if deadline is not None and done == start + 1:
-            t_timed = time.time()
+            t_timed = clock()
         elif deadline is not None and done <= start + 11:
             replan(done)
-        if done % loop.eval_every == 0 or done == loop.steps:
-            elapsed = time.time() - t0
-            record = {"step": done, "train_loss": loss_sum / loss_steps, "lr": optimizer.param_groups[0]["lr"]}
+        if done % loop.eval_every == 0 or done == state.planned:
+            elapsed = clock() - t0
+            record = {"step": done, "train_loss": state.loss_sum / state.loss_steps,
+                      **{f"train_{k}": v / state.loss_steps for k, v in state.logs.items()},
+                      "lr": optimizer.param_groups[0]["lr"]}
             if eval_fn is not None:
                 model.eval()
                 with torch.no_grad(), autocast(device, loop.precision):
@@ -369,8 +462,11 @@ def _loop(model, ddp, forward, optimizer, batch_fn, optim, loop, run, dist, eval
                 replan(done)
             if run is not None:
                 run.log(record)
-                if done % loop.ckpt_every == 0 or done == loop.steps:
-                    run.save_checkpoint(model, optimizer, done, extra_meta={"loop": asdict(loop)})
-            loss_sum, loss_steps, t0, tokens_seen = 0.0, 0, time.time(), 0
-        step = done
+            state.loss_sum, state.loss_steps, state.logs, t0, tokens_seen = 0.0, 0, {}, clock(), 0
+        if (done == start + 1 or done % loop.ckpt_every == 0 or done == state.planned or stop.requested
+                or clock() - last_save > loop.ckpt_seconds):
+            save(done)
+            last_save = clock()
+        if stop.requested:
+            raise Interrupted(f"stopped at step {done:,}" + (f"; continue with --resume {run.path}" if run else ""))
     return record

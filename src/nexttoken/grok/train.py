@@ -589,7 +589,7 @@ def train_ensemble(
             if prog.steps_to_val_99[m] is None and values["val_acc"][row] >= 0.99:
                 prog.steps_to_val_99[m], prog.wall_s_to_val_99[m] = step, round(wall, 4)
             prog.best_val_acc[m] = max(prog.best_val_acc[m], values["val_acc"][row])
-        bar.set_postfix(val=f"{sum(values['val_acc']) / len(active):.3f}", refresh=False)
+        bar.update(step - bar.n, val=sum(values["val_acc"]) / len(active))
         if run is not None:
             run.log({"step": step, "wall_s": round(wall, 4), **{k: v[0] if E == 1 else list(v) for k, v in last.items()}})
         if on_eval is not None:

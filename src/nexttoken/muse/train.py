@@ -349,9 +349,9 @@ def train(cfg: MuseConfig, optim: OptimConfig, loop: LoopConfig, out: Path | Non
 
     t0 = time.time()
     batches = Batches(corpus, encoding, cfg, loop.batch_size, loop.seed)
-    record = fit(model, batches, optim, loop, run, dist=dist, eval_fn=eval_fn, resume=resume is not None)
-    if not record:  # resuming a finished run trains nothing: keep what its summary says
-        record = (run.metrics() or [{}])[-1]
+    result = fit(model, batches, optim, loop, run, dist=dist, eval_fn=eval_fn, resume=resume is not None)
+    record = result.record
+    if not by_kind:  # resuming a finished run trains nothing: keep what its summary says
         summary = run.path / "summary.json"
         by_kind.update(read_json(summary).get("bits_per_note_by_kind", {}) if summary.is_file() else {})
     if dist.is_main:
@@ -363,7 +363,7 @@ def train(cfg: MuseConfig, optim: OptimConfig, loop: LoopConfig, out: Path | Non
             "bits_per_note": record.get("bits_per_note"), "bits_per_note_by_kind": by_kind,
             "masked_bits_per_note": record.get("masked_bits_per_note"),
             "val_loss": record.get("val_loss"),
-            "train_loss": record.get("train_loss"), "steps": loop.steps, "encoding": cfg.encoding,
+            "train_loss": record.get("train_loss"), "steps": result.steps, "encoding": cfg.encoding,
             "params": sum(p.numel() for p in model.parameters()), "vocab_size": encoding.vocab_size,
             "tokens_per_note": score_tokens_per_note(val_encoded, val_notes), "train_seconds": time.time() - t0,
             "device": str(dist.device), "corpus": cfg.corpus, "composers": cfg.composers,
