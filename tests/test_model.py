@@ -192,3 +192,61 @@ def test_init_schemes():
     assert gpt2.blocks[0].mlp.fc.bias.abs().sum() == 0
     torch_init = tiny(init="torch")  # PyTorch defaults: N(0, 1) embeddings
     assert abs(torch_init.tok_emb.weight.std().item() - 1.0) < 0.2
+
+
+def left_pad(rows: list[list[int]], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, rows))
+    idx = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
+    return idx, mask
+
+
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_left_padded_rows_equal_each_row_alone(pos):
+    """A row's logits do not depend on the padding in front of it: positions count real tokens, pads are masked."""
+    model = tiny(pos=pos)
+    rows = [[3, 4, 5, 6, 7, 8], [9, 1], [2, 2, 2, 11]]
+    idx, mask = left_pad(rows, pad=22)
+    padded, _ = model(idx, attention_mask=mask)
+    assert torch.isfinite(padded).all()  # pad queries too: each attends at least to itself
+    for i, r in enumerate(rows):
+        alone, _ = model(torch.tensor([r]))
+        assert torch.allclose(padded[i, -len(r):], alone[0], atol=1e-5)
+    # The same through the KV cache: a padded prefill, then one real token per row at a time.
+    cache = model.new_cache(3)
+    model(idx, attention_mask=mask, cache=cache)
+    nxt = torch.tensor([[1], [2], [3]])
+    stepped, _ = model(nxt, cache=cache)
+    for i, r in enumerate(rows):
+        alone, _ = model(torch.tensor([r + [nxt[i, 0].item()]]))
+        assert torch.allclose(stepped[i, 0], alone[0, -1], atol=1e-5)
+
+
+def test_hidden_states_feed_the_head():
+    model = tiny()
+    idx = torch.randint(0, 23, (2, 7))
+    h = model.hidden(idx)
+    assert h.shape == (2, 7, 16)
+    assert torch.allclose(model.head(h), model(idx)[0], atol=1e-6)
+
+
+def test_missing_required_inputs_are_named():
+    with pytest.raises(ValueError, match="memory"):
+        tiny(cross_every=1)(torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="cond"):
+        tiny(n_cond=2)(torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_every_conditioning_input_at_once_cached_equals_recomputed():
+    """Prefix tokens, an additive input, cross-attention memory and rope together: the cache changes nothing."""
+    model = tiny(n_cond=4, cross_every=2, memory_dim=8, pos="rope")
+    idx = torch.randint(0, 23, (2, 12))
+    cond = torch.tensor([[1, 3], [0, 2]])
+    x_add = torch.randn(2, 12, 16)
+    mem = torch.randn(2, 5, 8)
+    mem_mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    full, _ = model(idx, cond=cond, x_add=x_add, memory=mem, memory_mask=mem_mask)
+    cache = model.new_cache(2)
+    parts = [model(idx[:, :5], cond=cond, x_add=x_add[:, :5], memory=mem, memory_mask=mem_mask, cache=cache)[0]]
+    parts += [model(idx[:, i : i + 1], x_add=x_add[:, i : i + 1], cache=cache)[0] for i in range(5, 12)]
+    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)

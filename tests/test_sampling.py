@@ -128,3 +128,17 @@ def test_generation_longer_than_the_context_slides():
     model = make_model()
     out = generate(model, torch.zeros(2, 3, dtype=torch.long), 40, temperature=0.8)
     assert out.tokens.shape == (2, 43) and out.tokens.min() >= 0
+
+
+def test_cached_sampling_of_a_padded_batch_equals_each_row_alone():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=V, block_size=24, n_layer=2, n_head=2, n_embd=16, pos="rope")).eval()
+    rows = [[1, 2, 3, 4, 5], [6], [7, 8, 9]]
+    width = max(map(len, rows))
+    prompt = torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[False] * (width - len(r)) + [True] * len(r) for r in rows])
+    for use_cache in (True, False):
+        batch = generate(model, prompt, 8, prompt_mask=mask, temperature=0, use_cache=use_cache)
+        for i, r in enumerate(rows):
+            alone = generate(model, torch.tensor([r]), 8, temperature=0)
+            assert batch.tokens[i, width:].tolist() == alone.tokens[0, len(r):].tolist()

@@ -7,6 +7,9 @@ with the switches the four pipelines need:
 - ``cond``: prefix condition tokens from their own vocabulary (composer, artist, genre) placed before the sequence;
 - ``x_add``: an additive per-position input (Jukebox upsamplers add the upsampled codes of the level above);
 - ``memory``: cross-attention to an encoder memory in every ``cross_every``-th block (Jukebox lyrics);
+- ``attention_mask``: left-padded batches of prompts of different lengths, with per-row positions, through the
+  forward pass and the KV cache (InstructGPT's batched rollouts);
+- ``hidden``: the final hidden states, so a value or reward head sits on the same GPT (``head`` maps them to logits);
 - hook points (TransformerLens-style ``nn.Identity`` modules) exposing the residual stream, attention pattern and MLP
   activations, so analysis needs no second model class;
 - a KV cache for decoding (``GPT.new_cache``), whose logits equal full recomputation.
@@ -82,6 +85,10 @@ class GPTConfig:
 class HookPoint(nn.Identity):
     """A named place in the forward pass; register a forward hook on it to read or replace the activation."""
 
+    def is_hooked(self) -> bool:
+        """Whether anything reads this point: attention computes its pattern explicitly only then."""
+        return bool(self._forward_hooks)
+
 
 def _norm(cfg: GPTConfig) -> nn.Module:
     return nn.Identity() if cfg.norm == "none" else nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
@@ -94,7 +101,8 @@ def _rope_tables(length: int, head_dim: int, device, base: float = 10000.0) -> t
 
 
 def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    # x: (B, heads, T, head_dim); cos/sin: (T, head_dim/2). Rotate the two halves of each head as complex pairs.
+    # x: (B, heads, T, head_dim); cos/sin: (T, head_dim/2), or (B, 1, T, head_dim/2) for per-row positions.
+    # Rotate the two halves of each head as complex pairs.
     x1, x2 = x.float().chunk(2, dim=-1)
     out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
     return out.type_as(x)
@@ -103,8 +111,9 @@ def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class KVCache:
     """Keys and values of every layer for decoding, preallocated for ``max_len`` positions.
 
-    ``pos`` is the number of positions already processed (prefix condition tokens included); ``cross`` keeps the keys
-    and values of the encoder memory, computed once per sequence.
+    ``pos`` is the number of positions already processed (prefix condition tokens and padding included); ``cross``
+    keeps the keys and values of the encoder memory, computed once per sequence. A padded batch also keeps which
+    cached positions are real tokens (``key_valid``) and each row's next position (``row_pos``).
     """
 
     def __init__(self, cfg: GPTConfig, batch_size: int, max_len: int, device, dtype) -> None:
@@ -113,6 +122,8 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.cross: list[tuple[Tensor, Tensor] | None] = [None] * cfg.n_layer
         self.memory_mask: Tensor | None = None
+        self.key_valid: Tensor | None = None  # (B, max_len) bool, only for padded batches
+        self.row_pos: Tensor | None = None  # (B,) position of each row's next token, only for padded batches
         self.max_len = max_len
         self.pos = 0
 
@@ -120,6 +131,12 @@ class KVCache:
         self.pos = 0
         self.cross = [None] * len(self.cross)
         self.memory_mask = None
+        self.key_valid = None
+        self.row_pos = None
+
+    @property
+    def has_memory(self) -> bool:
+        return any(c is not None for c in self.cross)
 
 
 class SelfAttention(nn.Module):
@@ -130,9 +147,9 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.hook_pattern = HookPoint()  # (B, heads, T, S) attention probabilities, computed only when hooked
 
-    def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int, last_only: bool = False
-    ) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None, layer: int,
+                last_only: bool = False, mask: Tensor | None = None) -> Tensor:
+        """``mask`` (B, 1, T, S), True = attend, replaces the causal mask for padded batches."""
         B, T, C = x.shape
         H, D = self.cfg.n_head, self.cfg.head_dim
         if last_only:  # keys and values for every position, a query for the last one only
@@ -143,7 +160,7 @@ class SelfAttention(nn.Module):
         else:
             q, k, v = self.qkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # each (B, H, T, D)
         if rope is not None:
-            q = _apply_rope(q, rope[0][-q.shape[2] :], rope[1][-q.shape[2] :])
+            q = _apply_rope(q, rope[0][..., -q.shape[2] :, :], rope[1][..., -q.shape[2] :, :])
             k = _apply_rope(k, *rope)
         start = 0
         if cache is not None:
@@ -153,13 +170,18 @@ class SelfAttention(nn.Module):
             k, v = cache.k[layer][:, :, : start + T], cache.v[layer][:, :, : start + T]  # (B, H, S, D)
         Tq, S = q.shape[2], k.shape[2]
         # Queries are the last Tq of the S positions: query i sees keys 0..S - Tq + i.
-        causal = Tq > 1
         dropout = self.cfg.dropout if self.training else 0.0
-        if self.cfg.attention == "math" or self.hook_pattern._forward_hooks:
-            y = _explicit_attention(q, k, v, _causal(Tq, S, x.device) if causal else None, self.hook_pattern, dropout)
+        if mask is not None:
+            mask = mask[..., -Tq:, :]
+            causal = False
         else:
-            mask = _causal(Tq, S, x.device) if causal and S != Tq else None  # is_causal aligns top-left
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal and S == Tq)
+            causal = Tq > 1
+        if self.cfg.attention == "math" or self.hook_pattern.is_hooked():
+            y = _explicit_attention(q, k, v, _causal(Tq, S, x.device) if causal else mask, self.hook_pattern, dropout)
+        else:
+            if causal and S != Tq:  # is_causal aligns top-left
+                mask, causal = _causal(Tq, S, x.device), False
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
         y = y.transpose(1, 2).reshape(B, Tq, C)  # (B, Tq, heads * head_dim)
         return self.proj(y)
 
@@ -185,7 +207,7 @@ class CrossAttention(nn.Module):
         k, v = kv
         mask = None if memory_mask is None else memory_mask[:, None, None, :]  # (B, 1, 1, S), True = attend
         dropout = self.cfg.dropout if self.training else 0.0
-        if self.cfg.attention == "math" or self.hook_pattern._forward_hooks:
+        if self.cfg.attention == "math" or self.hook_pattern.is_hooked():
             y = _explicit_attention(q, k, v, mask, self.hook_pattern, dropout)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
@@ -235,10 +257,10 @@ class Block(nn.Module):
         self.hook_mlp_out = HookPoint()
         self.hook_resid_post = HookPoint()
 
-    def forward(self, x, rope, cache, memory_kv, memory_mask, last_only: bool = False) -> Tensor:
+    def forward(self, x, rope, cache, memory_kv, memory_mask, last_only: bool = False, mask=None) -> Tensor:
         x = self.hook_resid_pre(x)
         post = self.cfg.norm == "post"
-        a = self.attn(x if post else self.ln_attn(x), rope, cache, self.layer, last_only)
+        a = self.attn(x if post else self.ln_attn(x), rope, cache, self.layer, last_only, mask)
         a = self.hook_attn_out(self.drop(a))
         if last_only:  # from here on only the last position is computed
             x = x[:, -1:]
@@ -304,29 +326,28 @@ class GPT(nn.Module):
         p = next(self.parameters())
         return KVCache(self.cfg, batch_size, max_len or self.cfg.block_size, p.device, p.dtype)
 
-    def forward(
+    def hidden(
         self,
         idx: Tensor,
-        targets: Tensor | None = None,
         *,
         cond: Tensor | None = None,
         x_add: Tensor | None = None,
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
+        attention_mask: Tensor | None = None,
         cache: KVCache | None = None,
-        reduction: str = "mean",
         last_only: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Logits (B, T, vocab) for ``idx`` (B, T) and, given ``targets``, the loss.
-
-        ``targets`` equal to -1 are ignored. ``reduction='none'`` gives the per-token loss (B, T), zero where ignored.
-        ``cond`` (B, C) prefix condition ids, ``x_add`` (B, T, n_embd) added to the token embeddings, ``memory``
-        (B, S, memory_dim) with optional ``memory_mask`` (B, S; True = attend) for cross-attention. With a ``cache``,
-        ``idx`` continues the sequence already in it; pass ``cond`` and ``memory`` on the first call only.
-        ``last_only`` computes the last block and the head for the last position alone (B, 1, vocab): what decoding and
-        single-answer tasks need, for a fraction of the last block's work.
-        """
+    ) -> Tensor:
+        """The final hidden states (B, T, n_embd) of ``idx`` (B, T), after the last norm: what ``head`` turns into
+        logits, and what a value or reward head reads. Arguments as in ``forward``."""
         B, T = idx.shape
+        cfg = self.cfg
+        first = cache is None or cache.pos == 0
+        if cfg.n_cond and cond is None and first:
+            raise ValueError(f"this model expects prefix condition tokens (n_cond={cfg.n_cond}); pass cond=")
+        if cfg.cross_every and memory is None and not (cache is not None and cache.has_memory):
+            raise ValueError(f"this model cross-attends to an encoder memory (cross_every={cfg.cross_every}); "
+                             "pass memory=")
         x = self.tok_emb(idx)  # (B, T, n_embd)
         if x_add is not None:
             x = x + x_add
@@ -338,16 +359,44 @@ class GPT(nn.Module):
             n_prefix = cond.shape[1]
         start = cache.pos if cache is not None else 0
         L = x.shape[1]
-        if start + L > (cache.max_len if cache is not None else self.cfg.block_size):
-            raise ValueError(f"sequence of {start + L} positions exceeds the context of {self.cfg.block_size}")
+        if start + L > (cache.max_len if cache is not None else cfg.block_size):
+            raise ValueError(f"sequence of {start + L} positions exceeds the context of {cfg.block_size}")
+
+        padded = attention_mask is not None or (cache is not None and cache.key_valid is not None)
+        mask = None
+        if padded:
+            valid = torch.ones(B, L, dtype=torch.bool, device=idx.device)  # (B, L) real tokens (the prefix is real)
+            if attention_mask is not None:
+                valid[:, n_prefix:] = attention_mask.bool()
+            base = cache.row_pos if cache is not None and cache.row_pos is not None else \
+                torch.zeros(B, dtype=torch.long, device=idx.device)
+            positions = (base[:, None] + valid.long().cumsum(1) - 1).clamp(min=0)  # (B, L): pads share a position
+            if cache is not None:
+                if cache.key_valid is None:
+                    cache.key_valid = torch.ones(B, cache.max_len, dtype=torch.bool, device=idx.device)
+                cache.key_valid[:, start : start + L] = valid
+                cache.row_pos = base + valid.long().sum(1)
+                keys_valid = cache.key_valid[:, : start + L]  # (B, S)
+            else:
+                keys_valid = valid
+            S = start + L
+            # Each query sees the real keys up to itself, and always itself (so a pad query has no empty row).
+            own = torch.arange(start, S, device=idx.device)[:, None] == torch.arange(S, device=idx.device)
+            mask = (_causal(L, S, idx.device) & keys_valid[:, None, :]) | own  # (B, L, S)
+            mask = mask[:, None]  # (B, 1, L, S)
+        else:
+            positions = torch.arange(start, start + L, device=idx.device)  # (L,)
+
         rope = None
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(start, start + L, device=idx.device))
-        elif self.cfg.pos == "rope":
-            rope = (self.rope_cos[start : start + L], self.rope_sin[start : start + L])
+            x = x + self.pos_emb(positions)
+        elif cfg.pos == "rope":
+            rope = (self.rope_cos[positions], self.rope_sin[positions])  # (L, d/2) or (B, L, d/2)
+            if padded:
+                rope = (rope[0][:, None], rope[1][:, None])  # (B, 1, L, head_dim/2)
         x = self.hook_embed(self.drop(x))
 
-        memory_kvs: list = [None] * self.cfg.n_layer
+        memory_kvs: list = [None] * cfg.n_layer
         for i, block in enumerate(self.blocks):
             if not block.has_cross:
                 continue
@@ -364,13 +413,34 @@ class GPT(nn.Module):
 
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, cache, memory_kvs[i], memory_mask, last_only and i == last)
+            x = block(x, rope, cache, memory_kvs[i], memory_mask, last_only and i == last, mask)
         if cache is not None:
             cache.pos = start + L
-        x = self.hook_final(self.ln_f(x if last_only else x[:, n_prefix:]))
-        logits = self.head(x)  # (B, T, vocab), or (B, 1, vocab) with last_only
+        return self.hook_final(self.ln_f(x if last_only else x[:, n_prefix:]))
+
+    def forward(
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        *,
+        reduction: str = "mean",
+        **inputs,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Logits (B, T, vocab) for ``idx`` (B, T) and, given ``targets``, the loss.
+
+        ``targets`` equal to -1 are ignored. ``reduction='none'`` gives the per-token loss (B, T), zero where ignored.
+        Inputs (keywords): ``cond`` (B, C) prefix condition ids, ``x_add`` (B, T, n_embd) added to the token
+        embeddings, ``memory`` (B, S, memory_dim) with optional ``memory_mask`` (B, S; True = attend) for
+        cross-attention, ``attention_mask`` (B, T; True = a real token) for left-padded rows, whose positions then
+        count real tokens only. With a ``cache``, ``idx`` continues the sequence already in it; pass ``cond``,
+        ``memory`` and the prompt's ``attention_mask`` on the first call only. ``last_only`` computes the last block
+        and the head for the last position alone (B, 1, vocab): what decoding and single-answer tasks need, for a
+        fraction of the last block's work.
+        """
+        logits = self.head(self.hidden(idx, **inputs))  # (B, T, vocab), or (B, 1, vocab) with last_only
         if targets is None:
             return logits, None
+        B = idx.shape[0]
         token_loss = F.cross_entropy(
             logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none"
         ).view(B, -1)

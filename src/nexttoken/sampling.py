@@ -158,15 +158,23 @@ def generate(
     x_add: Tensor | None = None,
     memory: Tensor | None = None,
     memory_mask: Tensor | None = None,
+    prompt_mask: Tensor | None = None,
     use_cache: bool = True,
     **kwargs,
 ) -> Samples:
     """Sample from a ``GPT`` with its conditioning inputs. ``x_add`` (B, prompt + max_new_tokens, n_embd) covers every
-    position of the result, so it needs the whole result to fit in the context (windowed upsampling slices it)."""
+    position of the result, so it needs the whole result to fit in the context (windowed upsampling slices it).
+    ``prompt_mask`` (B, prompt; True = a real token) samples a batch of left-padded prompts of different lengths:
+    each row continues as if it had been sampled alone."""
     n_prefix = 0 if cond is None else cond.shape[1]
     context = model.cfg.block_size - n_prefix
-    if x_add is not None and prompt.shape[1] + max_new_tokens > context:
-        raise ValueError("x_add needs prompt + max_new_tokens to fit in the context; sample window by window")
+    B, T0 = prompt.shape
+    if (x_add is not None or prompt_mask is not None) and T0 + max_new_tokens > context:
+        raise ValueError(f"prompt + max_new_tokens ({T0 + max_new_tokens}) must fit the context of {context} "
+                         "with x_add or a padded prompt; sample window by window")
+    full_mask = None
+    if prompt_mask is not None:
+        full_mask = torch.cat([prompt_mask.bool(), prompt_mask.new_ones(B, max_new_tokens, dtype=torch.bool)], dim=1)
 
     def logits_fn(tokens: Tensor, cache) -> Tensor:
         first = cache is None or cache.pos == 0
@@ -177,6 +185,7 @@ def generate(
             x_add=None if x_add is None else x_add[:, start : start + tokens.shape[1]],
             memory=memory if first else None,
             memory_mask=memory_mask if first else None,
+            attention_mask=None if full_mask is None or not first else full_mask[:, : tokens.shape[1]],
             cache=cache,
             last_only=True,
         )
