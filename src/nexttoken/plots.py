@@ -1,4 +1,5 @@
-"""The few plot helpers every domain uses: metric curves from a run folder, and a headless matplotlib."""
+"""The few plot helpers every domain uses: metric curves from a run folder, a 2-D map of embeddings by their principal
+components, and a headless matplotlib whose files are written atomically."""
 
 from __future__ import annotations
 
@@ -17,14 +18,32 @@ def figure(width: float = 6.0, height: float = 4.0):
 
 
 def save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the figure as PNG atomically (a unique temporary name, then a rename) and close it."""
+    import io
+
+    from nexttoken.runs import atomic_write_bytes
+
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def principal_components(x, k: int = 2):
+    """Rows of ``x`` (n, d) projected on their first ``k`` principal components (n, k), as float64.
+
+    >>> import torch
+    >>> principal_components(torch.tensor([[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]), k=1).abs().flatten().tolist()
+    [1.4142135623730951, 0.0, 1.4142135623730951]
+    """
+    import torch
+
+    x = torch.as_tensor(x).double()
+    x = x - x.mean(0)
+    _, _, v = torch.linalg.svd(x, full_matrices=False)
+    return x @ v[:k].T
 
 
 def plot_metrics(
