@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from nexttoken.config import option
+
 LogitsFn = Callable[[Tensor, "Cache | None"], Tensor]
 MaskFn = Callable[[Tensor], Tensor]  # current tokens (B, t) -> allowed next tokens (B, vocab), bool
 
@@ -25,6 +27,22 @@ class Cache(Protocol):
     max_len: int
 
     def reset(self) -> None: ...
+
+
+@dataclass
+class SamplingConfig:
+    """The sampling flags every generating command shares (``config.add_options(parser, SamplingConfig)``)."""
+
+    temperature: float = option(1.0, "divide the logits by this; 0 is greedy", ge=0, le=100)
+    top_k: int = option(0, "keep the k most likely tokens (0: all)", ge=0)
+    top_p: float = option(1.0, "keep the smallest set of tokens whose probability reaches p (nucleus)", gt=0, le=1)
+    seed: int = option(0, "seed of the draws", ge=0)
+
+    def sample_kwargs(self) -> dict:
+        """The keyword arguments of ``sample`` and ``generate``."""
+        return {"temperature": self.temperature, "top_k": self.top_k or None,
+                "top_p": self.top_p if self.top_p < 1 else None,
+                "generator": torch.Generator().manual_seed(self.seed)}
 
 
 @dataclass
