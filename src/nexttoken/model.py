@@ -318,7 +318,8 @@ class GPT(nn.Module):
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward): 6 N plus attention scores, as in Kaplan et al. 2020."""
         T = seq_len or self.cfg.block_size
-        n = self.num_params(non_embedding=True) + (0 if self.cfg.tie_embeddings else self.head.weight.numel())
+        # The head is a matrix product per token: counted once, whether or not it shares the embedding's weights.
+        n = self.num_params(non_embedding=True) + (self.head.weight.numel() if self.cfg.tie_embeddings else 0)
         return 6 * n + 12 * self.cfg.n_layer * self.cfg.n_embd * T
 
     # ---- forward ----------------------------------------------------------------------------------------------
