@@ -57,19 +57,24 @@ def magnitude(audio: Tensor, res: Resolution) -> Tensor:
     return (spec.real.square() + spec.imag.square() + 1e-12).sqrt() / (window.sum() / 2)
 
 
-def stft_loss(estimate: Tensor, reference: Tensor, sample_rate: int) -> Tensor:
-    """Multi-resolution STFT magnitude loss of (B, T) audio: per clip and resolution the RMS of the difference of
-    magnitudes (the paper's L2 norm of it, divided by the square root of the number of bins), averaged.
+def stft_distance(estimate: Tensor, reference: Tensor, sample_rate: int) -> Tensor:
+    """(B,) multi-resolution STFT distance of (B, T) audio: per resolution the RMS of the difference of magnitudes
+    (the paper's L2 norm of it, divided by the square root of the number of bins), averaged over resolutions.
 
     >>> x = torch.sin(torch.arange(4000) / 5.0)[None]
-    >>> float(stft_loss(x, x, 16000)) < 1e-5, float(stft_loss(0.5 * x, x, 16000)) / float(stft_loss(0 * x, x, 16000))
+    >>> float(stft_distance(x, x, 16000)) < 1e-5, float(stft_distance(0.5 * x, x, 16000) / stft_distance(0 * x, x, 16000))
     (True, 0.5)
     """
-    total = estimate.new_zeros((), dtype=torch.float32)
+    total = estimate.new_zeros(estimate.shape[0], dtype=torch.float32)
     for res in resolutions(sample_rate):
         diff = magnitude(estimate, res) - magnitude(reference, res)  # (B, F, frames)
-        total = total + (diff.square().mean(dim=(1, 2)) + 1e-12).sqrt().mean()
+        total = total + (diff.square().mean(dim=(1, 2)) + 1e-12).sqrt()
     return total / len(PAPER_RESOLUTIONS)
+
+
+def stft_loss(estimate: Tensor, reference: Tensor, sample_rate: int) -> Tensor:
+    """The multi-resolution STFT magnitude loss: ``stft_distance`` averaged over the batch."""
+    return stft_distance(estimate, reference, sample_rate).mean()
 
 
 def spectral_convergence(estimate: Tensor, reference: Tensor, sample_rate: int) -> Tensor:

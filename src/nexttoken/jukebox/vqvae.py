@@ -235,7 +235,8 @@ class VQVAEOutput:
     levels: list[Quantized]  # per level
 
 
-def _pad_to(audio: Tensor, multiple: int) -> Tensor:
+def pad_to(audio: Tensor, multiple: int) -> Tensor:
+    """(..., T) -> (..., T') with silence appended up to a multiple of ``multiple`` samples."""
     return F.pad(audio, (0, -audio.shape[-1] % multiple))
 
 
@@ -255,7 +256,7 @@ class VQVAE(nn.Module):
         T = audio.shape[-1]
         recons, levels = [], []
         for enc, codebook, dec, hop in zip(self.encoders, self.codebooks, self.decoders, self.config.hops):
-            q = codebook(enc(_pad_to(audio, hop)[:, None]))  # (B, 1, T') -> (B, D, T' / hop)
+            q = codebook(enc(pad_to(audio, hop)[:, None]))  # (B, 1, T') -> (B, D, T' / hop)
             recons.append(dec(q.z_q)[:, 0, :T])
             levels.append(q)
         return VQVAEOutput(recons, levels)
@@ -263,7 +264,7 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def encode(self, audio: Tensor) -> list[Tensor]:
         """(B, T) audio -> per level (B, ceil(T / hop)) codes (the audio is padded with silence to whole codes)."""
-        return [codebook.encode(enc(_pad_to(audio, hop)[:, None]))
+        return [codebook.encode(enc(pad_to(audio, hop)[:, None]))
                 for enc, codebook, hop in zip(self.encoders, self.codebooks, self.config.hops)]
 
     @torch.no_grad()
