@@ -6,9 +6,9 @@ a child that dies or runs past ``timeout`` is replaced and its item gets a verdi
 after 30 s") instead of taking the caller down. A Python exception raised by ``fn`` is a verdict too. Verdicts come
 back in the order of the items; a progress callback sees each one as it is made.
 
-    for path, outcome in zip(paths, map_isolated(read_audio, paths, timeout=60, workers=2)):
+    for path, outcome in zip(paths, map_isolated(parse_file, paths, timeout=60, workers=2)):
         if not outcome.ok:
-            print(f"skipped {path}: {outcome.error}")
+            print(f"skipped {path}: {outcome.error}")  # e.g. "crashed (SIGSEGV)"
 """
 
 from __future__ import annotations
@@ -104,8 +104,9 @@ class _Worker:
 def map_isolated(fn: Callable, items: Sequence, timeout: float = 60.0, workers: int = 1,
                  on_done: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
     """``Outcome`` of ``fn(item)`` for every item, each computed in a child process that a crash or a hang of ``fn``
-    cannot take the caller down with. ``fn`` and the items reach the children by fork where the platform has it
-    (nothing large is pickled), otherwise ``fn`` must be importable. ``on_done(i, outcome)`` follows every item."""
+    cannot take the caller down with. ``fn`` reaches the children by fork where the platform has it (otherwise it
+    must be importable); items and results travel pickled through a pipe. ``on_done(i, outcome)`` follows every
+    item, in the order they finish."""
     outcomes: list[Outcome | None] = [None] * len(items)
     if not items:
         return []

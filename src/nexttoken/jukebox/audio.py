@@ -255,7 +255,7 @@ def load_clips(source: str | Path, sample_rate: int, clip_seconds: float, *, min
     entries = [_entry(folder, t) for t in tracks]
     todo = [i for i, e in enumerate(entries)
             if not e.with_suffix(".safetensors").is_file() and not e.with_suffix(".json").is_file()]
-    fresh: dict[int, str] = {}  # timeouts, which are not cached
+    fresh: dict[int, str] = {}  # verdicts of this run (timeouts are not cached: they are known only from here)
     if todo:
         bar = progress_bar(len(todo), desc="read audio")
 

@@ -27,7 +27,7 @@ Run ``python -m nexttoken.jukebox.vqvae`` to print the presets' sizes and bitrat
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as torch_dist
@@ -147,7 +147,7 @@ class Quantized:
     commit: Tensor  # scalar, mean squared distance of the encoder output to its code (grad to the encoder only)
     usage: Tensor  # scalar, fraction of the codebook used in this batch
     perplexity: Tensor  # scalar, exp(entropy) of the batch's code histogram
-    restarted: Tensor = field(default_factory=lambda: torch.tensor(0))  # codes restarted by this step's update
+    restarted: Tensor  # scalar, codes restarted by this step's update
 
 
 def _distributed() -> bool:
