@@ -347,6 +347,8 @@ def fit(
         if run.has_checkpoint():
             state.step, _, meta = run.load_checkpoint(model, optimizer)
             state = LoopState(**{**asdict(state), **meta.get("loop_state", {}), "step": state.step})
+            if loop.max_seconds <= 0:  # without a time budget the plan is loop.steps: a resume may ask for more
+                state.planned = loop.steps
         run.rewind_metrics(state.step)
     if state.step >= state.planned and run is not None:  # a finished run: nothing to train
         return FitResult((run.metrics() or [{}])[-1], state.planned)
