@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from nexttoken.grok.train import PRESETS, Ensemble, GrokConfig, device_name
+from nexttoken.grok.ensemble import Ensemble
+from nexttoken.grok.train import PRESETS, GrokConfig, device_name
 from nexttoken.training import pick_device
 
 

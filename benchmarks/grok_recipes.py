@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from nexttoken.grok.sweep import median_steps, run_sweep
-from nexttoken.grok.train import PRESETS, GrokConfig, device_name
+from nexttoken.grok.train import PRESETS, GrokConfig, TrainOptions, device_name
 from nexttoken.training import pick_device
 
 RECIPES: dict[str, dict] = {
@@ -57,7 +57,7 @@ def main() -> None:
     configs = [replace(base, seed=s, **RECIPES[n]) for n in names for s in range(args.seeds)]
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        rows = run_sweep(configs, {}, Path(tmp), device, eval_ratio=1.05)
+        rows = run_sweep(configs, {}, Path(tmp), device, options=TrainOptions(eval_ratio=1.05))
         wall = time.perf_counter() - t0
     results = []
     for i, name in enumerate(names):

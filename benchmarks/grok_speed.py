@@ -26,7 +26,7 @@ import json
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -34,9 +34,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from nexttoken.grok.data import make_table, split
 from nexttoken.grok.sweep import expand, median_steps, run_sweep, write_results
-from nexttoken.grok.train import PRESETS, Ensemble, GrokConfig, device_name, model_config, train
+from nexttoken.grok.ensemble import Ensemble, model_config
+from nexttoken.grok.train import PRESETS, GrokConfig, TrainOptions, device_name, start, train
 from nexttoken.model import GPT
-from nexttoken.runs import Run
 from nexttoken.training import pick_device
 
 TASK = GrokConfig(op="x/y", p=97, frac=0.5, steps=20_000, stop_at=0.99)  # the paper's model unless --presets
@@ -83,8 +83,8 @@ def conventional(cfg: GrokConfig, device: torch.device) -> dict:
 
 def ours(cfg: GrokConfig, device: torch.device) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        run = Run.create(Path(tmp) / "run", {"members": [asdict(cfg)]})
-        s = train(cfg, run, device, progress=False)
+        with start(cfg, TrainOptions(), Path(tmp) / "run", device) as run:
+            s = train(cfg, run, device, progress=False)
     # Steady-state step time, measured apart from evaluation.
     ens = Ensemble([cfg], device)
     try:

@@ -1,7 +1,6 @@
 import itertools
+import json
 import math
-import subprocess
-import sys
 from dataclasses import asdict, replace
 
 import numpy as np
@@ -9,10 +8,12 @@ import pytest
 import torch
 
 from nexttoken.errors import UserError
-from nexttoken.grok.data import OPERATIONS, make_table, split, vocab_size
+from nexttoken.grok.data import OPERATIONS, lines, make_table, split, table_size, vocab_size
 from nexttoken.grok.sweep import expand, median_steps, run_sweep
-from nexttoken.grok.train import (Ensemble, GrokConfig, eval_steps, load_member, stablemax_cross_entropy, train,
-                                  train_ensemble)
+from nexttoken.grok.analysis import load_member
+from nexttoken.grok.ensemble import Ensemble, stablemax_cross_entropy
+from nexttoken.grok.loop import eval_steps, train_ensemble
+from nexttoken.grok.train import GrokConfig, train
 from nexttoken.model import GPT
 from nexttoken.runs import Run
 
@@ -266,7 +267,7 @@ def test_a_sweep_retires_runs_that_reached_their_target(tmp_path):
     result = train_ensemble(Ensemble([quick, slow]), run, eval_ratio=1.5, progress=False,
                             on_eval=lambda step, ev: sizes.append(len(ev.val_acc)))
     assert sizes[0] == 2 and sizes[-1] == 1
-    assert result.member_steps[0] == result.progress.steps_to_val_99[0] or result.member_steps[0] < 200
+    assert result.member_steps[0] == result.milestones.steps_to_val_99[0] or result.member_steps[0] < 200
     assert result.member_steps[1] == 200 == result.steps
     rows = run.metrics()
     assert all(len(r["val_acc"]) == 2 for r in rows)
@@ -380,39 +381,51 @@ def test_eval_schedule_and_median():
 # ---- CLI ----------------------------------------------------------------------------------------------------------
 
 
-def cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "nexttoken", "grok", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+def test_cli_train_analyze_and_table(tmp_path, capsys):
+    from nexttoken.cli import main
 
-
-@pytest.mark.parametrize("args, message", [
-    (["train", "--op", "x^9"], "unknown operation"),
-    (["train", "--frac", "1.2"], "strictly between 0 and 1"),
-    (["train", "--op", "x/y", "--p", "91"], "prime"),
-    (["train", "--grokfast", "fast"], "--grokfast must be one of"),
-    (["train", "--l2", "-0.1"], "must not be negative"),
-    (["train", "--precision", "fp8"], "--precision must be one of"),
-    (["table", "--op", "x/y", "--p", "10"], "prime"),
-    (["train", "--steps", "many"], "expected a number"),
-    (["analyze", "no/such/run"], "not a run folder"),
-    (["sweep", "--grid", "nonsense=1"], "--grid expects NAME=V1,V2"),
-])
-def test_cli_bad_input(args, message, tmp_path):
-    proc = cli(*args, cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], proc.stderr
-
-
-def test_cli_train_analyze_and_table(tmp_path):
     out = tmp_path / "run"
-    proc = cli("train", "--op", "x+y", "--p", "7", "--steps", "40", "--n-embd", "16", "--n-head", "2", "--mlp-hidden",
-               "32", "--snapshots", "3", "--out", str(out), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    assert main(["grok", "train", "--op", "x+y", "--p", "7", "--steps", "40", "--n-embd", "16", "--n-head", "2",
+                 "--mlp-hidden", "32", "--snapshots", "3", "--out", str(out)]) == 0
     assert (out / "summary.json").exists() and (out / "curves.png").exists()
-    proc = cli("analyze", str(out), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    assert len(list((out / "checkpoints").glob("step-*.safetensors"))) == 3
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["kind"] == "grok.train" and saved["snapshots"] == 3 and saved["eval_ratio"] == 1.1
+    assert main(["grok", "analyze", str(out)]) == 0
     for name in ("unembedding_map.png", "fourier_spectrum.png", "key_frequency_circle.png", "progress_measures.png"):
         assert (out / name).exists(), name
-    proc = cli("table", "--op", "x-y", "--p", "3", cwd=tmp_path)
-    assert proc.stdout.splitlines()[:2] == ["0 x-y 0 = 0", "0 x-y 1 = 2"]
+    capsys.readouterr()
+    assert main(["grok", "table", "--op", "x-y", "--p", "3"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["0 x-y 0 = 0", "0 x-y 1 = 2", "0 x-y 2 = 1", "1 x-y 0 = 1",
+                                                    "1 x-y 1 = 0", "1 x-y 2 = 2", "2 x-y 0 = 2", "2 x-y 1 = 1",
+                                                    "2 x-y 2 = 0"]
+
+
+def test_the_table_verb_streams_the_lines_the_table_holds():
+    for op, p in [("x/y", 7), ("x^3+xy^2+y", 5), ("s5:x*y*x^-1", 0)]:
+        assert list(lines(op, p or 97)) == list(make_table(op, p or 97).lines())
+        assert table_size(op, p or 97) == len(make_table(op, p or 97))
+
+
+def test_help_shows_what_each_preset_changes(capsys):
+    from nexttoken.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["grok", "train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default post; modern: pre; nanda: none)" in text and "(default 97; nanda: 113;" in text
+    assert "--no-cuda-graph" in text and "--no-tf32" in text  # the old spellings still work
+
+
+def test_an_old_run_without_kind_or_saved_schedule_resumes(tmp_path, capsys):
+    """Run folders written before runs named their kind: recognised by their members, the evaluation ratio taken as
+    the device's default (what they were trained with), and the config upgraded on resume."""
+    from nexttoken.cli import main
+
+    cfg = tiny(steps=30)
+    run = Run.create(tmp_path / "old", {"members": [asdict(cfg)], "snapshots": 0})
+    run.close()
+    assert main(["grok", "train", "--resume", str(run.path)]) == 0
+    saved = json.loads((run.path / "config.json").read_text())
+    assert saved["kind"] == "grok.train" and saved["eval_ratio"] == 1.1
+    assert [r["step"] for r in run.metrics()] == eval_steps(30, 1.1)

@@ -18,15 +18,46 @@ of the key frequencies; excluded loss removes exactly those terms and is measure
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from nexttoken.grok.data import PERMS, make_table, split
-from nexttoken.grok.train import config_from_dict, load_member
-from nexttoken.plots import figure, plot_metrics, save
-from nexttoken.runs import Run, atomic_write_json
+from nexttoken.errors import UserError
+from nexttoken.grok.data import PERMS, make_table, split, vocab_size
+from nexttoken.grok.ensemble import model_config
+from nexttoken.grok.train import member_configs
+from nexttoken.model import GPT
+from nexttoken.plots import figure, plot_metrics, principal_components, save
+from nexttoken.runs import Run, atomic_write_json, load_tensors
+
+
+def load_member(run: Run, member: int = 0, snapshot: Path | None = None) -> GPT:
+    """The GPT of one member of a finished (or running) run, from its checkpoint or from a weight snapshot."""
+    cfg = member_configs(run)[member]
+    model = GPT(replace(model_config(cfg, vocab_size(cfg.op, cfg.p)), attention="sdpa"))
+    if snapshot is not None:
+        tensors, _ = load_tensors(snapshot)
+        weights = {k.removeprefix("model."): v for k, v in tensors.items()}
+    else:
+        if not run.has_checkpoint():
+            raise UserError(f"{run.path} has no checkpoint yet")
+        tensors, meta = load_tensors(run.checkpoint_path)
+        active = meta.get("active", list(range(len(tensors["flat"]))) if "flat" in tensors else [])
+        if member not in active or "flat" not in tensors:
+            raise UserError(f"{run.checkpoint_path} holds no weights of member {member} (it retired before the last "
+                            f"checkpoint, or the file is not a grok checkpoint)")
+        flat, offset, weights = tensors["flat"][active.index(member)], 0, {}
+        for name, p in model.named_parameters():
+            weights[name] = flat[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise UserError(f"the weights in {snapshot or run.checkpoint_path} do not fit the run's model "
+                        f"({str(e).splitlines()[0][:120]})") from None
+    return model.eval()
 
 
 def plot_curves(run: Run) -> list[Path]:
@@ -66,15 +97,9 @@ def key_frequencies(embedding: torch.Tensor, share: float = 0.9, most: int = 8) 
     return sorted(int(k) + 1 for k in order[: min(n, most)])
 
 
-def _pca2(x: torch.Tensor) -> torch.Tensor:
-    x = x.double() - x.double().mean(0)
-    _, _, v = torch.linalg.svd(x, full_matrices=False)
-    return x @ v[:2].T
-
-
 def plot_map(points: torch.Tensor, colours: list[int], title: str, cbar: str, path: Path, labels: list[str]) -> Path:
     fig, ax = figure(5.5, 5.0)
-    xy = _pca2(points)
+    xy = principal_components(points, k=2)
     sc = ax.scatter(xy[:, 0], xy[:, 1], c=colours, cmap="hsv" if len(set(colours)) > 12 else "tab10", s=28)
     if len(labels) <= 120:
         for (x, y), text in zip(xy.tolist(), labels):
@@ -118,7 +143,7 @@ def restricted_excluded(logits: torch.Tensor, answers: torch.Tensor, keys: list[
 
 
 def progress_measures(run: Run, device) -> list[dict]:
-    cfg = config_from_dict(run.config["members"][0])
+    cfg = member_configs(run)[0]
     if cfg.op not in ("x+y", "x-y"):
         return []
     p = cfg.p
@@ -149,7 +174,7 @@ def progress_measures(run: Run, device) -> list[dict]:
 
 
 def analyze(run: Run, device) -> list[Path]:
-    cfg = config_from_dict(run.config["members"][0])
+    cfg = member_configs(run)[0]
     paths = plot_curves(run)
     model = load_member(run)
     s5 = cfg.op.startswith("s5:")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -79,8 +79,23 @@ def vocab_size(op: str, p: int) -> int:
     return (len(PERMS) if op.startswith("s5:") else p) + 2
 
 
+def table_size(op: str, p: int) -> int:
+    """Equations in an operation's table without building it.
+
+    >>> table_size("x+y", 97), table_size("x/y", 97), table_size("s5:x*y", 97)
+    (9409, 9312, 14400)
+    """
+    if op.startswith("s5:"):
+        return len(PERMS) ** 2
+    return p * (p - 1) if op in DIVISION else p * p
+
+
 def is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
+
+
+def element_name(op: str, token: int) -> str:
+    return "".join(map(str, PERMS[token])) if op.startswith("s5:") else str(token)
 
 
 @dataclass(frozen=True)
@@ -104,7 +119,7 @@ class Table:
         return len(self.answers)
 
     def element_name(self, token: int) -> str:
-        return "".join(map(str, PERMS[token])) if self.op.startswith("s5:") else str(token)
+        return element_name(self.op, token)
 
     def lines(self):
         for (a, _, b, _), c in zip(self.inputs.tolist(), self.answers.tolist()):
@@ -121,27 +136,44 @@ def check_op(op: str, p: int) -> None:
             raise UserError(f"{op} needs a prime modulus (division is defined only mod a prime); {p} is not prime")
 
 
-def make_table(op: str, p: int = 97) -> Table:
-    """The whole table of ``op`` (mod ``p``; ``p`` is ignored for S5 operations)."""
+def equations(op: str, p: int = 97) -> Iterator[tuple[int, int, int]]:
+    """Every equation of ``op`` as tokens (a, b, c), in table order, one at a time.
+
+    >>> list(equations("x-y", 2))
+    [(0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 0)]
+    """
     check_op(op, p)
-    rows, answers = [], []
     if op in MODULAR:
         fn = MODULAR[op]
         for x in range(p):
             for y in range(1 if op in DIVISION else 0, p):
-                rows.append((x, y))
-                answers.append(fn(x, y, p))
-        n = p
+                yield x, y, fn(x, y, p)
     else:
         fn = PERMUTATION[op]
         for x, y in itertools.product(PERMS, PERMS):
-            rows.append((PERM_INDEX[x], PERM_INDEX[y]))
-            answers.append(PERM_INDEX[fn(x, y)])
-        n = len(PERMS)
-    ab = torch.tensor(rows, dtype=torch.long)
+            yield PERM_INDEX[x], PERM_INDEX[y], PERM_INDEX[fn(x, y)]
+
+
+def lines(op: str, p: int = 97) -> Iterator[str]:
+    """The table as text, `a op b = c` per line, without holding it in memory (for tables of any size)."""
+    name = op.removeprefix("s5:")
+    for a, b, c in equations(op, p):
+        yield f"{element_name(op, a)} {name} {element_name(op, b)} = {element_name(op, c)}"
+
+
+def make_table(op: str, p: int = 97) -> Table:
+    """The whole table of ``op`` (mod ``p``; ``p`` is ignored for S5 operations)."""
+    abc = torch.tensor(list(equations(op, p)), dtype=torch.long).view(-1, 3)
+    n = len(PERMS) if op in PERMUTATION else p
     op_tok, eq_tok = n, n + 1
-    inputs = torch.stack([ab[:, 0], torch.full_like(ab[:, 0], op_tok), ab[:, 1], torch.full_like(ab[:, 0], eq_tok)], 1)
-    return Table(op, n, inputs, torch.tensor(answers, dtype=torch.long))
+    inputs = torch.stack([abc[:, 0], torch.full_like(abc[:, 0], op_tok), abc[:, 1], torch.full_like(abc[:, 0], eq_tok)], 1)
+    return Table(op, n, inputs, abc[:, 2].clone())
+
+
+# Peak host memory of ``make_table`` per equation (Python tuples while the table is built, then the tensors), and
+# of the table once built: what a run's memory check counts.
+BUILD_BYTES_PER_ROW = 240
+TABLE_BYTES_PER_ROW = 5 * 8
 
 
 def split(n: int, frac: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,18 +11,73 @@ operation and fraction), a results table (summary.json) and, per group, the usua
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import statistics
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
 
-from nexttoken.grok.train import Ensemble, GrokConfig, default_eval_ratio, device_name, train_ensemble
+from nexttoken import config
+from nexttoken.config import option
+from nexttoken.errors import Interrupted, UserError
+from nexttoken.grok.ensemble import Ensemble
+from nexttoken.grok.loop import default_eval_ratio, train_ensemble
+from nexttoken.grok.memory import check_memory
+from nexttoken.grok.train import (ADJUSTABLE, GROUP_KIND, GrokConfig, TrainOptions, device_name, member_configs,
+                                  open_run, run_config, saved_options, use_tf32)
 from nexttoken.plots import figure, save
 from nexttoken.runs import Run, atomic_write_json, read_json
 
+KIND = "grok.sweep"
 SWEPT_LABEL_SKIP = {"frac", "seed"}
+
+
+@dataclass
+class SweepConfig:
+    """What a sweep varies besides ``--grid``, and how many of its runs train at once."""
+
+    ops: str = option("", "comma-separated operations (default: --op)")
+    fracs: str = option("0.3,0.4,0.5,0.6,0.7", "comma-separated training fractions")
+    seeds: int = option(3, "seeds per setting (0..N-1)", ge=1, le=10_000)
+    max_ensemble: int = option(256, "most runs trained at once", ge=1, le=10**5)
+
+
+def make_grid(sweep: SweepConfig, op: str, items: list[str]) -> dict[str, list]:
+    """The swept values: operations, fractions, seeds, and each ``--grid NAME=V1,V2``, checked as their flags are.
+
+    >>> make_grid(SweepConfig(fracs="0.3,0.5", seeds=2), "x+y", ["weight_decay=0,1"])
+    {'op': ['x+y'], 'frac': [0.3, 0.5], 'seed': [0, 1], 'weight_decay': [0.0, 1.0]}
+    """
+    known = {f.name: f for f in fields(GrokConfig)}
+    grid = {"op": [o.strip() for o in (sweep.ops or op).split(",") if o.strip()],
+            "frac": [_value(known["frac"], v, "--fracs") for v in sweep.fracs.split(",")],
+            "seed": list(range(sweep.seeds))}
+    for item in items:
+        name, _, values = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if name not in known or name in ("op", "frac", "seed") or not values:
+            raise UserError(f"--grid expects NAME=V1,V2 with NAME a training option, not {item!r}")
+        grid[name] = [_value(known[name], v, f"--grid {name}") for v in values.split(",")]
+    for op_name in grid["op"]:
+        config.check_field(GrokConfig, known["op"], op_name, where="--ops")
+    return grid
+
+
+def _value(f, text: str, where: str):
+    """One value of a swept option, converted to the option's type and checked against its range."""
+    text = text.strip()
+    if f.type == "bool":
+        if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
+            raise UserError(f"{where} takes true or false, not {text!r}")
+        return text.lower() in ("1", "true", "yes")
+    if f.type in ("int", "float"):
+        try:
+            text = config.number(text)
+        except argparse.ArgumentTypeError as e:
+            raise UserError(f"{where}: {e}") from None
+    return config.check_field(GrokConfig, f, text, where=where)
 
 
 def expand(base: GrokConfig, grid: dict[str, list]) -> list[GrokConfig]:
@@ -50,6 +105,75 @@ def groups(configs: list[GrokConfig], max_size: int) -> list[list[int]]:
     return [idx[j : j + max_size] for idx in by_key.values() for j in range(0, len(idx), max_size)]
 
 
+# ---- the sweep folder -------------------------------------------------------------------------------------------
+class SweepFolder(Run):
+    """A sweep's own folder (config.json with the grid and every run, summary.json, the figures): it has started once
+    any of its ensembles has, so a failed start removes it but a failure later keeps the work done."""
+
+    def started(self) -> bool:
+        return any(Run(group, {}).started() for group in self.path.glob("group-*"))
+
+
+@dataclass
+class Sweep:
+    folder: SweepFolder
+    configs: list[GrokConfig]
+    grid: dict[str, list]
+    max_ensemble: int
+    options: TrainOptions
+
+
+def start_sweep(base: GrokConfig, grid: dict[str, list], max_ensemble: int, options: TrainOptions, out: Path,
+                device: torch.device) -> Sweep:
+    """Check every run of the grid and that each ensemble fits in memory, then claim the sweep's folder (a context
+    manager, like a run)."""
+    configs = [c.validate() for c in expand(base, grid)]
+    for members in groups(configs, max_ensemble):
+        check_memory([configs[i] for i in members], device)
+    saved = {"grid": grid, "configs": [asdict(c) for c in configs], "max_ensemble": max_ensemble, **asdict(options)}
+    return Sweep(SweepFolder.create(out, saved, kind=KIND), configs, grid, max_ensemble, options)
+
+
+def resume_sweep(path: Path, requested: dict, grid: dict[str, list], max_ensemble: int | None,
+                 requested_options: dict) -> Sweep:
+    """Claim a killed sweep to continue it. Settings given again must equal the saved ones: ``requested`` training
+    options, the ``grid`` entries given, ``max_ensemble``; only the checkpoint intervals may change."""
+    if not (path / "config.json").exists() and (path / "sweep.json").is_file():  # saved before sweeps named their kind
+        atomic_write_json(path / "config.json", {"kind": KIND, **read_json(path / "sweep.json")})
+    folder = SweepFolder.resume(path, kind=KIND)
+    try:
+        source = f"{path / 'config.json'}"
+        saved = folder.config
+        if not isinstance(saved.get("grid"), dict) or not isinstance(saved.get("configs"), list) or not saved["configs"]:
+            raise UserError(f"{source} is damaged: it lacks the sweep's grid or runs")
+        configs = [config.load(GrokConfig, c, source).validate() for c in saved["configs"]]
+        for name, values in grid.items():
+            if saved["grid"].get(name) != values:
+                raise UserError(f"{_flag(name, values)} differs from the resumed sweep's "
+                                f"{_flag(name, saved['grid'].get(name) or [], bare=True)}; a resumed sweep keeps its grid "
+                                f"(start a new sweep to change it)")
+        swept = {k: v for k, v in requested.items() if k not in saved["grid"]}
+        config.resumed(configs[0], swept)  # refuses a setting that differs from the runs'
+        size = saved.get("max_ensemble", max_ensemble or SweepConfig.max_ensemble)
+        if max_ensemble is not None and max_ensemble != size:
+            raise UserError(f"--max-ensemble {max_ensemble} differs from the resumed sweep's {size}")
+        options = config.resumed(config.load(TrainOptions, saved, source), requested_options, adjustable=ADJUSTABLE)
+        updated = {**saved, "max_ensemble": size, **asdict(options)}
+        if updated != saved:
+            atomic_write_json(path / "config.json", updated)
+    except BaseException:
+        folder.close()
+        raise
+    return Sweep(folder, configs, saved["grid"], size, options)
+
+
+def _flag(name: str, values: list, bare: bool = False) -> str:
+    """A grid entry as the flag that sets it, e.g. '--fracs 0.3,0.5' or '--seeds 3'."""
+    flag = {"op": "--ops", "frac": "--fracs", "seed": "--seeds"}.get(name, f"--grid {name}=")
+    text = str(len(values)) if name == "seed" else ",".join(map(str, values))
+    return text if bare else f"{flag}{'' if flag.endswith('=') else ' '}{text}"
+
+
 def run_sweep(
     configs: list[GrokConfig],
     grid: dict[str, list],
@@ -58,40 +182,51 @@ def run_sweep(
     *,
     resume: bool = False,
     max_ensemble: int = 256,
-    eval_ratio: float | None = None,
-    use_cuda_graph: bool = True,
+    options: TrainOptions | None = None,
     progress: bool = True,
     retire: bool = True,
 ) -> list[dict]:
-    """Train every config (grouped into ensembles by model shape); one result row per config, in the order given."""
+    """Train every config (grouped into ensembles by model shape) in group folders under ``out``; one result row per
+    config, in the order given. With ``resume``, finished groups are read back and a killed one continues."""
+    options = options or TrainOptions()
+    use_tf32(device, options.tf32)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[int, dict] = {}
-    plan = groups(configs, max_ensemble)
-    for g, members in enumerate(plan):
+    for g, members in enumerate(groups(configs, max_ensemble)):
         folder = out / f"group-{g:03d}"
-        done = folder / "summary.json"
-        if resume and done.exists():
-            rows.update(zip(members, read_json(done)["members"]))
+        if resume and (folder / "summary.json").exists():
+            rows.update(zip(members, read_json(folder / "summary.json")["members"]))
             continue
         member_cfgs = [configs[i] for i in members]
-        config = {"members": [asdict(c) for c in member_cfgs]}
-        run = Run.open(folder) if resume and (folder / "config.json").exists() else Run.create(folder, config)
-        ens = Ensemble(member_cfgs, device)
-        result = train_ensemble(ens, run, resume=resume, eval_ratio=eval_ratio or default_eval_ratio(device, len(members)),
-                                use_cuda_graph=use_cuda_graph, progress=progress, retire=retire)
-        group_rows = []
-        for m, cfg in enumerate(member_cfgs):
-            group_rows.append({
+        if resume and (folder / "config.json").exists():
+            run = open_run(folder, kinds=(GROUP_KIND,), resume=True)
+            group_options = saved_options(run, device)
+            if member_configs(run) != member_cfgs:
+                run.close()
+                raise UserError(f"{folder} holds other runs than the sweep plans for it (was --max-ensemble changed?)")
+        else:
+            group_options = replace(options, eval_ratio=options.eval_ratio or default_eval_ratio(device, len(members)))
+            run = Run.create(folder, run_config(member_cfgs, group_options), kind=GROUP_KIND)
+        with run:
+            try:
+                result = train_ensemble(
+                    Ensemble(member_cfgs, device), run, resume=resume, eval_ratio=group_options.eval_ratio,
+                    checkpoint_every_s=options.checkpoint_seconds, checkpoint_every=options.checkpoint_steps,
+                    use_cuda_graph=group_options.cuda_graph, progress=progress, retire=retire)
+            except Interrupted as e:
+                raise Interrupted(f"{e}; continue with --resume {out}") from None
+            group_rows = [{
                 "label": label(cfg, grid), "op": cfg.op, "frac": cfg.frac, "seed": cfg.seed,
                 **{k: getattr(cfg, k) for k in grid if k not in ("op", "frac", "seed")},
-                "steps_to_train_99": result.progress.steps_to_train_99[m],
-                "steps_to_val_99": result.progress.steps_to_val_99[m],
-                "best_val_acc": round(result.progress.best_val_acc[m], 4),
+                "steps_to_train_99": result.milestones.steps_to_train_99[m],
+                "steps_to_val_99": result.milestones.steps_to_val_99[m],
+                "best_val_acc": round(result.milestones.best_val_acc[m], 4),
                 "final_val_acc": round(float(result.final.val_acc[m]), 4),
                 "steps": result.member_steps[m],
-            })
-        times = {k: round(getattr(result, k), 3) for k in ("wall_s", "capture_s", "eval_s", "save_s")}
-        run.write_summary({"members": group_rows, **times, "ensemble_size": len(members), "device": device_name(device)})
+            } for m, cfg in enumerate(member_cfgs)]
+            times = {k: round(getattr(result, k), 3) for k in ("wall_s", "capture_s", "eval_s", "save_s")}
+            run.write_summary({"members": group_rows, **times, "ensemble_size": len(members),
+                               "device": device_name(device)})
         rows.update(zip(members, group_rows))
     return [rows[i] for i in range(len(configs))]
 
