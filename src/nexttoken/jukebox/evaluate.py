@@ -28,6 +28,7 @@ from torch import Tensor
 
 from nexttoken.jukebox.spectral import log_mel, spectral_convergence, stft_distance
 from nexttoken.jukebox.vqvae import Codebook, Quantized, VQVAEConfig, VQVAEOutput, pad_to
+from nexttoken.runs import unwrap
 
 
 # ---- metrics ------------------------------------------------------------------------------------------------------------
@@ -93,10 +94,19 @@ def perplexity(codes: Tensor, size: int) -> float:
     return round(sum(values) / len(values), 6)
 
 
+RECONSTRUCTION = {  # name -> (estimate, reference, sample_rate) -> (B,) per clip
+    "spectral_convergence_db": spectral_convergence_db,
+    "stft_distance": stft_distance,
+    "log_mel_l1": log_mel_l1,
+    "si_sdr_db": lambda estimate, reference, sample_rate: si_sdr(estimate, reference),
+}
+
+
 @torch.no_grad()
 def evaluate_codec(model: nn.Module, audio: Tensor, batch_size: int = 8) -> dict[str, dict[str, float]]:
     """Per level: every metric above, averaged over the (N, T) clips of ``audio`` (usage and perplexity over all
     their codes together), and the level's bitrate. The model is run in eval mode: its codebooks do not move."""
+    model = unwrap(model)
     cfg = model.config
     was_training = model.training
     model.eval()
@@ -108,21 +118,17 @@ def evaluate_codec(model: nn.Module, audio: Tensor, batch_size: int = 8) -> dict
             batch = batch.to(device).float()
             out = model(batch)
             for i, (recon, q) in enumerate(zip(out.recons, out.levels)):
-                recon = recon.float()
-                for name, value in (("spectral_convergence_db", spectral_convergence_db(recon, batch, cfg.sample_rate)),
-                                    ("stft_distance", stft_distance(recon, batch, cfg.sample_rate)),
-                                    ("log_mel_l1", log_mel_l1(recon, batch, cfg.sample_rate)),
-                                    ("si_sdr_db", si_sdr(recon, batch))):
-                    per_clip.setdefault((i, name), []).append(value.cpu())
+                for name, metric in RECONSTRUCTION.items():
+                    per_clip.setdefault((i, name), []).append(metric(recon.float(), batch, cfg.sample_rate).cpu())
                 codes.setdefault(i, []).append(q.codes.cpu())
     finally:
         model.train(was_training)
     result = {}
     for i, level in enumerate(cfg.levels):
-        all_codes = torch.cat(codes[i])
-        metrics = {name: float(torch.cat(per_clip[(i, name)]).mean()) for (j, name) in per_clip if j == i}
-        metrics.update(usage=codebook_usage(all_codes, cfg.codebook_size),
-                       perplexity=perplexity(all_codes, cfg.codebook_size), bits_per_second=cfg.bits_per_second(i))
+        metrics = {name: float(torch.cat(per_clip[(i, name)]).mean()) for name in RECONSTRUCTION}
+        level_codes = torch.cat(codes[i])
+        metrics.update(usage=codebook_usage(level_codes, cfg.codebook_size),
+                       perplexity=perplexity(level_codes, cfg.codebook_size), bits_per_second=cfg.bits_per_second(i))
         result[level] = metrics
     return result
 
