@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nexttoken.midi.synth import HEADROOM, VOWEL_FORMANTS, formant_amplitudes, harmonic_sum, synthesize, tone_phase
+from nexttoken.midi.synth import (HEADROOM, VOWEL_FORMANTS, formant_amplitudes, harmonic_sum, midi_to_hz, synthesize,
+                                  tone_phase)
 
 CONSONANTS = "dklmnrst"
 VOWELS = "aeiou"
@@ -28,6 +29,7 @@ SYLLABLES = tuple(c + v for c in CONSONANTS for v in VOWELS)
 # Formants (Hz) of the voiced consonants' murmur, and the noise band (Hz) of the unvoiced ones, both of an adult male.
 MURMUR = {"m": (250, 1100, 2300), "n": (250, 1400, 2400), "l": (360, 1300, 2700), "r": (420, 1300, 1600)}
 NOISE_BAND = {"s": (4000, 7500), "t": (3000, 6000), "k": (1500, 3500), "d": (2500, 5000)}
+NOISE_LEVEL = {"s": 0.12, "t": 0.25, "k": 0.25, "d": 0.12}  # RMS against a vowel peak of 0.8
 CONSONANT_SECONDS = {"s": 0.08, "t": 0.045, "k": 0.05, "d": 0.03, "m": 0.06, "n": 0.06, "l": 0.05, "r": 0.05}
 VOICES = {"low": (45, 52, 1.0), "high": (55, 62, 1.15)}  # lowest tonic, highest tonic, formant scale
 MAJOR = (0, 2, 4, 5, 7, 9, 11, 12, 14)  # scale degrees -> semitones above the tonic
@@ -79,7 +81,7 @@ def simple_melody(n: int, rng: np.random.Generator, voice: str = "low", tempo: f
     tonic = int(rng.integers(low, high + 1))
     beat = 60.0 / (tempo or rng.uniform(90, 130))
     degree, degrees = int(rng.choice([0, 2, 4])), []
-    for i in range(n):
+    for _ in range(n):
         degrees.append(degree)
         degree = int(np.clip(degree + rng.choice([-2, -1, -1, 0, 1, 1, 2]), 0, len(MAJOR) - 1))
     if n:
@@ -110,7 +112,7 @@ def _syllable(syllable: str, pitch: int, seconds: float, sample_rate: int, scale
     n = max(1, int(round(seconds * sample_rate)))
     t = np.arange(n, dtype=np.float32) / sample_rate
     consonant, vowel = syllable[0], syllable[1]
-    f0 = 440.0 * 2 ** ((pitch - 69) / 12)
+    f0 = float(midi_to_hz(pitch))
     c_end = min(CONSONANT_SECONDS[consonant], 0.4 * seconds)
     phase = tone_phase(f0, n, sample_rate, vibrato=0.006)
     vowel_amps = formant_amplitudes(f0, [f * scale for f in VOWEL_FORMANTS[vowel]], sample_rate)
@@ -126,8 +128,7 @@ def _syllable(syllable: str, pitch: int, seconds: float, sample_rate: int, scale
         voiced = harmonic_sum(phase, vowel_amps)
         burst_start = 0.0 if consonant == "s" else 0.6 * c_end  # plosives: closure, then the burst
         burst = np.clip((t - burst_start) / 0.003, 0, 1) * np.clip((c_end - t) / 0.003, 0, 1)  # 3 ms edges: no click
-        level = {"s": 0.12, "t": 0.25, "k": 0.25, "d": 0.12}[consonant]
-        noise = level * _band_noise(n, NOISE_BAND[consonant], sample_rate, rng) * burst
+        noise = NOISE_LEVEL[consonant] * _band_noise(n, NOISE_BAND[consonant], sample_rate, rng) * burst
     envelope = np.clip((t - voice_on) / 0.015, 0, 1) * np.clip((seconds - t) / 0.03, 0, 1)
     voiced = voiced / max(float(np.abs(voiced).max()), 1e-9)
     return (0.8 * envelope * voiced + noise).astype(np.float32)
