@@ -3,7 +3,7 @@
 Jukebox (Dhariwal et al. 2020, https://arxiv.org/abs/2005.00341) trains on raw mono audio labelled with artist, genre
 and lyrics. Here a source is
 
-    a folder    every .wav/.flac/.ogg/.mp3/.aiff under it; the artist is the first sub-folder's name, the genre "unknown"
+    a folder    every .wav/.flac/.ogg/.mp3/.aiff under it; artist: the first sub-folder's name; genre: "unknown"
     a CSV       columns path, artist, genre and optionally lyrics (paths relative to the CSV)
 
 Files are decoded by libsndfile (``soundfile``; MP3 where the installed libsndfile reads it), mixed to mono and
@@ -56,7 +56,7 @@ def label_of(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_") or "unknown"
 
 
-# ---- one file ----------------------------------------------------------------------------------------------------------
+# ---- one file --------------------------------------------------------------------------------------------------------
 def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     """(samples,) float32 mono audio of a file at ``sample_rate``; an unreadable or empty file is a UserError."""
     try:
@@ -129,7 +129,7 @@ def track_clips(item: tuple[str, int, int, float]) -> dict:
     return {"clips": pcm, "starts": starts, "seconds": seconds, "quiet": len(audio) // clip_samples - len(clips)}
 
 
-# ---- sources -------------------------------------------------------------------------------------------------------------
+# ---- sources ---------------------------------------------------------------------------------------------------------
 @dataclass
 class Track:
     id: str  # the path as the source names it
@@ -158,7 +158,8 @@ def csv_tracks(csv_path: Path) -> list[Track]:
     cols = {c.lower().strip(): c for c in rows[0] if c}
     missing = [c for c in ("path", "artist", "genre") if c not in cols]
     if missing:
-        raise UserError(f"{csv_path}: needs columns path, artist, genre (lyrics optional); missing {', '.join(missing)}")
+        raise UserError(f"{csv_path}: needs columns path, artist, genre (lyrics optional); "
+                        f"missing {', '.join(missing)}")
     lyrics = cols.get("lyrics")
     return [Track(r[cols["path"]], csv_path.parent / r[cols["path"]], label_of(r[cols["artist"]] or ""),
                   label_of(r[cols["genre"]] or ""), (r[lyrics] or "").strip() if lyrics else "") for r in rows]
@@ -192,7 +193,7 @@ def split_tracks(ids: list[str], artists: list[str], val_fraction: float) -> lis
     return splits
 
 
-# ---- the clip set ---------------------------------------------------------------------------------------------------------
+# ---- the clip set ----------------------------------------------------------------------------------------------------
 @dataclass
 class ClipSet:
     clips: torch.Tensor  # (N, clip_samples) int16

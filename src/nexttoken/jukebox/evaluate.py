@@ -31,7 +31,7 @@ from nexttoken.jukebox.vqvae import Codebook, Quantized, VQVAEConfig, VQVAEOutpu
 from nexttoken.runs import unwrap
 
 
-# ---- metrics ------------------------------------------------------------------------------------------------------------
+# ---- metrics ---------------------------------------------------------------------------------------------------------
 def spectral_convergence_db(estimate: Tensor, reference: Tensor, sample_rate: int) -> Tensor:
     """(B,) spectral convergence in dB: -20 dB means the spectrogram error is a tenth of the spectrogram.
 
@@ -133,7 +133,7 @@ def evaluate_codec(model: nn.Module, audio: Tensor, batch_size: int = 8) -> dict
     return result
 
 
-# ---- the EnCodec-architecture baseline ----------------------------------------------------------------------------------
+# ---- the EnCodec-architecture baseline -------------------------------------------------------------------------------
 @dataclass
 class EncodecBaselineConfig:
     sample_rate: int = 16000

@@ -62,8 +62,10 @@ def stft_distance(estimate: Tensor, reference: Tensor, sample_rate: int) -> Tens
     (the paper's L2 norm of it, divided by the square root of the number of bins), averaged over resolutions.
 
     >>> x = torch.sin(torch.arange(4000) / 5.0)[None]
-    >>> float(stft_distance(x, x, 16000)) < 1e-5, float(stft_distance(0.5 * x, x, 16000) / stft_distance(0 * x, x, 16000))
-    (True, 0.5)
+    >>> float(stft_distance(x, x, 16000)) < 1e-5
+    True
+    >>> float(stft_distance(0.5 * x, x, 16000) / stft_distance(0 * x, x, 16000))  # magnitudes are linear
+    0.5
     """
     total = estimate.new_zeros(estimate.shape[0], dtype=torch.float32)
     for res in resolutions(sample_rate):

@@ -141,7 +141,7 @@ def decoder(cfg: VQVAEConfig, level: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-# ---- the codebook -----------------------------------------------------------------------------------------------------
+# ---- the codebook ----------------------------------------------------------------------------------------------------
 @dataclass
 class Quantized:
     z_q: Tensor  # (B, D, T) the codes' vectors, with the straight-through gradient to the encoder output
@@ -230,7 +230,7 @@ class Codebook(nn.Module):
         return dead.sum()
 
 
-# ---- the model --------------------------------------------------------------------------------------------------------
+# ---- the model -------------------------------------------------------------------------------------------------------
 @dataclass
 class VQVAEOutput:
     recons: list[Tensor]  # per level, (B, T) the audio decoded from that level's codes alone
