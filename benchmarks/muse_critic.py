@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nexttoken.muse.corpus import load_corpus
+from nexttoken.midi.corpus import load_corpus
 from nexttoken.muse.critic import CRITIC_FILE, Critic, fit_and_save, format_report, keep_best, score_pieces_real
-from nexttoken.muse.evaluate import distances, excerpts, fit_classifier, histograms, main_family, real_features
+from nexttoken.muse.evaluate import distances, excerpts, fit_classifier, histograms, real_features
 from nexttoken.muse.generate import GenerateConfig, generate_pieces
 from nexttoken.muse.train import load_run
+from nexttoken.sampling import SamplingConfig
 from nexttoken.training import pick_device
 
 METRICS = ("classifier_acc", "critic_real", "pitch_class_tvd", "interval_tvd", "ioi_tvd", "density_rel_diff")
@@ -52,9 +53,9 @@ def main() -> None:
 
     picks = {"random (no critic)": [], "critic's best": [], "critic's worst": []}
     for k, composer in enumerate(classes):
-        gen = GenerateConfig(composer=composer, instruments=[main_family(corpus, composer)], seconds=args.seconds,
-                             n=args.n * args.candidates, temperature=critic.temperature, top_p=critic.top_p,
-                             seed=20_000 + k)
+        gen = GenerateConfig(composer=composer, instruments=[corpus.main_family(composer)], seconds=args.seconds,
+                             n=args.n * args.candidates,
+                             sampling=SamplingConfig(critic.temperature, top_p=critic.top_p, seed=20_000 + k))
         pieces = [pc for pc in generate_pieces(model, encoding, gen, device, cfg.tokens_per_second) if len(pc.notes)]
         scores = score_pieces_real(critic, model, encoding, [pc.notes for pc in pieces], [composer] * len(pieces),
                                    cfg.context)

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import miditok
-import numpy as np
 import symusic
 
-from nexttoken.muse.corpus import load_corpus
-from nexttoken.muse.encoding import Vocab, encode, notes_from_score, notes_to_score
+from nexttoken.midi.corpus import load_corpus
+from nexttoken.midi.notes import notes_from_score, notes_to_score
+from nexttoken.muse.encoding import Vocab, encode
 
 
 def main() -> None:

@@ -23,9 +23,11 @@ apt-get install -y -qq timgm6mb-soundfont >/dev/null 2>&1 || true   # audio for 
 
 time $PY -m nexttoken muse prepare --corpus "$CORPUS" --jobs "$JOBS"
 
-time $PY -m nexttoken muse train --corpus "$CORPUS" --device cuda --precision bf16 --max-minutes "$MAX_MINUTES" \
+BUDGET=()
+[ "$MAX_MINUTES" = 0 ] || BUDGET=(--max-minutes "$MAX_MINUTES")
+time $PY -m nexttoken muse train --corpus "$CORPUS" --device cuda --precision bf16 ${BUDGET[@]+"${BUDGET[@]}"} \
     --n-layer 8 --n-head 8 --n-embd 512 --context 2048 --dropout 0.1 \
-    --steps "$STEPS" --batch-size 32 --lr 6e-4 --warmup 100 --eval-every 200 --ckpt-every 200 \
+    --steps "$STEPS" --batch-size 32 --lr 6e-4 --warmup-steps 100 --eval-every 200 --ckpt-every 200 \
     --val-pieces 200 --out "$OUT/run"
 
 for spec in "bach piano" "palestrina voice" "folk_oneill piano" "mozart strings"; do
@@ -33,7 +35,7 @@ for spec in "bach piano" "palestrina voice" "folk_oneill piano" "mozart strings"
     $PY -m nexttoken muse generate "$OUT/run" --device cuda --composer "$1" --instruments "$2" \
         --seconds 30 --n 4 --top-p 0.95 --out "$OUT/samples-$1" || true   # a composer missing from the corpus
 done
-PRIME=$(ls ${NEXTTOKEN_CACHE:-$HOME/.cache/nexttoken}/muse/music21-*/midi/bach_bwv10.7.mxl.mid 2>/dev/null | head -1)
+PRIME=$(ls ${NEXTTOKEN_CACHE:-$HOME/.cache/nexttoken}/midi/music21-*/midi/bach_bwv10.7.mxl.mid 2>/dev/null | head -1)
 if [ -n "$PRIME" ]; then
     $PY -m nexttoken muse generate "$OUT/run" --device cuda --composer mozart --instruments piano \
         --prime "$PRIME" --prime-notes 6 --seconds 30 --n 4 --out "$OUT/samples-primed"

@@ -21,8 +21,9 @@ import torch
 
 from nexttoken.muse.encoding import make_encoding
 from nexttoken.muse.generate import GenerateConfig, generate_pieces
-from nexttoken.muse.train import MuseConfig, build_model
-from nexttoken.sampling import generate
+from nexttoken.muse.model import build_model
+from nexttoken.muse.train import MuseConfig
+from nexttoken.sampling import SamplingConfig, generate
 from nexttoken.training import pick_device
 
 SIZES = {"cpu-default": dict(n_layer=4, n_head=4, n_embd=128, context=256),
@@ -50,7 +51,8 @@ def main() -> None:
         model = build_model(cfg, enc.vocab_size).to(device).eval()
         # A length that the forced waits reach after exactly --tokens new tokens per row.
         tps = args.tokens / 1.5 / 60.0
-        gen = GenerateConfig(composer="bach", instruments=["piano"], seconds=60.0, n=args.batch, seed=0)
+        gen = GenerateConfig(composer="bach", instruments=["piano"], seconds=60.0, n=args.batch,
+                             sampling=SamplingConfig(top_p=0.95, seed=0))
 
         def muse(use_cache):
             pieces = generate_pieces(model, enc, gen, device, tps, use_cache=use_cache)

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
-import torch
 
 from muse_fixtures import CASES, case_score
 from nexttoken.errors import UserError
-from nexttoken.muse.encoding import (DRUMS, FAMILIES, PROGRAM_FAMILY, QUANTUM, MidiTokEncoding, MuseNetEncoding,
-                                     Vocab, decode, encode, notes_from_score, read_midi, token_times, velocity_levels,
-                                     write_midi)
+from nexttoken.midi.notes import DRUMS, Notes, notes_from_score, read_midi, write_midi
+from nexttoken.muse.data import Augment
+from nexttoken.muse.encoding import (QUANTUM, MidiTokEncoding, MuseNetEncoding, Vocab, decode, encode, token_times,
+                                     velocity_levels)
 
 VOCAB = Vocab(["bach", "unknown"])
 
@@ -99,12 +99,6 @@ def test_drums_have_no_note_off():
     assert len(drum) == (notes.family == DRUMS).sum() and not any(":v0:" in t for t in drum)
 
 
-def test_program_families_cover_general_midi():
-    assert len(PROGRAM_FAMILY) == 128 and set(PROGRAM_FAMILY.tolist()) == set(range(len(FAMILIES))) - {DRUMS}
-    assert FAMILIES[PROGRAM_FAMILY[0]] == "piano" and FAMILIES[PROGRAM_FAMILY[40]] == "strings"
-    assert FAMILIES[PROGRAM_FAMILY[52]] == "voice" and FAMILIES[PROGRAM_FAMILY[73]] == "winds"
-
-
 def test_decode_tolerates_any_token_sequence():
     ids = np.random.default_rng(0).integers(0, len(VOCAB), 2000)
     notes = decode(ids, VOCAB)
@@ -162,7 +156,7 @@ def test_miditok_encoding_round_trip_keeps_the_notes(bach_chorales):
 @pytest.fixture(scope="module")
 def bach_chorales(tmp_path_factory):
     """Three real chorales from the music21 corpus, converted by the corpus worker."""
-    from nexttoken.muse.corpus import convert_source
+    from nexttoken.midi.music21_corpus import convert_source
 
     out = tmp_path_factory.mktemp("chorales")
     notes = []
@@ -173,7 +167,30 @@ def bach_chorales(tmp_path_factory):
     return notes
 
 
-def test_generated_ids_are_valid_for_the_model_vocab():
-    enc = MuseNetEncoding(["bach"], ["piano"])
-    e = enc.encode(notes_from_score(case_score("chords")), "bach")
-    assert e.ids.max() < enc.vocab_size and torch.tensor(e.ids).dtype == torch.int64
+def test_a_melody_encodes_to_the_documented_tokens_and_back():
+    """Two piano notes, then one of them again at 120 bpm: the exact token stream of the module docstring's scheme."""
+    notes = Notes(np.array([0.0, 0.5, 0.5]), np.array([0.5, 1.0, 1.25]), np.array([60, 64, 60]),
+                  np.array([72, 100, 30]), np.zeros(3, dtype=np.int8), tempo=117.0)
+    vocab = Vocab(["bach"], ["piano"])
+    ids = encode(notes, vocab, "bach")
+    assert vocab.to_strings(ids) == ["composer:bach", "inst:piano", "start", "tempo:120", "piano:v72:C4",
+                                     "wait:50", "piano:v0:C4", "piano:v24:C4", "piano:v104:E4", "wait:50",
+                                     "piano:v0:E4", "wait:25", "piano:v0:C4", "end"]
+    back = decode(ids, vocab)
+    assert back.start.tolist() == [0.0, 0.5, 0.5] and back.end.tolist() == [0.5, 1.25, 1.0]
+    assert back.pitch.tolist() == [60, 60, 64] and back.velocity.tolist() == [72, 24, 104] and back.tempo == 120.0
+
+
+def test_augmentation_transposes_stretches_and_spares_drums():
+    from muse_fixtures import case_score
+
+    notes = notes_from_score(case_score("drums"))
+    out = Augment(transpose=5, stretch=0.2, velocity=10)(notes, np.random.default_rng(3))
+    drums = notes.family == DRUMS
+    assert np.array_equal(out.pitch[drums], notes.pitch[drums])
+    shift = set((out.pitch[~drums] - notes.pitch[~drums]).tolist())
+    assert len(shift) == 1 and abs(shift.pop()) <= 5
+    ratio = out.end.max() / notes.end.max()
+    assert 1 / 1.2 - 1e-9 <= ratio <= 1.2 + 1e-9 and out.tempo == pytest.approx(notes.tempo / ratio)
+    again = Augment(transpose=5, stretch=0.2, velocity=10)(notes, np.random.default_rng(3))
+    assert np.array_equal(again.pitch, out.pitch) and np.array_equal(again.start, out.start)

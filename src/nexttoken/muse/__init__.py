@@ -1,5 +1,9 @@
-"""MuseNet (OpenAI 2019) on your machine: MIDI as a token language, composer-conditioned training, primed generation.
+"""MuseNet (OpenAI 2019, https://openai.com/index/musenet/) on your machine: MIDI as a token language,
+composer-conditioned training with MuseNet's timing and structural embeddings, primed generation ranked by an inner
+critic, and the measurements MuseNet's demos invite (bits per note, composer fidelity, distances to real music).
 
-encoding.py (the token language), corpus.py (music21 corpus and your MIDI), train.py, generate.py, render.py,
-evaluate.py, cli.py (`nexttoken muse ...`).
+encoding.py (the token language) and token_files.py (a MIDI file as tokens and back); data.py (training rows from the
+corpus of ``nexttoken.midi``); model.py (the GPT plus MuseNet's embeddings); train.py; generate.py; critic.py;
+evaluate.py; embeddings.py (the composer map); demo.py (the demo section and `muse report`); cli.py
+(`nexttoken muse ...`).
 """

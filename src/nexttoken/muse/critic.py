@@ -24,14 +24,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nexttoken.config import option
 from nexttoken.errors import UserError
-from nexttoken.muse.corpus import Corpus
-from nexttoken.muse.encoding import Encoded, Notes
-from nexttoken.muse.evaluate import Classifier, excerpts, fit_classifier, main_family
+from nexttoken.midi.corpus import Corpus
+from nexttoken.midi.notes import Notes
+from nexttoken.muse.data import make_row, piece_windows, stack
+from nexttoken.muse.encoding import Encoded
+from nexttoken.muse.evaluate import Classifier, excerpts, fit_classifier
+from nexttoken.muse.generate import GenerateConfig, generate_pieces
+from nexttoken.progress import Progress
 from nexttoken.runs import atomic_write_json, load_tensors, save_tensors
+from nexttoken.sampling import SamplingConfig
 
 CRITIC_FILE = "critic.safetensors"
 QUANTILES = (0.1, 0.5, 0.9)
+
+
+@dataclass
+class CriticConfig:
+    """How much music the critic is fitted and tested on."""
+
+    per_composer: int = option(16, "samples per composer to fit on (and as many fresh ones to test on)", ge=1,
+                               le=1024)
+    seconds: float = option(20.0, "length of the excerpts and samples", gt=0, le=600)
 
 
 # ---- features: what the model itself makes of a piece -----------------------------------------------------------------
@@ -39,33 +54,24 @@ QUANTILES = (0.1, 0.5, 0.9)
 def piece_features(model, encoded: list[Encoded], context: int, batch_size: int = 16) -> np.ndarray:
     """(pieces, n_embd + 5): the mean final residual stream over each piece's tokens after the header, then the mean,
     standard deviation and 10/50/90% quantiles of the model's per-token negative log-likelihood (nats)."""
-    from nexttoken.muse.train import make_row, piece_windows, stack
-
     windows = piece_windows(encoded, context)
     rows = [make_row(encoded[k], s, context, count_header=False) for k, s in windows]  # targets: body tokens only
     owner = [k for k, _ in windows]
     device = next(model.parameters()).device
-    with_where = model.music is not None
     width = model.cfg.n_embd
     hidden_sum = np.zeros((len(encoded), width))
     counts = np.zeros(len(encoded))
     nll: list[list[np.ndarray]] = [[] for _ in encoded]
-    captured: list[torch.Tensor] = []
-    handle = model.gpt.hook_final.register_forward_hook(lambda m, i, o: captured.append(o))
-    try:
-        for i in range(0, len(rows), batch_size):
-            batch = {k: v.to(device) for k, v in stack(rows[i : i + batch_size], with_where).items()}
-            targets = batch.pop("targets")
-            captured.clear()
-            _, loss = model(batch.pop("idx"), targets, reduction="none", **batch)
-            mask = targets != -1  # (B, T) positions that predict a body token
-            h = (captured[0].float() * mask[..., None]).sum(1).cpu().numpy()  # (B, n_embd)
-            for j, k in enumerate(owner[i : i + batch_size]):
-                hidden_sum[k] += h[j]
-                counts[k] += float(mask[j].sum())
-                nll[k].append(loss[j][mask[j]].float().cpu().numpy())
-    finally:
-        handle.remove()
+    for i in range(0, len(rows), batch_size):
+        batch = {k: v.to(device) for k, v in stack(rows[i : i + batch_size], model.uses_timing).items()}
+        targets = batch.pop("targets")
+        hidden, loss = model.hidden_and_loss(batch.pop("idx"), targets, **batch)
+        mask = targets != -1  # (B, T) positions that predict a body token
+        h = (hidden.float() * mask[..., None]).sum(1).cpu().numpy()  # (B, n_embd)
+        for j, k in enumerate(owner[i : i + batch_size]):
+            hidden_sum[k] += h[j]
+            counts[k] += float(mask[j].sum())
+            nll[k].append(loss[j][mask[j]].float().cpu().numpy())
     feats = []
     for k in range(len(encoded)):
         x = np.concatenate(nll[k]) if nll[k] else np.zeros(1)
@@ -98,8 +104,17 @@ class Critic:
         if not path.is_file():
             raise UserError(f"{path.parent}: no critic yet; fit one with: nexttoken muse critic {path.parent}")
         tensors, meta = load_tensors(path)
-        arrays = {k: v.double().numpy() for k, v in tensors.items()}
-        return cls(Classifier(["generated", "real"], **arrays), meta["seconds"], meta["temperature"], meta["top_p"])
+        try:
+            arrays = {k: tensors[k].double().numpy() for k in ("mean", "std", "weight", "bias")}
+            critic = cls(Classifier(["generated", "real"], **arrays), float(meta["seconds"]),
+                         float(meta["temperature"]), float(meta["top_p"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{path} is damaged (no {e}); fit it again with: nexttoken muse critic "
+                            f"{path.parent}") from None
+        if critic.classifier.weight.shape != (len(critic.classifier.mean), 2):
+            raise UserError(f"{path} is damaged (its weights do not fit its features); fit it again with: "
+                            f"nexttoken muse critic {path.parent}")
+        return critic
 
 
 def score_pieces_real(critic: Critic, model, encoding, notes: list[Notes], composers: list[str],
@@ -128,20 +143,16 @@ def real_excerpts(corpus: Corpus, split: str, classes: list[str], seconds: float
 def sampled_excerpts(model, encoding, corpus: Corpus, classes: list[str], per_class: int, seconds: float,
                      temperature: float, top_p: float, device, tokens_per_second: float,
                      seed: int) -> tuple[list[Notes], list[str]]:
-    from nexttoken.muse.generate import GenerateConfig, generate_pieces
-    from nexttoken.training import progress_bar
-
     notes, labels = [], []
-    bar = progress_bar(len(classes) * per_class, desc="critic: sampling")
-    for k, composer in enumerate(classes):
-        cfg = GenerateConfig(composer=composer, instruments=[main_family(corpus, composer)], seconds=seconds,
-                             n=per_class, temperature=temperature, top_p=top_p, seed=seed + k)
-        for piece in generate_pieces(model, encoding, cfg, device, tokens_per_second):
-            if len(piece.notes):
-                notes.append(piece.notes)
-                labels.append(composer)
-        bar.update(per_class)
-    bar.close()
+    with Progress(len(classes) * per_class, "critic: sampling", unit="piece") as bar:
+        for k, composer in enumerate(classes):
+            cfg = GenerateConfig(composer=composer, instruments=[corpus.main_family(composer)], seconds=seconds,
+                                 n=per_class, sampling=SamplingConfig(temperature, top_p=top_p, seed=seed + k))
+            for piece in generate_pieces(model, encoding, cfg, device, tokens_per_second):
+                if len(piece.notes):
+                    notes.append(piece.notes)
+                    labels.append(composer)
+            bar.update(per_class)
     return notes, labels
 
 
@@ -209,7 +220,7 @@ def fit_critic(model, encoding, cfg, corpus: Corpus, device, per_class: int = 16
 
 def fit_and_save(run_dir: Path, device, jobs: int = 2, **kwargs) -> CriticReport:
     """``nexttoken muse critic``: fit, then write RUN/critic.safetensors and RUN/critic.json."""
-    from nexttoken.muse.corpus import load_corpus
+    from nexttoken.midi.corpus import load_corpus
     from nexttoken.muse.train import load_run
 
     model, encoding, cfg, run = load_run(run_dir, device)

@@ -15,7 +15,7 @@ A piece is one stream (OpenAI 2019, https://openai.com/index/musenet/):
 - ``wait:N`` advances absolute time by N x 10 ms (1 <= N <= 128; a longer gap is several waits);
 - ``end``.
 
-General MIDI programs map to the 11 families of ``FAMILIES`` (``PROGRAM_FAMILY`` says which program goes where);
+Notes come from ``nexttoken.midi.notes``, where General MIDI programs map to the 11 families of ``FAMILIES``;
 velocity is binned into 8 levels for piano and 4 for every other family.
 
 The round trip MIDI -> tokens -> MIDI keeps every note: pitch exact, onset and offset within half a 10 ms quantum
@@ -33,43 +33,18 @@ Program, NoteOn, Velocity and NoteOff tokens on a note (over 5 tokens per note o
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from nexttoken.errors import UserError
-from nexttoken.runs import atomic_write_bytes
+from nexttoken.midi.notes import DRUMS, FAMILIES, Notes, notes_from_score, notes_to_score
 
 QUANTUM = 0.01  # seconds per wait step, as MuseNet
 MAX_WAIT = 128  # the longest single wait token, in quanta
 DRUM_SECONDS = 0.2  # drums have no note-off: decoded notes last this long
 TEMPOS = tuple(range(30, 251, 10))  # bpm of the tempo tokens
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-
-FAMILIES = ("piano", "mallets", "organ", "guitar", "bass", "strings", "voice", "brass", "winds", "synth", "drums")
-DRUMS = FAMILIES.index("drums")
-# The program each family is written back with: acoustic grand, vibraphone, church organ, nylon guitar, acoustic bass,
-# string ensemble, choir aahs, brass section, flute, square lead (drums use channel 10).
-FAMILY_PROGRAM = (0, 11, 19, 24, 32, 48, 52, 61, 73, 80, 0)
-
-
-def _program_families() -> np.ndarray:
-    """General MIDI program (0-127) -> family index. The GM groups of 8, with the mixed groups split by instrument."""
-    fam = np.empty(128, dtype=np.int8)
-    groups = ["piano", "mallets", "organ", "guitar", "bass", "strings", "strings", "brass", "winds", "winds",
-              "synth", "synth", "synth", "guitar", "mallets", "synth"]  # 0-7 piano ... 120-127 sound effects
-    for g, name in enumerate(groups):
-        fam[8 * g : 8 * g + 8] = FAMILIES.index(name)
-    fam[47] = FAMILIES.index("mallets")  # timpani
-    fam[52:55] = FAMILIES.index("voice")  # choir aahs, voice oohs, synth voice
-    fam[108] = FAMILIES.index("mallets")  # kalimba
-    fam[109] = fam[111] = FAMILIES.index("winds")  # bagpipe, shanai
-    fam[110] = FAMILIES.index("strings")  # fiddle
-    return fam
-
-
-PROGRAM_FAMILY = _program_families()
 
 
 def velocity_levels(family: int) -> np.ndarray:
@@ -95,101 +70,6 @@ def _levels(family: int) -> np.ndarray:
 
 def pitch_name(pitch: int) -> str:
     return f"{NOTE_NAMES[pitch % 12]}{pitch // 12 - 1}"
-
-
-# ---- a piece as note arrays ------------------------------------------------------------------------------------------
-@dataclass
-class Notes:
-    """A piece as parallel arrays, one row per note, times in seconds: what encodings, augmentation and metrics read."""
-
-    start: np.ndarray  # (N,) float64 seconds
-    end: np.ndarray  # (N,) float64 seconds
-    pitch: np.ndarray  # (N,) int16 0..127
-    velocity: np.ndarray  # (N,) int16 1..127
-    family: np.ndarray  # (N,) int8 index into FAMILIES
-    tempo: float = 120.0  # the first tempo of the file, bpm
-
-    def __len__(self) -> int:
-        return len(self.pitch)
-
-    @property
-    def seconds(self) -> float:
-        return float(self.end.max()) if len(self) else 0.0
-
-    def sorted(self) -> "Notes":
-        order = np.lexsort((self.pitch, self.family, self.start))
-        return self.take(order)
-
-    def take(self, index: np.ndarray) -> "Notes":
-        return Notes(self.start[index], self.end[index], self.pitch[index], self.velocity[index],
-                     self.family[index], self.tempo)
-
-    @classmethod
-    def empty(cls, tempo: float = 120.0) -> "Notes":
-        f = np.zeros(0)
-        i = np.zeros(0, dtype=np.int16)
-        return cls(f, f.copy(), i, i.copy(), np.zeros(0, dtype=np.int8), tempo)
-
-    @classmethod
-    def concat(cls, parts: Sequence["Notes"], tempo: float = 120.0) -> "Notes":
-        if not parts:
-            return cls.empty(tempo)
-        return cls(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("start", "end", "pitch", "velocity",
-                                                                               "family")), tempo)
-
-
-def notes_from_score(score) -> Notes:
-    """A symusic Score (any time unit) -> Notes, every track's program mapped to its family."""
-    sec = score.to("second")
-    parts = []
-    for track in sec.tracks:
-        arr = track.notes.numpy()
-        if not len(arr["pitch"]):
-            continue
-        family = DRUMS if track.is_drum else int(PROGRAM_FAMILY[track.program])
-        start = arr["time"].astype(np.float64)
-        parts.append(Notes(start, start + arr["duration"], arr["pitch"].astype(np.int16),
-                           np.clip(arr["velocity"], 1, 127).astype(np.int16),
-                           np.full(len(start), family, dtype=np.int8)))
-    tempo = float(score.tempos[0].qpm) if len(score.tempos) else 120.0
-    return Notes.concat(parts, tempo).sorted()
-
-
-def read_midi(path: str | Path) -> Notes:
-    """Notes of a MIDI file; a missing or unreadable file is a UserError."""
-    import symusic
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    try:
-        score = symusic.Score(str(path))
-    except Exception as e:  # symusic raises RuntimeError/ValueError/IndexError for corrupt files
-        raise UserError(f"{path}: not a readable MIDI file ({e})") from None
-    return notes_from_score(score)
-
-
-def notes_to_score(notes: Notes, tpq: int = 480):
-    """Notes -> a symusic Score at the notes' tempo, one track per family (drums on channel 10)."""
-    import symusic
-
-    score = symusic.Score(tpq)
-    score.tempos.append(symusic.Tempo(0, float(notes.tempo)))
-    ticks_per_second = tpq * notes.tempo / 60.0
-    for f in np.unique(notes.family):
-        sel = notes.family == f
-        start = np.rint(notes.start[sel] * ticks_per_second).astype(np.int32)
-        end = np.maximum(np.rint(notes.end[sel] * ticks_per_second).astype(np.int32), start + 1)
-        track = symusic.Track(name=FAMILIES[f], program=FAMILY_PROGRAM[f], is_drum=bool(f == DRUMS))
-        track.notes = symusic.Note.from_numpy(start, end - start, notes.pitch[sel].astype(np.int8),
-                                              notes.velocity[sel].astype(np.int8))
-        score.tracks.append(track)
-    return score
-
-
-def write_midi(notes: Notes, path: str | Path) -> Path:
-    atomic_write_bytes(path, bytes(notes_to_score(notes).dumps_midi()))
-    return Path(path)
 
 
 # ---- the vocabulary -----------------------------------------------------------------------------------------------------

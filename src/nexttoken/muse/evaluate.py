@@ -12,18 +12,24 @@
    itself" looks like).
 
 The classifier and the histograms are a few lines of numpy/torch: the features are the point, not the model.
+``score_pieces`` (bits per note) is also what training reports at every evaluation.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 
-from nexttoken.muse.corpus import Corpus
-from nexttoken.muse.encoding import DRUMS, FAMILIES, Notes
+from nexttoken.config import option
+from nexttoken.midi.corpus import Corpus
+from nexttoken.midi.notes import DRUMS, Notes
+from nexttoken.muse.data import make_row, piece_windows, row_positions, stack
+from nexttoken.muse.encoding import Encoded
+from nexttoken.sampling import SamplingConfig
 
 IOI_EDGES = np.array([0.0, 0.03, 0.07, 0.12, 0.18, 0.26, 0.37, 0.52, 0.75, 1.05, 1.5, np.inf])  # seconds
 
@@ -126,18 +132,100 @@ def fit_classifier(x: np.ndarray, y: np.ndarray, classes: list[str], weight_deca
     return Classifier(classes, mean, std, w.detach().numpy(), b.detach().numpy())
 
 
+# ---- bits per note ---------------------------------------------------------------------------------------------------
 @dataclass
-class Evaluation:
+class BitsPerNote:
+    """How well a model predicts whole pieces, in bits per note (and per token, and by the kind of token)."""
+
+    bits_per_note: float
+    nats_per_token: float
+    tokens_per_note: float
+    notes: int
+    tokens: int
+    by_kind: dict[str, float] = field(default_factory=dict)  # bits per note spent on each kind of token
+    masked_bits_per_note: float | None = None  # under the sampler's rules (MuseNet encoding only)
+
+
+def score_pieces(model, encoded: list[Encoded], n_notes: list[int], context: int,
+                 batch_size: int = 16, kinds: np.ndarray | None = None, allowed_next=None) -> BitsPerNote:
+    """Total negative log-likelihood of whole pieces, window by window, every token after the composer once; with
+    ``kinds`` (the kind of each token id), also split by the kind of the predicted token. With ``allowed_next``
+    (``MuseNetEncoding.allowed_next``), ``masked_bits_per_note`` scores the model under the rules its sampler
+    enforces: each prediction renormalised over the tokens those rules allow."""
+    windows = piece_windows(encoded, context)
+    device = next(model.parameters()).device
+    with_timing = model.uses_timing
+    nats = masked_nats = 0.0
+    names, kind_index = np.unique(kinds, return_inverse=True) if kinds is not None else ([], None)
+    kind_nats = np.zeros(len(names))
+    allowed_of: dict[int, np.ndarray] = {}  # the current piece's (T, vocab) rules
+    for i in range(0, len(windows), batch_size):
+        chunk = windows[i : i + batch_size]
+        batch = {k: v.to(device) for k, v in
+                 stack([make_row(encoded[k], s, context, count_header=s == 0) for k, s in chunk], with_timing).items()}
+        targets = batch.pop("targets")
+        logits, loss = model(batch.pop("idx"), targets, reduction="none", **batch)
+        nats += loss.double().sum().item()
+        if kind_index is not None:
+            t = targets.cpu().numpy()
+            kind_nats += np.bincount(kind_index[t[t >= 0]], weights=loss.double().cpu().numpy()[t >= 0],
+                                     minlength=len(names))
+        if allowed_next is not None:
+            masks = []
+            for k, s in chunk:
+                if k not in allowed_of:
+                    allowed_of.clear()
+                    allowed_of[k] = allowed_next(encoded[k].ids, encoded[k].n_header)
+                masks.append(_row_rules(allowed_of[k], encoded[k], s, context))
+            allowed = torch.from_numpy(np.stack(masks)).to(device)
+            safe = targets.clamp(min=0)[..., None]
+            allowed.scatter_(-1, safe, True)  # a token the rules forbid (none in encoded music) is scored unmasked
+            logp = logits.float().masked_fill(~allowed, float("-inf")).log_softmax(-1)
+            masked_nats += (-logp.gather(-1, safe)[..., 0] * (targets >= 0)).double().sum().item()
+    count = sum(len(e.ids) - 1 for e in encoded)
+    notes = max(sum(n_notes), 1)
+    by_kind = {name: float(v / math.log(2) / notes) for name, v in zip(names, kind_nats) if v > 0}
+    masked = masked_nats / math.log(2) / notes if allowed_next is not None else None
+    return BitsPerNote(nats / math.log(2) / notes, nats / max(count, 1), (count + len(encoded)) / notes,
+                 sum(n_notes), count + len(encoded), by_kind, masked)
+
+
+def _row_rules(allowed: np.ndarray, enc: Encoded, start: int, context: int) -> np.ndarray:
+    """The (context, vocab) rules of the row ``make_row(enc, start, context)``: position j predicts what follows it in
+    the piece, and the header's last token predicts the window's first event, so it takes the rules after the event
+    before the window."""
+    H = enc.n_header
+    positions = row_positions(enc, start, context)
+    positions[H - 1] = H + start - 1
+    out = np.ones((context, allowed.shape[1]), dtype=bool)
+    out[: len(positions)] = allowed[positions]
+    return out
+
+
+@dataclass
+class EvaluateConfig:
+    """How much music ``evaluate`` generates and compares."""
+
+    n_per_composer: int = option(4, "pieces generated per composer", ge=1, le=256)
+    seconds: float = option(20.0, "length of generated (and real) excerpts", gt=0, le=600)
+
+
+@dataclass
+class EvaluationReport:
+    """What ``nexttoken muse evaluate`` measures. The classifier's fields are None when fewer than two composers have
+    enough pieces to train it (``min_pieces`` training pieces and a held-out one)."""
+
     bits_per_note: float
     bits_per_note_by_kind: dict[str, float]  # how the bits per note split over the kinds of predicted token
     masked_bits_per_note: float | None  # under the rules the sampler enforces (MuseNet encoding)
     tokens_per_note: float
     held_out_pieces: int
     classifier_classes: list[str]
-    chance: float
-    real_accuracy: float  # the classifier on real held-out excerpts: the ceiling for generated ones
-    generated_accuracy: float  # the classifier recognises the intended composer of generated excerpts
+    chance: float | None
+    real_accuracy: float | None  # the classifier on real held-out excerpts: the ceiling for generated ones
+    generated_accuracy: float | None  # the classifier recognises the intended composer of generated excerpts
     per_composer: list[dict]  # distances generated-vs-real and real-half-vs-real-half
+    min_pieces: int = 4
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -152,11 +240,6 @@ def real_features(corpus: Corpus, split: str, classes: list[str], seconds: float
     return np.array(xs), np.array(ys, dtype=np.int64)
 
 
-def main_family(corpus: Corpus, label: str) -> str:
-    fams = np.concatenate([corpus.notes(p).family for p in range(len(corpus)) if corpus.labels[p] == label])
-    return FAMILIES[int(np.bincount(fams).argmax())]
-
-
 def real_halves(corpus: Corpus, label: str, seconds: float) -> tuple[list[Histograms], list[Histograms]]:
     idx = sorted((i for i, l in enumerate(corpus.labels) if l == label),
                  key=lambda i: hashlib.sha1(corpus.ids[i].encode()).hexdigest())
@@ -166,11 +249,12 @@ def real_halves(corpus: Corpus, label: str, seconds: float) -> tuple[list[Histog
 
 
 def evaluate(model, encoding, cfg, corpus: Corpus, device: torch.device, n_per_composer: int = 4,
-             seconds: float = 20.0, min_pieces: int = 4, temperature: float = 1.0, top_p: float = 0.95,
-             seed: int = 0) -> Evaluation:
+             seconds: float = 20.0, min_pieces: int = 4, sampling: SamplingConfig | None = None) -> EvaluationReport:
+    """Bits per note on every held-out piece, the composer classifier on real and generated excerpts, and the
+    histogram distances per composer (``cfg`` is the run's ``MuseConfig``)."""
     from nexttoken.muse.generate import GenerateConfig, generate_pieces
-    from nexttoken.muse.train import score_pieces
 
+    sampling = sampling or SamplingConfig(top_p=0.95)
     val = corpus.indices("val")
     encoded = [encoding.encode(corpus.notes(p), corpus.labels[p]) for p in val]
     with torch.no_grad():
@@ -178,18 +262,19 @@ def evaluate(model, encoding, cfg, corpus: Corpus, device: torch.device, n_per_c
                              kinds=encoding.token_kinds(), allowed_next=getattr(encoding, "allowed_next", None))
 
     classes = [c for c in cfg.composers if len(corpus.indices("train", c)) >= min_pieces and corpus.indices("val", c)]
-    real_acc = gen_acc = float("nan")
+    real_acc = gen_acc = None
     rows = []
     if len(classes) >= 2:
         x, y = real_features(corpus, "train", classes, seconds)
         clf = fit_classifier(x, y, classes)
         xv, yv = real_features(corpus, "val", classes, seconds)
-        real_acc = float((clf.predict(xv) == yv).mean()) if len(yv) else float("nan")
+        real_acc = float((clf.predict(xv) == yv).mean()) if len(yv) else None
         hits, total = 0, 0
         for k, composer in enumerate(classes):
-            gen_cfg = GenerateConfig(composer=composer, instruments=[main_family(corpus, composer)], seconds=seconds,
-                                     n=n_per_composer, temperature=temperature, top_p=top_p, seed=seed + k)
-            pieces = generate_pieces(model, encoding, gen_cfg, device, cfg.tokens_per_second)
+            gen_cfg = GenerateConfig(composer=composer, instruments=[corpus.main_family(composer)], seconds=seconds,
+                                     n=n_per_composer)
+            pieces = generate_pieces(model, encoding, gen_cfg, device, cfg.tokens_per_second,
+                                     replace(sampling, seed=sampling.seed + k))
             generated = [histograms(p.notes) for p in pieces if len(p.notes) >= 4]
             if generated:
                 pred = clf.predict(np.stack([h.vector() for h in generated]))
@@ -199,12 +284,51 @@ def evaluate(model, encoding, cfg, corpus: Corpus, device: torch.device, n_per_c
                     for ex in excerpts(corpus.notes(p), seconds)]
             a, b = real_halves(corpus, composer, seconds)
             row = {"composer": composer, "generated": len(generated)}
-            if generated:
+            if generated and real:
                 row.update({f"gen_{k2}": v for k2, v in distances(generated, real).items()})
             if a and b:
                 row.update({f"real_{k2}": v for k2, v in distances(a, b).items()})
             rows.append(row)
-        gen_acc = hits / max(total, 1)
-    return Evaluation(score.bits_per_note, score.by_kind, score.masked_bits_per_note, score.tokens_per_note, len(val),
-                      classes,
-                      1 / len(classes) if classes else float("nan"), real_acc, gen_acc, rows)
+        gen_acc = hits / total if total else None
+    return EvaluationReport(score.bits_per_note, score.by_kind, score.masked_bits_per_note, score.tokens_per_note,
+                            len(val), classes, 1 / len(classes) if len(classes) >= 2 else None, real_acc, gen_acc,
+                            rows, min_pieces)
+
+
+def evaluate_run(run_dir, device: torch.device, cfg: EvaluateConfig | None = None,
+                 sampling: SamplingConfig | None = None, jobs: int = 2) -> EvaluationReport:
+    """``nexttoken muse evaluate``: evaluate a trained run on its own corpus; writes RUN/evaluation.json."""
+    from nexttoken.midi.corpus import load_corpus
+    from nexttoken.muse.train import load_run
+    from nexttoken.runs import atomic_write_json
+
+    cfg = cfg or EvaluateConfig()
+    model, encoding, muse_cfg, run = load_run(run_dir, device)
+    corpus = load_corpus(muse_cfg.corpus, jobs)
+    ev = evaluate(model, encoding, muse_cfg, corpus, device, cfg.n_per_composer, cfg.seconds, sampling=sampling)
+    atomic_write_json(run.path / "evaluation.json", ev.to_dict())
+    return ev
+
+
+def format_report(ev: EvaluationReport) -> str:
+    """The report as ``nexttoken muse evaluate`` prints it; a value that could not be measured is "-"."""
+    def num(v: float | None, width: int = 0, digits: int = 2) -> str:
+        return f"{'-' if v is None else f'{v:.{digits}f}':{width}}"
+
+    masked = "" if ev.masked_bits_per_note is None else f", {ev.masked_bits_per_note:.3f} under the sampler's rules"
+    lines = [f"bits per note on {ev.held_out_pieces} held-out pieces: {ev.bits_per_note:.3f}{masked} "
+             f"({ev.tokens_per_note:.2f} tokens per note): "
+             + ", ".join(f"{k} {v:.2f}" for k, v in sorted(ev.bits_per_note_by_kind.items(), key=lambda kv: -kv[1]))]
+    if len(ev.classifier_classes) < 2:
+        lines.append(f"composer classifier: not measured; it needs two composers with {ev.min_pieces} or more "
+                     f"training pieces and a held-out one (this run has {len(ev.classifier_classes)})")
+        return "\n".join(lines)
+    lines.append(f"composer classifier over {len(ev.classifier_classes)} composers (chance {num(ev.chance)}): "
+                 f"real held-out excerpts {num(ev.real_accuracy)}, generated excerpts {num(ev.generated_accuracy)}")
+    keys = ["pitch_class_tvd", "interval_tvd", "ioi_tvd", "density_rel_diff"]
+    lines.append(f"{'composer':16} " + " ".join(f"{k[:-4] if k.endswith('_tvd') else 'density':^22}" for k in keys)
+                 + "   (generated vs real | real half vs half)")
+    for r in ev.per_composer:
+        cells = [f"{num(r.get('gen_' + k), 10, 3):>10} | {num(r.get('real_' + k), 9, 3):<9}" for k in keys]
+        lines.append(f"{r['composer']:16} " + " ".join(cells))
+    return "\n".join(lines)

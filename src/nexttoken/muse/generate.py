@@ -12,39 +12,65 @@ piece lasts exactly ``--seconds``. The requested instruments are strong suggesti
 header); ``--strict`` also masks the note-ons of every other instrument.
 
 A piece longer than the context is sampled window by window: each new window is the header plus the second half of
-the previous one, so the composer token conditions every token, as in training.
+the previous one, so the composer token conditions every token, as in training. ``write_samples`` writes each piece
+as MIDI, WAV (a soundfont, or the built-in synthesizer) and a piano-roll PNG, with the critic's pick of the best when
+asked for several candidates.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, field
+import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from nexttoken.config import check, option
 from nexttoken.errors import UserError
-from nexttoken.muse.encoding import (DRUMS, FAMILIES, MAX_WAIT, QUANTUM, Encoded, MuseNetEncoding, Notes,
-                                     encode_events, header, read_midi, token_times)
-from nexttoken.muse.train import MuseModel, where_of
-from nexttoken.sampling import sample
+from nexttoken.midi.notes import FAMILIES, Notes, read_user_midi, write_midi
+from nexttoken.muse.encoding import MAX_WAIT, QUANTUM, Encoded, MuseNetEncoding, encode_events, header, token_times
+from nexttoken.muse.model import MuseModel, timing_features
+from nexttoken.progress import Progress
+from nexttoken.sampling import SamplingConfig, sample
+
+# The most pieces sampled in one batch (--n x --candidates): each row holds a KV cache of the whole context.
+MAX_ROWS = 1024
+# muse samples with nucleus sampling by default, as MuseNet's demos did.
+MUSE_SAMPLING = SamplingConfig(top_p=0.95)
 
 
 @dataclass
 class GenerateConfig:
-    composer: str = ""  # default: the run's first composer
-    instruments: list[str] = field(default_factory=lambda: ["piano"])
-    strict: bool = False
-    prime: str | None = None
-    prime_notes: int = 6
-    seconds: float = 30.0
-    temperature: float = 1.0
-    top_p: float = 0.95
-    n: int = 4
-    tempo: float = 120.0  # the header's tempo token when there is no prime (then the prime's own)
-    seed: int = 0
+    """What to compose; how to draw each token is ``sampling``."""
+
+    composer: str = option("", "a composer of the run (default: its first)")
+    instruments: list[str] = option(default_factory=lambda: ["piano"],
+                                    help="comma-separated instrument families, e.g. piano,strings")
+    strict: bool = option(False, "mask every other instrument (default: a strong suggestion)")
+    prime: str | None = option(None, "start from the opening of this MIDI file")
+    prime_notes: int = option(6, "notes of the prime to start from", ge=1, le=100_000)
+    seconds: float = option(30.0, "length of each piece", gt=0, le=3600)
+    n: int = option(4, "pieces to sample (one batch)", ge=1, le=MAX_ROWS)
+    candidates: int = option(1, "sample this many times --n pieces and keep the --n the critic finds most real "
+                                "(needs `nexttoken muse critic RUN` first)", ge=1, le=64)
+    tempo: float = option(120.0, "the header's tempo when not priming (then the prime's own)", gt=0, le=1000)
+    sampling: SamplingConfig = option(default_factory=lambda: replace(MUSE_SAMPLING), flag=False)
+
+    def validate(self) -> "GenerateConfig":
+        check(self)
+        check(self.sampling)
+        if not self.instruments:
+            raise UserError("--instruments needs at least one instrument")
+        for name in self.instruments:
+            if name not in FAMILIES:
+                raise UserError(f"unknown instrument {name!r}; choose from {', '.join(FAMILIES)}")
+        if self.n * self.candidates > MAX_ROWS:
+            raise UserError(f"--n {self.n} x --candidates {self.candidates} is {self.n * self.candidates} pieces in "
+                            f"one batch; the most is {MAX_ROWS}")
+        return self
 
 
 @dataclass
@@ -58,9 +84,7 @@ class Piece:
 def prime_events(path: str, n_notes: int, encoding: MuseNetEncoding, fallback: str) -> tuple[np.ndarray, float, float]:
     """The events of ``path`` up to its ``n_notes``-th note-on, its tempo and how many seconds they span. Instruments
     the model has no tokens for are played by ``fallback``."""
-    notes = read_midi(path)
-    if not len(notes):
-        raise UserError(f"{path}: no notes to prime with")
+    notes = read_user_midi(path)
     vocab = encoding.vocab
     missing = vocab.note_base[notes.family] < 0
     family = np.where(missing, FAMILIES.index(fallback), notes.family).astype(np.int8)
@@ -73,22 +97,26 @@ def prime_events(path: str, n_notes: int, encoding: MuseNetEncoding, fallback: s
 
 
 def generate_pieces(model: MuseModel, encoding, cfg: GenerateConfig, device: torch.device,
-                    tokens_per_second: float = 40.0, use_cache: bool = True) -> list[Piece]:
-    """``cfg.n`` pieces, sampled as one batch (``use_cache=False`` recomputes every window: for benchmarks)."""
-    if device.type != "cpu":
-        return _generate(model, encoding, cfg, device, tokens_per_second, use_cache)
-    # Decoding a few rows at a time is latency-bound: on a CPU one thread beats several, which spend each tiny
-    # matmul waking each other (30x slower here when another process holds a core).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _generate(model, encoding, cfg, device, tokens_per_second, use_cache)
-    finally:
-        torch.set_num_threads(threads)
+                    tokens_per_second: float = 40.0, use_cache: bool = True, progress: bool = False) -> list[Piece]:
+    """``cfg.n`` pieces, sampled as one batch (``use_cache=False`` recomputes every window: for tests and
+    benchmarks). ``progress`` shows the seconds of music composed so far and the time left."""
+    cfg.validate()
+    with Progress(math.ceil(cfg.seconds), f"compose {cfg.n} piece{'s' if cfg.n > 1 else ''}", unit="second",
+                  enabled=progress) as bar:
+        if device.type != "cpu":
+            return _generate(model, encoding, cfg, device, tokens_per_second, use_cache, bar)
+        # Decoding a few rows at a time is latency-bound: on a CPU one thread beats several, which spend each tiny
+        # matmul waking each other (docs/muse.md).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return _generate(model, encoding, cfg, device, tokens_per_second, use_cache, bar)
+        finally:
+            torch.set_num_threads(threads)
 
 
-def _generate(model: MuseModel, encoding, cfg: GenerateConfig, device: torch.device,
-              tokens_per_second: float, use_cache: bool) -> list[Piece]:
+def _generate(model: MuseModel, encoding, cfg: GenerateConfig, device: torch.device, tokens_per_second: float,
+              use_cache: bool, bar: Progress) -> list[Piece]:
     if not isinstance(encoding, MuseNetEncoding):
         raise UserError("generate needs a run trained with --encoding musenet (MidiTok encodings are for comparing "
                         "bits per note)")
@@ -137,7 +165,7 @@ def _generate(model: MuseModel, encoding, cfg: GenerateConfig, device: torch.dev
     end_only = torch.zeros(len(vocab), dtype=torch.bool, device=device)
     end_only[vocab.end] = True
 
-    rng = torch.Generator(device=device).manual_seed(cfg.seed)
+    rng = torch.Generator(device=device).manual_seed(cfg.sampling.seed)
     B = cfg.n
     body = torch.from_numpy(events).to(device)[None].repeat(B, 1)  # (B, prime) every token after the header
     head_t = torch.from_numpy(head).to(device)[None].repeat(B, 1)  # (B, H)
@@ -155,6 +183,8 @@ def _generate(model: MuseModel, encoding, cfg: GenerateConfig, device: torch.dev
         def allowed(tokens: torch.Tensor, offset_q=offset_q, before=sounding_before, made=made,
                     start=prompt.shape[1]) -> torch.Tensor:
             now = offset_q + wait_value[tokens[:, H:]].sum(1)  # (B,) quanta elapsed
+            if bar.enabled:  # the slowest row's progress, in whole seconds of music
+                bar.update(int(now.clamp(max=total_q).min()) // round(1 / QUANTUM) - bar.n)
             left_q = total_q - now
             left_tokens = budget - made - (tokens.shape[1] - start)
             mask = allowed_static & (~is_off | (before + sounding(tokens[:, H:]) > 0))  # (B, vocab)
@@ -164,8 +194,10 @@ def _generate(model: MuseModel, encoding, cfg: GenerateConfig, device: torch.dev
             return torch.where(short[:, None], wait_value == left_q.clamp(max=MAX_WAIT)[:, None], mask)
 
         logits_fn = _logits_fn(model, vocab, H, offset_q, total_q)
-        out = sample(logits_fn, prompt, steps, temperature=cfg.temperature, top_p=cfg.top_p, allowed=allowed,
-                     stop_tokens=[vocab.end], cache=model.new_cache(B) if use_cache else None, generator=rng)
+        draw = cfg.sampling
+        out = sample(logits_fn, prompt, steps, temperature=draw.temperature, top_k=draw.top_k or None,
+                     top_p=draw.top_p, allowed=allowed, stop_tokens=[vocab.end],
+                     cache=model.new_cache(B) if use_cache else None, generator=rng)
         new = out.tokens[:, prompt.shape[1] :]
         body = torch.cat([body, new.clamp(min=0)], dim=1)
         finished |= out.finished
@@ -195,19 +227,98 @@ def _logits_fn(model: MuseModel, vocab, H: int, offset_q: torch.Tensor, total_q:
         else:
             seen.append(tokens)
         window = torch.cat(seen, dim=1) if len(seen) > 1 else seen[0]
-        where = None
-        if model.music is not None:
+        timing = None
+        if model.uses_timing:
             start = window.shape[1] - tokens.shape[1]
-            where = torch.stack([_where(row, vocab, H, int(off), total_q, start) for row, off in
-                                 zip(window.cpu().numpy(), offset_q.tolist())]).to(tokens.device)
-        logits, _ = model(tokens, where=where, cache=cache)
+            timing = torch.stack([_timing(row, vocab, H, int(off), total_q, start) for row, off in
+                                  zip(window.cpu().numpy(), offset_q.tolist())]).to(tokens.device)
+        logits, _ = model(tokens, timing=timing, cache=cache)
         return logits
 
     return logits_fn
 
 
-def _where(row: np.ndarray, vocab, H: int, offset_q: int, total_q: int, start: int) -> torch.Tensor:
+def _timing(row: np.ndarray, vocab, H: int, offset_q: int, total_q: int, start: int) -> torch.Tensor:
+    """(len(row) - start, 4) timing features of the row's tokens from ``start``, in a piece of ``total_q`` quanta
+    whose window begins ``offset_q`` quanta in."""
     times = token_times(row, vocab, total_quanta=total_q)
     times.quanta = times.quanta + offset_q
     positions = np.arange(start, len(row))
-    return torch.from_numpy(where_of(Encoded(row, H, times), positions))
+    return torch.from_numpy(timing_features(Encoded(row, H, times), positions))
+
+
+# ---- samples on disk ------------------------------------------------------------------------------------------------
+def write_samples(run_dir: Path, cfg: GenerateConfig, out: Path | None, device: torch.device,
+                  soundfont: str | None = None, title: str = "", progress: bool = True) -> list[dict]:
+    """Generate, then write sample-NN.mid/.wav/.png and samples.json into ``out`` (default: a new
+    ``RUN/samples-<time>`` folder); returns one record per sample. With ``cfg.candidates`` > 1, ``candidates * n``
+    pieces are sampled and the critic keeps the ``n`` best. Nothing is written until every piece is ready."""
+    from nexttoken.midi.render import find_soundfont, render_wav
+    from nexttoken.muse.critic import CRITIC_FILE, Critic, keep_best, score_pieces_real
+    from nexttoken.muse.train import load_run
+    from nexttoken.runs import atomic_write_json, unique_dir
+
+    cfg.validate()
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder; choose another --out")
+    model, encoding, muse_cfg, run = load_run(run_dir, device)
+    if cfg.composer and cfg.composer not in muse_cfg.composers:
+        raise UserError(f"unknown composer {cfg.composer!r}; this run knows: {', '.join(muse_cfg.composers)}")
+    critic = Critic.load(run.path / CRITIC_FILE) if cfg.candidates > 1 else None
+    sf = find_soundfont(soundfont)
+    composer = cfg.composer or muse_cfg.composers[0]
+    t0 = time.time()
+    pieces = generate_pieces(model, encoding, replace(cfg, n=cfg.n * cfg.candidates), device,
+                             muse_cfg.tokens_per_second, progress=progress)
+    scores = None
+    if critic is not None:
+        scores = score_pieces_real(critic, model, encoding, [p.notes for p in pieces], [composer] * len(pieces),
+                                   muse_cfg.context)
+        best = keep_best(scores, cfg.n)
+        pieces, scores = [pieces[i] for i in best], scores[best]
+    elapsed = time.time() - t0
+    if out is None:
+        out = unique_dir(run.path, f"samples-{time.strftime('%Y%m%d-%H%M%S')}")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for k, piece in enumerate(pieces):
+        stem = out / f"sample-{k:02d}"
+        write_midi(piece.notes, stem.with_suffix(".mid"))
+        caption = title or f"{composer} / {','.join(cfg.instruments)} / sample {k}"
+        piano_roll(piece.notes, stem.with_suffix(".png"), caption, piece.prime_seconds)
+        render_wav(piece.notes, stem.with_suffix(".wav"), sf)
+        record = {"midi": str(stem.with_suffix(".mid")), "wav": str(stem.with_suffix(".wav")),
+                  "png": str(stem.with_suffix(".png")), "seconds": piece.notes.seconds, "notes": len(piece.notes),
+                  "tokens": len(piece.ids), "finished": piece.finished}
+        if scores is not None:
+            record["critic_real"] = float(scores[k])
+        records.append(record)
+    atomic_write_json(out / "samples.json", {"run": str(run_dir), "config": asdict(cfg), "candidates": cfg.candidates,
+                                             "soundfont": str(sf) if sf else "built-in synthesizer",
+                                             "sampling_seconds": elapsed, "samples": records})
+    return records
+
+
+COLORS = dict(zip(FAMILIES, ("#1f77b4", "#17becf", "#8c564b", "#ff7f0e", "#7f7f7f", "#2ca02c", "#9467bd",
+                              "#d62728", "#bcbd22", "#e377c2", "#000000")))
+
+
+def piano_roll(notes: Notes, path: str | Path, title: str = "", prime_seconds: float = 0.0) -> Path:
+    """Notes as horizontal bars (time x pitch), one colour per instrument family; the prime is shaded."""
+    from nexttoken.plots import figure, save
+
+    fig, ax = figure(9, 3.6)
+    for f in np.unique(notes.family):
+        sel = notes.family == f
+        ax.barh(notes.pitch[sel], notes.end[sel] - notes.start[sel], left=notes.start[sel], height=0.8,
+                color=COLORS[FAMILIES[f]], label=FAMILIES[f], linewidth=0)
+    if prime_seconds > 0:
+        ax.axvspan(0, prime_seconds, color="#ffd54f", alpha=0.3, label="prime")
+    if len(notes):
+        ax.set_ylim(notes.pitch.min() - 2, notes.pitch.max() + 2)
+        ax.legend(loc="upper right", fontsize=7)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("MIDI pitch")
+    ax.set_title(title, fontsize=9)
+    return save(fig, path)

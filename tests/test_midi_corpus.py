@@ -6,9 +6,8 @@ import pytest
 
 from muse_fixtures import toy_corpus, toy_piece
 from nexttoken.errors import UserError
-from nexttoken.muse import corpus as corpus_mod
-from nexttoken.muse.corpus import Augment, load_corpus, split_by_piece
-from nexttoken.muse.encoding import DRUMS, notes_from_score
+from nexttoken.midi import music21_corpus as corpus_mod
+from nexttoken.midi.corpus import load_corpus, split_by_piece
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +77,7 @@ def _score(broken: str):
 def test_scores_music21_refuses_to_write_are_repaired(tmp_path, broken):
     import warnings
 
-    from nexttoken.muse.encoding import read_midi
+    from nexttoken.midi.notes import read_midi
 
     warnings.simplefilter("ignore")
     with pytest.raises(Exception):
@@ -144,7 +143,7 @@ def test_music21_preparation_resumes_after_an_interruption(tmp_path, monkeypatch
     assert len(corpus) == 3 and set(corpus.labels) == {"bach"} and corpus.n_notes(0) > 100
 
     # A file an older converter gave up on is converted again by this one; the others are not.
-    records = sorted((corpus_mod.cache_root()).glob("music21-*/records/*.json"))
+    records = sorted(corpus_mod.cache_root().glob("music21-*/records/*.json"))
     old = json.loads(records[0].read_text())
     records[0].write_text(json.dumps({**old, "errors": ["x: StreamException"], "converter": 1}))
     for table in corpus_mod.cache_root().glob("music21-*/small-v*"):
@@ -188,18 +187,3 @@ class _InlinePool:
 
     def submit(self, fn, *args):
         return _LazyFuture(fn, args)
-
-
-def test_augmentation_transposes_stretches_and_spares_drums():
-    from muse_fixtures import case_score
-
-    notes = notes_from_score(case_score("drums"))
-    out = Augment(transpose=5, stretch=0.2, velocity=10)(notes, np.random.default_rng(3))
-    drums = notes.family == DRUMS
-    assert np.array_equal(out.pitch[drums], notes.pitch[drums])
-    shift = set((out.pitch[~drums] - notes.pitch[~drums]).tolist())
-    assert len(shift) == 1 and abs(shift.pop()) <= 5
-    ratio = out.end.max() / notes.end.max()
-    assert 1 / 1.2 - 1e-9 <= ratio <= 1.2 + 1e-9 and out.tempo == pytest.approx(notes.tempo / ratio)
-    again = Augment(transpose=5, stretch=0.2, velocity=10)(notes, np.random.default_rng(3))
-    assert np.array_equal(again.pitch, out.pitch) and np.array_equal(again.start, out.start)
