@@ -17,6 +17,15 @@ from nexttoken.grok.train import GrokConfig, train
 from nexttoken.model import GPT
 from nexttoken.runs import Run
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models train fastest on one thread, and a loaded machine cannot make them wait for a second one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---- data -------------------------------------------------------------------------------------------------------
 
 

@@ -27,7 +27,6 @@ from nexttoken.grok.loop import default_eval_ratio, train_ensemble
 from nexttoken.grok.memory import check_memory
 from nexttoken.grok.train import (ADJUSTABLE, GROUP_KIND, GrokConfig, TrainOptions, device_name, member_configs,
                                   open_run, run_config, saved_options, use_tf32)
-from nexttoken.plots import figure, save
 from nexttoken.runs import Run, atomic_write_json, read_json
 
 KIND = "grok.sweep"
@@ -248,6 +247,8 @@ def median_steps(steps: list[int | None]) -> float | None:
 
 def plot_steps_vs_fraction(rows: list[dict], path: Path, budget: int) -> Path:
     """Figure 1 (center): median steps until validation accuracy first reaches 99%, per training fraction."""
+    from nexttoken.plots import figure, save
+
     fig, ax = figure()
     for name in dict.fromkeys(r["label"] for r in rows):
         fracs = sorted({r["frac"] for r in rows if r["label"] == name})
@@ -268,6 +269,8 @@ def plot_steps_vs_fraction(rows: list[dict], path: Path, budget: int) -> Path:
 
 def plot_best_accuracy(rows: list[dict], path: Path) -> Path:
     """Figure 2 (right): best validation accuracy (mean over seeds) per operation and training fraction."""
+    from nexttoken.plots import figure, save
+
     fig, ax = figure()
     for name in dict.fromkeys(r["label"] for r in rows):
         fracs = sorted({r["frac"] for r in rows if r["label"] == name})
