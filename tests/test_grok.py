@@ -14,7 +14,6 @@ from nexttoken.grok.analysis import load_member
 from nexttoken.grok.ensemble import Ensemble, stablemax_cross_entropy
 from nexttoken.grok.loop import eval_steps, train_ensemble
 from nexttoken.grok.train import GrokConfig, train
-from nexttoken.model import GPT
 from nexttoken.runs import Run
 
 @pytest.fixture(scope="module", autouse=True)
@@ -337,8 +336,13 @@ def test_a_tiny_run_memorises_its_training_set(tmp_path, precision):
     assert summary["steps_to_train_99"] is not None
     assert set(summary) >= {"steps_to_train_99", "steps_to_val_99", "wall_s_to_val_99", "final_train_acc",
                             "final_val_acc", "device"}
-    model = load_member(run)
-    assert isinstance(model, GPT)
+    model = load_member(run)  # the member's own GPT, rebuilt from the checkpoint, scores as the run did
+    table = make_table(cfg.op, cfg.p)
+    train_rows, val_rows = split(len(table), cfg.frac, cfg.seed)
+    with torch.no_grad():
+        predicted = model(table.inputs, last_only=True)[0][:, 0].argmax(-1) == table.answers
+    assert predicted[train_rows].float().mean().item() == pytest.approx(summary["final_train_acc"])
+    assert predicted[val_rows].float().mean().item() == pytest.approx(summary["final_val_acc"])
 
 
 def test_resume_gives_the_same_run(tmp_path):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from nexttoken import config
 from nexttoken.cli import add_device_option
 from nexttoken.errors import UserError
+from nexttoken.grok.sweep import SweepConfig
 from nexttoken.grok.train import PRESETS, GrokConfig, TrainOptions
 from nexttoken.runs import default_run_dir
 
@@ -19,29 +21,29 @@ def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="verb", required=True)
 
     table = sub.add_parser("table", help="print every equation of an operation, one per line")
-    config.add_options(table, GrokConfig, skip=tuple(f for f in GrokConfig.__dataclass_fields__ if f not in ("op", "p")))
+    config.add_options(table, GrokConfig, skip=tuple(f.name for f in fields(GrokConfig) if f.name not in ("op", "p")))
     table.set_defaults(func=cmd_table)
 
     train = sub.add_parser("train", help="train one run (Power et al.'s model and optimiser by default)")
-    add_run_options(train)
+    add_run_options(train, resume_help="continue a killed run from its folder (more --steps may be given; the other "
+                                       "settings are the saved ones)")
     train.set_defaults(func=cmd_train)
 
     sweep = sub.add_parser("sweep", help="many runs (ops x fractions x seeds x settings) trained as vmapped ensembles")
-    add_run_options(sweep, skip=("snapshots",))
-    from nexttoken.grok.sweep import SweepConfig
-
+    add_run_options(sweep, skip=("snapshots",), resume_help="continue a killed sweep from its folder (its settings "
+                                                            "are the saved ones)")
     config.add_options(sweep, SweepConfig)
     sweep.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
                        help="also sweep a training option, e.g. --grid weight_decay=0,1 (repeatable)")
     sweep.set_defaults(func=cmd_sweep)
 
     analyze = sub.add_parser("analyze", help="curves, embedding maps, Fourier spectrum and progress measures of a run")
-    analyze.add_argument("run", type=Path, help="a run folder written by `grok train`")
+    analyze.add_argument("run", type=Path, help="a run folder written by `grok train` (or a sweep's group-NNN folder)")
     add_device_option(analyze)
     analyze.set_defaults(func=cmd_analyze)
 
 
-def add_run_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+def add_run_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = (), resume_help: str = "") -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="paper: Power et al.'s model as their code builds it (default); modern: pre-LN GPT-2 block; "
                         "nanda: 1-layer full-batch x+y mod 113")
@@ -49,8 +51,7 @@ def add_run_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> N
     config.add_options(p, TrainOptions, skip=skip)
     add_device_option(p)
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/grok-<verb>-<time>)")
-    p.add_argument("--resume", type=Path, default=None, metavar="RUN",
-                   help="continue a killed run from its folder (more --steps may be given; other settings are saved)")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN", help=resume_help)
 
 
 def requested(args: argparse.Namespace) -> dict:
@@ -120,7 +121,7 @@ def summary_line(s: dict) -> str:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import time
 
-    from nexttoken.grok.sweep import SweepConfig, make_grid, resume_sweep, run_sweep, start_sweep, write_results
+    from nexttoken.grok.sweep import make_grid, resume_sweep, run_sweep, start_sweep, write_results
 
     device = _device(args)
     given = config.given(args, SweepConfig)

@@ -30,6 +30,7 @@ from torch.func import functional_call, vmap
 
 from nexttoken.errors import UserError
 from nexttoken.grok.data import make_table, split
+from nexttoken.grok.memory import check_memory
 from nexttoken.model import GPT, GPTConfig
 
 if TYPE_CHECKING:
@@ -73,8 +74,6 @@ class Ensemble:
     """E grokking runs that share a model shape, trained in lock-step on one device."""
 
     def __init__(self, configs: list[GrokConfig], device: torch.device | str = "cpu", eval_chunk: int = 4096) -> None:
-        from nexttoken.grok.memory import check_memory
-
         for c in configs:
             c.validate()
         keys = {c.shape_key() for c in configs}

@@ -146,7 +146,7 @@ def train_ensemble(
             last_save, saved_step = time.perf_counter(), step
             save_s += last_save - now
         if stop.requested:
-            raise Interrupted(f"stopped at step {step:,} with a checkpoint")
+            raise Interrupted(f"stopped at step {step:,}" + (" with a checkpoint" if run is not None else ""))
 
     with StopRequests() as stop, bar:
         for target in [s for s in eval_steps(budget, eval_ratio) if s > start]:
@@ -220,23 +220,28 @@ def saved_progress(run: Run, configs: list) -> tuple[int, bool]:
     if not run.has_checkpoint():
         return 0, False
     _, meta = load_tensors(run.checkpoint_path)
-    step, last, active = _loop_state(meta, run)
+    step, last, active = _loop_state(meta, run, len(configs))
     return step, step > 0 and finished(step, max(c.steps for c in configs), last, active,
                                        [c.stop_at or 2.0 for c in configs])
 
 
-def _loop_state(meta: dict, run: Run) -> tuple[int, dict, list[int]]:
+def _loop_state(meta: dict, run: Run, members: int) -> tuple[int, dict, list[int]]:
+    """(step, last evaluation, active members) of a checkpoint's header, checked against the run's ``members``."""
     try:
-        Milestones(**meta["progress"]), float(meta["wall_s"]), list(meta["member_steps"])
-        return int(meta["step"]), {k: list(meta["last"][k]) for k in EVAL_KEYS}, list(meta["active"])
+        per_member = [*asdict(Milestones(**meta["progress"])).values(), meta["member_steps"],
+                      *(meta["last"][k] for k in EVAL_KEYS)]
+        step, active, _ = int(meta["step"]), list(meta["active"]), float(meta["wall_s"])
+        if any(len(v) != members for v in per_member) or not set(active) <= set(range(members)) or step < 0:
+            raise ValueError
+        return step, {k: list(meta["last"][k]) for k in EVAL_KEYS}, active
     except (KeyError, TypeError, ValueError):
-        raise UserError(f"{run.checkpoint_path} is damaged (its header lacks the loop's state); delete it to start "
-                        f"the run over") from None
+        raise UserError(f"{run.checkpoint_path} is damaged (its header does not hold this run's loop state); delete "
+                        f"it to start the run over") from None
 
 
 def _restore(ens: Ensemble, tensors: dict, meta: dict, run: Run, budget: int) -> tuple[int, float]:
     """Load a checkpoint into ``ens``; returns (step, wall seconds)."""
-    start, _, active = _loop_state(meta, run)
+    start, _, active = _loop_state(meta, run, len(ens.configs))
     wall = float(meta["wall_s"])
     if start > budget:
         raise UserError(f"--steps {budget:,} is fewer than the {start:,} steps {run.path} has taken")

@@ -6,7 +6,9 @@
 Runs that share a model shape are trained as one vmapped ``Ensemble`` on one device (one group per vocabulary,
 dropout, ...), groups one after another. Writes the paper's Figure 1 (center) style plot (median steps to 99%
 validation accuracy against the training fraction) and Figure 2 (right) style plot (best validation accuracy per
-operation and fraction), a results table (summary.json) and, per group, the usual run folder (resumable).
+operation and fraction) and a results table (summary.json) in the sweep's folder, whose config.json holds the grid
+and every run; each group trains in its own run folder under it (group-000, ...), so a killed sweep resumes where it
+stopped.
 """
 
 from __future__ import annotations
@@ -194,7 +196,10 @@ def run_sweep(
     for g, members in enumerate(groups(configs, max_ensemble)):
         folder = out / f"group-{g:03d}"
         if resume and (folder / "summary.json").exists():
-            rows.update(zip(members, read_json(folder / "summary.json")["members"]))
+            done = read_json(folder / "summary.json")
+            if not isinstance(done, dict) or len(done.get("members") or []) != len(members):
+                raise UserError(f"{folder / 'summary.json'} is damaged; delete it to finish the group again")
+            rows.update(zip(members, done["members"]))
             continue
         member_cfgs = [configs[i] for i in members]
         if resume and (folder / "config.json").exists():

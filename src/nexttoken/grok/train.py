@@ -121,8 +121,6 @@ class TrainOptions:
 ADJUSTABLE = ("checkpoint_seconds", "checkpoint_steps")  # may change on resume: they do not change the results
 
 
-
-
 # ---- run folders ------------------------------------------------------------------------------------------------
 def run_config(configs: list[GrokConfig], options: TrainOptions) -> dict:
     """config.json of an ensemble's run folder: its members and how they are trained."""
@@ -242,3 +240,20 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
+# Names this module held before the split by job: importing one says where it went.
+_MOVED = {
+    **dict.fromkeys(["Ensemble", "model_config", "stablemax_cross_entropy", "softmax_cross_entropy"],
+                    "nexttoken.grok.ensemble"),
+    **dict.fromkeys(["eval_steps", "default_eval_ratio", "snapshot_schedule", "train_ensemble", "TrainResult",
+                     "EVAL_KEYS"], "nexttoken.grok.loop"),
+    "Evaluation": "nexttoken.grok.ensemble.SplitScores", "Progress": "nexttoken.grok.loop.Milestones",
+    "load_member": "nexttoken.grok.analysis", "config_from_dict": "nexttoken.config.load(GrokConfig, ...)",
+}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        raise ImportError(f"nexttoken.grok.train.{name} moved to {_MOVED[name]}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
