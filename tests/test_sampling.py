@@ -142,20 +142,3 @@ def test_cached_sampling_of_a_padded_batch_equals_each_row_alone():
         for i, r in enumerate(rows):
             alone = generate(model, torch.tensor([r]), 8, temperature=0)
             assert batch.tokens[i, width:].tolist() == alone.tokens[0, len(r):].tolist()
-
-
-def test_an_empty_prompt_starts_from_the_prefix_condition_tokens():
-    """A Jukebox prior's first window has no codes yet: the first token comes from the prefix alone, cached or not,
-    and equals the greedy choice of a plain forward pass over the prefix."""
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=V, block_size=16, n_layer=2, n_head=2, n_embd=16, n_cond=4)).eval()
-    cond = torch.tensor([[1, 3], [2, 0]])
-    empty = torch.zeros(2, 0, dtype=torch.long)
-    cached = generate(model, empty, 6, cond=cond, temperature=0)
-    uncached = generate(model, empty, 6, cond=cond, temperature=0, use_cache=False)
-    assert cached.tokens.shape == (2, 6) and torch.equal(cached.tokens, uncached.tokens)
-    with torch.no_grad():
-        first = model(empty, cond=cond, last_only=True)[0][:, -1].argmax(-1)
-    assert torch.equal(cached.tokens[:, 0], first)
-    with pytest.raises(ValueError, match="prefix tokens"):
-        generate(model, empty, 3)

@@ -114,11 +114,10 @@ def sample(
 
     ``context`` is the most tokens ``logits_fn`` can take; longer sequences slide: uncached calls see the last
     ``context`` tokens, a full cache is reset and refilled with the last ``context // 2`` tokens. Sampling stops early
-    once every row has produced a stop token. An empty prompt (B, 0) is allowed when ``logits_fn`` predicts the first
-    token from something else (a model's prefix condition tokens): it is then called with no tokens first.
+    once every row has produced a stop token.
     """
-    if prompt.dim() != 2:
-        raise ValueError("prompt must be (batch, length)")
+    if prompt.dim() != 2 or prompt.shape[1] == 0:
+        raise ValueError("prompt must be (batch, length) with at least one token")
     B = prompt.shape[0]
     device = prompt.device
     tokens = prompt
@@ -153,7 +152,7 @@ def sample(
         nxt = next_token(logits, temperature, generator)
         # Finished rows keep feeding their stop token (any valid id) and are padded with -1 in the result.
         if len(stops):
-            nxt = torch.where(finished, tokens[:, -1], nxt) if tokens.shape[1] else nxt
+            nxt = torch.where(finished, tokens[:, -1], nxt)
             newly = torch.isin(nxt, stops) & ~finished
             lengths = lengths + (~finished).long()
             finished = finished | newly
@@ -184,11 +183,8 @@ def generate(
     """Sample from a ``GPT`` with its conditioning inputs. ``x_add`` (B, prompt + max_new_tokens, n_embd) covers every
     position of the result, so it needs the whole result to fit in the context (windowed upsampling slices it).
     ``prompt_mask`` (B, prompt; True = a real token) samples a batch of left-padded prompts of different lengths:
-    each row continues as if it had been sampled alone. With ``cond``, the prompt may be empty (B, 0): the first token
-    is then predicted from the prefix condition tokens alone (a Jukebox prior's first window)."""
+    each row continues as if it had been sampled alone."""
     n_prefix = 0 if cond is None else cond.shape[1]
-    if prompt.dim() != 2 or (prompt.shape[1] == 0 and not n_prefix):
-        raise ValueError("prompt must be (batch, length) with at least one token, or empty with prefix tokens (cond)")
     context = model.cfg.block_size - n_prefix
     B, T0 = prompt.shape
     if (x_add is not None or prompt_mask is not None) and T0 + max_new_tokens > context:
