@@ -10,11 +10,11 @@ import torch
 from nexttoken.errors import UserError
 from nexttoken.grok.data import OPERATIONS, lines, make_table, split, table_size, vocab_size
 from nexttoken.grok.sweep import expand, median_steps, run_sweep
-from nexttoken.grok.analysis import load_member
+from nexttoken.grok.evaluate import load_member
 from nexttoken.grok.ensemble import Ensemble, stablemax_cross_entropy
 from nexttoken.grok.loop import eval_steps, train_ensemble
 from nexttoken.grok.train import GrokConfig, train
-from nexttoken.runs import Run
+from nexttoken.runs import Run, load_tensors
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -345,11 +345,17 @@ def test_a_tiny_run_memorises_its_training_set(tmp_path, precision):
     assert predicted[val_rows].float().mean().item() == pytest.approx(summary["final_val_acc"])
 
 
-def test_resume_gives_the_same_run(tmp_path):
-    cfg = tiny(steps=60, dropout=0.1, weight_noise=0.01)
+@pytest.mark.parametrize("every_s, every_steps", [(0, 0), (1e9, 0), (1e9, 50)],
+                         ids=["a checkpoint at every evaluation", "only the first evaluation's", "by steps"])
+def test_resume_gives_the_same_run(tmp_path, every_s, every_steps):
+    """Killed at an evaluation, after logging it and before its checkpoint: the resumed run drops what was logged after
+    its checkpoint (the previous evaluation's; the first evaluation's when that is the only one; step 64's, between
+    evaluations, when 50 steps have passed since the last) and logs it again."""
+    cfg = tiny(steps=150, dropout=0.1, weight_noise=0.01)
+    kw = dict(eval_ratio=1.5, progress=False)
 
     full = Run.create(tmp_path / "full", {"members": [asdict(cfg)]})
-    train_ensemble(Ensemble([cfg]), full, eval_ratio=1.5, checkpoint_every_s=0, progress=False)
+    train_ensemble(Ensemble([cfg]), full, checkpoint_every_s=0, **kw)
 
     part = Run.create(tmp_path / "part", {"members": [asdict(cfg)]})
 
@@ -357,15 +363,17 @@ def test_resume_gives_the_same_run(tmp_path):
         pass
 
     def die(step, ev):
-        if step >= 30:
+        if step >= (100 if every_steps else 30):
             raise Killed
 
     with pytest.raises(Killed):
-        train_ensemble(Ensemble([cfg]), part, eval_ratio=1.5, checkpoint_every_s=0, progress=False, on_eval=die)
+        train_ensemble(Ensemble([cfg]), part, checkpoint_every_s=every_s, checkpoint_every=every_steps, on_eval=die, **kw)
+    saved_at = load_tensors(part.checkpoint_path)[1]["step"]
+    assert saved_at == {(0, 0): 20, (1e9, 0): 10, (1e9, 50): 64}[every_s, every_steps]
     torch.manual_seed(999)  # resuming must not depend on the process's RNG
-    train_ensemble(Ensemble([cfg]), part, resume=True, eval_ratio=1.5, checkpoint_every_s=0, progress=False)
+    train_ensemble(Ensemble([cfg]), part, resume=True, checkpoint_every_s=0, **kw)
     a, b = full.metrics(), part.metrics()
-    assert [r["step"] for r in a] == [r["step"] for r in b]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == eval_steps(150, 1.5)
     for x, y in zip(a, b):
         assert x["val_acc"] == y["val_acc"] and x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)
 

@@ -87,7 +87,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from nexttoken.grok.analysis import plot_curves
+    from nexttoken.grok.evaluate import plot_curves
     from nexttoken.grok.train import resume, start, train
 
     device = _device(args)
@@ -156,7 +156,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from nexttoken.grok.analysis import analyze
+    from nexttoken.grok.evaluate import analyze
     from nexttoken.grok.train import GROUP_KIND, KIND, open_run
 
     run = open_run(args.run, kinds=(KIND, GROUP_KIND))

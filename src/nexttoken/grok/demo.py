@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from nexttoken.grok.analysis import analyze
+from nexttoken.grok.evaluate import analyze
 from nexttoken.grok.cli import summary_line
 from nexttoken.grok.train import PRESETS, GrokConfig, TrainOptions, start, train
 from nexttoken.report import Section

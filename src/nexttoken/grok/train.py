@@ -115,7 +115,8 @@ class TrainOptions:
     tf32: bool = option(True, "TF32 matrix products on CUDA (--no-tf32: full fp32)")
     checkpoint_seconds: float = option(60.0, "seconds between checkpoints (also one after the first evaluation, one "
                                              "at the end and one on Ctrl-C)", gt=0, le=10**6)
-    checkpoint_steps: int = option(0, "also checkpoint every this many steps (0: by time only)", ge=0, le=10**9)
+    checkpoint_steps: int = option(0, "also checkpoint once this many steps have passed since the last checkpoint "
+                                      "(checked at evaluations and every 64 steps; 0: by time only)", ge=0, le=10**9)
 
 
 ADJUSTABLE = ("checkpoint_seconds", "checkpoint_steps")  # may change on resume: they do not change the results
@@ -249,7 +250,7 @@ _MOVED = {
     **dict.fromkeys(["eval_steps", "default_eval_ratio", "snapshot_schedule", "train_ensemble", "TrainResult",
                      "EVAL_KEYS"], "nexttoken.grok.loop"),
     "Evaluation": "nexttoken.grok.ensemble.SplitScores", "Progress": "nexttoken.grok.loop.Milestones",
-    "load_member": "nexttoken.grok.analysis", "config_from_dict": "nexttoken.config.load(GrokConfig, ...)",
+    "load_member": "nexttoken.grok.evaluate", "config_from_dict": "nexttoken.config.load(GrokConfig, ...)",
 }
 
 
