@@ -407,12 +407,12 @@ def test_cli_train_analyze_and_table(tmp_path, capsys):
 
     out = tmp_path / "run"
     assert main(["grok", "train", "--op", "x+y", "--p", "7", "--steps", "40", "--n-embd", "16", "--n-head", "2",
-                 "--mlp-hidden", "32", "--snapshots", "3", "--out", str(out)]) == 0
+                 "--mlp-hidden", "32", "--snapshots", "3", "--device", "cpu", "--out", str(out)]) == 0
     assert (out / "summary.json").exists() and (out / "curves.png").exists()
     assert len(list((out / "checkpoints").glob("step-*.safetensors"))) == 3
     saved = json.loads((out / "config.json").read_text())
     assert saved["kind"] == "grok.train" and saved["snapshots"] == 3 and saved["eval_ratio"] == 1.1
-    assert main(["grok", "analyze", str(out)]) == 0
+    assert main(["grok", "analyze", str(out), "--device", "cpu"]) == 0
     for name in ("unembedding_map.png", "fourier_spectrum.png", "key_frequency_circle.png", "progress_measures.png"):
         assert (out / name).exists(), name
     capsys.readouterr()
@@ -446,7 +446,7 @@ def test_an_old_run_without_kind_or_saved_schedule_resumes(tmp_path, capsys):
     cfg = tiny(steps=30)
     run = Run.create(tmp_path / "old", {"members": [asdict(cfg)], "snapshots": 0})
     run.close()
-    assert main(["grok", "train", "--resume", str(run.path)]) == 0
+    assert main(["grok", "train", "--resume", str(run.path), "--device", "cpu"]) == 0
     saved = json.loads((run.path / "config.json").read_text())
     assert saved["kind"] == "grok.train" and saved["eval_ratio"] == 1.1
     assert [r["step"] for r in run.metrics()] == eval_steps(30, 1.1)

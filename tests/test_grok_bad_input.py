@@ -12,7 +12,8 @@ import torch
 from nexttoken.cli import main
 from nexttoken.runs import save_tensors
 
-TINY = ["--op", "x+y", "--p", "7", "--n-embd", "16", "--n-head", "2", "--mlp-hidden", "32", "--steps", "30"]
+TINY = ["--op", "x+y", "--p", "7", "--n-embd", "16", "--n-head", "2", "--mlp-hidden", "32", "--steps", "30", "--device",
+        "cpu"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,7 +67,7 @@ BAD_VALUES = [
     (["train", "--op", "x/y", "--p", "91"], "91 is not prime"),
     (["train", "--p", "1"], "--p must be >= 2"),
     (["train", "--n-embd", "30", "--n-head", "4"], "--n-embd 30 is not divisible by --n-head 4"),
-    (["train", "--op", "x+y", "--p", "30011"], "GiB of host memory, more than the"),
+    (["train", "--op", "x+y", "--p", "1000000"], "GiB of host memory, more than the"),
     (["train", "--no-such-flag"], "unrecognized arguments"),
     (["sweep", "--seeds", "0"], "--seeds must be >= 1"),
     (["sweep", "--max-ensemble", "0"], "--max-ensemble must be >= 1"),
@@ -77,7 +78,7 @@ BAD_VALUES = [
     (["sweep", "--grid", "lr=0.1,-1"], "--grid lr must be > 0"),
     (["sweep", "--grid", "bias=maybe"], "--grid bias takes true or false"),
     (["sweep", "--grid", "n_head=3"], "is not divisible by --n-head 3"),
-    (["sweep", "--op", "x+y", "--p", "30011", "--fracs", "0.5", "--seeds", "1"], "the largest p that fits is about"),
+    (["sweep", "--op", "x+y", "--p", "1000000", "--fracs", "0.5", "--seeds", "1"], "the largest p that fits is about"),
     (["table", "--op", "x/y", "--p", "10"], "10 is not prime"),
     (["table", "--p", "0"], "--p must be >= 2"),
     (["table", "--op", "nope"], "invalid choice: 'nope'"),

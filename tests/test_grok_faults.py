@@ -1,7 +1,7 @@
 """`nexttoken grok train` killed (kill -9, Ctrl-C, SIGTERM) and resumed: every resumed run ends with the metrics of an
 uninterrupted one, no step logged twice; two trainings given one --out: exactly one runs.
 
-Each run is a subprocess on one thread (the same arithmetic in every process, so metrics compare exactly)."""
+Each run is a subprocess on one CPU thread (the same arithmetic in every process, so metrics compare exactly)."""
 
 import json
 import os
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 TINY = ["--op", "x+y", "--p", "11", "--n-embd", "16", "--n-head", "2", "--mlp-hidden", "32", "--lr", "3e-3",
-        "--steps", "300"]
+        "--steps", "300", "--device", "cpu"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -81,7 +81,7 @@ def test_a_kill_before_the_first_checkpoint_starts_over_cleanly(reference, tmp_p
             break
     else:
         pytest.skip("every kill landed after the first checkpoint")
-    code, err = finish(start("--resume", str(run)))
+    code, err = finish(start("--resume", str(run), "--device", "cpu"))
     assert code == 0, err
     assert_same_run(run, reference)
 
@@ -93,7 +93,7 @@ def test_the_state_a_kill_between_the_last_checkpoint_and_the_summary_leaves(ref
     shutil.copytree(reference, run)
     for name in ("summary.json", "curves.png", "loss.png"):
         (run / name).unlink()
-    code, err = finish(start("--resume", str(run)))
+    code, err = finish(start("--resume", str(run), "--device", "cpu"))
     assert code == 0 and "has already finished" in err, err
     assert (run / "curves.png").exists()
     assert_same_run(run, reference)
@@ -112,7 +112,7 @@ def test_kills_at_random_points_resume_to_the_uninterrupted_run(reference, tmp_p
         proc.kill()
         proc.wait()
         kills += 1
-        proc = start("--resume", str(run))
+        proc = start("--resume", str(run), "--device", "cpu")
     code, err = finish(proc)
     assert code == 0, err
     assert kills >= 2
@@ -129,7 +129,7 @@ def test_ctrl_c_and_sigterm_save_and_resume_continues_exactly(reference, tmp_pat
         code, err = finish(proc)
         assert code == 130, err
         assert err.strip().splitlines()[-1].endswith(f"with a checkpoint; continue with --resume {run}"), err
-        proc = start("--resume", str(run))
+        proc = start("--resume", str(run), "--device", "cpu")
     code, err = finish(proc)
     assert code == 0, err
     assert_same_run(run, reference)
