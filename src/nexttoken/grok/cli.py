@@ -92,8 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     device = _device(args)
     if args.resume:
-        resumed = resume(_resume_target(args), device, requested(args),
-                         config.given(args, TrainOptions))
+        resumed = resume(_resume_target(args), device, requested(args), config.given(args, TrainOptions))
         run, cfg, options = resumed.run, resumed.config, resumed.options
         if resumed.finished:
             print(f"grok: {run.path} has already finished; nothing to train", file=sys.stderr)
@@ -130,8 +129,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         grid = make_grid(shape, args.op or GrokConfig.op, args.grid)
         asked = {"op": "ops" in given or args.op is not None, "frac": "fracs" in given, "seed": "seeds" in given}
         grid = {k: v for k, v in grid.items() if asked.get(k, True)}
-        sweep = resume_sweep(_resume_target(args), requested(args),
-                             grid, given.get("max_ensemble"), config.given(args, TrainOptions))
+        sweep = resume_sweep(_resume_target(args), requested(args), grid, given.get("max_ensemble"),
+                             config.given(args, TrainOptions))
     else:
         base = base_config(args)
         sweep = start_sweep(base, make_grid(shape, base.op, args.grid), shape.max_ensemble,

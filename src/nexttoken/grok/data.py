@@ -170,8 +170,8 @@ def make_table(op: str, p: int = 97) -> Table:
     return Table(op, n, inputs, abc[:, 2].clone())
 
 
-# Peak host memory of ``make_table`` per equation (Python tuples while the table is built, then the tensors), and
-# of the table once built: what a run's memory check counts.
+# Peak host memory of ``make_table`` per equation with a margin (Python tuples while the table is built, then the
+# tensors), and of the table once built: what a run's memory check counts.
 BUILD_BYTES_PER_ROW = 240
 TABLE_BYTES_PER_ROW = 5 * 8
 
