@@ -27,7 +27,7 @@ import os
 import re
 import sys
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,8 @@ import torch
 
 from nexttoken.errors import UserError
 from nexttoken.isolate import Outcome, map_isolated
-from nexttoken.runs import atomic_write_json, load_tensors, read_json, save_tensors
-from nexttoken.training import progress_bar
+from nexttoken.runs import atomic_write_bytes, atomic_write_json, load_tensors, read_json, save_tensors
+from nexttoken.progress import Progress
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")
 MIN_DB = -50.0  # clips whose RMS is below this (dBFS) are silence, not music
@@ -137,6 +137,7 @@ class Track:
     artist: str
     genre: str = "unknown"
     lyrics: str = ""
+    seconds: float = 0.0  # the whole track's length (its clips may cover less of it)
 
 
 def folder_tracks(root: Path) -> list[Track]:
@@ -203,6 +204,9 @@ class ClipSet:
     splits: list[str]  # one per track: train | val
     sample_rate: int
     skipped: list[tuple[str, str]]  # (track id, reason) of every file that gave no clip
+    # track id -> when each syllable of its lyrics is sung ({"starts", "ends": seconds, "chars": [[a, b], ...]}), for
+    # the tracks whose timing is known (the built-in lyrics set)
+    timings: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -258,7 +262,7 @@ def load_clips(source: str | Path, sample_rate: int, clip_seconds: float, *, min
             if not e.with_suffix(".safetensors").is_file() and not e.with_suffix(".json").is_file()]
     fresh: dict[int, str] = {}  # verdicts of this run (timeouts are not cached: they are known only from here)
     if todo:
-        bar = progress_bar(len(todo), desc="read audio")
+        bar = Progress(len(todo), desc="read audio", unit="file")
 
         def done(k: int, outcome: Outcome) -> None:
             bar.update(1)
@@ -287,6 +291,7 @@ def _assemble(source, tracks, entries, fresh, sample_rate, val_fraction) -> Clip
         starts.append(tensors["starts"])
         track_index.append(torch.full((len(tensors["clips"]),), len(kept), dtype=torch.long))
         quiet += meta["quiet"]
+        track.seconds = float(meta["seconds"])
         kept.append(track)
     if not kept:
         raise UserError(f"{source}: none of the {len(tracks)} audio files is usable (unreadable, empty, too short or "
@@ -306,3 +311,16 @@ def clip_summary(clips: ClipSet) -> dict:
             "artists": clips.artists(), "genres": clips.genres(), "sample_rate": clips.sample_rate,
             "val_clips": len(clips.rows("val"))}
 
+
+
+def write_wav(path: str | Path, audio, sample_rate: int) -> Path:
+    """A 16-bit mono WAV of (samples,) float audio in [-1, 1], written atomically."""
+    import io
+
+    import soundfile
+
+    buf = io.BytesIO()
+    samples = np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1, 1)
+    soundfile.write(buf, samples, sample_rate, subtype="PCM_16", format="WAV")
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)

@@ -99,6 +99,9 @@ PRESETS = {
     # 3 s clips.
     "gpu": VQVAEConfig(sample_rate=22050, clip_seconds=3.0, widths=(64, 32, 32), depths=(8, 4, 4),
                        codebook_size=2048, code_dim=64),
+    # A smoke test of every command in seconds (the tests use it): 8 kHz, convs 8 wide, 32 codes of 8 dims.
+    "tiny": VQVAEConfig(sample_rate=8000, clip_seconds=0.256, widths=(8, 8, 8), depths=(1, 1, 1), codebook_size=32,
+                        code_dim=8),
 }
 
 

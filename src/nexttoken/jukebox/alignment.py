@@ -1,0 +1,129 @@
+"""Lyrics alignment: where the top prior's encoder-decoder attention looks while each syllable is being sung.
+
+Jukebox (Dhariwal et al. 2020, https://arxiv.org/abs/2005.00341, section 5.3 and figure 4) shows that one
+encoder-decoder attention head of the top prior learns to follow the lyrics: its attention over the characters moves
+along the words as they are sung. With the built-in lyrics set the syllable timings are known (``lyrics.py``), so this
+is measured: at each top-level position during a syllable, does the head's attention argmax fall on that syllable's
+characters? The head is chosen on training lines and scored on held-out ones; beside it, the mean over every head,
+chance (a character drawn uniformly) and the linear heuristic (the character at the same fraction of the text as the
+position is of the line's sung time), which is how Jukebox aligned its lyrics before training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nexttoken.jukebox.codes import CodeSet
+from nexttoken.jukebox.prior import Prior
+from nexttoken.jukebox.train import window_rows
+
+
+def cross_patterns(prior: Prior, batch: dict) -> Tensor:
+    """(layers, B, heads, T, S) the encoder-decoder attention of every block that has it, for a batch of windows."""
+    gpt = prior.gpt
+    names = [f"blocks.{i}.cross.hook_pattern" for i, b in enumerate(gpt.blocks) if b.has_cross]
+    batch = dict(batch)
+    idx = batch.pop("idx")
+    batch.pop("targets", None)
+    with torch.no_grad():
+        _, acts = gpt.run_with_cache(idx, names=names, **prior.condition(**batch))
+    return torch.stack([acts[n] for n in names])
+
+
+def sung_syllable(seconds: np.ndarray, timing: dict) -> np.ndarray:
+    """(T,) the syllable being sung at each time (-1 between syllables).
+
+    >>> sung_syllable(np.array([0.0, 0.3, 0.6, 0.9]), {"starts": [0.0, 0.5], "ends": [0.4, 0.8]}).tolist()
+    [0, 0, 1, -1]
+    """
+    out = np.full(len(seconds), -1)
+    for k, (a, b) in enumerate(zip(timing["starts"], timing["ends"])):
+        out[(seconds >= a) & (seconds < b)] = k
+    return out
+
+
+@dataclass
+class AlignmentScore:
+    accuracy: float  # the chosen head's hit rate on the scored lines
+    layer: int  # the chosen head: its block (counting the cross-attention blocks) and head
+    head: int
+    mean_accuracy: float  # every head's hit rate, averaged
+    chance: float  # a character drawn uniformly (the start id included)
+    linear: float  # the character at the position's fraction of the sung time
+    positions: int  # top-level positions during a syllable
+    lines: int
+
+
+@torch.no_grad()
+def head_hits(prior: Prior, codes: CodeSet, split: str, most: int = 32) -> tuple[Tensor, int, float, float, int]:
+    """Hits per (cross block, head) over the sung positions of up to ``most`` lines of ``split``, with the number of
+    positions, the chance and linear-heuristic hits, and the number of lines."""
+    cfg = prior.cfg
+    level = codes.level("top")
+    device = next(prior.parameters()).device
+    lines = [s for s in codes.segments(split) if codes.tracks[int(codes.segment_track[s])]["id"] in codes.timings]
+    lines = lines[:most]
+    hits, count, chance, linear = None, 0, 0.0, 0.0
+    for s in lines:
+        track = codes.tracks[int(codes.segment_track[s])]
+        timing, n_chars = codes.timings[track["id"]], len(track["lyrics"][: cfg.max_chars])
+        starts = list(range(0, len(codes.segment(level, s)), cfg.context))
+        batch = window_rows(codes, cfg, [s] * len(starts), starts)
+        pattern = cross_patterns(prior, {k: v.to(device) for k, v in batch.items()}).cpu()  # (L, W, H, T, S)
+        argmax = pattern.argmax(-1)  # (L, W, H, T) the character each head looks at most
+        for w in range(len(starts)):
+            sung = sung_syllable(batch["seconds"][w].numpy(), timing)
+            valid = (sung >= 0) & (batch["targets"][w].numpy() >= 0)
+            if not valid.any():
+                continue
+            ranges = np.array(timing["chars"])[sung[valid]] + 1  # (P, 2) memory indices: the start id comes first
+            look = argmax[:, w][..., torch.from_numpy(valid)]  # (L, H, P)
+            lo, hi = torch.from_numpy(ranges[:, 0]), torch.from_numpy(ranges[:, 1])
+            h = ((look >= lo) & (look < hi)).sum(-1)  # (L, H)
+            hits = h if hits is None else hits + h
+            count += int(valid.sum())
+            chance += float(((ranges[:, 1] - ranges[:, 0]) / (n_chars + 1)).sum())
+            secs = batch["seconds"][w].numpy()[valid]
+            sung_span = (timing["starts"][0], timing["ends"][-1])
+            frac = np.clip((secs - sung_span[0]) / max(sung_span[1] - sung_span[0], 1e-9), 0, 1 - 1e-9)
+            guess = 1 + np.floor(frac * n_chars)
+            linear += float(((guess >= ranges[:, 0]) & (guess < ranges[:, 1])).sum())
+    return hits, count, chance, linear, len(lines)
+
+
+def alignment_score(prior: Prior, codes: CodeSet, most: int = 32) -> AlignmentScore | None:
+    """The alignment of the top prior on held-out lines (None when the data has no timed lyrics or the prior no
+    lyrics), with the head chosen on training lines."""
+    if not (prior.cfg.is_top and prior.cfg.lyrics) or not codes.timings:
+        return None
+    train_hits, train_count, *_ = head_hits(prior, codes, "train", most)
+    hits, count, chance, linear, lines = head_hits(prior, codes, "val", most)
+    if hits is None or train_hits is None:
+        return None
+    layer, head = divmod(int(train_hits.flatten().argmax()), train_hits.shape[1])
+    return AlignmentScore(float(hits[layer, head]) / count, layer, head, float(hits.float().mean()) / count,
+                          chance / count, linear / count, count, lines)
+
+
+def plot_alignment(pattern: Tensor, text: str, seconds: np.ndarray, path: str | Path, title: str = "",
+                   timing: dict | None = None) -> Path:
+    """The attention of one head over the characters (rows) at each top-level position (columns), as Jukebox's
+    figure 4; with known timings, each syllable's characters and sung time are outlined."""
+    from nexttoken import plots
+
+    chars = ["<start>"] + list(text)
+    fig, ax = plots.figure(9, 0.16 * len(chars) + 1.6)
+    ax.imshow(pattern[:, : len(chars)].T.numpy(), aspect="auto", origin="lower", cmap="magma",
+              extent=(seconds[0], seconds[-1], -0.5, len(chars) - 0.5))
+    ax.set_yticks(range(len(chars)))
+    ax.set_yticklabels(chars, fontsize=7, family="monospace")
+    for a, b, (c0, c1) in zip(*(timing[k] for k in ("starts", "ends", "chars"))) if timing else ():
+        ax.add_patch(plots.plt.Rectangle((a, c0 + 0.5), b - a, c1 - c0, fill=False, edgecolor="cyan", lw=1))
+    ax.set_xlabel("seconds")
+    ax.set_title(title or "encoder-decoder attention over the lyrics")
+    return plots.save(fig, path)

@@ -1,0 +1,186 @@
+"""The audio every Jukebox stage learns from, as one ``ClipSet``: the embedded default (the music21 corpus rendered to
+audio, with the built-in sung lyrics set) or the user's own audio (a folder or a CSV, read by ``audio.py``).
+
+Jukebox (Dhariwal et al. 2020, https://arxiv.org/abs/2005.00341) trains on songs labelled with artist, genre and
+lyrics. The embedded default needs no network: each piece of the music21 corpus subset that ``nexttoken muse`` uses
+(``nexttoken.midi.corpus``) is rendered to audio (``nexttoken.midi.render``: a General MIDI soundfont when one is
+installed, else the built-in synthesizer), its first ``piece_seconds`` only; the artist is the composer (or the folk
+collection) and the genre the instrument family that plays most of its notes. The lyrics set (``lyrics.py``) adds
+lines of made-up words sung one syllable per note, artist ``low_voice`` or ``high_voice``, genre ``song``, with the
+time each syllable is sung: the ground truth of the lyrics-alignment measure. Both are rendered once and cached under
+``$NEXTTOKEN_CACHE/jukebox`` (default ``~/.cache/nexttoken/jukebox``).
+
+    nexttoken jukebox prepare                                  # the default: corpus + 200 sung lines
+    nexttoken jukebox prepare --audio ~/music --lyrics-lines 0 # your folder (artist = sub-folder), no sung lines
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from nexttoken.config import check, option
+from nexttoken.errors import UserError
+from nexttoken.jukebox.audio import MIN_DB, ClipSet, Track, cache_root, extract_clips, load_clips, split_tracks
+from nexttoken.progress import Progress
+from nexttoken.runs import load_tensors, save_tensors
+
+MUSIC21 = ("music21-small", "music21")
+LYRICS_GENRE = "song"
+RENDERER = 1  # bumped whenever rendering changes, so no cache made by another renderer is reused
+
+
+@dataclass
+class DataConfig:
+    audio: str = option("music21-small", "music21-small (the corpus rendered to audio), music21 (all of it), a folder "
+                        "of audio files (artist = sub-folder) or a CSV of path, artist, genre[, lyrics]")
+    artists: list[str] = option(default_factory=list, help="keep only these artists (default: all)")
+    pieces: int = option(0, "corpus pieces per artist for training (0: all; a few held out besides)", ge=0, le=10**6)
+    piece_seconds: float = option(20.0, "seconds rendered from the start of each corpus piece", gt=0, le=3600)
+    lyrics_lines: int = option(200, "lines of the built-in sung lyrics set added to the audio (0: none)", ge=0,
+                               le=100_000)
+    val_fraction: float = option(0.1, "share of each artist's tracks held out (user audio and sung lines)", ge=0,
+                                 lt=1)
+    jobs: int = option(2, "processes reading audio files or converting the corpus", ge=1, le=64)
+
+    def validate(self) -> "DataConfig":
+        return check(self)
+
+
+def load_data(cfg: DataConfig, sample_rate: int, clip_samples: int) -> ClipSet:
+    """The clips of ``cfg``'s audio at ``sample_rate``, cut ``clip_samples`` long, with the sung lines added."""
+    cfg.validate()
+    if cfg.audio in MUSIC21:
+        clips = corpus_clips(cfg, sample_rate, clip_samples)
+    else:
+        clips = load_clips(cfg.audio, sample_rate, clip_samples / sample_rate, val_fraction=cfg.val_fraction,
+                           jobs=cfg.jobs)
+    if cfg.lyrics_lines:
+        clips = merge(clips, lyrics_clips(cfg.lyrics_lines, sample_rate, clip_samples, cfg.val_fraction))
+    if cfg.artists:
+        missing = sorted(set(cfg.artists) - set(clips.artists()))
+        if missing:
+            raise UserError(f"--artists {','.join(missing)}: not in {cfg.audio} (artists: "
+                            f"{', '.join(clips.artists())})")
+        clips = select(clips, [t.artist in cfg.artists for t in clips.tracks])
+    if not len(clips.rows("train")):
+        raise UserError(f"{cfg.audio}: no training audio (every track is held out); add tracks or lower "
+                        f"--val-fraction")
+    return clips
+
+
+# ---- the rendered corpus ---------------------------------------------------------------------------------------------
+def corpus_clips(cfg: DataConfig, sample_rate: int, clip_samples: int) -> ClipSet:
+    """The corpus pieces rendered to audio (cached per rendering setting), the pieces per artist ``cfg`` keeps."""
+    from nexttoken.midi.corpus import load_corpus
+    from nexttoken.midi.notes import FAMILIES
+    from nexttoken.midi.render import find_soundfont, render
+
+    corpus = load_corpus(cfg.audio, cfg.jobs)
+    soundfont = find_soundfont()
+    renderer = f"sf-{hashlib.sha1(str(soundfont).encode()).hexdigest()[:8]}" if soundfont else "synth"
+    key = f"{cfg.audio}-{len(corpus)}-sr{sample_rate}-clip{clip_samples}-{cfg.piece_seconds:g}s-{renderer}-r{RENDERER}"
+    path = cache_root() / "corpus" / f"{key}.safetensors"
+    if not path.is_file():
+        clips, track, starts, seconds, genres = [], [], [], [], []
+        with Progress(len(corpus), "render corpus", unit="piece") as bar:
+            for p in range(len(corpus)):
+                notes = corpus.notes(p)
+                genres.append(FAMILIES[int(np.bincount(notes.family).argmax())])
+                seconds.append(float(notes.end.max()))
+                keep = notes.start < cfg.piece_seconds
+                audio = render(type(notes)(notes.start[keep], np.minimum(notes.end[keep], cfg.piece_seconds),
+                                           notes.pitch[keep], notes.velocity[keep], notes.family[keep], notes.tempo),
+                               sample_rate, soundfont)[: round(cfg.piece_seconds * sample_rate)]
+                c, s = extract_clips(audio, clip_samples, MIN_DB)
+                clips.append(_pcm(c))
+                starts.append(torch.from_numpy(s).long())
+                track.append(torch.full((len(c),), p, dtype=torch.long))
+                bar.update(1)
+        save_tensors(path, {"clips": torch.cat(clips), "track": torch.cat(track), "start": torch.cat(starts)},
+                     {"ids": corpus.ids, "genres": genres, "seconds": seconds})
+    tensors, meta = load_tensors(path)
+    tracks = [Track(pid, corpus.path or path, label, genre, "", sec)
+              for pid, label, genre, sec in zip(meta["ids"], corpus.labels, meta["genres"], meta["seconds"])]
+    full = ClipSet(tensors["clips"], tensors["track"], tensors["start"], tracks, list(corpus.splits), sample_rate, [])
+    if not cfg.pieces:
+        return full
+    keep = [False] * len(tracks)
+    for artist in full.artists():  # the first pieces of each side, so that a few stay held out
+        for split, n in (("train", cfg.pieces), ("val", max(1, round(0.15 * cfg.pieces)))):
+            for p in [i for i, t in enumerate(tracks) if t.artist == artist and full.splits[i] == split][:n]:
+                keep[p] = True
+    return select(full, keep)
+
+
+def _pcm(clips: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.clip(np.round(clips * 32767), -32768, 32767).astype(np.int16))
+
+
+# ---- the sung lyrics set ---------------------------------------------------------------------------------------------
+def lyrics_clips(n: int, sample_rate: int, clip_samples: int, val_fraction: float = 0.1, seed: int = 0) -> ClipSet:
+    """``n`` sung lines as tracks whose audio is padded with silence to whole clips, with their syllable timings."""
+    from nexttoken.jukebox.lyrics import lyrics_set
+
+    path = cache_root() / "lyrics" / f"n{n}-seed{seed}-sr{sample_rate}-clip{clip_samples}-r{RENDERER}.safetensors"
+    if not path.is_file():
+        clips, track, starts, lines = [], [], [], []
+        for i, ex in enumerate(lyrics_set(n, seed, sample_rate)):
+            audio = np.pad(ex.audio, (0, -len(ex.audio) % clip_samples))
+            clips.append(_pcm(audio.reshape(-1, clip_samples)))
+            starts.append(torch.arange(len(clips[-1])) * clip_samples)
+            track.append(torch.full((len(clips[-1]),), i, dtype=torch.long))
+            lines.append({"text": ex.text, "voice": ex.voice, "seconds": len(ex.audio) / sample_rate,
+                          "starts": ex.starts.tolist(), "ends": ex.ends.tolist(), "chars": ex.chars.tolist()})
+        save_tensors(path, {"clips": torch.cat(clips), "track": torch.cat(track), "start": torch.cat(starts)},
+                     {"lines": lines})
+    tensors, meta = load_tensors(path)
+    lines = meta["lines"]
+    tracks = [Track(f"lyrics/{i:05d}", path, f"{line['voice']}_voice", LYRICS_GENRE, line["text"], line["seconds"])
+              for i, line in enumerate(lines)]
+    timings = {t.id: {k: line[k] for k in ("starts", "ends", "chars")} for t, line in zip(tracks, lines)}
+    splits = split_tracks([t.id for t in tracks], [t.artist for t in tracks], val_fraction)
+    return ClipSet(tensors["clips"], tensors["track"], tensors["start"], tracks, splits, sample_rate, [], timings)
+
+
+# ---- clip sets -------------------------------------------------------------------------------------------------------
+def merge(a: ClipSet, b: ClipSet) -> ClipSet:
+    """Both sets' tracks and clips in one set (the rates and clip lengths must agree)."""
+    if a.sample_rate != b.sample_rate or a.clips.shape[1] != b.clips.shape[1]:
+        raise ValueError("clip sets of different rates or clip lengths")
+    return ClipSet(torch.cat([a.clips, b.clips]), torch.cat([a.track, b.track + len(a.tracks)]),
+                   torch.cat([a.start, b.start]), a.tracks + b.tracks, a.splits + b.splits, a.sample_rate,
+                   a.skipped + b.skipped, {**a.timings, **b.timings})
+
+
+def select(clips: ClipSet, keep: list[bool]) -> ClipSet:
+    """The tracks whose ``keep`` is True, with their clips."""
+    new_index = torch.full((len(keep),), -1, dtype=torch.long)
+    kept = [i for i, k in enumerate(keep) if k]
+    new_index[kept] = torch.arange(len(kept))
+    rows = new_index[clips.track] >= 0
+    tracks = [clips.tracks[i] for i in kept]
+    return ClipSet(clips.clips[rows], new_index[clips.track[rows]], clips.start[rows], tracks,
+                   [clips.splits[i] for i in kept], clips.sample_rate, clips.skipped,
+                   {t.id: clips.timings[t.id] for t in tracks if t.id in clips.timings})
+
+
+def summary_rows(clips: ClipSet) -> list[dict]:
+    """Per artist: tracks, held-out tracks, genres and minutes of audio (what ``prepare`` prints)."""
+    seconds = clips.clips.shape[1] / clips.sample_rate
+    counts = torch.bincount(clips.track, minlength=len(clips.tracks)).tolist()
+    rows = []
+    for artist in clips.artists():
+        idx = [i for i, t in enumerate(clips.tracks) if t.artist == artist]
+        rows.append({"artist": artist, "tracks": len(idx), "val": sum(clips.splits[i] == "val" for i in idx),
+                     "genres": ",".join(sorted({clips.tracks[i].genre for i in idx})),
+                     "minutes": sum(counts[i] for i in idx) * seconds / 60,
+                     "lyrics": sum(bool(clips.tracks[i].lyrics) for i in idx)})
+    return rows
+
+
+def data_dict(cfg: DataConfig) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,249 @@
+"""The pipeline folder: every stage of one Jukebox in one folder, so that one RUN names what ``encode``, ``decode``,
+``sample``, ``evaluate`` and ``report`` need, and a killed ``train`` continues where it stopped.
+
+    RUN/config.json          kind jukebox.pipeline: the data (and the plan of ``nexttoken jukebox train``)
+    RUN/vqvae/               the VQ-VAE's run: config, metrics.jsonl, checkpoint, summary.json, plots
+    RUN/codes.safetensors    every track's codes at every level, encoded once after the VQ-VAE (``codes.py``)
+    RUN/top/, RUN/middle/, RUN/bottom/    each prior's run, trained on those codes alone
+    RUN/samples/<name>/      sampled audio (``sample.py``)         RUN/evaluation.json   ``evaluate``
+
+Dhariwal et al. 2020, https://arxiv.org/abs/2005.00341: the VQ-VAE is trained first and frozen; the priors learn its
+codes. Every stage is a ``nexttoken.runs.Run`` of its own kind, so a folder of another kind is refused by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from nexttoken.config import load, option, resumed
+from nexttoken.errors import UserError
+from nexttoken.jukebox.codes import CodeSet, encode_clips
+from nexttoken.jukebox.data import DataConfig, load_data
+from nexttoken.jukebox.prior import LEVELS, Prior, PriorConfig
+from nexttoken.jukebox.train import (PRIOR_DEFAULTS, PRIOR_KIND, PRIOR_LOOP, PRIOR_OPTIM, VQ_LOOP, VQ_OPTIM,
+                                     VQVAE_KIND, VQVAEOptions, train_prior, train_vqvae)
+from nexttoken.jukebox.vqvae import VQVAE, VQVAEConfig
+from nexttoken.runs import Run, read_json
+from nexttoken.training import LoopConfig, OptimConfig, init_distributed, seed_everything
+
+KIND = "jukebox.pipeline"
+CODES = "codes.safetensors"
+
+
+@dataclass
+class Plan:
+    """What ``nexttoken jukebox train`` runs: every stage at its defaults, with these changes."""
+
+    vqvae_steps: int = option(VQ_LOOP.steps, "VQ-VAE steps", ge=1, le=10**9)
+    prior_steps: int = option(PRIOR_LOOP.steps, "steps of each prior", ge=1, le=10**9)
+
+
+# ---- the folder ------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def claimed(path: Path, config: dict, new: bool):
+    """The pipeline folder claimed for this process: made (``new``) or reclaimed. A new folder in which no stage
+    started is removed again if the command fails, so the corrected command can use it."""
+    run = Run.create(path, config, KIND) if new else Run.resume(path, KIND)
+    try:
+        yield run
+    except BaseException:
+        if new and not any((path / s / "config.json").is_file() for s in ("vqvae", *LEVELS)):
+            run.discard()
+        raise
+    finally:
+        run.close()
+
+
+def open_pipeline(path: Path) -> Run:
+    """A pipeline folder to read; any other folder is refused by name."""
+    return Run.open(path, KIND)
+
+
+def data_config(run: Run) -> DataConfig:
+    return load(DataConfig, run.config.get("data"), str(run.path / "config.json"))
+
+
+def vqvae_config(path: Path) -> VQVAEConfig:
+    stage = Run.open(path / "vqvae", VQVAE_KIND) if (path / "vqvae").is_dir() else None
+    if stage is None:
+        raise UserError(f"{path} has no VQ-VAE yet; train it with: nexttoken jukebox train-vqvae --resume {path}")
+    try:
+        return VQVAEConfig(**stage.config["vqvae"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise UserError(f"{path / 'vqvae' / 'config.json'} is damaged ({e})") from None
+
+
+def load_vqvae(path: Path, device: torch.device) -> VQVAE:
+    """The trained VQ-VAE of a pipeline folder, in eval mode on ``device``."""
+    model = VQVAE(vqvae_config(path))
+    stage = Run.open(path / "vqvae", VQVAE_KIND)
+    if not stage.has_checkpoint():
+        raise UserError(f"{path / 'vqvae'} has no checkpoint yet; continue it with: nexttoken jukebox train-vqvae "
+                        f"--resume {path}")
+    stage.load_checkpoint(model, restore_rng_state=False)
+    return model.to(device).eval()
+
+
+def clips_of(path: Path):
+    """The pipeline's clips, at its VQ-VAE's rate and clip length."""
+    vq = vqvae_config(path)
+    return load_data(data_config(open_pipeline(path)), vq.sample_rate, vq.clip_samples)
+
+
+def codes_of(path: Path, device: torch.device) -> CodeSet:
+    """The cached codes of the pipeline, encoded now (once) if the VQ-VAE has moved on since, or never encoded."""
+    step = _vqvae_step(path)
+    if (path / CODES).is_file():
+        codes = CodeSet.load(path / CODES)
+        if codes.step == step:
+            return codes
+    print(f"nexttoken: encoding the audio once with the VQ-VAE of step {step} into {path / CODES}", file=sys.stderr)
+    clips = clips_of(path)
+    vqvae = load_vqvae(path, device)
+    codes = encode_clips(vqvae, clips, step)
+    del vqvae  # the priors train on the codes alone
+    codes.save(path / CODES)
+    return codes
+
+
+def _vqvae_step(path: Path) -> int:
+    summary = path / "vqvae" / "summary.json"
+    if not summary.is_file():
+        raise UserError(f"{path / 'vqvae'} has not finished training; finish it first with: nexttoken jukebox "
+                        f"train-vqvae --resume {path}")
+    return int(read_json(summary)["steps"])
+
+
+def prior_config(codes: CodeSet, level: str, base: PriorConfig) -> PriorConfig:
+    """``base`` with what the codes decide: vocabulary, labels, hops and the range of the timing embedding."""
+    i = codes.level(level)
+    longest = max([t["seconds"] for t in codes.tracks] + [1.0])
+    return replace(base, level=level, codebook_size=codes.codebook_size, artists=list(codes.artists),
+                   genres=list(codes.genres), ratio=1 if i == len(codes.levels) - 1 else codes.hops[i + 1] // codes.hops[i],
+                   hop=codes.hops[i], sample_rate=codes.sample_rate, max_seconds=float(longest)).validate()
+
+
+def open_prior_config(path: Path, level: str) -> PriorConfig:
+    """The settings of a trained prior of a pipeline folder (its model is not built)."""
+    stage = path / level
+    if not (stage / "config.json").is_file():
+        raise UserError(f"{path} has no {level} prior yet; train it with: nexttoken jukebox train-prior {path} "
+                        f"--level {level}")
+    return load(PriorConfig, Run.open(stage, PRIOR_KIND).config.get("prior"), str(stage / "config.json"))
+
+
+def load_prior(path: Path, level: str, device: torch.device) -> Prior:
+    """A trained prior of a pipeline folder, in eval mode on ``device``."""
+    cfg = open_prior_config(path, level)
+    run = Run.open(path / level, PRIOR_KIND)
+    if not run.has_checkpoint():
+        raise UserError(f"{run.path} has no checkpoint yet; continue it with: nexttoken jukebox train-prior {path} "
+                        f"--level {level} --resume")
+    model = Prior(cfg)
+    run.load_checkpoint(model, restore_rng_state=False)
+    return model.to(device).eval()
+
+
+def finished(stage: Path) -> bool:
+    return (stage / "summary.json").is_file()
+
+
+# ---- the stages ------------------------------------------------------------------------------------------------------
+def vqvae_stage(path: Path, opts: VQVAEOptions, optim: OptimConfig, loop: LoopConfig, device: str,
+                data: DataConfig | None = None, plan: Plan | None = None) -> Path:
+    """Train the VQ-VAE of a new pipeline folder (``data`` given: everything is checked and the audio read before the
+    folder is made), or continue that of an existing one with ``opts``, ``optim`` and ``loop`` as saved."""
+    dist = init_distributed(device)
+    loop.validate(dist.world_size)
+    seed_everything(loop.seed)
+    stage = path / "vqvae"
+    if data is not None:
+        vq = opts.vqvae_config()
+        clips = load_data(data, vq.sample_rate, vq.clip_samples)
+        config = {"data": asdict(data), **({"plan": asdict(plan)} if plan else {})}
+        with claimed(path, config, new=True):
+            train_vqvae(stage, clips, opts, optim, loop, dist, resume=False)
+        return path
+    data = data_config(open_pipeline(path))
+    vq = opts.vqvae_config()
+    clips = load_data(data, vq.sample_rate, vq.clip_samples)
+    with claimed(path, {}, new=False):
+        train_vqvae(stage, clips, opts, optim, loop, dist, resume=(stage / "config.json").is_file())
+    return path
+
+
+def saved_vqvae_settings(path: Path, changes: dict) -> tuple[VQVAEOptions, OptimConfig, LoopConfig]:
+    """A VQ-VAE stage's settings, with the ``changes`` a resume may make (more steps)."""
+    run = Run.open(path / "vqvae", VQVAE_KIND)
+    source = str(run.path / "config.json")
+    opts = load(VQVAEOptions, run.config.get("options"), source)
+    optim, loop = load(OptimConfig, run.config.get("optim"), source), load(LoopConfig, run.config.get("loop"), source)
+    return (resumed(opts, _pick(changes, VQVAEOptions)), resumed(optim, _pick(changes, OptimConfig)),
+            resumed(loop, _pick(changes, LoopConfig), adjustable=("steps",)))
+
+
+def saved_prior_settings(path: Path, level: str, changes: dict) -> tuple[PriorConfig, OptimConfig, LoopConfig]:
+    run = Run.open(path / level, PRIOR_KIND)
+    source = str(run.path / "config.json")
+    cfg = load(PriorConfig, run.config.get("prior"), source)
+    optim, loop = load(OptimConfig, run.config.get("optim"), source), load(LoopConfig, run.config.get("loop"), source)
+    return (resumed(cfg, _pick(changes, PriorConfig)), resumed(optim, _pick(changes, OptimConfig)),
+            resumed(loop, _pick(changes, LoopConfig), adjustable=("steps",)))
+
+
+def _pick(changes: dict, cls) -> dict:
+    return {k: v for k, v in changes.items() if k in cls.__dataclass_fields__}
+
+
+def prior_stage(path: Path, level: str, base: PriorConfig, optim: OptimConfig, loop: LoopConfig, device: str,
+                resume: bool) -> Path:
+    """Train one level's prior in ``path/level`` on the pipeline's codes (encoded first if they are not cached)."""
+    open_pipeline(path)
+    if level not in LEVELS:
+        raise UserError(f"--level must be one of {', '.join(LEVELS)}, not {level!r}")
+    stage = path / level
+    exists = (stage / "config.json").is_file()
+    if exists and not resume:
+        raise UserError(f"{stage} already holds a prior; pass --resume to continue it, or delete the folder")
+    if resume and not exists:
+        raise UserError(f"{stage} holds no prior to resume; leave out --resume to start it")
+    dist = init_distributed(device)
+    loop.validate(dist.world_size)
+    seed_everything(loop.seed)
+    with claimed(path, {}, new=False):
+        codes = codes_of(path, dist.device)
+        cfg = base if resume else prior_config(codes, level, base)
+        train_prior(stage, codes, cfg, optim, loop, dist, resume)
+    return stage
+
+
+def train_everything(path: Path, plan: Plan, opts: VQVAEOptions, device: str, data: DataConfig | None) -> Path:
+    """Every stage into one folder: the VQ-VAE, the codes, then the top, middle and bottom priors. With ``data``
+    the folder is new; without, a finished stage is kept, a started one continues and the others start, as the plan
+    saved in the folder says."""
+    if data is not None:
+        vqvae_stage(path, opts, VQ_OPTIM, replace(VQ_LOOP, steps=plan.vqvae_steps), device, data, plan)
+    else:
+        plan = load(Plan, open_pipeline(path).config.get("plan"), str(path / "config.json"))
+        if (path / "vqvae" / "config.json").is_file():
+            opts, optim, loop = saved_vqvae_settings(path, {})
+        else:
+            optim, loop = VQ_OPTIM, replace(VQ_LOOP, steps=plan.vqvae_steps)
+        if not finished(path / "vqvae"):
+            vqvae_stage(path, opts, optim, loop, device)
+    for level in reversed(vqvae_config(path).levels):
+        stage = path / level
+        if finished(stage):
+            continue
+        if (stage / "config.json").is_file():
+            cfg, optim, loop = saved_prior_settings(path, level, {})
+            prior_stage(path, level, cfg, optim, loop, device, resume=True)
+        else:
+            prior_stage(path, level, PRIOR_DEFAULTS[level], PRIOR_OPTIM, replace(PRIOR_LOOP, steps=plan.prior_steps),
+                        device, resume=False)
+    return path
