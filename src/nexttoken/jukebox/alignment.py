@@ -32,7 +32,7 @@ def cross_patterns(prior: Prior, batch: dict) -> Tensor:
     batch.pop("targets", None)
     with torch.no_grad():
         _, acts = gpt.run_with_cache(idx, names=names, **prior.condition(**batch))
-    return torch.stack([acts[n] for n in names])
+    return torch.stack([acts[n][..., -idx.shape[1] :, :] for n in names])  # the condition tokens' queries dropped
 
 
 def sung_syllable(seconds: np.ndarray, timing: dict) -> np.ndarray:
@@ -127,3 +127,21 @@ def plot_alignment(pattern: Tensor, text: str, seconds: np.ndarray, path: str | 
     ax.set_xlabel("seconds")
     ax.set_title(title or "encoder-decoder attention over the lyrics")
     return plots.save(fig, path)
+
+
+@torch.no_grad()
+def sampled_attention(prior: Prior, codes: Tensor, cond: list[int], total_seconds: float, lyrics: str, layer: int,
+                      head: int) -> tuple[Tensor, np.ndarray]:
+    """One head's attention (T, S) while the top prior reads a sample's first window of codes (N,) back, and the
+    time of each position: what it attended to while it sampled them (cached decoding equals this recomputation)."""
+    from nexttoken.jukebox.prior import chars_batch, position_seconds
+
+    cfg = prior.cfg
+    device = next(prior.parameters()).device
+    window = codes[None, : cfg.context].long()
+    idx = torch.cat([torch.full_like(window[:, :1], cfg.start_token), window[:, :-1]], dim=1)
+    seconds = position_seconds(torch.zeros(1), window.shape[1], cfg.hop, cfg.sample_rate)
+    batch = {"idx": idx, "cond": torch.tensor([cond]), "seconds": seconds,
+             "total": torch.tensor([total_seconds]), "chars": chars_batch([lyrics], cfg.max_chars)}
+    pattern = cross_patterns(prior, {k: v.to(device) for k, v in batch.items()}).cpu()
+    return pattern[layer, 0, head], seconds[0].numpy()

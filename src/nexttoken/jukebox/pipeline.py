@@ -247,3 +247,48 @@ def train_everything(path: Path, plan: Plan, opts: VQVAEOptions, device: str, da
             prior_stage(path, level, PRIOR_DEFAULTS[level], PRIOR_OPTIM, replace(PRIOR_LOOP, steps=plan.prior_steps),
                         device, resume=False)
     return path
+
+
+# ---- encode and decode files -----------------------------------------------------------------------------------------
+def encode_file(path: Path, audio_path: Path, out: Path | None, device: torch.device) -> tuple[Path, list[str]]:
+    """An audio file's codes at every level into a .npz (``codes.write_npz``), and a line per level."""
+    from nexttoken.jukebox.audio import read_audio
+    from nexttoken.jukebox.codes import write_npz
+
+    open_pipeline(path)
+    vq = vqvae_config(path)
+    audio = torch.from_numpy(read_audio(audio_path, vq.sample_rate))[None]  # (1, samples)
+    vqvae = load_vqvae(path, device)
+    codes = [c[0].cpu() for c in vqvae.encode(audio.to(device))]
+    out = write_npz(out or audio_path.with_suffix(".npz"), codes, vq.levels, vq.hops, vq.sample_rate, audio.shape[1])
+    lines = [f"{name:6s} {len(c):8,d} codes  {vq.sample_rate / hop:7.1f} codes/s  "
+             f"{vq.bits_per_second(i) / 1000:6.2f} kbit/s" for i, (name, c, hop) in enumerate(zip(vq.levels, codes,
+                                                                                                   vq.hops))]
+    return out, lines
+
+
+def decode_file(path: Path, codes_path: Path, level: str, out: Path | None, device: torch.device
+                ) -> tuple[Path, float]:
+    """A .npz of codes decoded from one level to a WAV (the first sample of a batch gets the plain name)."""
+    from nexttoken.jukebox.audio import write_wav
+    from nexttoken.jukebox.codes import read_npz
+
+    open_pipeline(path)
+    vq = vqvae_config(path)
+    f = read_npz(codes_path)
+    if level not in f.codes:
+        raise UserError(f"--level {level}: {codes_path} holds the {', '.join(f.codes) or 'no'} level(s)")
+    if f.sample_rate != vq.sample_rate or tuple(f.hops) != tuple(vq.hops):
+        raise UserError(f"{codes_path} was encoded at {f.sample_rate} Hz with hops {f.hops}; this VQ-VAE codes "
+                        f"{vq.sample_rate} Hz with hops {vq.hops}")
+    codes = torch.from_numpy(f.codes[level]).long()
+    codes = codes[None] if codes.dim() == 1 else codes
+    if codes.numel() and (codes.min() < 0 or codes.max() >= vq.codebook_size):
+        raise UserError(f"{codes_path}: codes outside this VQ-VAE's codebook of {vq.codebook_size}")
+    vqvae = load_vqvae(path, device)
+    with torch.no_grad():
+        audio = vqvae.decode(codes.to(device), vq.levels.index(level))[:, : f.samples].cpu().numpy()
+    out = out or codes_path.with_name(f"{codes_path.stem}-{level}.wav")
+    for k, a in enumerate(audio):
+        write_wav(out if k == 0 else out.with_name(f"{out.stem}-{k + 1}{out.suffix}"), a, vq.sample_rate)
+    return out, audio.shape[1] / vq.sample_rate

@@ -101,14 +101,14 @@ def sample_level(prior: Prior, known: torch.Tensor, total: int, conditioning, sa
     return codes
 
 
-def top_conditioning(prior: Prior, cond: torch.Tensor, total_seconds: float, lyrics: str):
+def top_conditioning(prior: Prior, cond: torch.Tensor, total_seconds: float, lyrics: str | list[str]):
     """The top prior's inputs for codes [start, end): timing for each code (one spare position for the code that
-    ``generate`` samples last and never feeds back), lyrics as memory."""
+    ``generate`` samples last and never feeds back), lyrics (one text, or one per row) as memory."""
     cfg, device = prior.cfg, next(prior.parameters()).device
     B = cond.shape[0]
     extra = {}
     if cfg.lyrics:
-        chars = chars_batch([lyrics] * B, cfg.max_chars).to(device)
+        chars = chars_batch([lyrics] * B if isinstance(lyrics, str) else lyrics, cfg.max_chars).to(device)
         with torch.no_grad():
             extra = {"memory": prior.lyrics(chars), "memory_mask": chars != 0}
 

@@ -1,0 +1,212 @@
+"""`nexttoken jukebox evaluate RUN`: the paper's measures for a trained pipeline folder, printed side by side and
+written to RUN/evaluation.json.
+
+Dhariwal et al. 2020, https://arxiv.org/abs/2005.00341:
+
+- reconstruction per level on held-out clips (``evaluate.evaluate_codec``), beside an EnCodec-architecture codec
+  (Défossez et al. 2022, https://arxiv.org/abs/2210.13438) trained from scratch on the same clips, for the same steps,
+  with the same loss, at each level's bitrate (kept in RUN/baseline-<level>, so a second evaluation reuses it), and
+  beside other pipelines' VQ-VAEs (``--compare``: the ``--no-restarts`` ablation);
+- held-out bits per second of audio at each level, against a unigram model of the training codes;
+- conditioning: an artist classifier trained on real clips names the requested artist in clips sampled through all
+  three levels (``fidelity.py``);
+- lyrics: how often the top prior's attention argmax falls on the syllable being sung (``alignment.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from nexttoken.config import load, option
+from nexttoken.errors import UserError
+from nexttoken.jukebox.alignment import alignment_score, cross_patterns, plot_alignment
+from nexttoken.jukebox.evaluate import EncodecBaseline, evaluate_codec, matching_baseline
+from nexttoken.jukebox.fidelity import features, fit_classifier, recognition
+from nexttoken.jukebox.pipeline import (clips_of, codes_of, load_prior, load_vqvae, open_pipeline, saved_vqvae_settings,
+                                        vqvae_config)
+from nexttoken.jukebox.sample import JUKEBOX_SAMPLING, sample_level, top_conditioning, upsampler_conditioning
+from nexttoken.jukebox.train import clip_batches, held_out, score_level, summed_vqvae_loss, window_rows
+from nexttoken.runs import Run, atomic_write_json, read_json
+from nexttoken.training import count_rows, fit
+
+BASELINE_KIND = "jukebox.baseline"
+
+
+@dataclass
+class EvaluateConfig:
+    baselines: list[str] = option(default_factory=lambda: ["bottom", "middle", "top"],
+                                  help="levels whose bitrate an EnCodec-architecture codec is trained at (none: '')")
+    compare: list[str] = option(default_factory=list, help="other pipeline folders whose VQ-VAE is scored on these "
+                                "held-out clips (e.g. the --no-restarts ablation)")
+    val_clips: int = option(64, "held-out clips scored for reconstruction", ge=1, le=10**6)
+    clips_per_artist: int = option(4, "clips sampled per artist for artist recognition (0: skip)", ge=0, le=1000)
+    seconds: float = option(2.0, "length of each sampled clip", gt=0, le=600)
+    windows: int = option(64, "held-out windows per level for bits per second", ge=1, le=10**6)
+    lines: int = option(32, "lyric lines scored for alignment (held out; as many training lines choose the head)",
+                        ge=1, le=10**6)
+    seed: int = option(0, "seed of the sampled clips", ge=0)
+
+
+@dataclass
+class Evaluation:
+    reconstruction: dict = field(default_factory=dict)  # codec name -> level -> metrics
+    bits_per_second: dict = field(default_factory=dict)  # level -> {prior, unigram, codes}
+    recognition: dict | None = None
+    alignment: dict | None = None
+    files: dict = field(default_factory=dict)
+
+
+def train_baseline(path: Path, level: str, clips, val: torch.Tensor, device: torch.device) -> dict:
+    """The EnCodec-architecture codec at ``level``'s bitrate, trained like the VQ-VAE (same clips, batches, steps,
+    loss and optimiser) in ``path/baseline-<level>``, or read from there; its held-out metrics."""
+    vq = vqvae_config(path)
+    opts, optim, loop = saved_vqvae_settings(path, {})
+    cfg = matching_baseline(vq, vq.levels.index(level))
+    stage = path / f"baseline-{level}"
+    model = EncodecBaseline(cfg).to(device)
+    settings = {"baseline": asdict(cfg), "optim": asdict(optim), "loop": asdict(loop)}
+    resume = (stage / "config.json").is_file()
+    with (Run.resume(stage, BASELINE_KIND) if resume else Run.create(stage, settings, BASELINE_KIND)) as run:
+        fit(model, clip_batches(clips, loop.batch_size, loop.seed), optim, loop, run, resume=resume,
+            loss_fn=summed_vqvae_loss, weight_fn=count_rows)
+    metrics = evaluate_codec(model, val)["encodec"]
+    return {**metrics, "stages": cfg.num_quantizers, "params": sum(p.numel() for p in model.parameters())}
+
+
+def codec_metrics(path: Path, val: torch.Tensor, device: torch.device) -> dict:
+    return evaluate_codec(load_vqvae(path, device), val)
+
+
+@torch.no_grad()
+def sample_clips(path: Path, conds: torch.Tensor, lyrics: list[str], seconds: float, seed: int,
+                 device: torch.device) -> torch.Tensor:
+    """(B, samples) audio sampled through every level for the condition rows ``conds`` (B, 2), one prior at a time."""
+    vq = vqvae_config(path)
+    samples = math.ceil(seconds * vq.sample_rate / vq.hops[-1]) * vq.hops[-1]
+    codes = None
+    for i in reversed(range(len(vq.levels))):
+        prior = load_prior(path, vq.levels[i], device)
+        conditioning = top_conditioning(prior, conds, seconds, lyrics) if prior.cfg.is_top else \
+            upsampler_conditioning(prior, conds, codes)
+        codes = sample_level(prior, torch.zeros(len(conds), 0, dtype=torch.long), samples // vq.hops[i],
+                             conditioning, JUKEBOX_SAMPLING, torch.Generator().manual_seed(seed * 1009 + i),
+                             prior.cfg.context // 2)
+        del prior
+    vqvae = load_vqvae(path, device)
+    return vqvae.decode(codes.to(device), 0).cpu()
+
+
+def artist_recognition(path: Path, clips, cfg: EvaluateConfig, device: torch.device) -> dict:
+    top = load_prior(path, vqvae_config(path).levels[-1], device).cfg
+    x, y, xv, yv = [], [], [], []
+    for artist in top.artists:  # up to 64 real clips per artist, to train on and to check the classifier
+        for split, xs, ys in (("train", x, y), ("val", xv, yv)):
+            rows = [r for r in clips.rows(split).tolist() if clips.tracks[int(clips.track[r])].artist == artist]
+            rows = rows[:: max(1, len(rows) // 64)][:64]
+            if rows:
+                xs.append(features(clips.audio(rows), clips.sample_rate))
+                ys += [artist] * len(rows)
+    classifier = fit_classifier(torch.cat(x).flatten(0, 1), y)
+    asked, conds, lyrics = [], [], []
+    lines = {}
+    for t in clips.tracks:
+        lines.setdefault(t.artist, t.lyrics)
+    for artist in top.artists:
+        genres = [t.genre for t in clips.tracks if t.artist == artist]
+        genre = max(set(genres), key=genres.count)
+        for _ in range(cfg.clips_per_artist):
+            asked.append(artist)
+            conds.append([top.artists.index(artist), len(top.artists) + top.genres.index(genre)])
+            lyrics.append(lines.get(artist, ""))  # the sung voices sing a line of their own
+    audio = sample_clips(path, torch.tensor(conds), lyrics, cfg.seconds, cfg.seed, device)
+    result = recognition(classifier, features(audio, clips.sample_rate), asked,
+                         torch.cat(xv) if xv else torch.cat(x), yv if xv else y)
+    return asdict(result)
+
+
+def lyrics_alignment(path: Path, codes, cfg: EvaluateConfig, device: torch.device) -> tuple[dict | None, Path | None]:
+    prior = load_prior(path, codes.levels[-1], device)
+    score = alignment_score(prior, codes, cfg.lines)
+    if score is None:
+        return None, None
+    val = [s for s in codes.segments("val") if codes.tracks[int(codes.segment_track[s])]["id"] in codes.timings]
+    s = (val or codes.segments("train"))[0]
+    track = codes.tracks[int(codes.segment_track[s])]
+    batch = window_rows(codes, prior.cfg, [s], [0])
+    pattern = cross_patterns(prior, {k: v.to(device) for k, v in batch.items()}).cpu()[score.layer, 0, score.head]
+    n = min(len(codes.segment(codes.level("top"), s)), prior.cfg.context)
+    png = plot_alignment(pattern[:n], track["lyrics"], batch["seconds"][0, :n].numpy(), path / "alignment.png",
+                         f"held-out line, cross-attention block {score.layer} head {score.head}",
+                         codes.timings.get(track["id"]))
+    return asdict(score), png
+
+
+def evaluate_run(path: Path, cfg: EvaluateConfig, device: torch.device) -> Evaluation:
+    open_pipeline(path)
+    if not (path / "top" / "summary.json").is_file():
+        raise UserError(f"{path} has no trained top prior yet; finish it with: nexttoken jukebox train --resume {path}")
+    vq = vqvae_config(path)
+    unknown = [b for b in cfg.baselines if b not in vq.levels]
+    if unknown:
+        raise UserError(f"--baselines {unknown[0]}: this VQ-VAE's levels are {', '.join(vq.levels)}")
+    for other in cfg.compare:
+        open_pipeline(Path(other))
+    clips = clips_of(path)
+    val = held_out(clips, cfg.val_clips)
+    ev = Evaluation()
+    ev.reconstruction[f"vqvae ({path.name})"] = codec_metrics(path, val, device)
+    for other in cfg.compare:
+        restarts = read_json(Path(other) / "vqvae" / "summary.json").get("restarts")
+        ev.reconstruction[f"vqvae ({Path(other).name}, restarts {restarts})"] = codec_metrics(Path(other), val, device)
+    for level in cfg.baselines:
+        ev.reconstruction[f"encodec at {level} bitrate"] = {level: train_baseline(path, level, clips, val, device)}
+    codes = codes_of(path, device)
+    for level in reversed(vq.levels):
+        if (path / level / "summary.json").is_file():
+            s = score_level(load_prior(path, level, device), codes, most=cfg.windows)
+            ev.bits_per_second[level] = {"prior": s.bits_per_second, "unigram": s.unigram_bits_per_second,
+                                         "nats_per_code": s.nats_per_code, "codes": s.codes}
+    if cfg.clips_per_artist and all((path / lv / "summary.json").is_file() for lv in vq.levels):
+        ev.recognition = artist_recognition(path, clips, cfg, device)
+    ev.alignment, png = lyrics_alignment(path, codes, cfg, device)
+    if png is not None:
+        ev.files["alignment"] = str(png)
+    atomic_write_json(path / "evaluation.json", {"config": asdict(cfg), **asdict(ev)})
+    return ev
+
+
+def load_evaluation(path: Path) -> dict | None:
+    f = path / "evaluation.json"
+    if not f.is_file():
+        return None
+    data = read_json(f)
+    load(EvaluateConfig, data.get("config"), str(f))
+    return data
+
+
+def format_report(ev: Evaluation) -> str:
+    out = ["reconstruction of held-out clips (spectral convergence dB, lower is better; SI-SDR dB; codes in use)"]
+    for codec, levels in ev.reconstruction.items():
+        for level, m in levels.items():
+            out.append(f"  {codec:42s} {level:7s} {m['bits_per_second'] / 1000:6.2f} kbit/s  SC "
+                       f"{m['spectral_convergence_db']:6.1f}  STFT {m['stft_distance']:.4f}  log-mel "
+                       f"{m['log_mel_l1']:.3f}  SI-SDR {m['si_sdr_db']:6.1f}  usage {100 * m['usage']:5.1f}%")
+    out.append("held-out bits per second of audio (prior vs unigram of the training codes)")
+    for level, b in ev.bits_per_second.items():
+        out.append(f"  {level:7s} {b['prior']:9.0f} vs {b['unigram']:9.0f}  ({b['codes']:,} codes)")
+    if ev.recognition:
+        r = ev.recognition
+        out.append(f"artist recognised in {r['clips']} sampled clips: {100 * r['accuracy']:.0f}% (chance "
+                   f"{100 * r['chance']:.0f}%; the classifier on held-out real clips {100 * r['real_accuracy']:.0f}%)")
+        out.append("  " + ", ".join(f"{a} {100 * v:.0f}%" for a, v in r["per_artist"].items()))
+    if ev.alignment:
+        a = ev.alignment
+        out.append(f"lyrics alignment on {a['lines']} held-out lines ({a['positions']:,} sung positions): attention "
+                   f"argmax on the sung syllable {100 * a['accuracy']:.0f}% (block {a['layer']} head {a['head']}; "
+                   f"all heads {100 * a['mean_accuracy']:.0f}%, linear heuristic {100 * a['linear']:.0f}%, chance "
+                   f"{100 * a['chance']:.0f}%)")
+    return "\n".join(out)
