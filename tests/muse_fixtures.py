@@ -62,3 +62,44 @@ def toy_corpus(folder: Path, per_style: int = 6) -> Path:
         for k in range(per_style):
             toy_piece(style, k).dump_midi(str(folder / style / f"{style}-{k}.mid"))
     return folder
+
+
+# ---- one tiny trained run, shared by the muse test modules -----------------------------------------------------------
+TINY = dict(context=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0, val_pieces=0)
+_TRAINED: dict = {}
+
+
+def trained_run(tmp_path_factory) -> dict:
+    """A tiny model trained once per test session on the toy corpus: {"root", "corpus", "run", "cache"}. Tests that
+    change the run work on a copy; tests that read the corpus set NEXTTOKEN_CACHE to "cache"."""
+    if not _TRAINED:
+        import pytest
+
+        from nexttoken.muse.train import MuseConfig, train
+        from nexttoken.training import LoopConfig, OptimConfig
+
+        root = tmp_path_factory.mktemp("muse")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("NEXTTOKEN_CACHE", str(root / "cache"))
+            corpus_dir = toy_corpus(root / "midi", per_style=6)
+            loop = LoopConfig(steps=60, batch_size=8, eval_every=20, ckpt_every=60)
+            run = train(MuseConfig(corpus=str(corpus_dir), **TINY), OptimConfig(lr=1e-2, warmup_steps=10), loop,
+                        out=root / "run", device="cpu")
+        _TRAINED.update(root=root, corpus=str(corpus_dir), run=run, cache=root / "cache")
+    return _TRAINED
+
+
+def midi_bytes(name: str) -> bytes:
+    """A MIDI file of one of the hard cases (or of a toy piece, 'scales-0' / 'chords-3'), as symusic writes it."""
+    if name in CASES:
+        return bytes(case_score(name).dumps_midi())
+    style, seed = name.rsplit("-", 1)
+    return bytes(toy_piece(style, int(seed)).dumps_midi())
+
+
+def silent_midi() -> bytes:
+    """A well-formed MIDI file that holds no notes: a tempo and an empty piano track."""
+    s = symusic.Score(TPQ)
+    s.tempos.append(symusic.Tempo(0, 120.0))
+    s.tracks.append(symusic.Track(program=0))
+    return bytes(s.dumps_midi())

@@ -18,7 +18,8 @@ from nexttoken.midi.notes import write_midi
 from nexttoken.muse.critic import CRITIC_FILE, CriticReport, fit_and_save
 from nexttoken.muse.embeddings import composer_map
 from nexttoken.muse.generate import GenerateConfig, write_samples
-from nexttoken.muse.train import MUSE_LOOP, MUSE_OPTIM, MuseConfig, open_run, resume, saved_configs, train
+from nexttoken.muse.train import (MUSE_LOOP, MUSE_OPTIM, MuseConfig, check_out, open_run, resume, saved_configs,
+                                  train)
 from nexttoken.report import Section, render
 from nexttoken.runs import read_json
 from nexttoken.sampling import SamplingConfig
@@ -65,8 +66,7 @@ def report(run_dir: Path, out: Path | None, device, cfg: ReportConfig, sampling:
            jobs: int = 2) -> Path:
     """The HTML page of a finished training run (default ``RUN/report/report.html``): pieces of its largest
     composers, and one composer's piece primed with another's opening, as MuseNet showed."""
-    if out is not None and out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder; choose another --out")
+    check_out(out)
     run = open_run(run_dir)
     if not (run.path / "summary.json").is_file():
         raise UserError(f"{run_dir} has not finished training (no summary.json); finish it with: nexttoken muse "

@@ -13,15 +13,14 @@ import numpy as np
 import torch
 
 from nexttoken.errors import UserError
-from nexttoken.muse.train import load_run
+from nexttoken.muse.train import check_out, load_run
 from nexttoken.plots import figure, principal_components, save
 from nexttoken.runs import atomic_write_text
 
 
 def composer_map(run_dir: Path, out: Path | None = None) -> list[Path]:
     """Write the heatmap, its CSV and the 2-D map into ``out`` (default: the run folder); returns the two images."""
-    if out is not None and out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder; choose another --out")
+    check_out(out)
     model, encoding, cfg, run = load_run(run_dir, torch.device("cpu"))
     names = cfg.composers
     if len(names) < 2:

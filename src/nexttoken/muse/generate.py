@@ -255,12 +255,11 @@ def write_samples(run_dir: Path, cfg: GenerateConfig, out: Path | None, device: 
     pieces are sampled and the critic keeps the ``n`` best. Nothing is written until every piece is ready."""
     from nexttoken.midi.render import find_soundfont, render_wav
     from nexttoken.muse.critic import CRITIC_FILE, Critic, keep_best, score_pieces_real
-    from nexttoken.muse.train import load_run
+    from nexttoken.muse.train import check_out, load_run
     from nexttoken.runs import atomic_write_json, unique_dir
 
     cfg.validate()
-    if out is not None and out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder; choose another --out")
+    check_out(out)
     model, encoding, muse_cfg, run = load_run(run_dir, device)
     if cfg.composer and cfg.composer not in muse_cfg.composers:
         raise UserError(f"unknown composer {cfg.composer!r}; this run knows: {', '.join(muse_cfg.composers)}")

@@ -14,16 +14,18 @@ from nexttoken.errors import UserError
 from nexttoken.midi.corpus import label_of
 from nexttoken.midi.notes import Notes, read_user_midi, write_midi
 from nexttoken.muse.encoding import Vocab, decode, encode
+from nexttoken.muse.train import check_out
 from nexttoken.runs import atomic_write_text
 
 
 def encode_file(midi: Path, out: Path | None = None, composer: str = "unknown") -> tuple[Path, np.ndarray, Notes]:
     """Write the tokens of ``midi`` (default: beside it, as .tokens); returns the file, the ids and the notes."""
+    out = out or midi.with_suffix(".tokens")
+    check_out(out.parent)
     notes = read_user_midi(midi)
     label = label_of(composer)
     vocab = Vocab([label])
     ids = encode(notes, vocab, label)
-    out = out or midi.with_suffix(".tokens")
     atomic_write_text(out, "\n".join(vocab.to_strings(ids)) + "\n")
     return out, ids, notes
 
@@ -56,8 +58,10 @@ def read_tokens(path: Path) -> tuple[np.ndarray, Vocab]:
 
 def decode_file(tokens: Path, out: Path | None = None) -> tuple[Path, Notes]:
     """Write the MIDI file of a tokens file (default: beside it, as .mid); tokens that hold no note are refused."""
+    out = out or tokens.with_suffix(".mid")
+    check_out(out.parent)
     ids, vocab = read_tokens(tokens)
     notes = decode(ids, vocab)
     if not len(notes):
         raise UserError(f"{tokens}: the tokens hold no notes")
-    return write_midi(notes, out or tokens.with_suffix(".mid")), notes
+    return write_midi(notes, out), notes

@@ -106,13 +106,29 @@ def open_run(path: Path) -> Run:
     return run
 
 
+def check_out(out: Path | None) -> None:
+    """Refuse an ``--out`` that cannot become a writable folder (a file, a path under a file, a folder this user
+    cannot write), before any work is done for it."""
+    if out is None:
+        return
+    for place in (out, *out.parents):
+        if place.exists():
+            if not place.is_dir():
+                raise UserError(f"{place} is a file, not a folder; choose another --out")
+            if not os.access(place, os.W_OK | os.X_OK):
+                raise UserError(f"{place} is not writable; choose another --out")
+            return
+
+
 def saved_configs(run: Run, changes: dict | None = None) -> tuple[MuseConfig, OptimConfig, LoopConfig]:
     """The settings a run was started with, and the ``changes`` (flag name -> value) a resume may make: more steps,
     or another number of batch workers; any other change is refused."""
     source = str(run.path / "config.json")
     saved = run.config
+    if not isinstance(saved.get("muse"), dict):
+        raise UserError(f"{source} is damaged: it holds no muse settings")
     # A run saved without a countdown field was trained without the countdown embedding.
-    cfg = load(MuseConfig, {"countdown_embedding": False, **(saved.get("muse") or {})}, source)
+    cfg = load(MuseConfig, {"countdown_embedding": False, **saved["muse"]}, source)
     optim, loop = load(OptimConfig, saved.get("optim"), source), load(LoopConfig, saved.get("loop"), source)
     changes = changes or {}
     pick = lambda cls: {k: v for k, v in changes.items() if k in {f.name for f in fields(cls)}}  # noqa: E731
