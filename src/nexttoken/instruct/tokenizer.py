@@ -103,13 +103,22 @@ class BPETokenizer:
         if not texts:
             raise UserError("cannot encode an empty batch of texts")
         rows = [self.encode(text, eos) for text in texts]
-        if max_len is not None:
-            rows = [row[-max_len:] for row in rows]
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):
-            if row:
-                ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-                mask[i, width - len(row):] = 1
-        return Batch(ids, mask)
+        return left_pad(rows, self.pad_id, max_len)
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, max_len: int | None = None) -> Batch:
+    """Token rows as one left-padded batch; a row longer than ``max_len`` keeps its last ``max_len`` tokens.
+
+    >>> left_pad([[5, 6], [7]], pad_id=0).ids.tolist()
+    [[5, 6], [0, 7]]
+    """
+    if max_len is not None:
+        rows = [row[-max_len:] for row in rows]
+    width = max(1, max(map(len, rows)))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if len(row):
+            ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
+            mask[i, width - len(row):] = 1
+    return Batch(ids, mask)
