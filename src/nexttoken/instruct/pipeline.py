@@ -1,0 +1,174 @@
+"""`nexttoken instruct pipeline`: every stage of InstructGPT in order, each a run folder inside one pipeline folder,
+ending with the evaluation that draws Figure 1, the alignment tax and the chain-of-thought table.
+
+    FOLDER/pipeline.json          the pipeline's settings
+    FOLDER/pretrain-<size>/       base models (the first trains the tokenizer the others share)
+    FOLDER/sft-<size>/            supervised fine-tuning on demonstrations
+    FOLDER/rank/                  K outputs of the SFT models per prompt, ranked by the simulated labeler panel
+    FOLDER/reward/                one reward model from the largest SFT model (InstructGPT used one 6B RM for all)
+    FOLDER/ppo-<size>/, ppo_ptx-<size>/, dpo-<size>/
+    FOLDER/evaluate/              results.json, results.md, win_rates.png, every model's answers
+
+A stage whose folder holds summary.json is done and skipped; one with a config.json but no summary was killed and is
+resumed from its checkpoint; the rest start fresh. So a killed pipeline, started again with the same command,
+continues where it stopped. Presets size it: ``demo`` (a few minutes on a 2-core CPU, for `nexttoken demo`), ``cpu``
+(the measured results in docs/instruct.md, about two hours on 2 shared cores) and ``gpu``.
+
+Ouyang et al. 2022, https://arxiv.org/abs/2203.02155.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from nexttoken.config import check, load, option, resumed
+from nexttoken.errors import UserError
+from nexttoken.instruct import dpo, ppo, pretrain, rankings, results, reward, sft
+from nexttoken.instruct.stage import finished, open_stage
+from nexttoken.runs import atomic_write_json, read_json
+
+# stage kind -> the module that runs it (CONFIGS, DEFAULTS, run_stage)
+MODULES: dict[str, ModuleType] = {"pretrain": pretrain, "sft": sft, "rank": rankings, "reward": reward, "ppo": ppo,
+                                  "dpo": dpo, "evaluate": results}
+
+# preset -> sizes and, per stage kind, {config name: {field: value}} over the stage's defaults
+PRESETS: dict[str, dict] = {
+    "demo": {
+        "sizes": ["tiny", "small"],
+        "pretrain": {"pretrain": {"corpus_chars": 600_000, "context": 128}, "loop": {"steps": 150, "batch_size": 8}},
+        "sft": {"sft": {"demonstrations": 2000}, "loop": {"steps": 60, "batch_size": 16}},
+        "rank": {"rank": {"prompts": 128, "max_new_tokens": 32}},
+        "reward": {},
+        "ppo": {"ppo": {"iterations": 8, "rollouts": 16, "max_new_tokens": 32, "norm_samples": 32,
+                        "ptx_chars": 100_000}},
+        "dpo": {},
+        "evaluate": {"eval": {"tasks": 36, "cot_tasks": 12, "max_new_tokens": 40, "cot_tokens": 64}},
+    },
+    "cpu": {
+        "sizes": ["tiny", "small", "medium"],
+        "pretrain": {},
+        "sft": {},
+        "rank": {"rank": {"prompts": 2000}},
+        "reward": {},
+        "ppo": {"ppo": {"iterations": 50, "rollouts": 32}},
+        "dpo": {},
+        "evaluate": {},
+    },
+    "gpu": {
+        "sizes": ["small", "medium", "large", "xl"],
+        "pretrain": {"loop": {"steps": 5000, "batch_size": 64}},
+        "sft": {"loop": {"steps": 1500, "batch_size": 64}},
+        "rank": {"rank": {"prompts": 8000, "k": 6}},
+        "reward": {"loop": {"batch_size": 16}},
+        "ppo": {"ppo": {"iterations": 300, "rollouts": 128, "minibatch": 32}},
+        "dpo": {"loop": {"batch_size": 16}},
+        "evaluate": {"eval": {"tasks": 450, "cot_tasks": 300}},
+    },
+}
+
+
+@dataclass
+class PipelineConfig:
+    preset: str = option("cpu", "scale of every stage: demo (minutes), cpu (hours on 2 cores), gpu",
+                         choices=tuple(PRESETS))
+    sizes: list[str] = option(default_factory=list, help="model sizes, smallest first (default: the preset's)")
+    ptx_coef: float = option(1.0, "PPO-ptx: weight of the pretraining loss", gt=0, le=1000)
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.sizes if s not in pretrain.SIZES]
+        if unknown:
+            raise UserError(f"unknown size {unknown[0]!r}; choose from {', '.join(pretrain.SIZES)}")
+
+    @property
+    def model_sizes(self) -> list[str]:
+        return self.sizes or PRESETS[self.preset]["sizes"]
+
+
+@dataclass
+class Stage:
+    name: str  # the folder inside the pipeline folder
+    kind: str  # pretrain, sft, rank, reward, ppo, dpo, evaluate
+    configs: dict  # {config name: dataclass}
+
+
+def stage_configs(kind: str, preset: dict, **overrides: dict) -> dict:
+    """The configs of one stage: dataclass defaults, then the stage's DEFAULTS, the preset's, then ``overrides``."""
+    module = MODULES[kind]
+    out = {}
+    for name, cls in module.CONFIGS.items():
+        values = {**module.DEFAULTS.get(name, {}), **preset.get(kind, {}).get(name, {}), **overrides.get(name, {})}
+        out[name] = check(replace(cls(), **values))
+    return out
+
+
+def plan(folder: Path, cfg: PipelineConfig) -> list[Stage]:
+    """Every stage in order, with the inputs it reads from the stages before it."""
+    p, sizes = PRESETS[cfg.preset], cfg.model_sizes
+    stages = []
+    for i, size in enumerate(sizes):
+        tok = "" if i == 0 else str(folder / f"pretrain-{sizes[0]}" / "tokenizer.json")
+        lr = {"lr": pretrain.default_lr(size)}
+        stages.append(Stage(f"pretrain-{size}", "pretrain",
+                            stage_configs("pretrain", p, pretrain={"size": size, "tokenizer": tok}, optim=lr)))
+    for size in sizes:
+        stages.append(Stage(f"sft-{size}", "sft", stage_configs("sft", p, sft={"init": str(folder / f"pretrain-{size}")})))
+    rank_dir, rm_dir = folder / "rank", folder / "reward"
+    stages.append(Stage("rank", "rank", stage_configs("rank", p, rank={"models": [str(folder / f"sft-{s}")
+                                                                                  for s in sizes]})))
+    stages.append(Stage("reward", "reward", stage_configs("reward", p, reward={
+        "init": str(folder / f"sft-{sizes[-1]}"), "rankings": str(rank_dir)})))
+    for size in sizes:
+        init = str(folder / f"sft-{size}")
+        stages.append(Stage(f"ppo-{size}", "ppo", stage_configs("ppo", p, ppo={"init": init,
+                                                                                "reward_model": str(rm_dir)})))
+        stages.append(Stage(f"ppo_ptx-{size}", "ppo", stage_configs("ppo", p, ppo={
+            "init": init, "reward_model": str(rm_dir), "ptx_coef": cfg.ptx_coef})))
+        stages.append(Stage(f"dpo-{size}", "dpo", stage_configs("dpo", p, dpo={"init": init,
+                                                                                "rankings": str(rank_dir)})))
+    stages.append(Stage("evaluate", "evaluate", stage_configs("evaluate", p, results={
+        "pipeline": str(folder), "sizes": sizes})))
+    return stages
+
+
+def settings(folder: Path, cfg: PipelineConfig, given: dict) -> PipelineConfig:
+    """The pipeline's settings: saved in FOLDER/pipeline.json by the first start; a later start keeps them (a flag
+    that would change them is refused)."""
+    saved_file = folder / "pipeline.json"
+    if saved_file.is_file():
+        saved = load(PipelineConfig, read_json(saved_file), str(saved_file))
+        return resumed(saved, given)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(saved_file, asdict(cfg))
+    return cfg
+
+
+def run_pipeline(folder: str | Path, cfg: PipelineConfig, device: torch.device, only: list[str] | None = None,
+                 given: dict | None = None, progress: bool = True) -> dict:
+    """Run (or continue) every stage, or the stages named in ``only``; returns the evaluation's summary when it ran."""
+    folder = Path(folder)
+    stages = plan(folder, cfg)
+    names = [s.name for s in stages]
+    unknown = [n for n in only or [] if n not in names]
+    if unknown:
+        raise UserError(f"unknown stage {unknown[0]!r}; the stages are: {', '.join(names)}")
+    cfg = settings(folder, cfg, given or {})
+    stages = plan(folder, cfg)
+    summary: dict = {}
+    for stage in stages:
+        path = folder / stage.name
+        if (only and stage.name not in only) or finished(path):
+            continue
+        resume = (path / "config.json").is_file()
+        print(f"instruct pipeline: {'resuming' if resume else 'running'} {stage.name}", file=sys.stderr, flush=True)
+        run, configs = open_stage(path, stage.kind, stage.configs, resume)
+        with run:
+            summary = MODULES[stage.kind].run_stage(configs, run, device, resume, progress)
+    if finished(folder / "evaluate"):
+        summary = read_json(folder / "evaluate" / "summary.json")
+    return summary
+

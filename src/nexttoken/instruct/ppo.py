@@ -1,0 +1,314 @@
+"""PPO against the reward model with a per-token KL penalty to the SFT model (InstructGPT's step 3), and PPO-ptx.
+
+Ouyang et al. 2022, https://arxiv.org/abs/2203.02155: the policy starts from the SFT model and maximises
+E[r(x, y) - beta log(pi(y|x) / pi_SFT(y|x))], beta = 0.02, with a value function initialised from the reward model
+and no discount; PPO-ptx adds gamma times the pretraining log-likelihood to keep the abilities the RL fine-tuning would
+tax. The details that make it work are those of Huang et al. ("The N implementation details of RLHF with PPO",
+https://arxiv.org/abs/2403.17031): the reward model's score at the last token, a fixed score for a response that
+never ends (no EOS), rewards normalised on the SFT model's own samples (gain and bias fitted once), log-probabilities
+of the logits divided by the sampling temperature, advantages whitened, the value loss clipped, no dropout, and
+optionally an adaptive KL coefficient (Ziegler et al. 2019, https://arxiv.org/abs/1909.08593).
+
+One iteration: sample a batch of prompts, roll out (batched, left-padded, KV-cached), score the responses, turn
+score and KL into per-token rewards, estimate advantages with GAE, then take a few epochs of clipped updates on
+minibatches. Prompts, samples and minibatch orders are drawn from generators seeded by the iteration, so a resumed
+run ends as an uninterrupted one.
+
+    nexttoken instruct ppo --init runs/sft-small --reward-model runs/rm --out runs/ppo-small
+    nexttoken instruct ppo --init runs/sft-small --reward-model runs/rm --ptx-coef 1 --out runs/ppo-ptx-small
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from nexttoken.config import option
+from nexttoken.errors import Interrupted, UserError
+from nexttoken.instruct.corpus import make_corpus
+from nexttoken.instruct.policy import (POLICY_FILE, Policy, RewardModel, lm_loss_sum, load_policy, load_reward_model,
+                                       respond, same_tokenizer, save_model, token_logprobs)
+from nexttoken.instruct.pretrain import Windows, token_stream
+from nexttoken.instruct.tasks import TRAIN_FAMILIES, make_tasks
+from nexttoken.instruct.world import make_world
+from nexttoken.progress import Progress
+from nexttoken.runs import Run
+from nexttoken.training import OptimConfig, StopRequests, lr_factor, make_optimizer, seed_everything, set_lr
+
+
+@dataclass
+class PPOConfig:
+    init: str = option("", "the policy to start from (and the KL anchor): an SFT run folder or a model")
+    reward_model: str = option("", "the reward run folder")
+    iterations: int = option(100, "rollout + update rounds", ge=1, le=10**7)
+    rollouts: int = option(32, "episodes (prompts) per iteration", ge=1, le=10**5)
+    minibatch: int = option(8, "episodes per gradient step", ge=1, le=10**5)
+    epochs: int = option(4, "passes over each iteration's episodes", ge=1, le=100)
+    max_new_tokens: int = option(48, "longest response in tokens", ge=1, le=4096)
+    temperature: float = option(0.7, "sampling temperature of the rollouts (the log-probs use it too)", gt=0, le=10)
+    kl_coef: float = option(0.02, "beta: weight of the per-token KL(policy || SFT) penalty", ge=0, le=100)
+    target_kl: float = option(0.0, "adaptive KL: the KL per response to steer beta to (0: beta stays fixed)", ge=0)
+    kl_horizon: int = option(10_000, "adaptive KL: the controller's horizon in episodes", ge=1)
+    gamma: float = option(1.0, "discount (InstructGPT: none)", ge=0, le=1)
+    lam: float = option(0.95, "GAE lambda", ge=0, le=1)
+    clip: float = option(0.2, "policy ratio clip", gt=0, le=10)
+    value_clip: float = option(0.2, "value clip around the rollout's values", gt=0)
+    vf_coef: float = option(0.1, "weight of the value loss", ge=0)
+    no_eos_score: float = option(-1.0, "normalised score of a response that never emits EOS", ge=-100, le=100)
+    ptx_coef: float = option(0.0, "PPO-ptx: weight of the pretraining loss (0: plain PPO)", ge=0, le=1000)
+    ptx_rows: int = option(8, "PPO-ptx: pretraining rows per gradient step", ge=1)
+    ptx_context: int = option(128, "PPO-ptx: tokens per pretraining row", ge=8)
+    ptx_chars: int = option(1_000_000, "PPO-ptx: characters of pretraining pages to draw rows from", ge=10_000)
+    norm_samples: int = option(128, "responses of the initial policy that fix the reward's gain and bias", ge=2)
+    prompts: int = option(4000, "training prompts drawn from", ge=1, le=10**7)
+    cached_rollouts: bool = option(True, "sample with the KV cache (--no-cached-rollouts recomputes every step)")
+    ckpt_every: int = option(10, "iterations between checkpoints (also the first, the last, and on Ctrl-C)", ge=1)
+    world_seed: int = option(0, "seed of the generated world", ge=0)
+    seed: int = option(0, "seed of prompts, samples and minibatches", ge=0)
+
+    def __post_init__(self) -> None:
+        if self.rollouts % self.minibatch:
+            raise UserError(f"--rollouts {self.rollouts} must be a multiple of --minibatch {self.minibatch}")
+
+
+# ---- pure pieces ----------------------------------------------------------------------------------------------------
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """(advantages, returns), each (B, T), by generalised advantage estimation over right-padded responses: the state
+    after a response's last token has value 0, and positions past it stay 0.
+
+    >>> adv, ret = gae(torch.tensor([[0.0, 1.0]]), torch.tensor([[0.5, 0.5]]), torch.ones(1, 2), 1.0, 1.0)
+    >>> adv.tolist(), ret.tolist()
+    ([[0.5, 0.5]], [[1.0, 1.0]])
+    """
+    values = values * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        advantages[:, t] = running
+    return advantages, (advantages + values) * mask
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(x: Tensor, mask: Tensor) -> Tensor:
+    """Zero mean and unit variance over the real tokens (padding left at 0)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + 1e-8) * mask
+
+
+def token_rewards(kl: Tensor, score: Tensor, mask: Tensor, beta: float) -> Tensor:
+    """Per-token rewards: -beta * KL at every response token, plus the score at the last one.
+
+    >>> token_rewards(torch.tensor([[0.5, 0.5, 0.0]]), torch.tensor([2.0]), torch.tensor([[1.0, 1.0, 0.0]]), 0.1)
+    tensor([[-0.0500,  1.9500,  0.0000]])
+    """
+    rewards = -beta * kl * mask
+    last = (mask * torch.arange(1, mask.shape[1] + 1, device=mask.device)).argmax(1)
+    return rewards.index_put((torch.arange(len(score), device=score.device), last), score, accumulate=True)
+
+
+def adapt_kl(beta: float, kl: float, target: float, horizon: int, n: int) -> float:
+    """Ziegler et al.'s proportional controller: beta grows when the KL is above target (by at most 20% a horizon).
+
+    >>> round(adapt_kl(0.1, kl=12.0, target=6.0, horizon=100, n=10), 4)
+    0.102
+    """
+    error = max(-0.2, min(0.2, kl / target - 1))
+    return beta * (1 + error * n / horizon)
+
+
+# ---- one iteration --------------------------------------------------------------------------------------------------
+@dataclass
+class Experience:
+    ids: Tensor  # (B, T) prompt (left-padded) + response (right-padded)
+    mask: Tensor  # (B, T)
+    prompt_len: int
+    action_mask: Tensor  # (B, Tr) float, 1 on response tokens (EOS included)
+    logprobs: Tensor  # (B, Tr) of the policy that sampled
+    values: Tensor  # (B, Tr)
+    advantages: Tensor  # (B, Tr) whitened
+    returns: Tensor  # (B, Tr)
+    score: Tensor  # (B,) the reward model's raw score
+    kl: Tensor  # (B,) sum over the response of log pi - log pi_SFT
+    finished: Tensor  # (B,)
+
+
+def response_view(model_out: Tensor, prompt_len: int) -> Tensor:
+    """The outputs at the positions that predict the response tokens (the last prompt token and on)."""
+    return model_out[:, prompt_len - 1 : -1]
+
+
+@torch.no_grad()
+def experience(policy: Policy, ref: Policy, reward_model: RewardModel, value: RewardModel, prompts: list[str],
+               cfg: PPOConfig, beta: float, norm: tuple[float, float], generator: torch.Generator) -> Experience:
+    out = respond(policy, prompts, cfg.max_new_tokens, temperature=cfg.temperature, generator=generator,
+                  use_cache=cfg.cached_rollouts)
+    ids, mask, q = out.ids, out.mask, out.prompt_len
+    actions, action_mask = out.response, out.response_mask.float()
+    logprobs = token_logprobs(response_view(policy(ids, mask), q), actions, cfg.temperature)
+    ref_logprobs = token_logprobs(response_view(ref(ids, mask), q), actions, cfg.temperature)
+    values = response_view(value.values(ids, mask), q)
+    score = reward_model(ids, mask)
+    normed = torch.where(out.finished, (score - norm[0]) / norm[1], torch.full_like(score, cfg.no_eos_score))
+    kl = (logprobs - ref_logprobs) * action_mask
+    rewards = token_rewards(kl, normed, action_mask, beta)
+    advantages, returns = gae(rewards, values, action_mask, cfg.gamma, cfg.lam)
+    return Experience(ids, mask, q, action_mask, logprobs, values * action_mask, whiten(advantages, action_mask),
+                      returns, score, kl.sum(1), out.finished)
+
+
+def update(policy: Policy, value: RewardModel, optimizer, exp: Experience, cfg: PPOConfig, optim: OptimConfig,
+           generator: torch.Generator, ptx_batch=None) -> dict:
+    """``cfg.epochs`` passes of clipped policy and value updates over the episodes; returns mean statistics."""
+    stats: dict[str, float] = {}
+    n_steps = 0
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for _ in range(cfg.epochs):
+        for mb in torch.randperm(len(exp.ids), generator=generator).split(cfg.minibatch):
+            ids, mask, am = exp.ids[mb], exp.mask[mb], exp.action_mask[mb]
+            logits = response_view(policy(ids, mask), exp.prompt_len).float() / cfg.temperature
+            logp = token_logprobs(logits, ids[:, exp.prompt_len :])
+            ratio = (logp - exp.logprobs[mb]).exp()
+            adv = exp.advantages[mb]
+            pg_loss = masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip, 1 + cfg.clip)), am)
+            v = response_view(value.values(ids, mask), exp.prompt_len)
+            v_clipped = exp.values[mb] + (v - exp.values[mb]).clamp(-cfg.value_clip, cfg.value_clip)
+            ret = exp.returns[mb]
+            vf_loss = 0.5 * masked_mean(torch.max((v - ret) ** 2, (v_clipped - ret) ** 2), am)
+            loss = pg_loss + cfg.vf_coef * vf_loss
+            step = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item()}
+            if ptx_batch is not None:
+                rows = ptx_batch(n_steps)
+                ptx = lm_loss_sum(policy, rows) / rows["targets"].numel()
+                loss = loss + cfg.ptx_coef * ptx
+                step["ptx_loss"] = ptx.item()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if optim.grad_clip > 0:
+                nn.utils.clip_grad_norm_(params, optim.grad_clip)
+            optimizer.step()
+            with torch.no_grad():
+                probs = logits.softmax(-1)
+                step["entropy"] = masked_mean(-(probs * logits.log_softmax(-1)).sum(-1), am).item()
+                step["clip_frac"] = masked_mean(((ratio - 1).abs() > cfg.clip).float(), am).item()
+                step["approx_kl"] = masked_mean(0.5 * (logp - exp.logprobs[mb]) ** 2, am).item()
+            for k, x in step.items():
+                stats[k] = stats.get(k, 0.0) + x
+            n_steps += 1
+    return {k: x / n_steps for k, x in stats.items()}
+
+
+# ---- the loop -------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def reward_norm(policy: Policy, reward_model: RewardModel, prompts: list[str], cfg: PPOConfig) -> tuple[float, float]:
+    """(mean, std) of the reward model's score on the initial policy's finished responses: the gain and bias that
+    make the PPO reward of the SFT model's samples mean 0 and standard deviation 1."""
+    out = respond(policy, prompts, cfg.max_new_tokens, temperature=cfg.temperature,
+                  generator=torch.Generator().manual_seed(cfg.seed + 5))
+    score = reward_model(out.ids, out.mask)[out.finished]
+    if len(score) < 2:
+        raise UserError("the initial policy ended almost none of its responses with EOS; train SFT longer or give "
+                        "a larger --max-new-tokens")
+    return float(score.mean()), float(score.std().clamp(min=1e-3))
+
+
+def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, device: torch.device, resume: bool = False,
+              progress: bool = True) -> dict:
+    """Run PPO (PPO-ptx when ``cfg.ptx_coef`` > 0) into ``run``; writes RUN/policy.safetensors, returns the summary."""
+    if not cfg.init or not cfg.reward_model:
+        raise UserError("ppo needs --init (the SFT policy) and --reward-model (a reward run folder)")
+    seed_everything(cfg.seed)
+    policy = load_policy(cfg.init, device)
+    ref = load_policy(cfg.init, device).requires_grad_(False)
+    reward_model = load_reward_model(cfg.reward_model, device)[0].requires_grad_(False)
+    if not same_tokenizer(policy, reward_model.backbone):
+        raise UserError(f"{cfg.init} and {cfg.reward_model} do not share a tokenizer; the reward model must read the "
+                        f"policy's tokens")
+    value = copy.deepcopy(reward_model).requires_grad_(True)  # InstructGPT: the value function starts as the RM
+    trained = nn.ModuleDict({"policy": policy, "value": value})
+    optimizer = make_optimizer(trained, optim)
+    world = make_world(cfg.world_seed)
+    pool = [policy.chat_prompt(t.instruction)
+            for t in make_tasks(world, cfg.prompts, cfg.seed + 99, TRAIN_FAMILIES, unique=False)]
+    start, beta, norm = 0, cfg.kl_coef, None
+    if resume and run.has_checkpoint():
+        start, _, meta = run.load_checkpoint(trained, optimizer)
+        beta, norm = meta["kl_coef"], tuple(meta["reward_norm"])
+    if resume:
+        run.rewind_metrics(start)
+    if norm is None:
+        norm = reward_norm(policy, reward_model, random.Random(cfg.seed).sample(pool, min(cfg.norm_samples,
+                                                                                          len(pool))), cfg)
+    ptx = None
+    if cfg.ptx_coef > 0:
+        pages = make_corpus(world, cfg.ptx_chars, seed=0).train
+        windows = Windows(token_stream(policy.tokenizer, pages), cfg.ptx_context, cfg.ptx_rows, cfg.seed + 7)
+    t0 = time.time()
+    bar = Progress(cfg.iterations, "ppo", initial=start, enabled=progress, log=run.log_path)
+
+    def save(done: int) -> None:
+        run.save_checkpoint(trained, optimizer, done, extra_meta={"kl_coef": beta, "reward_norm": list(norm)})
+
+    with StopRequests() as stop:
+        for it in range(start, cfg.iterations):
+            set_lr(optimizer, optim.lr * lr_factor(it, cfg.iterations, optim))
+            t_it = time.time()
+            prompts = random.Random(f"ppo:{cfg.seed}:{it}").choices(pool, k=cfg.rollouts)
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
+            exp = experience(policy, ref, reward_model, value, prompts, cfg, beta, norm, generator)
+            t_roll = time.time() - t_it
+            if cfg.ptx_coef > 0:
+                ptx = lambda k, it=it: {n: v.to(device) for n, v in windows(it * 10_000 + k).items()}  # noqa: E731
+            stats = update(policy, value, optimizer, exp, cfg, optim, generator, ptx)
+            kl = float(exp.kl.mean())
+            record = {"step": it + 1, "reward": float(exp.score.mean()),
+                      "reward_normalised": float(((exp.score - norm[0]) / norm[1]).mean()), "kl": kl,
+                      "kl_coef": beta, **stats, "response_length": float(exp.action_mask.sum(1).mean()),
+                      "no_eos": float((~exp.finished).float().mean()), "rollout_s": t_roll,
+                      "episodes_per_s": cfg.rollouts / (time.time() - t_it), "lr": optimizer.param_groups[0]["lr"]}
+            run.log(record)
+            if cfg.target_kl > 0:
+                beta = adapt_kl(beta, kl, cfg.target_kl, cfg.kl_horizon, cfg.rollouts)
+            bar.update(1, reward=record["reward"], kl=kl)
+            done = it + 1
+            if done == 1 or done % cfg.ckpt_every == 0 or done == cfg.iterations or stop.requested:
+                save(done)
+            if stop.requested:
+                bar.close()
+                raise Interrupted(f"stopped at iteration {done:,}; continue with --resume {run.path}")
+    bar.close()
+    save_model(policy, run.path / POLICY_FILE)
+    from nexttoken.instruct.figures import plot_ppo_health
+
+    plot_ppo_health(run.metrics(), run.path / "ppo_health.png")
+    records = run.metrics()
+    tenth = max(1, len(records) // 10)
+    summary = {"init": cfg.init, "reward_model": cfg.reward_model, "iterations": cfg.iterations,
+               "ptx_coef": cfg.ptx_coef, "reward_norm": list(norm),
+               "reward_first": sum(r["reward"] for r in records[:tenth]) / tenth,
+               "reward_last": sum(r["reward"] for r in records[-tenth:]) / tenth,
+               "kl_last": sum(r["kl"] for r in records[-tenth:]) / tenth, "kl_coef_last": beta,
+               "episodes_per_s": sum(r["episodes_per_s"] for r in records) / len(records),
+               "seconds": round(time.time() - t0, 1), "device": str(device)}
+    run.write_summary(summary)
+    return summary
+
+
+CONFIGS = {"ppo": PPOConfig, "optim": OptimConfig}
+DEFAULTS = {"optim": {"lr": 1e-4, "warmup_steps": 0, "schedule": "constant", "weight_decay": 0.0}}
+
+
+def run_stage(c: dict, run: Run, device: torch.device, resume: bool = False, progress: bool = True) -> dict:
+    return train_ppo(c["ppo"], c["optim"], run, device, resume, progress)

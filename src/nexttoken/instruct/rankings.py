@@ -1,0 +1,151 @@
+"""Comparison data: K sampled outputs per prompt, ranked best to worst by a simulated labeler of a disagreeing panel.
+
+InstructGPT's reward model learns from labelers who rank K = 4 to 9 outputs of a prompt (Ouyang et al. 2022,
+https://arxiv.org/abs/2203.02155); the outputs come from the models trained so far. Here the K outputs of a prompt
+are sampled from one or more policies (the SFT models of every size, round-robin over the K slots, so a ranking
+compares models of different skill as well as samples of one), and ``labeler.labeler_panel`` ranks them, one
+labeler per prompt taking turns. The reward model and DPO read the same file.
+
+    nexttoken instruct rank --models runs/sft-tiny,runs/sft-small --prompts 2000 --k 4 --out runs/rankings
+
+RUN/rankings.jsonl holds one JSON object per prompt; it is rewritten after every chunk of prompts, so a killed run
+resumes after the last chunk it finished (every chunk is seeded by its index, so the file ends the same).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from nexttoken.config import option
+from nexttoken.errors import UserError
+from nexttoken.instruct.labeler import labeler_panel
+from nexttoken.instruct.policy import load_policy, respond
+from nexttoken.instruct.tasks import TRAIN_FAMILIES, make_tasks
+from nexttoken.instruct.world import Task, make_world
+from nexttoken.progress import Progress
+from nexttoken.runs import Run, atomic_write_text, read_json
+
+RANKINGS_FILE = "rankings.jsonl"
+
+
+@dataclass
+class RankConfig:
+    models: list[str] = option(default_factory=list, help="policies to sample the outputs from (run folders, "
+                                                          "Hugging Face folders, smollm2), round-robin over the K")
+    prompts: int = option(2000, "training prompts to rank outputs for", ge=2, le=10**7)
+    k: int = option(4, "outputs ranked per prompt (InstructGPT: 4 to 9)", ge=2, le=16)
+    temperature: float = option(1.0, "sampling temperature of the outputs", gt=0, le=10)
+    max_new_tokens: int = option(64, "longest output in tokens", ge=1, le=4096)
+    labelers: int = option(4, "labelers in the panel (one ranks each prompt)", ge=1, le=1000)
+    noise: float = option(0.1, "labelers' utility noise (standard deviation)", ge=0, le=10)
+    flip: float = option(0.05, "probability that a labeler swaps two adjacent outputs", ge=0, le=1)
+    chunk: int = option(64, "prompts sampled at once (and saved together)", ge=1, le=4096)
+    world_seed: int = option(0, "seed of the generated world", ge=0)
+    seed: int = option(0, "seed of the prompts, samples and judgements", ge=0)
+
+
+@dataclass
+class Ranking:
+    task: Task
+    outputs: list[str]
+    finished: list[bool]  # the output ended with EOS (a truncated one is scored without it)
+    order: list[int]  # indices of ``outputs``, best first
+    labeler: str
+    models: list[str] = field(default_factory=list)  # which policy wrote each output
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "task": asdict(self.task)})
+
+    @classmethod
+    def from_json(cls, line: str) -> "Ranking":
+        d = json.loads(line)
+        t = d.pop("task")
+        return cls(Task(**{**t, "steps": tuple(t["steps"]), "keywords": tuple(t["keywords"])}), **d)
+
+
+def prompts_of(cfg: RankConfig) -> list[Task]:
+    return make_tasks(make_world(cfg.world_seed), cfg.prompts, cfg.seed + 77, families=TRAIN_FAMILIES, unique=False)
+
+
+def collect(cfg: RankConfig, run: Run, device: torch.device, progress: bool = True) -> dict:
+    """Sample and rank outputs for ``cfg.prompts`` prompts into RUN/rankings.jsonl; returns the summary."""
+    if not cfg.models:
+        raise UserError("rank needs --models: the policies whose outputs are ranked")
+    policies = [load_policy(m, device) for m in cfg.models]
+    if len({p.tokenizer.vocab_size for p in policies}) > 1:
+        raise UserError("the --models must share a tokenizer (the reward model reads the same tokens)")
+    panel = labeler_panel(cfg.labelers, cfg.seed, cfg.noise, cfg.flip)
+    tasks = prompts_of(cfg)
+    done = read_rankings(run.path) if (run.path / RANKINGS_FILE).is_file() else []
+    done = done[: len(done) // cfg.chunk * cfg.chunk]  # a chunk is written whole; keep whole chunks only
+    bar = Progress(len(tasks), "rank", initial=len(done), enabled=progress, log=run.log_path, unit="prompt")
+    for start in range(len(done), len(tasks), cfg.chunk):
+        chunk = tasks[start : start + cfg.chunk]
+        outputs = [[""] * cfg.k for _ in chunk]
+        ended = [[False] * cfg.k for _ in chunk]
+        writers = [[""] * cfg.k for _ in chunk]
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)
+        for m, policy in enumerate(policies):
+            slots = [(i, j) for i in range(len(chunk)) for j in range(cfg.k) if j % len(policies) == m]
+            if not slots:
+                continue
+            out = respond(policy, [policy.chat_prompt(chunk[i].instruction) for i, _ in slots], cfg.max_new_tokens,
+                          temperature=cfg.temperature, generator=generator)
+            for (i, j), text, fin in zip(slots, out.texts, out.finished.tolist()):
+                outputs[i][j], ended[i][j], writers[i][j] = text, fin, cfg.models[m]
+        for i, task in enumerate(chunk):
+            labeler = panel[(start + i) % len(panel)]
+            rng = random.Random(f"rank:{cfg.seed}:{labeler.seed}:{start + i}")
+            done.append(Ranking(task, outputs[i], ended[i], labeler.rank(task, outputs[i], rng), labeler.name,
+                                writers[i]))
+        atomic_write_text(run.path / RANKINGS_FILE, "".join(r.to_json() + "\n" for r in done))
+        run.log({"step": len(done), "prompts": len(done)})
+        bar.update(len(chunk))
+    bar.close()
+    summary = summarize(done)
+    run.write_summary(summary)
+    return summary
+
+
+def summarize(rankings: list[Ranking]) -> dict:
+    """How often each policy's output was ranked first, and how many outputs ended with EOS."""
+    firsts: dict[str, int] = {}
+    for r in rankings:
+        firsts[r.models[r.order[0]]] = firsts.get(r.models[r.order[0]], 0) + 1
+    n_out = sum(len(r.outputs) for r in rankings)
+    return {"prompts": len(rankings), "k": len(rankings[0].outputs) if rankings else 0,
+            "pairs": sum(len(r.outputs) * (len(r.outputs) - 1) // 2 for r in rankings),
+            "ranked_first": {m: n / max(len(rankings), 1) for m, n in firsts.items()},
+            "finished_share": sum(sum(r.finished) for r in rankings) / max(n_out, 1)}
+
+
+def read_rankings(source: str | Path) -> list[Ranking]:
+    """The rankings of a `rank` run folder (or a rankings.jsonl file); a half-written last line is skipped."""
+    path = Path(source)
+    if path.is_dir():
+        config = path / "config.json"
+        if config.is_file() and read_json(config).get("kind") != "instruct.rank":
+            raise UserError(f"{path} is {read_json(config).get('kind') or 'an unnamed'} run, not an instruct.rank run")
+        path = path / RANKINGS_FILE
+    if not path.is_file():
+        raise UserError(f"{source} holds no rankings (make them with `nexttoken instruct rank`)")
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(Ranking.from_json(line))
+        except (json.JSONDecodeError, TypeError, KeyError):
+            continue
+    return out
+
+
+CONFIGS = {"rank": RankConfig}
+DEFAULTS: dict = {}
+
+
+def run_stage(c: dict, run: Run, device: torch.device, resume: bool = False, progress: bool = True) -> dict:
+    return collect(c["rank"], run, device, progress)

@@ -1,0 +1,45 @@
+"""What every instruct stage shares: a run folder made with its configs saved in it, or resumed with them.
+
+A stage (pretrain, sft, rank, reward, ppo, dpo, evaluate) is a function of its config dataclasses, a ``Run`` and a
+device. ``open_stage`` makes the folder, or reclaims a killed one with the configs it was started with; a flag given
+on resume must agree with them, except the ``adjustable`` ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+from nexttoken.config import load, resumed
+from nexttoken.runs import Run
+
+STAGE_KINDS = ("pretrain", "sft", "rank", "reward", "ppo", "dpo", "evaluate")
+
+
+def kind_of(stage: str) -> str:
+    """The run kind of a stage.
+
+    >>> kind_of("ppo")
+    'instruct.ppo'
+    """
+    return f"instruct.{stage}"
+
+
+def open_stage(path: str | Path, stage: str, configs: dict, resume: bool, given: dict[str, dict] | None = None,
+               adjustable: tuple[str, ...] = ()) -> tuple[Run, dict]:
+    """(run, configs): a new run folder holding ``configs`` ({name: dataclass}) in its config.json, or, with
+    ``resume``, the killed run at ``path`` and the configs saved in it (a folder of another stage is refused)."""
+    if not resume:
+        return Run.create(path, {name: asdict(cfg) for name, cfg in configs.items()}, kind=kind_of(stage)), configs
+    run = Run.resume(path, kind=kind_of(stage))
+    saved = {name: load(type(cfg), run.config.get(name, {}), f"{Path(path) / 'config.json'}: {name}")
+             for name, cfg in configs.items()}
+    if given:
+        saved = {name: resumed(cfg, given.get(name, {}), adjustable) for name, cfg in saved.items()}
+    return run, saved
+
+
+def finished(path: str | Path) -> bool:
+    """A stage's folder that holds its summary: the stage ran to its end."""
+    return (Path(path) / "summary.json").is_file()
+
