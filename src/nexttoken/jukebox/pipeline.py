@@ -204,10 +204,14 @@ def prior_stage(path: Path, level: str, base: PriorConfig, optim: OptimConfig, l
                 resume: bool) -> Path:
     """Train one level's prior in ``path/level`` on the pipeline's codes (encoded first if they are not cached)."""
     open_pipeline(path)
-    if level not in LEVELS:
-        raise UserError(f"--level must be one of {', '.join(LEVELS)}, not {level!r}")
+    vq = vqvae_config(path)
+    if level not in vq.levels:
+        raise UserError(f"--level {level}: this VQ-VAE's levels are {', '.join(vq.levels)}")
+    i = vq.levels.index(level)
     stage = path / level
     exists = (stage / "config.json").is_file()
+    if not resume:  # the settings are checked before anything is encoded or written
+        replace(base, level=level, ratio=vq.hops[i + 1] // vq.hops[i] if i + 1 < len(vq.hops) else 1).validate()
     if exists and not resume:
         raise UserError(f"{stage} already holds a prior; pass --resume to continue it, or delete the folder")
     if resume and not exists:

@@ -80,10 +80,11 @@ def plan_windows(done: int, total: int, context: int, keep: int, align: int) -> 
 
 
 def sample_level(prior: Prior, known: torch.Tensor, total: int, conditioning, sampling: SamplingConfig,
-                 generator: torch.Generator, keep: int, on_window=None, progress=None) -> torch.Tensor:
+                 generator: torch.Generator, keep: int, on_window=None, progress=None,
+                 use_cache: bool = True) -> torch.Tensor:
     """Codes (B, total) of one level continuing ``known`` (B, done): window by window through ``generate`` with the
-    KV cache. ``conditioning(start, end)`` gives the core inputs (cond, x_add, memory...) for codes [start, end);
-    ``on_window(codes)`` is called after each window (to save them)."""
+    KV cache (``use_cache=False`` recomputes every step, for the tests). ``conditioning(start, end)`` gives the core
+    inputs (cond, x_add, memory...) for codes [start, end); ``on_window(codes)`` is called after each window."""
     cfg, device = prior.cfg, next(prior.parameters()).device
     forbidden = torch.zeros(cfg.codebook_size + 1, dtype=torch.bool)
     forbidden[cfg.start_token] = True  # never a code
@@ -94,7 +95,7 @@ def sample_level(prior: Prior, known: torch.Tensor, total: int, conditioning, sa
         out = generate(prior.gpt, prompt.to(device), end - pos, **conditioning(start, end), forbidden=forbidden.to(device),
                        temperature=sampling.temperature, top_k=sampling.top_k or None,
                        top_p=sampling.top_p if sampling.top_p < 1 else None, generator=generator,
-                       progress=(lambda n: progress(1)) if progress else None)
+                       progress=(lambda n: progress(1)) if progress else None, use_cache=use_cache)
         codes = torch.cat([codes, out.tokens[:, prompt.shape[1] :].cpu()], dim=1)
         if on_window is not None:
             on_window(codes)

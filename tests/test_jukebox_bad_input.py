@@ -1,0 +1,103 @@
+"""Every jukebox command given bad input (unreadable audio, a run folder of another kind, out-of-range flags, a length
+the priors cannot cover, an unknown level or artist): exit code 2, one line on stderr, no traceback, and no folder
+left behind (calls of ``nexttoken.cli.main`` in this process)."""
+
+import json
+
+import pytest
+import torch
+
+from jukebox_fixtures import TINY_VQVAE, jukebox_cache, run_cli, tiny_audio, tiny_pipeline  # noqa: F401
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def refused(argv, capsys, match: str) -> None:
+    capsys.readouterr()
+    code = run_cli(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    # the warnings about skipped files and the progress lines of the work done before are not the error
+    lines = [line for line in err.strip().splitlines()
+             if not line.startswith("nexttoken: warning") and " elapsed" not in line]
+    assert len(lines) == 1 and match in lines[0], err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["train-vqvae", "--steps", "0"], "--steps must be >= 1"),
+    (["train-vqvae", "--preset", "huge"], "invalid choice: 'huge'"),
+    (["train-vqvae", "--lr", "nan"], "expected a finite number"),
+    (["train-vqvae", "--val-fraction", "1"], "--val-fraction must be >= 0 and < 1"),
+    (["train-vqvae", "--piece-seconds", "0"], "--piece-seconds must be > 0"),
+    (["train", "--prior-steps", "-3"], "--prior-steps must be >= 1"),
+    (["prepare", "--lyrics-lines", "-1"], "--lyrics-lines must be >= 0"),
+])
+def test_out_of_range_flags_are_refused_before_any_folder(argv, match, tmp_path, capsys):
+    refused(["jukebox", *argv, "--out", tmp_path / "run"] if argv[0] != "prepare" else ["jukebox", *argv], capsys,
+            match)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["train-prior", "{run}", "--level", "side"], "invalid choice: 'side'"),
+    (["decode", "{run}", "{run}/codes.npz", "--level", "lowest"], "invalid choice: 'lowest'"),
+    (["train-prior", "{run}", "--level", "top", "--n-embd", "0"], "--n-embd must be >= 8"),
+    (["train-prior", "{run}", "--level", "top", "--n-embd", "30", "--n-head", "4"], "must be a multiple of --n-head"),
+    (["train-prior", "{run}", "--level", "middle", "--context", "30"], "must be a multiple of 4"),
+    (["train-prior", "{run}", "--level", "top"], "already holds a prior; pass --resume"),
+    (["sample", "{run}", "--seconds", "0"], "--seconds must be > 0"),
+    (["sample", "{run}", "--seconds", "1000"], "at most"),
+    (["sample", "{run}", "--temperature", "-1"], "--temperature must be >= 0"),
+    (["sample", "{run}", "--overlap", "1"], "--overlap must be >= 0 and < 1"),
+    (["sample", "{run}", "--artist", "nobody"], "--artist nobody: not one of the run's artists"),
+    (["sample", "{run}", "--genre", "polka"], "--genre polka: not one of the run's genres"),
+    (["sample", "{run}", "--prime", "{run}/config.json"], "unreadable audio"),
+    (["sample", "{run}", "--resume", "{run}/samples/none", "--artist", "bob"], "leave out --artist"),
+    (["sample", "{run}/vqvae"], "is jukebox.vqvae run, not a jukebox.pipeline run"),
+    (["encode", "{run}", "{run}/config.json"], "unreadable audio"),
+    (["decode", "{run}", "{run}/config.json"], "not a codes file"),
+    (["evaluate", "{run}", "--baselines", "side"], "--baselines side"),
+    (["report", "{run}/top"], "is jukebox.prior run, not a jukebox.pipeline run"),
+])
+def test_bad_requests_to_a_trained_pipeline_are_one_line(argv, match, tiny_pipeline, tmp_path, capsys):
+    before = sorted(p.name for p in tiny_pipeline.rglob("*"))
+    out = tmp_path / "s"
+    argv = [a.replace("{run}", str(tiny_pipeline)) for a in argv]
+    extra = ["--out", out] if argv[0] == "sample" and "--resume" not in argv else []
+    refused(["jukebox", *argv, *extra], capsys, match)
+    assert not out.exists()
+    assert sorted(p.name for p in tiny_pipeline.rglob("*")) == before
+
+
+def test_a_folder_of_unreadable_audio_is_one_error_and_leaves_no_folder(tmp_path, capsys, jukebox_cache):  # noqa: F811
+    (tmp_path / "audio" / "x").mkdir(parents=True)
+    (tmp_path / "audio" / "x" / "a.wav").write_bytes(b"RIFF....WAVEfmt garbage")
+    (tmp_path / "audio" / "x" / "b.flac").write_bytes(b"")
+    refused(["jukebox", "train-vqvae", "--audio", tmp_path / "audio", "--out", tmp_path / "run", *TINY_VQVAE],
+            capsys, "none of the 2 audio files is usable")
+    assert not (tmp_path / "run").exists()
+    refused(["jukebox", "train", "--audio", tmp_path / "missing", "--out", tmp_path / "run"], capsys,
+            "not a folder of audio files or a CSV")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_of_another_kind_is_refused_by_name(tmp_path, capsys):
+    (tmp_path / "grok").mkdir()
+    (tmp_path / "grok" / "config.json").write_text(json.dumps({"kind": "grok.train"}))
+    for argv in (["sample", tmp_path / "grok"], ["train-prior", tmp_path / "grok", "--level", "top"],
+                 ["train", "--resume", tmp_path / "grok"], ["encode", tmp_path / "grok", tmp_path / "x.wav"]):
+        refused(["jukebox", *argv], capsys, "is grok.train run, not a jukebox.pipeline run")
+    assert sorted(p.name for p in (tmp_path / "grok").iterdir()) == ["config.json"]
+
+
+def test_a_second_training_into_a_pipeline_folder_is_refused(tiny_pipeline, tiny_audio, capsys):  # noqa: F811
+    refused(["jukebox", "train-vqvae", "--audio", tiny_audio, "--out", tiny_pipeline, *TINY_VQVAE], capsys,
+            "already holds a run")
+    assert (tiny_pipeline / "vqvae" / "summary.json").is_file()

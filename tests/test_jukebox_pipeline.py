@@ -1,0 +1,156 @@
+"""The Jukebox commands end to end on a tiny pipeline: sampling writes a WAV of the requested length per level, a
+primed sample continues its recording, saved top codes are upsampled later, a killed sampling and a killed training
+resume to the result of an uninterrupted one, encode/decode, evaluate and report."""
+
+import shutil
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from jukebox_fixtures import RATE, TINY_PRIOR, jukebox_cache, run_cli, tiny_audio, tiny_pipeline  # noqa: F401
+from nexttoken.jukebox import sample as sample_module
+from nexttoken.jukebox.audio import write_wav
+from nexttoken.jukebox.codes import read_npz
+from nexttoken.runs import load_tensors, read_metrics
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def seconds_of(path) -> float:
+    info = soundfile.info(str(path))
+    return info.frames / info.samplerate
+
+
+def test_sampling_writes_a_wav_and_a_spectrogram_per_level_of_the_requested_length(tiny_pipeline, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert run_cli(["jukebox", "sample", tiny_pipeline, "--artist", "alice", "--seconds", "0.7", "--n", "2",
+                    "--out", out]) == 0
+    for level in ("top", "middle", "bottom"):
+        for k in (1, 2):
+            assert seconds_of(out / f"{level}-{k}.wav") == pytest.approx(0.7)
+        assert (out / f"{level}.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert printed.count("real-time factor") == 3
+    codes = read_npz(out / "codes.npz")
+    assert codes.codes["bottom"].shape[0] == 2 and codes.codes["bottom"].shape[1] * 8 >= 0.7 * RATE
+
+
+def test_a_sung_line_with_lyrics(tiny_pipeline, tmp_path):
+    out = tmp_path / "sung"
+    assert run_cli(["jukebox", "sample", tiny_pipeline, "--artist", "low_voice", "--lyrics", "daki mosu",
+                    "--seconds", "0.5", "--out", out, "--stop-at", "top"]) == 0
+    assert seconds_of(out / "top.wav") == pytest.approx(0.5) and not (out / "middle.wav").exists()
+
+
+def test_a_primed_sample_keeps_the_recordings_codes_and_continues_it(tiny_pipeline, tiny_audio, tmp_path):
+    out = tmp_path / "primed"
+    prime = tiny_audio / "bob" / "tune0.wav"
+    kept = int(0.32 * RATE) // 128 * 128  # the prime is cut to whole top-level codes
+    audio, _ = soundfile.read(str(prime), dtype="float32")
+    write_wav(tmp_path / "cut.wav", audio[:kept], RATE)
+    assert run_cli(["jukebox", "encode", tiny_pipeline, tmp_path / "cut.wav", "-o", tmp_path / "prime.npz"]) == 0
+    assert run_cli(["jukebox", "sample", tiny_pipeline, "--artist", "bob", "--prime", prime, "--prime-seconds",
+                    "0.32", "--seconds", "0.5", "--out", out]) == 0
+    assert seconds_of(out / "bottom.wav") == pytest.approx(kept / RATE + 0.5)
+    sampled, whole = read_npz(out / "codes.npz").codes, read_npz(tmp_path / "prime.npz").codes
+    for level, hop in (("top", 128), ("middle", 32), ("bottom", 8)):
+        assert np.array_equal(sampled[level][0, : kept // hop], whole[level])
+
+
+def test_top_codes_saved_now_are_upsampled_later_as_in_one_go(tiny_pipeline, tmp_path):
+    args = ["--artist", "bob", "--seconds", "0.6", "--seed", "3"]
+    assert run_cli(["jukebox", "sample", tiny_pipeline, *args, "--out", tmp_path / "once"]) == 0
+    assert run_cli(["jukebox", "sample", tiny_pipeline, *args, "--stop-at", "top", "--out", tmp_path / "later"]) == 0
+    assert sorted(read_npz(tmp_path / "later" / "codes.npz").codes) == ["top"]
+    assert run_cli(["jukebox", "sample", tiny_pipeline, "--resume", tmp_path / "later"]) == 0
+    once, later = read_npz(tmp_path / "once" / "codes.npz"), read_npz(tmp_path / "later" / "codes.npz")
+    for level in ("top", "middle", "bottom"):
+        assert np.array_equal(once.codes[level], later.codes[level])
+
+
+def test_a_killed_sampling_resumes_to_the_same_codes(tiny_pipeline, tmp_path, monkeypatch):
+    args = ["--artist", "alice", "--seconds", "1.0", "--seed", "5", "--overlap", "0.5"]
+    assert run_cli(["jukebox", "sample", tiny_pipeline, *args, "--out", tmp_path / "whole"]) == 0
+    real, calls = sample_module.generate, []
+
+    def dies_in_the_middle_level(model, *a, **kw):
+        calls.append(1)
+        if model.cfg.vocab_size and len(calls) == 4:  # the top level's windows are done, the middle's begun
+            raise KeyboardInterrupt
+        return real(model, *a, **kw)
+
+    monkeypatch.setattr(sample_module, "generate", dies_in_the_middle_level)
+    assert run_cli(["jukebox", "sample", tiny_pipeline, *args, "--out", tmp_path / "killed"]) == 130
+    monkeypatch.setattr(sample_module, "generate", real)
+    saved = load_tensors(tmp_path / "killed" / "top.safetensors")[1]
+    assert saved["done"] and (tmp_path / "killed" / "top.wav").is_file()
+    assert run_cli(["jukebox", "sample", tiny_pipeline, "--resume", tmp_path / "killed"]) == 0
+    whole, resumed = read_npz(tmp_path / "whole" / "codes.npz"), read_npz(tmp_path / "killed" / "codes.npz")
+    for level in ("top", "middle", "bottom"):
+        assert np.array_equal(whole.codes[level], resumed.codes[level])
+
+
+def test_a_killed_prior_training_resumes_to_the_same_weights_and_metrics(tiny_pipeline, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from nexttoken.jukebox import train as train_module
+
+    runs = {}
+    for name in ("whole", "killed"):
+        folder = tmp_path / name
+        shutil.copytree(tiny_pipeline, folder, ignore=shutil.ignore_patterns("top", "samples", "report"))
+        runs[name] = folder
+    argv = ["jukebox", "train-prior", None, "--level", "top", "--steps", "6", *TINY_PRIOR]
+    assert run_cli([runs["whole"] if a is None else a for a in argv]) == 0
+    real = train_module.Windows.__call__
+
+    def interrupted_at_step_3(self, step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: the step finishes, a checkpoint is written
+        return real(self, step)
+
+    monkeypatch.setattr(train_module.Windows, "__call__", interrupted_at_step_3)
+    assert run_cli([runs["killed"] if a is None else a for a in argv]) == 130
+    monkeypatch.setattr(train_module.Windows, "__call__", real)
+    assert run_cli(["jukebox", "train-prior", runs["killed"], "--level", "top", "--resume"]) == 0
+    drop = ("tokens_per_s",)
+    metrics = [[{k: v for k, v in r.items() if k not in drop} for r in read_metrics(runs[n] / "top")] for n in runs]
+    assert metrics[0] == metrics[1] and len(metrics[0]) == 3
+    a, b = (load_tensors(runs[n] / "top" / "checkpoint.safetensors")[0] for n in runs)
+    for k in a:
+        if k.startswith("model."):
+            assert torch.equal(a[k], b[k]), k
+
+
+def test_encode_then_decode_gives_the_files_length_from_every_level(tiny_pipeline, tiny_audio, tmp_path):
+    wav = tiny_audio / "alice" / "tune1.wav"
+    assert run_cli(["jukebox", "encode", tiny_pipeline, wav, "-o", tmp_path / "c.npz"]) == 0
+    codes = read_npz(tmp_path / "c.npz")
+    samples = soundfile.info(str(wav)).frames
+    for level, hop in (("top", 128), ("middle", 32), ("bottom", 8)):
+        assert codes.codes[level].shape == (-(-samples // hop),)
+        out = tmp_path / f"{level}.wav"
+        assert run_cli(["jukebox", "decode", tiny_pipeline, tmp_path / "c.npz", "--level", level, "-o", out]) == 0
+        assert soundfile.info(str(out)).frames == samples
+
+
+def test_evaluate_and_report(tiny_pipeline, tmp_path, capsys):
+    assert run_cli(["jukebox", "evaluate", tiny_pipeline, "--baselines", "", "--clips-per-artist", "1", "--seconds",
+                    "0.3", "--lines", "2", "--windows", "4", "--val-clips", "4"]) == 0
+    printed = capsys.readouterr().out
+    for expected in ("spectral convergence", "bits per second", "artist recognised in 4 sampled clips",
+                     "lyrics alignment"):
+        assert expected in printed
+    assert (tiny_pipeline / "evaluation.json").is_file() and (tiny_pipeline / "alignment.png").is_file()
+    assert run_cli(["jukebox", "report", tiny_pipeline, "--out", tmp_path / "report"]) == 0
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "<audio" in html and "reconstruction.png" in html and "lyrics alignment" in html

@@ -1,0 +1,104 @@
+"""The priors: an upsampler's own codes stay causal while it sees the level above whole; windowed sampling with the
+KV cache and every conditioning input equals recomputation; the windows and rows the priors learn from."""
+
+import pytest
+import torch
+
+from nexttoken.jukebox.prior import Prior, PriorConfig, chars_batch, position_seconds, window_tokens
+from nexttoken.jukebox.sample import (JUKEBOX_SAMPLING, plan_windows, sample_level, top_conditioning,
+                                      upsampler_conditioning)
+
+LABELS = dict(codebook_size=16, artists=["a", "b"], genres=["g"], sample_rate=1000, max_seconds=10.0)
+
+
+def top_prior(**kw) -> Prior:
+    cfg = PriorConfig(level="top", context=12, n_layer=2, n_head=2, n_embd=16, lyrics_width=8, lyrics_layers=1,
+                      cross_every=1, hop=8, **LABELS, **kw)
+    return Prior(cfg.validate()).eval()
+
+
+def upsampler() -> Prior:
+    cfg = PriorConfig(level="middle", context=16, n_layer=2, n_head=2, n_embd=16, conditioner_width=8, ratio=4, hop=2,
+                      **LABELS)
+    prior = Prior(cfg.validate()).eval()
+    torch.nn.init.normal_(prior.conditioner.out.weight, std=0.5)  # it starts at zero: make the conditioning count
+    return prior
+
+
+def randomise_timing(prior: Prior) -> None:
+    for table in (prior.timing.total, prior.timing.time, prior.timing.fraction):
+        torch.nn.init.normal_(table.weight, std=0.5)
+
+
+def test_the_upsamplers_own_codes_stay_causal_while_the_level_above_is_seen_whole():
+    torch.manual_seed(0)
+    prior = upsampler()
+    codes = torch.randint(16, (1, 16))
+    idx, _ = window_tokens(codes, prior.cfg.start_token)
+    upper = torch.randint(16, (1, 4))
+    cond = torch.tensor([[0, 2]])
+    with torch.no_grad():
+        logits, _ = prior(idx, cond=cond, upper=upper)
+        t = 7
+        later = idx.clone()
+        later[:, t + 1 :] = torch.randint(16, (1, 16 - t - 1))  # the level's own codes after position t
+        changed, _ = prior(later, cond=cond, upper=upper)
+        assert torch.allclose(logits[:, : t + 1], changed[:, : t + 1], atol=1e-6)
+        assert not torch.allclose(logits[:, t + 1 :], changed[:, t + 1 :])
+        above = upper.clone()
+        above[:, 3] = (upper[:, 3] + 1) % 16  # the level above's last code
+        seen, _ = prior(idx, cond=cond, upper=above)
+    assert not torch.allclose(logits[:, :12], seen[:, :12])  # early positions see it: the level above is known whole
+
+
+def test_the_conditioner_stretches_the_level_above_by_the_hop_ratio():
+    prior = upsampler()
+    assert prior.additive(upper=torch.randint(16, (3, 5))).shape == (3, 20, 16)
+
+
+@pytest.mark.parametrize("level", ["top", "middle"])
+def test_windowed_cached_sampling_with_every_conditioning_input_equals_recomputation(level):
+    """Three windows past the context, with prefix tokens, the additive input (timing or the level above) and the
+    lyrics memory: cached decoding picks exactly the codes full recomputation picks."""
+    torch.manual_seed(1)
+    cond = torch.tensor([[0, 2], [1, 2]])
+    if level == "top":
+        prior = top_prior()
+        randomise_timing(prior)
+        conditioning = top_conditioning(prior, cond, 4.0, ["daki mo", "lesa"])
+    else:
+        prior = upsampler()
+        conditioning = upsampler_conditioning(prior, cond, torch.randint(16, (2, 10)))
+    greedy = type(JUKEBOX_SAMPLING)(temperature=0.0)
+    runs = [sample_level(prior, torch.zeros(2, 0, dtype=torch.long), 40, conditioning, greedy,
+                         torch.Generator().manual_seed(0), keep=6, use_cache=cache) for cache in (True, False)]
+    assert runs[0].shape == (2, 40) and torch.equal(runs[0], runs[1])
+    assert runs[0].max() < 16  # the start token is never sampled
+
+
+def test_the_lyrics_change_what_the_top_prior_predicts():
+    torch.manual_seed(0)
+    prior = top_prior()
+    idx, _ = window_tokens(torch.randint(16, (2, 12)), prior.cfg.start_token)
+    seconds = position_seconds(torch.zeros(2), 12, 8, 1000)
+    inputs = dict(cond=torch.tensor([[0, 2], [0, 2]]), seconds=seconds, total=torch.tensor([3.0, 3.0]))
+    with torch.no_grad():
+        a, _ = prior(idx, chars=chars_batch(["daki", "daki"], 96), **inputs)
+        b, _ = prior(idx, chars=chars_batch(["daki", "mosu"], 96), **inputs)
+    assert torch.allclose(a[0], b[0]) and not torch.allclose(a[1], b[1])
+
+
+def test_windows_keep_their_prompt_and_upsampler_windows_start_on_a_code_above():
+    assert plan_windows(0, 10, 4, 2, 1) == [(0, 0, 4), (2, 4, 6), (4, 6, 8), (6, 8, 10)]
+    for start, pos, end in plan_windows(5, 40, 16, 7, 4):
+        assert start % 4 == 0 and 0 < end - start <= 16 and pos - start >= min(7, pos)
+    assert plan_windows(40, 40, 16, 8, 4) == []
+
+
+def test_a_context_that_the_hop_ratio_does_not_divide_is_refused():
+    from nexttoken.errors import UserError
+
+    with pytest.raises(UserError, match="multiple of 4"):
+        PriorConfig(level="middle", context=18, ratio=4, **LABELS).validate()
+    with pytest.raises(UserError, match="--cross-every 3"):
+        PriorConfig(level="top", n_layer=2, cross_every=3, **LABELS).validate()
