@@ -53,6 +53,11 @@ def main() -> None:
 
     picks = {"random (no critic)": [], "critic's best": [], "critic's worst": []}
     for k, composer in enumerate(classes):
+        real = [histograms(ex) for q in corpus.indices("train", composer)
+                for ex in excerpts(corpus.notes(q), args.seconds, most=1)]
+        if not real:  # no real opening of --seconds with 4 notes or more: nothing to compare with
+            print(f"  {composer}: no real {args.seconds:g}-second openings to compare with; skipped", flush=True)
+            continue
         gen = GenerateConfig(composer=composer, instruments=[corpus.main_family(composer)], seconds=args.seconds,
                              n=args.n * args.candidates,
                              sampling=SamplingConfig(critic.temperature, top_p=critic.top_p, seed=20_000 + k))
@@ -61,8 +66,6 @@ def main() -> None:
                                    cfg.context)
         best = keep_best(scores, args.n)
         worst = keep_best(-scores, args.n)
-        real = [histograms(ex) for q in corpus.indices("train", composer)
-                for ex in excerpts(corpus.notes(q), args.seconds, most=1)]
         for name, chosen in zip(picks, (list(range(args.n)), best, worst)):
             hs = [histograms(pieces[i].notes) for i in chosen]
             pred = clf.predict(np.stack([h.vector() for h in hs]))
@@ -70,8 +73,9 @@ def main() -> None:
                                 "critic_real": float(scores[chosen].mean()), **distances(hs, real)})
         print(f"  {composer}: {len(pieces)} samples scored", flush=True)
 
-    print(f"{args.run}: {len(classes)} composers, {args.n} of {args.n * args.candidates} samples of "
-          f"{args.seconds:g} s kept per composer; means over composers (distances: lower is closer to real)")
+    compared = len(picks["random (no critic)"])
+    print(f"{args.run}: {compared} composers, {args.n} of {args.n * args.candidates} samples of {args.seconds:g} s "
+          f"kept per composer; means over composers (distances: lower is closer to real)")
     print(f"{'selection':20} " + " ".join(f"{m:>16}" for m in METRICS))
     rows = []
     for name, per in picks.items():

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from nexttoken.model import GPT
 from nexttoken.muse.encoding import make_encoding
 from nexttoken.muse.generate import GenerateConfig, generate_pieces
 from nexttoken.muse.model import build_model
@@ -58,13 +59,15 @@ def main() -> None:
             pieces = generate_pieces(model, enc, gen, device, tps, use_cache=use_cache)
             return sum(len(pc.ids) - 4 for pc in pieces)
 
+        bare = GPT(cfg.gpt_config(enc.vocab_size)).to(device).eval()  # the same shape, without muse's inputs
+
         def core():
             prompt = torch.full((args.batch, 4), enc.vocab.start, device=device)
             threads = torch.get_num_threads()
             if device.type == "cpu":
                 torch.set_num_threads(1)  # as the muse path does for small batches
             try:
-                out = generate(model.gpt, prompt, args.tokens, top_p=0.95)
+                out = generate(bare, prompt, args.tokens, top_p=0.95)
             finally:
                 torch.set_num_threads(threads)
             return out.tokens.numel() - prompt.numel()

@@ -5,8 +5,8 @@ from muse_fixtures import CASES, case_score
 from nexttoken.errors import UserError
 from nexttoken.midi.notes import DRUMS, Notes, notes_from_score, read_midi, write_midi
 from nexttoken.muse.data import Augment
-from nexttoken.muse.encoding import (QUANTUM, MidiTokEncoding, MuseNetEncoding, Vocab, decode, encode, token_times,
-                                     velocity_levels)
+from nexttoken.muse.encoding import QUANTUM, MuseNetEncoding, Vocab, decode, encode, token_times, velocity_levels
+from nexttoken.muse.miditok_encoding import MidiTokEncoding
 
 VOCAB = Vocab(["bach", "unknown"])
 

@@ -17,9 +17,9 @@ from nexttoken.midi.notes import FAMILIES, read_midi
 from nexttoken.muse.data import Batches
 from nexttoken.muse.encoding import QUANTUM, make_encoding
 from nexttoken.muse.generate import GenerateConfig, generate_pieces
-from nexttoken.muse.train import MuseConfig, load_run, train
+from nexttoken.muse.train import MuseConfig, load_run
 from nexttoken.sampling import SamplingConfig
-from nexttoken.training import LoopConfig, OptimConfig
+
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, monkeypatch_module):
@@ -120,8 +120,6 @@ def test_strict_mode_masks_other_instruments(env, capsys):
 
 
 def test_evaluation_reports_fidelity_and_distances(env):
-    from nexttoken.muse.evaluate import evaluate
-
     from nexttoken.muse.evaluate import evaluate, format_report
 
     model, enc, cfg, _ = load_run(env["run"], torch.device("cpu"))

@@ -1,4 +1,4 @@
-"""MuseNet's MIDI token language, and MidiTok's encodings beside it for comparison.
+"""MuseNet's MIDI token language (MidiTok's encodings, for comparison, are in ``miditok_encoding``).
 
     nexttoken muse encode piece.mid -o piece.tokens     # one readable token per line
     nexttoken muse decode piece.tokens -o piece.mid
@@ -38,7 +38,7 @@ from typing import Sequence
 import numpy as np
 
 from nexttoken.errors import UserError
-from nexttoken.midi.notes import DRUMS, FAMILIES, Notes, notes_from_score, notes_to_score
+from nexttoken.midi.notes import DRUMS, FAMILIES, Notes
 
 QUANTUM = 0.01  # seconds per wait step, as MuseNet
 MAX_WAIT = 128  # the longest single wait token, in quanta
@@ -345,50 +345,12 @@ class MuseNetEncoding:
         return kinds
 
 
-@dataclass
-class MidiTokEncoding:
-    """MidiTok's REMI or MIDILike (one stream, programs as tokens), with our composer tokens appended to its vocabulary
-    so that both encodings are conditioned the same way: ``composer`` + MidiTok's tokens."""
-
-    composers: list[str]
-    name: str = "remi"
-
-    def __post_init__(self) -> None:
-        import miditok
-
-        cls = {"remi": miditok.REMI, "midilike": miditok.MIDILike}[self.name]
-        self.tokenizer = cls(miditok.TokenizerConfig(use_programs=True, one_token_stream_for_programs=True))
-        self.composer_base = len(self.tokenizer)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.composer_base + len(self.composers)
-
-    def composer_id(self, composer: str) -> int:
-        if composer not in self.composers:
-            raise UserError(f"unknown composer {composer!r}; known: {', '.join(self.composers)}")
-        return self.composer_base + self.composers.index(composer)
-
-    def encode(self, notes: Notes, composer: str | None) -> Encoded:
-        head = [self.composer_id(composer)] if composer is not None else []
-        ids = self.tokenizer.encode(notes_to_score(notes)).ids
-        return Encoded(np.array(head + list(ids), dtype=np.int64), len(head))
-
-    def decode(self, ids) -> Notes:
-        ids = [int(i) for i in ids if 0 <= int(i) < self.composer_base]
-        return notes_from_score(self.tokenizer.decode(ids))
-
-    def token_kinds(self) -> np.ndarray:
-        """The kind of every id: MidiTok's token type (Pitch, Velocity, Duration, Position, Bar, Program, ...)."""
-        kinds = np.full(self.vocab_size, "header", dtype=object)
-        for token, i in self.tokenizer.vocab.items():
-            kinds[i] = token.split("_")[0]
-        return kinds
-
-
 def make_encoding(name: str, composers: Sequence[str], families: Sequence[str] = FAMILIES):
+    """The encoding a run was trained with: ours, or one of MidiTok's (``miditok_encoding``) for comparison."""
     if name == "musenet":
         return MuseNetEncoding(list(composers), list(families))
     if name in ("remi", "midilike"):
+        from nexttoken.muse.miditok_encoding import MidiTokEncoding
+
         return MidiTokEncoding(list(composers), name)
     raise UserError(f"unknown encoding {name!r}; choose from {', '.join(ENCODINGS)}")
