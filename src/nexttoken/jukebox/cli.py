@@ -125,7 +125,7 @@ def _new_folder(args) -> Path:
     return args.out or default_run_dir("jukebox", "pipeline")
 
 
-# ---- verbs ---------------------------------------------------------------------------------------------------------------
+# ---- verbs ---------------------------------------------------------------------------------------------------------
 def cmd_prepare(args) -> None:
     from nexttoken.jukebox.data import DataConfig, load_data, summary_rows
     from nexttoken.jukebox.train import VQVAEOptions
@@ -176,7 +176,8 @@ def cmd_train_vqvae(args) -> None:
         vqvae_stage(path, opts, optim, loop, args.device)
     else:
         vqvae_stage(path, from_args(args, VQVAEOptions), from_args(args, OptimConfig, base=VQ_OPTIM),
-                    check(from_args(args, LoopConfig, base=VQ_LOOP)), args.device, from_args(args, DataConfig).validate())
+                    check(from_args(args, LoopConfig, base=VQ_LOOP)), args.device,
+                    from_args(args, DataConfig).validate())
     _print_summaries(path)
 
 

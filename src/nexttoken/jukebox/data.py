@@ -139,8 +139,8 @@ def lyrics_clips(n: int, sample_rate: int, clip_samples: int, val_fraction: floa
                      {"lines": lines})
     tensors, meta = load_tensors(path)
     lines = meta["lines"]
-    tracks = [Track(f"lyrics/{i:05d}", path, f"{line['voice']}_voice", LYRICS_GENRE, line["text"], line["seconds"])
-              for i, line in enumerate(lines)]
+    tracks = [Track(f"lyrics-{seed}/{i:05d}", path, f"{line['voice']}_voice", LYRICS_GENRE, line["text"],
+                    line["seconds"]) for i, line in enumerate(lines)]
     timings = {t.id: {k: line[k] for k in ("starts", "ends", "chars")} for t, line in zip(tracks, lines)}
     splits = split_tracks([t.id for t in tracks], [t.artist for t in tracks], val_fraction)
     return ClipSet(tensors["clips"], tensors["track"], tensors["start"], tracks, splits, sample_rate, [], timings)

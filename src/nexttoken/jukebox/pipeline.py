@@ -123,9 +123,10 @@ def prior_config(codes: CodeSet, level: str, base: PriorConfig) -> PriorConfig:
     """``base`` with what the codes decide: vocabulary, labels, hops and the range of the timing embedding."""
     i = codes.level(level)
     longest = max([t["seconds"] for t in codes.tracks] + [1.0])
+    ratio = 1 if i == len(codes.levels) - 1 else codes.hops[i + 1] // codes.hops[i]
     return replace(base, level=level, codebook_size=codes.codebook_size, artists=list(codes.artists),
-                   genres=list(codes.genres), ratio=1 if i == len(codes.levels) - 1 else codes.hops[i + 1] // codes.hops[i],
-                   hop=codes.hops[i], sample_rate=codes.sample_rate, max_seconds=float(longest)).validate()
+                   genres=list(codes.genres), ratio=ratio, hop=codes.hops[i], sample_rate=codes.sample_rate,
+                   max_seconds=float(longest)).validate()
 
 
 def open_prior_config(path: Path, level: str) -> PriorConfig:

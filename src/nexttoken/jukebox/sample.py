@@ -92,8 +92,8 @@ def sample_level(prior: Prior, known: torch.Tensor, total: int, conditioning, sa
     for start, pos, end in plan_windows(known.shape[1], total, cfg.context, keep, cfg.ratio):
         start_token = torch.full((codes.shape[0], 1), cfg.start_token, dtype=torch.long)
         prompt = torch.cat([start_token, codes[:, start:pos]], dim=1)
-        out = generate(prior.gpt, prompt.to(device), end - pos, **conditioning(start, end), forbidden=forbidden.to(device),
-                       temperature=sampling.temperature, top_k=sampling.top_k or None,
+        out = generate(prior.gpt, prompt.to(device), end - pos, **conditioning(start, end),
+                       forbidden=forbidden.to(device), temperature=sampling.temperature, top_k=sampling.top_k or None,
                        top_p=sampling.top_p if sampling.top_p < 1 else None, generator=generator,
                        progress=(lambda n: progress(1)) if progress else None, use_cache=use_cache)
         codes = torch.cat([codes, out.tokens[:, prompt.shape[1] :].cpu()], dim=1)
@@ -134,7 +134,7 @@ def upsampler_conditioning(prior: Prior, cond: torch.Tensor, upper: torch.Tensor
     return inputs
 
 
-# ---- the request, the prime and the decoded audio ---------------------------------------------------------------------
+# ---- the request, the prime and the decoded audio --------------------------------------------------------------------
 def codes_header(pipeline: Path) -> dict:
     """The cached codes' header (labels, tracks) without their tensors."""
     from safetensors import safe_open
@@ -306,8 +306,9 @@ def _sample_one_level(pipeline, out, run, level, i, known, labels, cond, above, 
 def describe(results: list[LevelResult], out: Path) -> str:
     lines = []
     for r in results:
-        lines.append(f"{r.level:6s} {r.codes:7,d} codes in {r.seconds:6.1f} s: real-time factor {r.real_time_factor:.2f} "
-                     f"(below 1 is faster than real time); {', '.join(str(w) for w in r.wavs)}, {r.png}")
+        lines.append(f"{r.level:6s} {r.codes:7,d} codes in {r.seconds:6.1f} s: real-time factor "
+                     f"{r.real_time_factor:.2f} (below 1 is faster than real time); "
+                     f"{', '.join(str(w) for w in r.wavs)}, {r.png}")
     if not results:
         lines.append(f"{out}: every level asked for is already sampled")
     return "\n".join(lines)

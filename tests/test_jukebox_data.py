@@ -1,0 +1,135 @@
+"""Where the priors' data comes from and how it is judged: the corpus rendered to labelled clips, the sung lines with
+their timings, segments encoded once and cached, the alignment measure on hand-made attention, and the artist
+classifier on sounds that differ."""
+
+import numpy as np
+import pytest
+import torch
+
+from nexttoken.jukebox import alignment
+from nexttoken.jukebox.codes import CodeSet, encode_clips, segments_of
+from nexttoken.jukebox.data import DataConfig, corpus_clips, lyrics_clips, merge, select
+from nexttoken.jukebox.fidelity import features, fit_classifier, recognition
+from nexttoken.jukebox.prior import Prior, PriorConfig
+from nexttoken.jukebox.vqvae import PRESETS, VQVAE
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEXTTOKEN_CACHE", str(tmp_path / "cache"))
+
+
+def fake_corpus():
+    """Two composers with two pieces each: a piano scale (3 s) and a choir's long chords (5 s)."""
+    from nexttoken.midi.corpus import Corpus
+    from nexttoken.midi.notes import FAMILIES
+
+    parts, labels = [], []
+    for label, family, n, length in (("scales", "piano", 12, 0.25), ("choir", "voice", 5, 1.0)):
+        for k in range(2):
+            start = np.arange(n) * length
+            parts.append(dict(start=start, end=start + length * 0.9, pitch=np.full(n, 60 + k, dtype=np.int16),
+                              velocity=np.full(n, 80, dtype=np.int16),
+                              family=np.full(n, FAMILIES.index(family), dtype=np.int8)))
+            labels.append(label)
+    table = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    offsets = np.cumsum([0] + [len(p["start"]) for p in parts])
+    return Corpus([f"p{i}" for i in range(4)], labels, ["train", "val"] * 2, offsets, np.full(4, 120.0), table)
+
+
+def test_the_corpus_is_rendered_to_clips_labelled_by_composer_and_instrument_family(monkeypatch):
+    monkeypatch.setattr("nexttoken.midi.corpus.load_corpus", lambda name, jobs=2: fake_corpus())
+    clips = corpus_clips(DataConfig(piece_seconds=4.0), 8000, 4000)
+    assert clips.artists() == ["choir", "scales"] and clips.genres() == ["piano", "voice"]
+    assert [t.seconds for t in clips.tracks] == pytest.approx([2.975, 2.975, 4.9, 4.9])
+    per_track = torch.bincount(clips.track).tolist()
+    assert per_track == [6, 6, 8, 8]  # 3 s and a release tail, and 5 s cut at 4 s, in half-second clips
+    assert clips.splits == ["train", "val", "train", "val"]
+    again = corpus_clips(DataConfig(piece_seconds=4.0, pieces=1), 8000, 4000)  # from the cache, one piece a side
+    assert len(again.tracks) == 4 and torch.equal(again.clips, clips.clips)
+
+
+def test_sung_lines_keep_their_words_and_timings_and_merge_with_other_audio():
+    lines = lyrics_clips(6, 8000, 2048, val_fraction=0.34)
+    assert set(lines.artists()) <= {"low_voice", "high_voice"} and lines.genres() == ["song"]
+    for t in lines.tracks:
+        timing = lines.timings[t.id]
+        assert len(timing["starts"]) == len(timing["chars"]) and max(timing["ends"]) < t.seconds
+        assert all(t.lyrics[a:b].isalpha() for a, b in timing["chars"])
+    assert "val" in lines.splits
+    both = merge(lines, lyrics_clips(2, 8000, 2048, seed=1))
+    assert len(both.tracks) == 8 and int(both.track.max()) == 7 and len(both.timings) == 8
+    only = select(both, [t.artist == "low_voice" for t in both.tracks])
+    assert only.artists() == ["low_voice"] and set(only.timings) == {t.id for t in only.tracks}
+    assert all(only.tracks[int(i)].artist == "low_voice" for i in only.track)
+
+
+def test_segments_are_runs_of_consecutive_clips_and_their_codes_are_cached(tmp_path):
+    lines = lyrics_clips(3, 8000, 2048)
+    keep = torch.ones(len(lines), dtype=torch.bool)
+    keep[1] = False  # a gap in the first line: two segments
+    lines.clips, lines.track, lines.start = lines.clips[keep], lines.track[keep], lines.start[keep]
+    runs = segments_of(lines)
+    assert len(runs) == 4 and runs[0].tolist() == [0]
+    vqvae = VQVAE(PRESETS["tiny"])
+    codes = encode_clips(vqvae, lines, step=7, progress=False)
+    for i, hop in enumerate((8, 32, 128)):
+        lengths = [len(codes.segment(i, s)) for s in range(4)]
+        assert lengths == [len(r) * 2048 // hop for r in runs]
+    codes.save(tmp_path / "codes.safetensors")
+    back = CodeSet.load(tmp_path / "codes.safetensors")
+    assert back.step == 7 and back.tracks == codes.tracks and all(torch.equal(a, b) for a, b in
+                                                                  zip(back.codes, codes.codes))
+
+
+def hand_made_codes() -> CodeSet:
+    """One sung line per split: 'da ki' with 'da' sung over [0, 0.5) s and 'ki' over [0.5, 1) s; 10 top codes of
+    0.128 s each."""
+    tracks = [{"id": f"l{i}", "artist": "v", "genre": "song", "lyrics": "da ki", "seconds": 1.28, "split": split}
+              for i, split in enumerate(("train", "val"))]
+    timing = {"starts": [0.0, 0.5], "ends": [0.5, 1.0], "chars": [[0, 2], [3, 5]]}
+    return CodeSet(("top",), (128,), 8, 1000, [torch.randint(8, (20,))], [torch.tensor([0, 10, 20])],
+                   torch.tensor([0, 1]), torch.tensor([0, 0]), tracks, ["v"], ["song"], {"l0": timing, "l1": timing})
+
+
+def test_the_alignment_measure_counts_attention_on_the_syllable_being_sung(monkeypatch):
+    cfg = PriorConfig(level="top", context=16, n_layer=1, n_head=2, n_embd=16, lyrics_width=8, lyrics_layers=1,
+                      cross_every=1, codebook_size=8, artists=["v"], genres=["song"], hop=128, sample_rate=1000,
+                      max_seconds=2.0)
+    prior = Prior(cfg.validate()).eval()
+
+    def attention(prior, batch):  # head 0 looks at the sung syllable's first letter, head 1 at the start id
+        seconds = batch["seconds"]
+        B, T = seconds.shape
+        right = torch.where(seconds < 0.5, 1, 4)  # memory index: the start id, then the text's characters
+        pattern = torch.zeros(1, B, 2, T, 6)
+        pattern[0, :, 0].scatter_(-1, right[..., None], 1.0)
+        pattern[0, :, 1, :, 0] = 1.0
+        return pattern
+
+    monkeypatch.setattr(alignment, "cross_patterns", attention)
+    score = alignment.alignment_score(prior, hand_made_codes())
+    assert (score.layer, score.head, score.accuracy, score.mean_accuracy) == (0, 0, 1.0, 0.5)
+    assert score.positions == 8 and score.lines == 1  # codes starting at 0 ... 0.896 s lie inside a syllable
+    assert score.chance == pytest.approx(2 / 6)
+
+
+def test_the_artist_classifier_tells_sounds_apart_and_recognition_counts_the_asked_artist():
+    rng = np.random.default_rng(0)
+    t = np.arange(8000) / 8000
+
+    def clip(kind):
+        if kind == "tone":
+            return np.sin(2 * np.pi * rng.uniform(200, 400) * t) * 0.5
+        return rng.standard_normal(8000) * 0.2
+
+    kinds = ["tone", "hiss"] * 8
+    audio = torch.tensor(np.stack([clip(k) for k in kinds]), dtype=torch.float32)
+    x = features(audio, 8000)
+    assert x.shape == (16, 1, 128)
+    classifier = fit_classifier(x[:10].flatten(0, 1), kinds[:10])
+    result = recognition(classifier, x[10:], kinds[10:], x[10:], kinds[10:])
+    assert result.accuracy == 1.0 and result.real_accuracy == 1.0 and result.chance == 0.5
+    wrong = recognition(classifier, x[10:], [{"tone": "hiss", "hiss": "tone"}[k] for k in kinds[10:]], x[10:],
+                        kinds[10:])
+    assert wrong.accuracy == 0.0 and wrong.per_artist == {"hiss": 0.0, "tone": 0.0}
