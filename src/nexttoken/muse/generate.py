@@ -38,7 +38,7 @@ from nexttoken.sampling import SamplingConfig, sample
 
 # The most pieces sampled in one batch (--n x --candidates): each row holds a KV cache of the whole context.
 MAX_ROWS = 1024
-# muse samples with nucleus sampling by default, as MuseNet's demos did.
+# Nucleus sampling (top-p 0.95) is the default of every muse command that samples.
 MUSE_SAMPLING = SamplingConfig(top_p=0.95)
 
 
@@ -249,7 +249,7 @@ def _timing(row: np.ndarray, vocab, H: int, offset_q: int, total_q: int, start: 
 
 # ---- samples on disk ------------------------------------------------------------------------------------------------
 def write_samples(run_dir: Path, cfg: GenerateConfig, out: Path | None, device: torch.device,
-                  soundfont: str | None = None, title: str = "", progress: bool = True) -> list[dict]:
+                  soundfont: str | Path | None = None, title: str = "", progress: bool = True) -> list[dict]:
     """Generate, then write sample-NN.mid/.wav/.png and samples.json into ``out`` (default: a new
     ``RUN/samples-<time>`` folder); returns one record per sample. With ``cfg.candidates`` > 1, ``candidates * n``
     pieces are sampled and the critic keeps the ``n`` best. Nothing is written until every piece is ready."""

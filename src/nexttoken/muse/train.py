@@ -82,6 +82,8 @@ MUSE_LOOP = LoopConfig(steps=600, batch_size=16, eval_every=100, ckpt_every=100)
 
 @dataclass
 class TimeBudget:
+    """``--max-minutes``: the loop's time budget (``LoopConfig.max_seconds``) in the unit people plan in."""
+
     max_minutes: float | None = option(None, "train as many of --steps as fit in this many minutes (the LR schedule "
                                        "follows)", gt=0, le=10**7)
 
@@ -97,13 +99,15 @@ def batch_workers(device: str) -> int:
 
 # ---- the run folder --------------------------------------------------------------------------------------------------
 def open_run(path: Path) -> Run:
-    """A muse training run, to read; a folder of another command is refused by name. Runs saved before runs named
-    their kind are recognised by their "muse" settings."""
+    """A muse training run, to read; a folder of another command is refused by name. A config.json that names no
+    kind is accepted when it holds muse settings."""
     run = Run.open(path)
     kind = run.config.get("kind")
-    if kind != KIND and not (kind is None and isinstance(run.config.get("muse"), dict)):
-        raise UserError(f"{path} is {'a ' + kind if kind else 'not a'} run, not a muse training run ({KIND})")
-    return run
+    if kind == KIND or (kind is None and isinstance(run.config.get("muse"), dict)):
+        return run
+    if kind:
+        raise UserError(f"{path} is a {kind} run, not a muse training run ({KIND})")
+    raise UserError(f"{path} is not a muse training run (its config.json holds no muse settings)")
 
 
 def check_out(out: Path | None) -> None:
@@ -131,9 +135,12 @@ def saved_configs(run: Run, changes: dict | None = None) -> tuple[MuseConfig, Op
     cfg = load(MuseConfig, {"countdown_embedding": False, **saved["muse"]}, source)
     optim, loop = load(OptimConfig, saved.get("optim"), source), load(LoopConfig, saved.get("loop"), source)
     changes = changes or {}
-    pick = lambda cls: {k: v for k, v in changes.items() if k in {f.name for f in fields(cls)}}  # noqa: E731
-    return (resumed(cfg, pick(MuseConfig)), resumed(optim, pick(OptimConfig)),
-            resumed(loop, pick(LoopConfig), adjustable=("steps", "workers")))
+
+    def of(cls) -> dict:
+        return {k: v for k, v in changes.items() if k in {f.name for f in fields(cls)}}
+
+    return (resumed(cfg, of(MuseConfig)), resumed(optim, of(OptimConfig)),
+            resumed(loop, of(LoopConfig), adjustable=("steps", "workers")))
 
 
 def load_run(path: Path, device: torch.device) -> tuple[MuseModel, object, MuseConfig, Run]:
