@@ -332,3 +332,11 @@ def test_a_custom_objective_trains():
                  loss_fn=mse, weight_fn=count_rows)
     assert result.record["train_loss"] < 0.05 and "train_abs_err" in result.record
     assert torch.allclose(model.weight, w, atol=0.1)
+
+
+def test_a_resume_that_fails_before_training_keeps_the_run(tmp_path):
+    Run.create(tmp_path / "r", {"a": 1}).close()  # killed before its first checkpoint or record
+    with pytest.raises(RuntimeError):
+        with Run.resume(tmp_path / "r"):
+            raise RuntimeError("the resumed start failed too")
+    assert (tmp_path / "r" / "config.json").exists()

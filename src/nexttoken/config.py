@@ -225,6 +225,10 @@ def resumed(saved: T, requested: dict, adjustable: tuple[str, ...] = ()) -> T:
     refused = [k for k in changes if k not in adjustable]
     if refused:
         k = refused[0]
+        if isinstance(requested[k], bool):
+            asked = flag_name(k) if requested[k] else "--no-" + flag_name(k)[2:]
+            raise UserError(f"{asked} differs from the resumed run; a resumed run keeps its settings (start a new "
+                            f"run to change it)")
         raise UserError(f"{flag_name(k)} {requested[k]} differs from the resumed run's {getattr(saved, k)}; a resumed "
                         f"run keeps its settings (start a new run to change it)")
     return check(replace(saved, **changes))

@@ -146,7 +146,13 @@ def restore_rng(tensors: dict[str, torch.Tensor]) -> None:
 
 # ---- the run folder -------------------------------------------------------------------------------------------------
 def default_run_dir(domain: str, verb: str, root: str | Path = "runs") -> Path:
-    return Path(root) / f"{domain}-{verb}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """runs/<domain>-<verb>-<time>, with -2, -3... when a folder of that second exists (the claim settles races)."""
+    stem = Path(root) / f"{domain}-{verb}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = stem, 1
+    while path.exists():
+        n += 1
+        path = stem.with_name(f"{stem.name}-{n}")
+    return path
 
 
 def unique_dir(parent: str | Path, stem: str) -> Path:
@@ -200,12 +206,13 @@ class Run:
     """
 
     def __init__(self, path: str | Path, config: dict, enabled: bool = True, lock: int | None = None,
-                 created: bool = False) -> None:
+                 created: bool = False, fresh: bool = False) -> None:
         self.path = Path(path)
         self.config = config
         self.enabled = enabled
         self._lock = lock
         self._created = created  # this process made the folder (not only its files)
+        self._fresh = fresh  # this process wrote config.json: a failed start may take it back
 
     @classmethod
     def create(cls, path: str | Path, config: dict, kind: str = "", enabled: bool = True) -> "Run":
@@ -221,7 +228,7 @@ class Run:
         config = {"kind": kind, **config} if kind else config
         atomic_write_json(path / "config.json", config)
         atomic_write_text(path / "metrics.jsonl", "")
-        return cls(path, config, enabled, lock, made)
+        return cls(path, config, enabled, lock, made, fresh=True)
 
     @classmethod
     def open(cls, path: str | Path, kind: str | tuple[str, ...] = (), enabled: bool = True) -> "Run":
@@ -234,7 +241,7 @@ class Run:
             raise UserError(f"{path / 'config.json'} is damaged (not a JSON object)")
         kinds = (kind,) if isinstance(kind, str) else kind
         if kinds and config.get("kind") not in kinds:
-            found = config.get("kind") or "an unnamed"
+            found = f"a {config['kind']}" if config.get("kind") else "an unnamed"
             raise UserError(f"{path} is {found} run, not a {' or '.join(kinds)} run")
         return cls(path, config, enabled)
 
@@ -250,7 +257,7 @@ class Run:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None and self.enabled and self._lock is not None and not self.started():
+        if exc_type is not None and self.enabled and self._fresh and not self.started():
             self.discard()
         self.close()
 

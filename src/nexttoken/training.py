@@ -238,10 +238,6 @@ class StopRequests:
         self._saved.clear()
 
 
-def progress_bar(total: int, initial: int = 0, enabled: bool = True, desc: str = "", log=None) -> Progress:
-    return Progress(total, desc, initial=initial, enabled=enabled, log=log)
-
-
 class Prefetch:
     """``batch_fn`` run ahead of the loop by forked worker processes, so the accelerator never waits for the CPU.
 
