@@ -154,3 +154,10 @@ def test_evaluate_and_report(tiny_pipeline, tmp_path, capsys):
     assert run_cli(["jukebox", "report", tiny_pipeline, "--out", tmp_path / "report"]) == 0
     html = (tmp_path / "report" / "report.html").read_text()
     assert "<audio" in html and "reconstruction.png" in html and "lyrics alignment" in html
+
+
+def test_train_resume_keeps_every_finished_stage(tiny_pipeline):
+    stamps = {p: p.stat().st_mtime_ns for p in sorted(tiny_pipeline.glob("*/checkpoint.safetensors"))}
+    assert len(stamps) == 4
+    assert run_cli(["jukebox", "train", "--resume", tiny_pipeline]) == 0
+    assert {p: p.stat().st_mtime_ns for p in sorted(tiny_pipeline.glob("*/checkpoint.safetensors"))} == stamps

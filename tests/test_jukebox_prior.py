@@ -102,3 +102,21 @@ def test_a_context_that_the_hop_ratio_does_not_divide_is_refused():
         PriorConfig(level="middle", context=18, ratio=4, **LABELS).validate()
     with pytest.raises(UserError, match="--cross-every 3"):
         PriorConfig(level="top", n_layer=2, cross_every=3, **LABELS).validate()
+
+
+def test_an_upsampler_sampled_in_stretches_side_by_side_samples_each_stretch_from_its_level_above():
+    """Stretches in one batch: each is what sampling it alone from the level above's codes over it gives."""
+    from nexttoken.jukebox.sample import upsample_in_spans
+
+    torch.manual_seed(2)
+    prior = upsampler()
+    cond, upper = torch.tensor([[1, 2]]), torch.randint(16, (1, 12))
+    greedy = type(JUKEBOX_SAMPLING)(temperature=0.0)
+    both = upsample_in_spans(prior, cond, upper, 2, greedy, torch.Generator(), keep=8)
+    assert both.shape == (1, 48)
+    for k in range(2):
+        alone = sample_level(prior, torch.zeros(1, 0, dtype=torch.long), 24,
+                             upsampler_conditioning(prior, cond, upper[:, 6 * k : 6 * k + 6]), greedy,
+                             torch.Generator(), keep=8)
+        assert torch.equal(both[:, 24 * k : 24 * k + 24], alone)
+    assert upsample_in_spans(prior, cond, upper[:, :5], 2, greedy, torch.Generator(), keep=8).shape == (1, 20)

@@ -36,7 +36,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     from nexttoken.jukebox.pipeline import Plan
     from nexttoken.jukebox.prior import PriorConfig
     from nexttoken.jukebox.sample import JUKEBOX_SAMPLING, SampleConfig
-    from nexttoken.jukebox.train import PRIOR_LOOP, PRIOR_OPTIM, VQ_LOOP, VQ_OPTIM, VQVAEOptions
+    from nexttoken.jukebox.train import PRIOR_LOOP, PRIOR_OPTIM, VQ_LOOP, VQ_OPTIM, TimeBudget, VQVAEOptions
 
     sub = parser.add_subparsers(dest="verb", required=True)
 
@@ -58,6 +58,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_options(p, VQVAEOptions)
     add_options(p, OptimConfig, defaults=asdict(VQ_OPTIM))
     add_options(p, LoopConfig, defaults=asdict(VQ_LOOP))
+    add_options(p, TimeBudget)
     _out_or_resume(p, "jukebox-<time>")
     p.set_defaults(func=cmd_train_vqvae)
 
@@ -68,6 +69,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_options(p, PriorConfig)
     add_options(p, OptimConfig, defaults=asdict(PRIOR_OPTIM))
     add_options(p, LoopConfig, defaults=asdict(PRIOR_LOOP))
+    add_options(p, TimeBudget)
     p.add_argument("--resume", action="store_true", help="continue the level's killed training (--steps N: train "
                                                          "a finished one further)")
     add_device_option(p)
@@ -160,14 +162,17 @@ def cmd_train(args) -> None:
 def cmd_train_vqvae(args) -> None:
     from nexttoken.jukebox.data import DataConfig
     from nexttoken.jukebox.pipeline import saved_vqvae_settings, vqvae_stage
-    from nexttoken.jukebox.train import VQ_LOOP, VQ_OPTIM, VQVAEOptions
+    from nexttoken.jukebox.train import VQ_LOOP, VQ_OPTIM, TimeBudget, VQVAEOptions
 
     path = _new_folder(args)
+    budget = from_args(args, TimeBudget)
     if args.resume is not None:
         if given(args, DataConfig):
             raise UserError("--resume RUN keeps RUN's audio; leave out the data flags")
         path = args.resume
         changes = {**given(args, VQVAEOptions), **given(args, OptimConfig), **given(args, LoopConfig)}
+        if budget.max_minutes is not None:
+            changes["max_seconds"] = 60 * budget.max_minutes
         if (path / "vqvae" / "config.json").is_file():
             opts, optim, loop = saved_vqvae_settings(path, changes)
         else:
@@ -176,7 +181,7 @@ def cmd_train_vqvae(args) -> None:
         vqvae_stage(path, opts, optim, loop, args.device)
     else:
         vqvae_stage(path, from_args(args, VQVAEOptions), from_args(args, OptimConfig, base=VQ_OPTIM),
-                    check(from_args(args, LoopConfig, base=VQ_LOOP)), args.device,
+                    check(budget.apply(from_args(args, LoopConfig, base=VQ_LOOP))), args.device,
                     from_args(args, DataConfig).validate())
     _print_summaries(path)
 
@@ -184,15 +189,19 @@ def cmd_train_vqvae(args) -> None:
 def cmd_train_prior(args) -> None:
     from nexttoken.jukebox.pipeline import prior_stage, saved_prior_settings
     from nexttoken.jukebox.prior import PriorConfig
-    from nexttoken.jukebox.train import PRIOR_DEFAULTS, PRIOR_LOOP, PRIOR_OPTIM
+    from nexttoken.jukebox.train import PRIOR_DEFAULTS, PRIOR_LOOP, PRIOR_OPTIM, TimeBudget
 
+    budget = from_args(args, TimeBudget)
     if args.resume and (args.run / args.level / "config.json").is_file():
         changes = {**given(args, PriorConfig), **given(args, OptimConfig), **given(args, LoopConfig)}
+        if budget.max_minutes is not None:
+            changes["max_seconds"] = 60 * budget.max_minutes
         cfg, optim, loop = saved_prior_settings(args.run, args.level, changes)
     else:
         cfg = from_args(args, PriorConfig, base=PRIOR_DEFAULTS[args.level])
         cfg = replace(cfg, level=args.level).validate()
-        optim, loop = from_args(args, OptimConfig, base=PRIOR_OPTIM), from_args(args, LoopConfig, base=PRIOR_LOOP)
+        optim = from_args(args, OptimConfig, base=PRIOR_OPTIM)
+        loop = check(budget.apply(from_args(args, LoopConfig, base=PRIOR_LOOP)))
     prior_stage(args.run, args.level, cfg, optim, loop, args.device, args.resume)
     _print_summaries(args.run)
 

@@ -185,7 +185,7 @@ def saved_vqvae_settings(path: Path, changes: dict) -> tuple[VQVAEOptions, Optim
     opts = load(VQVAEOptions, run.config.get("options"), source)
     optim, loop = load(OptimConfig, run.config.get("optim"), source), load(LoopConfig, run.config.get("loop"), source)
     return (resumed(opts, _pick(changes, VQVAEOptions)), resumed(optim, _pick(changes, OptimConfig)),
-            resumed(loop, _pick(changes, LoopConfig), adjustable=("steps",)))
+            resumed(loop, _pick(changes, LoopConfig), adjustable=("steps", "max_seconds")))
 
 
 def saved_prior_settings(path: Path, level: str, changes: dict) -> tuple[PriorConfig, OptimConfig, LoopConfig]:
@@ -194,7 +194,7 @@ def saved_prior_settings(path: Path, level: str, changes: dict) -> tuple[PriorCo
     cfg = load(PriorConfig, run.config.get("prior"), source)
     optim, loop = load(OptimConfig, run.config.get("optim"), source), load(LoopConfig, run.config.get("loop"), source)
     return (resumed(cfg, _pick(changes, PriorConfig)), resumed(optim, _pick(changes, OptimConfig)),
-            resumed(loop, _pick(changes, LoopConfig), adjustable=("steps",)))
+            resumed(loop, _pick(changes, LoopConfig), adjustable=("steps", "max_seconds")))
 
 
 def _pick(changes: dict, cls) -> dict:
@@ -234,7 +234,7 @@ def train_everything(path: Path, plan: Plan, opts: VQVAEOptions, device: str, da
     if data is not None:
         vqvae_stage(path, opts, VQ_OPTIM, replace(VQ_LOOP, steps=plan.vqvae_steps), device, data, plan)
     else:
-        plan = load(Plan, open_pipeline(path).config.get("plan"), str(path / "config.json"))
+        plan = load(Plan, open_pipeline(path).config.get("plan") or {}, str(path / "config.json"))
         if (path / "vqvae" / "config.json").is_file():
             opts, optim, loop = saved_vqvae_settings(path, {})
         else:

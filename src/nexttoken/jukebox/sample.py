@@ -50,6 +50,8 @@ class SampleConfig:
     stop_at: str = option("bottom", "the last level to sample (upsample the rest later with --resume)",
                           choices=LEVELS)
     overlap: float = option(0.5, "share of each window's codes carried into the next as its prompt", ge=0, lt=1)
+    parallel: int = option(1, "upsamplers: stretches of the piece sampled side by side in one batch (faster; each "
+                           "starts without the codes before it, so a seam every 1/N of the piece)", ge=1, le=4096)
 
 
 @dataclass
@@ -132,6 +134,22 @@ def upsampler_conditioning(prior: Prior, cond: torch.Tensor, upper: torch.Tensor
         return {"cond": cond.to(device), "x_add": torch.cat([x_add, x_add[:, -1:]], dim=1)}
 
     return inputs
+
+
+def upsample_in_spans(prior: Prior, cond: torch.Tensor, upper: torch.Tensor, spans: int, sampling: SamplingConfig,
+                      generator: torch.Generator, keep: int, progress=None, use_cache: bool = True) -> torch.Tensor:
+    """An upsampler's codes (B, len(upper) x ratio) sampled as ``spans`` stretches of the piece side by side in one
+    batch of B x spans rows, each from the level above's codes over it alone: a step of the batch costs about what a
+    step of one row does on a GPU, so a level is sampled about ``spans`` times sooner, with a seam between stretches."""
+    r = prior.cfg.ratio
+    B, total = upper.shape[0], upper.shape[1] * r
+    length = math.ceil(total / spans / r) * r  # codes per stretch, on a code of the level above
+    spans = math.ceil(total / length)
+    rows = torch.nn.functional.pad(upper, (0, spans * length // r - upper.shape[1])).reshape(B * spans, length // r)
+    codes = sample_level(prior, torch.zeros(B * spans, 0, dtype=torch.long), length,
+                         upsampler_conditioning(prior, cond.repeat_interleave(spans, 0), rows), sampling, generator,
+                         keep, progress=(lambda n: progress(n * spans)) if progress else None, use_cache=use_cache)
+    return codes.reshape(B, spans * length)[:, :total]
 
 
 # ---- the request, the prime and the decoded audio --------------------------------------------------------------------
@@ -298,8 +316,12 @@ def _sample_one_level(pipeline, out, run, level, i, known, labels, cond, above, 
 
     t0 = time.time()
     with Progress(total - known.shape[1], f"sample {level}", unit="code", log=run.log_path) as bar:
-        codes = sample_level(prior, known, total, conditioning, sampling, generator,
-                             round(cfg.overlap * prior.cfg.context), save, bar.update)
+        keep = round(cfg.overlap * prior.cfg.context)
+        if cfg.parallel > 1 and not prior.cfg.is_top and not known.shape[1]:  # saved once the level is whole
+            codes = upsample_in_spans(prior, cond, above, cfg.parallel, sampling, generator, keep, bar.update)
+            save(codes)
+        else:
+            codes = sample_level(prior, known, total, conditioning, sampling, generator, keep, save, bar.update)
     return codes, time.time() - t0
 
 

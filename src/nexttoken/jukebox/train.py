@@ -54,6 +54,15 @@ class VQVAEOptions:
         return replace(PRESETS[self.preset], restarts=self.restarts)
 
 
+@dataclass
+class TimeBudget:
+    max_minutes: float | None = option(None, "train as many of --steps as fit in this many minutes (the LR schedule "
+                                       "follows)", gt=0, le=10**7)
+
+    def apply(self, loop: LoopConfig) -> LoopConfig:
+        return loop if self.max_minutes is None else replace(loop, max_seconds=60 * self.max_minutes)
+
+
 # ---- the VQ-VAE ------------------------------------------------------------------------------------------------------
 def held_out(clips: ClipSet, n: int) -> torch.Tensor:
     """Up to ``n`` held-out clips spread evenly over the held-out tracks (all of them when fewer), as audio."""

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Jukebox's GPU checks in one go, sized for about 8 minutes on one H100/H200-class GPU (estimated, not yet measured:
+# no GPU was lent to the session that wrote it):
+#
+#   1. the paper's VQ-VAE layout (preset gpu: 22.05 kHz, widths 64/32/32, 8/4/4 residual blocks, 2048 x 64 codes)
+#      trained for a time budget, and the same without restarts (the ablation): goal, bottom-level spectral
+#      convergence of about -20 dB or better with over 90% of the codes in use, and clearly fewer without restarts;
+#   2. the three priors at GPU size, each for a time budget;
+#   3. sampling 10 s through all three levels, with each level's real-time factor: goal, the whole stack faster than
+#      real time (Jukebox needed hours per 20 s on a V100). Decoding one code per step is bound by the step's kernel
+#      launches, and the bottom level has 2,756 codes per second at 22.05 kHz, so the upsamplers sample 16 stretches
+#      of the piece side by side (--parallel 16); the one-stretch sampling is timed too;
+#   4. evaluate (the EnCodec-architecture codec at the bottom level's bitrate, bits per second, artist recognition,
+#      lyrics alignment) and the speed benchmark.
+#
+#   bash benchmarks/jukebox_gpu.sh                   # PY=.venv/bin/python for the project's environment
+#   VQ_MINUTES=3 PRIOR_MINUTES=1.5 bash benchmarks/jukebox_gpu.sh    # longer
+#
+# The first run converts the music21 corpus subset to MIDI and renders it at 22.05 kHz (a minute or two with every
+# core; cached in $NEXTTOKEN_CACHE).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+OUT=${OUT:-runs/jukebox-gpu-$(date +%Y%m%d-%H%M%S)}
+VQ_MINUTES=${VQ_MINUTES:-1.5}        # each of the two VQ-VAEs
+PRIOR_MINUTES=${PRIOR_MINUTES:-0.7}  # each of the three priors
+JOBS=${JOBS:-$(nproc)}
+DATA=(--pieces 40 --piece-seconds 30 --lyrics-lines 400 --jobs "$JOBS")
+
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+time $PY -m nexttoken jukebox prepare --preset gpu "${DATA[@]}"
+
+# 1. the VQ-VAE and its ablation: as many of 100,000 steps as fit the budget (the LR schedule follows)
+for variant in restarts no-restarts; do
+    time $PY -m nexttoken jukebox train-vqvae --preset gpu --$variant "${DATA[@]}" --device cuda --precision fp32 \
+        --steps 100000 --batch-size 16 --lr 3e-4 --warmup-steps 100 --eval-every 500 --ckpt-every 2000 \
+        --val-clips 64 --max-minutes "$VQ_MINUTES" --out "$OUT-$variant"
+done
+RUN="$OUT-restarts"
+
+# 2. the priors, larger than the CPU defaults (the top sees 6 s at 172 codes/s)
+time $PY -m nexttoken jukebox train-prior "$RUN" --level top --device cuda --context 1024 --n-layer 8 --n-head 8 \
+    --n-embd 512 --lyrics-width 256 --lyrics-layers 4 --dropout 0.1 --steps 100000 --batch-size 32 --lr 6e-4 \
+    --warmup-steps 100 --eval-every 500 --ckpt-every 2000 --max-minutes "$PRIOR_MINUTES"
+for level in middle bottom; do
+    time $PY -m nexttoken jukebox train-prior "$RUN" --level "$level" --device cuda --context 1024 --n-layer 6 \
+        --n-head 8 --n-embd 384 --conditioner-width 256 --conditioner-depth 4 --steps 100000 --batch-size 32 \
+        --lr 6e-4 --warmup-steps 100 --eval-every 500 --ckpt-every 2000 --max-minutes "$PRIOR_MINUTES"
+done
+
+# 3. sampling through all three levels, with the real-time factor of each
+time $PY -m nexttoken jukebox sample "$RUN" --device cuda --artist bach --seconds 10 --parallel 16 \
+    --out "$RUN/samples/bach"
+time $PY -m nexttoken jukebox sample "$RUN" --device cuda --artist bach --seconds 10 --out "$RUN/samples/bach-1"
+LINE=$($PY -c "import json,sys; from safetensors import safe_open; f=safe_open(sys.argv[1],'pt'); \
+t=[t for t in json.loads(f.metadata()['meta'])['tracks'] if t['lyrics'] and t['split']=='val'][0]; \
+print(t['artist'], t['lyrics'], sep='|')" "$RUN/codes.safetensors")
+time $PY -m nexttoken jukebox sample "$RUN" --device cuda --artist "${LINE%%|*}" --genre song \
+    --lyrics "${LINE#*|}" --seconds 4 --parallel 8 --out "$RUN/samples/sung"
+
+# 4. the measures and the speed table
+time $PY -m nexttoken jukebox evaluate "$RUN" --device cuda --baselines bottom --compare "$OUT-no-restarts" \
+    --clips-per-artist 8 --seconds 4
+time $PY benchmarks/jukebox_speed.py --device cuda --run "$RUN" --seconds 10 --no-uncached --parallel 16
+$PY -m nexttoken jukebox report "$RUN"
+echo "pipeline: $RUN   ablation: $OUT-no-restarts   report: $RUN/report/report.html"
