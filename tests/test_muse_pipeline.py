@@ -132,7 +132,6 @@ def test_evaluation_reports_fidelity_and_distances(env):
     ev = run(2)
     assert ev.classifier_classes == ["chords", "scales"] and ev.chance == 0.5
     assert ev.real_accuracy == 1.0  # the two toy styles are trivially separable on real excerpts
-    assert ev.to_dict() == run(2).to_dict()  # seeded sampling: the same report every time
     # Training scored the same held-out pieces (val_pieces=0) with the same weights.
     summary = json.loads((env["run"] / "summary.json").read_text())
     assert ev.bits_per_note == pytest.approx(summary["bits_per_note"], rel=1e-6)
@@ -182,21 +181,24 @@ def cli(*args, cwd, env_vars):
                           text=True, cwd=cwd, timeout=300, env={**os.environ, **env_vars})
 
 
-def test_cli_end_to_end(env, tmp_path):
-    """encode -> decode, generate (mid + png, and wav when a soundfont is installed), embeddings, resume, errors."""
-    envv = {"NEXTTOKEN_CACHE": str(env["root"] / "cache")}
+def test_cli_end_to_end(env, tmp_path, capsys):
+    """encode -> decode and embeddings in-process; generate (mid, wav, png) as a user runs it, in a new process."""
+    from nexttoken.cli import main
+
     prime = next((env["root"] / "midi" / "scales").glob("*.mid"))
-    p = cli("encode", prime, "-o", tmp_path / "p.tokens", "--composer", "J. S. Bach", cwd=tmp_path, env_vars=envv)
-    assert p.returncode == 0, p.stderr
+    assert main(["muse", "encode", str(prime), "-o", str(tmp_path / "p.tokens"), "--composer", "J. S. Bach"]) == 0
     assert (tmp_path / "p.tokens").read_text().splitlines()[0] == "composer:j_s_bach"
-    p = cli("decode", tmp_path / "p.tokens", "-o", tmp_path / "p.mid", cwd=tmp_path, env_vars=envv)
-    assert p.returncode == 0 and symusic.Score(str(tmp_path / "p.mid")).note_num() == len(read_midi(prime))
+    assert main(["muse", "decode", str(tmp_path / "p.tokens"), "-o", str(tmp_path / "p.mid")]) == 0
+    assert symusic.Score(str(tmp_path / "p.mid")).note_num() == len(read_midi(prime))
+    assert main(["muse", "embeddings", str(env["run"]), "--out", str(tmp_path / "emb")]) == 0
+    assert (tmp_path / "emb" / "composer_map.png").is_file() and (tmp_path / "emb" / "composer_similarity.png").is_file()
 
     out = tmp_path / "samples"
     p = cli("generate", env["run"], "--composer", "scales", "--instruments", "piano,strings", "--prime", prime,
             "--prime-notes", "3", "--seconds", "4", "--n", "2", "--temperature", "0.9", "--top-p", "0.9",
-            "--device", "cpu", "--out", out, cwd=tmp_path, env_vars=envv)
+            "--device", "cpu", "--out", out, cwd=tmp_path, env_vars={"NEXTTOKEN_CACHE": str(env["cache"])})
     assert p.returncode == 0, p.stderr
+    assert "compose 2 pieces: second 4/4 (100%)" in p.stderr  # progress on a stderr that is not a terminal
     for k in range(2):
         assert symusic.Score(str(out / f"sample-{k:02d}.mid")).note_num() > 0
         assert (out / f"sample-{k:02d}.png").stat().st_size > 1000
@@ -205,21 +207,11 @@ def test_cli_end_to_end(env, tmp_path):
     meta = json.loads((out / "samples.json").read_text())
     assert meta["config"]["instruments"] == ["piano", "strings"] and len(meta["samples"]) == 2
 
-    p = cli("embeddings", env["run"], "--out", tmp_path / "emb", cwd=tmp_path, env_vars=envv)
-    assert p.returncode == 0, p.stderr
-    assert (tmp_path / "emb" / "composer_map.png").is_file() and (tmp_path / "emb" / "composer_similarity.png").is_file()
-
-    # Resuming a finished run trains nothing and keeps its summary.
-    before = json.loads((env["run"] / "summary.json").read_text())["bits_per_note"]
-    p = cli("train", "--resume", env["run"], "--device", "cpu", cwd=tmp_path, env_vars=envv)
-    assert p.returncode == 0, p.stderr
-    assert json.loads((env["run"] / "summary.json").read_text())["bits_per_note"] == before
-
 
 def test_critic_features_tell_real_music_from_noise(env):
     """The inner critic's features (the model's own view of a piece) separate real excerpts from random notes."""
     from nexttoken.muse.critic import Critic, piece_features, real_excerpts
-    from nexttoken.muse.encoding import Notes
+    from nexttoken.midi.notes import Notes
     from nexttoken.muse.evaluate import fit_classifier
 
     model, enc, cfg, _ = load_run(env["run"], torch.device("cpu"))
