@@ -34,6 +34,8 @@ def zoo(tmp_path_factory):
     copy("bad-value", lambda p: _edit_config(p, lambda c: c["muse"].update(context=-1)))
     copy("no-muse", lambda p: _edit_config(p, lambda c: c.pop("muse")))
     copy("unfinished", lambda p: (p / "summary.json").unlink())
+    copy("killed-bad-ckpt", lambda p: ((p / "summary.json").unlink(), (p / "checkpoint.safetensors").write_bytes(
+        (p / "checkpoint.safetensors").read_bytes()[:5000])))
     copy("bad-critic", lambda p: (p / "critic.safetensors").write_bytes(b"not a critic"))
     for kind in ("grok.train", "jukebox.train-vqvae"):
         folder = z / kind
@@ -92,6 +94,8 @@ CASES = [
     (["train", "--resume", "ZOO/bad-config"], "config.json is damaged"),
     (["train", "--resume", "ZOO/no-muse"], "config.json is damaged"),
     (["train", "--resume", "ZOO/not-a-run"], "not a run folder"),
+    (["train", "--resume", "ZOO/killed-bad-ckpt", "--device", "cpu"], "checkpoint.safetensors is damaged"),
+    (["train", "--resume", "ZOO/a-file"], "not a run folder"),
     # generation settings
     ([*G, "--top-p", "0"], "--top-p must be > 0 and <= 1"),
     ([*G, "--top-p", "1.5"], "--top-p must be > 0 and <= 1"),
@@ -129,6 +133,7 @@ CASES = [
     (["critic", "RUN", "--per-composer", "0"], "--per-composer must be >= 1"),
     (["critic", "RUN", "--seconds", "-1"], "--seconds must be > 0"),
     (["critic", "RUN", "--top-p", "0"], "--top-p must be > 0"),
+    (["critic", "RUN", "--jobs", "1000"], "--jobs must be >= 1 and <= 64"),
     (["critic", "ZOO/bad-ckpt"], "checkpoint.safetensors is damaged"),
     (["critic", "ZOO/grok.train"], "is a grok.train run"),
     (["evaluate", "RUN", "--n-per-composer", "0"], "--n-per-composer must be >= 1"),
