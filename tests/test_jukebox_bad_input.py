@@ -60,11 +60,11 @@ def test_out_of_range_flags_are_refused_before_any_folder(argv, match, tmp_path,
     (["sample", "{run}", "--genre", "polka"], "--genre polka: not one of the run's genres"),
     (["sample", "{run}", "--prime", "{run}/config.json"], "unreadable audio"),
     (["sample", "{run}", "--resume", "{run}/samples/none", "--artist", "bob"], "leave out --artist"),
-    (["sample", "{run}/vqvae"], "is jukebox.vqvae run, not a jukebox.pipeline run"),
+    (["sample", "{run}/vqvae"], "jukebox.vqvae run, not a jukebox.pipeline run"),
     (["encode", "{run}", "{run}/config.json"], "unreadable audio"),
     (["decode", "{run}", "{run}/config.json"], "not a codes file"),
     (["evaluate", "{run}", "--baselines", "side"], "--baselines side"),
-    (["report", "{run}/top"], "is jukebox.prior run, not a jukebox.pipeline run"),
+    (["report", "{run}/top"], "jukebox.prior run, not a jukebox.pipeline run"),
 ])
 def test_bad_requests_to_a_trained_pipeline_are_one_line(argv, match, tiny_pipeline, tmp_path, capsys):
     before = sorted(p.name for p in tiny_pipeline.rglob("*"))
@@ -93,7 +93,7 @@ def test_a_folder_of_another_kind_is_refused_by_name(tmp_path, capsys):
     (tmp_path / "grok" / "config.json").write_text(json.dumps({"kind": "grok.train"}))
     for argv in (["sample", tmp_path / "grok"], ["train-prior", tmp_path / "grok", "--level", "top"],
                  ["train", "--resume", tmp_path / "grok"], ["encode", tmp_path / "grok", tmp_path / "x.wav"]):
-        refused(["jukebox", *argv], capsys, "is grok.train run, not a jukebox.pipeline run")
+        refused(["jukebox", *argv], capsys, "grok.train run, not a jukebox.pipeline run")
     assert sorted(p.name for p in (tmp_path / "grok").iterdir()) == ["config.json"]
 
 

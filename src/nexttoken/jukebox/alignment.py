@@ -116,7 +116,7 @@ def plot_alignment(pattern: Tensor, text: str, seconds: np.ndarray, path: str | 
     figure 4; with known timings, each syllable's characters and sung time are outlined."""
     from nexttoken import plots
 
-    chars = ["<start>"] + list(text)
+    chars = ["<start>"] + ["_" if c == " " else c for c in text]
     fig, ax = plots.figure(9, 0.16 * len(chars) + 1.6)
     ax.imshow(pattern[:, : len(chars)].T.numpy(), aspect="auto", origin="lower", cmap="magma",
               extent=(seconds[0], seconds[-1], -0.5, len(chars) - 0.5))

@@ -81,7 +81,7 @@ def pipeline_section(run_dir: Path, out: Path, device, sample_dirs: list[Path], 
                  f"({vq['params'] / 1e6:.2f} M parameters, preset {vq['preset']}) trained {vq['steps']} steps in "
                  f"{vq['train_seconds']:.0f} s on {vq['device']}; each level alone rebuilds held-out audio:")
     section.table([{"level": n, "kbit/s": m["bits_per_second"] / 1000, "spectral convergence dB":
-                    m["spectral_convergence_db"], "SI-SDR dB": m["si_sdr_db"], "codes in use": m["usage"]}
+                    m["spectral_convergence_db"], "SI-SDR dB": m["si_sdr_db"], "codes in use %": 100 * m["usage"]}
                    for n, m in vq["levels"].items()])
     _reconstruction(run_dir, out, device, section)
     rows = []

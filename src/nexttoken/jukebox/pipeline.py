@@ -142,6 +142,10 @@ def load_prior(path: Path, level: str, device: torch.device) -> Prior:
     """A trained prior of a pipeline folder, in eval mode on ``device``."""
     cfg = open_prior_config(path, level)
     run = Run.open(path / level, PRIOR_KIND)
+    learned, now = run.config.get("codes_step"), _vqvae_step(path)
+    if learned != now:  # its codes no longer mean what they meant when it learned them
+        raise UserError(f"the {level} prior learned the codes of the VQ-VAE at step {learned}, which has trained on to "
+                        f"step {now}; train the prior again (delete {run.path})")
     if not run.has_checkpoint():
         raise UserError(f"{run.path} has no checkpoint yet; continue it with: nexttoken jukebox train-prior {path} "
                         f"--level {level} --resume")

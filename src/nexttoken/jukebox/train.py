@@ -9,8 +9,9 @@ codes (what a prior that ignores context would score).
 
 from __future__ import annotations
 
+import json
 import math
-import time
+import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from nexttoken.jukebox.evaluate import evaluate_codec
 from nexttoken.jukebox.prior import Prior, PriorConfig, chars_batch, position_seconds, window_tokens
 from nexttoken.jukebox.vqvae import PRESETS, VQVAE, VQVAEConfig, vqvae_loss
 from nexttoken.plots import plot_metrics
-from nexttoken.runs import Run
+from nexttoken.runs import Run, read_json
 from nexttoken.training import Dist, LoopConfig, OptimConfig, count_rows, count_targets, fit
 
 VQVAE_KIND, PRIOR_KIND = "jukebox.vqvae", "jukebox.prior"
@@ -63,6 +64,24 @@ class TimeBudget:
         return loop if self.max_minutes is None else replace(loop, max_seconds=60 * self.max_minutes)
 
 
+def trained_seconds(run: Run) -> float:
+    """The training time of every stretch of a run (a resumed run's included), as its last checkpoint counts it."""
+    from safetensors import safe_open
+
+    with safe_open(str(run.checkpoint_path), framework="pt") as f:
+        return float(json.loads(f.metadata()["meta"])["loop_state"]["elapsed_s"])
+
+
+def nothing_to_train(stage: Path, loop: LoopConfig) -> bool:
+    """A finished stage asked for no more steps than it trained: say so and leave it as it is."""
+    summary = stage / "summary.json"
+    if summary.is_file() and read_json(summary).get("steps", 0) >= loop.steps and loop.max_seconds <= 0:
+        print(f"nexttoken: {stage} has finished its {read_json(summary)['steps']:,} steps; nothing to train (pass "
+              f"--steps N to train further)", file=sys.stderr)
+        return True
+    return False
+
+
 # ---- the VQ-VAE ------------------------------------------------------------------------------------------------------
 def held_out(clips: ClipSet, n: int) -> torch.Tensor:
     """Up to ``n`` held-out clips spread evenly over the held-out tracks (all of them when fewer), as audio."""
@@ -97,6 +116,8 @@ def flat_levels(metrics: dict[str, dict[str, float]]) -> dict[str, float]:
 def train_vqvae(stage: Path, clips: ClipSet, opts: VQVAEOptions, optim: OptimConfig, loop: LoopConfig, dist: Dist,
                 resume: bool) -> Path:
     """Train (or continue) the VQ-VAE in ``stage``; held-out metrics per level in metrics.jsonl and summary.json."""
+    if resume and nothing_to_train(stage, loop):
+        return stage
     cfg = opts.vqvae_config()
     model = VQVAE(cfg).to(dist.device)
     val = held_out(clips, opts.val_clips)
@@ -104,7 +125,6 @@ def train_vqvae(stage: Path, clips: ClipSet, opts: VQVAEOptions, optim: OptimCon
     run = Run.resume(stage, VQVAE_KIND, dist.is_main) if resume else \
         Run.create(stage, settings, VQVAE_KIND, dist.is_main)
     with run:
-        t0 = time.time()
         result = fit(model, clip_batches(clips, loop.batch_size, loop.seed), optim, loop, run, dist=dist,
                      eval_fn=lambda m: flat_levels(evaluate_codec(m, val)), resume=resume, loss_fn=summed_vqvae_loss,
                      weight_fn=count_rows)
@@ -118,7 +138,7 @@ def train_vqvae(stage: Path, clips: ClipSet, opts: VQVAEOptions, optim: OptimCon
             record = result.record  # the last evaluation: the held-out metrics of the final weights
             held = {n: {k[len(n) + 1 :]: v for k, v in record.items() if k.startswith(n + "_")} for n in levels}
             run.write_summary({"levels": held, "steps": result.steps, "restarts": cfg.restarts, "preset": opts.preset,
-                               "train_seconds": time.time() - t0, "device": str(dist.device),
+                               "train_seconds": trained_seconds(run), "device": str(dist.device),
                                "params": sum(p.numel() for p in model.parameters()), "val_clips": len(val),
                                "data": {k: v for k, v in clip_summary(clips).items()}})
     return stage
@@ -229,6 +249,8 @@ def unigram_log_probs(codes: CodeSet, level: str) -> torch.Tensor:
 def train_prior(stage: Path, codes: CodeSet, cfg: PriorConfig, optim: OptimConfig, loop: LoopConfig, dist: Dist,
                 resume: bool, val_windows: int = 64) -> Path:
     """Train (or continue) one level's prior in ``stage`` on the cached codes; bits per second in its metrics."""
+    if resume and nothing_to_train(stage, loop):
+        return stage
     model = Prior(cfg.validate()).to(dist.device)
     settings = {"prior": cfg.to_dict(), "gpt": model.gpt.cfg.to_dict(), "optim": asdict(optim), "loop": asdict(loop),
                 "codes_step": codes.step}
@@ -241,7 +263,6 @@ def train_prior(stage: Path, codes: CodeSet, cfg: PriorConfig, optim: OptimConfi
                 "unigram_bits_per_second": s.unigram_bits_per_second}
 
     with run:
-        t0 = time.time()
         result = fit(model, Windows(codes, cfg, loop.batch_size, loop.seed), optim, loop, run, dist=dist,
                      eval_fn=eval_fn, resume=resume, loss_fn=prior_loss, weight_fn=count_targets)
         if dist.is_main:
@@ -251,7 +272,7 @@ def train_prior(stage: Path, codes: CodeSet, cfg: PriorConfig, optim: OptimConfi
             run.write_summary({"level": cfg.level, "steps": result.steps, "val_loss": record.get("val_loss"),
                                "bits_per_second": record.get("val_bits_per_second"),
                                "unigram_bits_per_second": record.get("unigram_bits_per_second"),
-                               "train_loss": record.get("train_loss"), "train_seconds": time.time() - t0,
+                               "train_loss": record.get("train_loss"), "train_seconds": trained_seconds(run),
                                "params": sum(p.numel() for p in model.parameters()), "device": str(dist.device),
                                "train_codes": sum(len(codes.segment(codes.level(cfg.level), s))
                                                   for s in codes.segments("train"))})
