@@ -109,7 +109,7 @@ def main() -> None:
         for cache in (True, False) if args.uncached else (True,):
             def run():
                 return sample_level(prior, torch.zeros(1, 0, dtype=torch.long), samples // vq.hops[i], conditioning,
-                                    JUKEBOX_SAMPLING, torch.Generator().manual_seed(0), prior.cfg.context // 2,
+                                    JUKEBOX_SAMPLING, torch.Generator(device).manual_seed(0), prior.cfg.context // 2,
                                     use_cache=cache)
             seconds = timed(run, device, repeats=1 if level == "bottom" or not cache else 2)
             total_sampling[cache] += seconds
@@ -117,7 +117,7 @@ def main() -> None:
                          "params": sum(q.numel() for q in prior.parameters()), "rtf": seconds / args.seconds})
         if args.parallel > 1 and not prior.cfg.is_top:
             seconds = timed(lambda: upsample_in_spans(prior, cond, above, args.parallel, JUKEBOX_SAMPLING,
-                                                      torch.Generator().manual_seed(0), prior.cfg.context // 2),
+                                                      torch.Generator(device).manual_seed(0), prior.cfg.context // 2),
                             device, repeats=1)
             rows.append({"stage": f"sample {level}", "model": f"prior, {args.parallel} stretches",
                          "params": sum(q.numel() for q in prior.parameters()), "rtf": seconds / args.seconds})
@@ -125,7 +125,7 @@ def main() -> None:
         elif args.parallel > 1:
             total_sampling["parallel"] += total_sampling[True]  # the top level is sampled as one stretch
         above = sample_level(prior, torch.zeros(1, 0, dtype=torch.long), samples // vq.hops[i], conditioning,
-                             JUKEBOX_SAMPLING, torch.Generator().manual_seed(0), prior.cfg.context // 2)
+                             JUKEBOX_SAMPLING, torch.Generator(device).manual_seed(0), prior.cfg.context // 2)
     names = {True: "priors cached", False: "priors uncached", "parallel": f"upsamplers in {args.parallel} stretches"}
     for key, seconds in total_sampling.items():
         if seconds:

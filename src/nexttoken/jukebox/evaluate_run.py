@@ -93,7 +93,7 @@ def sample_clips(path: Path, conds: torch.Tensor, lyrics: list[str], seconds: fl
         conditioning = top_conditioning(prior, conds, seconds, lyrics) if prior.cfg.is_top else \
             upsampler_conditioning(prior, conds, codes)
         codes = sample_level(prior, torch.zeros(len(conds), 0, dtype=torch.long), samples // vq.hops[i],
-                             conditioning, JUKEBOX_SAMPLING, torch.Generator().manual_seed(seed * 1009 + i),
+                             conditioning, JUKEBOX_SAMPLING, torch.Generator(device).manual_seed(seed * 1009 + i),
                              prior.cfg.context // 2)
         del prior
     vqvae = load_vqvae(path, device)

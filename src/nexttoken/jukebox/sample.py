@@ -303,9 +303,13 @@ def _sample_one_level(pipeline, out, run, level, i, known, labels, cond, above, 
 
     prior = load_prior(pipeline, level, device)  # one model in memory at a time
     total = labels["codes"][i]
-    generator = torch.Generator().manual_seed(sampling.seed * 1009 + i)
+    generator = torch.Generator(device).manual_seed(sampling.seed * 1009 + i)  # where the draws are made
     if rng is not None:
-        generator.set_state(rng)
+        try:
+            generator.set_state(rng)
+        except RuntimeError:  # a generator's state belongs to one kind of device
+            raise UserError(f"{out} was sampled on another kind of device; resume it with the --device it began "
+                            "on") from None
     conditioning = top_conditioning(prior, cond, labels["prime_seconds"] + cfg.seconds, cfg.lyrics) \
         if prior.cfg.is_top else upsampler_conditioning(prior, cond, above)
 
