@@ -8,8 +8,8 @@
 #   2. the three priors at GPU size, each for a time budget;
 #   3. sampling 10 s through all three levels, with each level's real-time factor: goal, the whole stack faster than
 #      real time (Jukebox needed hours per 20 s on a V100). Decoding one code per step is bound by the step's kernel
-#      launches, and the bottom level has 2,756 codes per second at 22.05 kHz, so the upsamplers sample 16 stretches
-#      of the piece side by side (--parallel 16); the one-stretch sampling is timed too;
+#      launches, and the bottom level has 2,756 codes per second at 22.05 kHz, so the upsamplers sample 32 stretches
+#      of the piece side by side (--parallel 32); the speed benchmark times one stretch too (4 s);
 #   4. evaluate (the EnCodec-architecture codec at the bottom level's bitrate, bits per second, artist recognition,
 #      lyrics alignment) and the speed benchmark.
 #
@@ -23,8 +23,8 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 OUT=${OUT:-runs/jukebox-gpu-$(date +%Y%m%d-%H%M%S)}
-VQ_MINUTES=${VQ_MINUTES:-1.5}        # each of the two VQ-VAEs
-PRIOR_MINUTES=${PRIOR_MINUTES:-0.7}  # each of the three priors
+VQ_MINUTES=${VQ_MINUTES:-1}          # each of the two VQ-VAEs
+PRIOR_MINUTES=${PRIOR_MINUTES:-0.5}  # each of the three priors
 JOBS=${JOBS:-$(nproc)}
 DATA=(--pieces 40 --piece-seconds 30 --lyrics-lines 400 --jobs "$JOBS")
 
@@ -50,9 +50,8 @@ for level in middle bottom; do
 done
 
 # 3. sampling through all three levels, with the real-time factor of each
-time $PY -m nexttoken jukebox sample "$RUN" --device cuda --artist bach --seconds 10 --parallel 16 \
+time $PY -m nexttoken jukebox sample "$RUN" --device cuda --artist bach --seconds 10 --parallel 32 \
     --out "$RUN/samples/bach"
-time $PY -m nexttoken jukebox sample "$RUN" --device cuda --artist bach --seconds 10 --out "$RUN/samples/bach-1"
 LINE=$($PY -c "import json,sys; from safetensors import safe_open; f=safe_open(sys.argv[1],'pt'); \
 t=[t for t in json.loads(f.metadata()['meta'])['tracks'] if t['lyrics'] and t['split']=='val'][0]; \
 print(t['artist'], t['lyrics'], sep='|')" "$RUN/codes.safetensors")
@@ -61,7 +60,7 @@ time $PY -m nexttoken jukebox sample "$RUN" --device cuda --artist "${LINE%%|*}"
 
 # 4. the measures and the speed table
 time $PY -m nexttoken jukebox evaluate "$RUN" --device cuda --baselines bottom --compare "$OUT-no-restarts" \
-    --clips-per-artist 8 --seconds 4
-time $PY benchmarks/jukebox_speed.py --device cuda --run "$RUN" --seconds 10 --no-uncached --parallel 16
+    --clips-per-artist 4 --seconds 3
+time $PY benchmarks/jukebox_speed.py --device cuda --run "$RUN" --seconds 4 --no-uncached --parallel 32
 $PY -m nexttoken jukebox report "$RUN"
 echo "pipeline: $RUN   ablation: $OUT-no-restarts   report: $RUN/report/report.html"
