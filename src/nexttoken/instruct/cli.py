@@ -117,7 +117,6 @@ def cmd_stage(args: argparse.Namespace) -> int:
             if not getattr(configs[name], field):
                 raise UserError(f"{args.stage} needs --{field.replace('_', '-')}")
         run, configs = open_stage(args.out or default_run_dir("instruct", args.stage), args.stage, configs, False)
-    print(f"instruct {args.stage} on {device.type} -> {run.path}", file=sys.stderr)
     with run:
         summary = module.run_stage(configs, run, device, args.resume is not None)
     _print_summary(summary)

@@ -47,8 +47,9 @@ class EvalConfig:
 
 
 def eval_tasks(world: World, cfg: EvalConfig) -> list[Task]:
-    """Held-out instructions of every family (those never demonstrated included)."""
-    return make_tasks(world, cfg.tasks, cfg.seed, families=tuple(FAMILIES), split="eval")
+    """Held-out instructions of every family (those never demonstrated included). A few families have only a dozen
+    held-out instructions (formatting, facts), so an instruction may come twice; each answer is sampled anew."""
+    return make_tasks(world, cfg.tasks, cfg.seed, families=tuple(FAMILIES), split="eval", unique=False)
 
 
 # ---- asking a model -------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from nexttoken.plots import plt, save
 
-HEALTH = (("reward", "reward (raw RM score)"), ("kl", "KL(policy || SFT) per response"),
+HEALTH = (("reward", "reward (normalised RM score)"), ("kl", "KL(policy || SFT) per response"),
           ("entropy", "entropy per token (nats)"), ("clip_frac", "clipped ratio share"),
           ("value_loss", "value loss"), ("response_length", "response length (tokens)"))
 METHOD_STYLE = {"base": ("tab:gray", "o"), "few_shot": ("tab:olive", "s"), "sft": ("tab:blue", "^"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import inspect
 from pathlib import Path
 from typing import Sequence
 
@@ -98,6 +99,8 @@ class HFPolicy(Policy):
         self.model, self.tokenizer, self._spec = model, tokenizer, spec
         self.hidden_size = model.config.hidden_size
         self.context = getattr(model.config, "max_position_embeddings", 2048)
+        # transformers 5 renamed the key/value cache argument and output from past_key_values to cache
+        self._cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     @property
     def vocab_size(self) -> int:
@@ -119,11 +122,11 @@ class HFPolicy(Policy):
         def logits_fn(tokens: Tensor, cache: _Cache | None) -> Tensor:
             start = 0 if cache is None else cache.pos
             end = start + tokens.shape[1]
+            past = {self._cache_name: cache.past} if cache is not None and cache.past is not None else {}
             out = self.model(input_ids=tokens, attention_mask=full[:, :end], position_ids=pos[:, start:end],
-                             past_key_values=None if cache is None else cache.past, use_cache=cache is not None,
-                             logits_to_keep=1)
+                             use_cache=cache is not None, logits_to_keep=1, **past)
             if cache is not None:
-                cache.past, cache.pos = out.past_key_values, end
+                cache.past, cache.pos = getattr(out, self._cache_name), end
             return out.logits
 
         was_training = self.model.training

@@ -267,17 +267,23 @@ def build_policy(spec: dict) -> Policy:
     raise UserError(f"unknown model type {spec.get('type')!r} in a saved model")
 
 
+MAKERS = {POLICY_FILE: ("pretrain", "sft", "ppo", "dpo"), REWARD_FILE: ("reward",)}  # the stages that write each
+
+
 def _weights_file(source: Path, name: str) -> Path | None:
-    """RUN/name for a run folder of an instruct stage, the file itself for a .safetensors, else None."""
+    """RUN/name for a run folder of an instruct stage, the file itself for a .safetensors, else None (not ours)."""
     if source.is_file() and source.suffix == ".safetensors":
         return source
     config = source / "config.json"
     if config.is_file():
-        kind = read_json(config).get("kind", "") if isinstance(read_json(config), dict) else ""
+        saved = read_json(config)
+        kind = saved.get("kind", "") if isinstance(saved, dict) else ""
         if kind.startswith("instruct."):
+            what = "a policy" if name == POLICY_FILE else "a reward model"
+            if kind.removeprefix("instruct.") not in MAKERS[name]:
+                raise UserError(f"{source} is a {kind} run, not {what}")
             if not (source / name).is_file():
-                raise UserError(f"{source} ({kind}) has no {name}: the stage has not finished (resume it), or it "
-                                f"does not make one")
+                raise UserError(f"{source} holds no {name} yet: its stage has not finished (resume it)")
             return source / name
     return None
 

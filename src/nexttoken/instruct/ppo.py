@@ -111,12 +111,23 @@ def whiten(x: Tensor, mask: Tensor) -> Tensor:
 def token_rewards(kl: Tensor, score: Tensor, mask: Tensor, beta: float) -> Tensor:
     """Per-token rewards: -beta * KL at every response token, plus the score at the last one.
 
-    >>> token_rewards(torch.tensor([[0.5, 0.5, 0.0]]), torch.tensor([2.0]), torch.tensor([[1.0, 1.0, 0.0]]), 0.1)
-    tensor([[-0.0500,  1.9500,  0.0000]])
+    >>> r = token_rewards(torch.tensor([[0.5, 0.5, 0.0]]), torch.tensor([2.0]), torch.tensor([[1.0, 1.0, 0.0]]), 0.1)
+    >>> [round(x, 4) + 0.0 for x in r[0].tolist()]
+    [-0.05, 1.95, 0.0]
     """
     rewards = -beta * kl * mask
     last = (mask * torch.arange(1, mask.shape[1] + 1, device=mask.device)).argmax(1)
     return rewards.index_put((torch.arange(len(score), device=score.device), last), score, accumulate=True)
+
+
+def episode_reward(score: Tensor, finished: Tensor, norm: tuple[float, float], no_eos_score: float) -> Tensor:
+    """The reward model's part of the PPO reward: the score normalised by the SFT samples' mean and standard
+    deviation, or ``no_eos_score`` for a response that never ended.
+
+    >>> episode_reward(torch.tensor([3.0, 3.0]), torch.tensor([True, False]), (1.0, 2.0), -1.0).tolist()
+    [1.0, -1.0]
+    """
+    return torch.where(finished, (score - norm[0]) / norm[1], torch.full_like(score, no_eos_score))
 
 
 def adapt_kl(beta: float, kl: float, target: float, horizon: int, n: int) -> float:
@@ -141,6 +152,7 @@ class Experience:
     advantages: Tensor  # (B, Tr) whitened
     returns: Tensor  # (B, Tr)
     score: Tensor  # (B,) the reward model's raw score
+    reward: Tensor  # (B,) the score normalised, or the fixed score of a response without EOS
     kl: Tensor  # (B,) sum over the response of log pi - log pi_SFT
     finished: Tensor  # (B,)
 
@@ -161,12 +173,12 @@ def experience(policy: Policy, ref: Policy, reward_model: RewardModel, value: Re
     ref_logprobs = token_logprobs(response_view(ref(ids, mask), q), actions, cfg.temperature)
     values = response_view(value.values(ids, mask), q)
     score = reward_model(ids, mask)
-    normed = torch.where(out.finished, (score - norm[0]) / norm[1], torch.full_like(score, cfg.no_eos_score))
+    reward = episode_reward(score, out.finished, norm, cfg.no_eos_score)
     kl = (logprobs - ref_logprobs) * action_mask
-    rewards = token_rewards(kl, normed, action_mask, beta)
+    rewards = token_rewards(kl, reward, action_mask, beta)
     advantages, returns = gae(rewards, values, action_mask, cfg.gamma, cfg.lam)
     return Experience(ids, mask, q, action_mask, logprobs, values * action_mask, whiten(advantages, action_mask),
-                      returns, score, kl.sum(1), out.finished)
+                      returns, score, reward, kl.sum(1), out.finished)
 
 
 def update(policy: Policy, value: RewardModel, optimizer, exp: Experience, cfg: PPOConfig, optim: OptimConfig,
@@ -213,14 +225,11 @@ def update(policy: Policy, value: RewardModel, optimizer, exp: Experience, cfg: 
 # ---- the loop -------------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def reward_norm(policy: Policy, reward_model: RewardModel, prompts: list[str], cfg: PPOConfig) -> tuple[float, float]:
-    """(mean, std) of the reward model's score on the initial policy's finished responses: the gain and bias that
-    make the PPO reward of the SFT model's samples mean 0 and standard deviation 1."""
+    """(mean, std) of the reward model's score on the initial policy's responses: the gain and bias that make the
+    reward model's part of the PPO reward mean 0 and standard deviation 1 on the SFT model's samples."""
     out = respond(policy, prompts, cfg.max_new_tokens, temperature=cfg.temperature,
                   generator=torch.Generator().manual_seed(cfg.seed + 5))
-    score = reward_model(out.ids, out.mask)[out.finished]
-    if len(score) < 2:
-        raise UserError("the initial policy ended almost none of its responses with EOS; train SFT longer or give "
-                        "a larger --max-new-tokens")
+    score = reward_model(out.ids, out.mask)
     return float(score.mean()), float(score.std().clamp(min=1e-3))
 
 
@@ -273,9 +282,8 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, device: torch.device
                 ptx = lambda k, it=it: {n: v.to(device) for n, v in windows(it * 10_000 + k).items()}  # noqa: E731
             stats = update(policy, value, optimizer, exp, cfg, optim, generator, ptx)
             kl = float(exp.kl.mean())
-            record = {"step": it + 1, "reward": float(exp.score.mean()),
-                      "reward_normalised": float(((exp.score - norm[0]) / norm[1]).mean()), "kl": kl,
-                      "kl_coef": beta, **stats, "response_length": float(exp.action_mask.sum(1).mean()),
+            record = {"step": it + 1, "reward": float(exp.reward.mean()), "score": float(exp.score.mean()),
+                      "kl": kl, "objective": float(exp.reward.mean()) - beta * kl, "kl_coef": beta, **stats, "response_length": float(exp.action_mask.sum(1).mean()),
                       "no_eos": float((~exp.finished).float().mean()), "rollout_s": t_roll,
                       "episodes_per_s": cfg.rollouts / (time.time() - t_it), "lr": optimizer.param_groups[0]["lr"]}
             run.log(record)

@@ -129,8 +129,9 @@ def read_rankings(source: str | Path) -> list[Ranking]:
     path = Path(source)
     if path.is_dir():
         config = path / "config.json"
-        if config.is_file() and read_json(config).get("kind") != "instruct.rank":
-            raise UserError(f"{path} is {read_json(config).get('kind') or 'an unnamed'} run, not an instruct.rank run")
+        kind = read_json(config).get("kind") if config.is_file() else "instruct.rank"
+        if kind != "instruct.rank":
+            raise UserError(f"{path} is {f'a {kind}' if kind else 'an unnamed'} run, not an instruct.rank run")
         path = path / RANKINGS_FILE
     if not path.is_file():
         raise UserError(f"{source} holds no rankings (make them with `nexttoken instruct rank`)")

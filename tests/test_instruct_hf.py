@@ -1,0 +1,84 @@
+"""Every instruct stage on a local Hugging Face causal LM: a two-layer Llama, randomly initialised and saved by the test,
+with a tokenizer whose only special token is EOS (so a pad token has to be added)."""
+
+import json
+
+import pytest
+import torch
+
+from instruct_fixtures import WORLD
+from nexttoken.instruct import pipeline
+from nexttoken.instruct.corpus import demonstrations, make_corpus
+from nexttoken.instruct.hf import HFPolicy
+from nexttoken.instruct.policy import load_policy, load_reward_model, respond
+from nexttoken.instruct.stage import open_stage
+
+transformers = pytest.importorskip("transformers")
+CPU = torch.device("cpu")
+EOS = "<|endoftext|>"
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    folder = tmp_path_factory.mktemp("hf") / "tiny-llama"
+    texts = [*make_corpus(WORLD, n_chars=30_000, seed=0).train,
+             *(d.prompt + d.response for d in demonstrations(WORLD, 100, seed=0))]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=[EOS], show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS)
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                      eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_a_hugging_face_model_gets_its_own_pad_token_and_samples_like_our_gpt(llama):
+    policy = load_policy(llama)
+    tok = policy.tokenizer
+    assert isinstance(policy, HFPolicy) and tok.pad_id != tok.eos_id and policy.vocab_size == tok.vocab_size
+    prompts = [policy.chat_prompt("What is 2 + 3?"), "Hi"]
+    greedy = respond(policy, prompts, 6, temperature=0.0)
+    assert greedy.texts == [respond(policy, [p], 6, temperature=0.0).texts[0] for p in prompts]  # padding is inert
+    assert greedy.texts == respond(policy, prompts, 6, temperature=0.0, use_cache=False).texts  # cache == recompute
+    sampled = respond(policy, prompts, 8, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    assert not (sampled.response[sampled.response_mask.bool()] == tok.pad_id).any()
+
+
+def test_every_stage_runs_on_a_hugging_face_model(llama, tmp_path):
+    folder = tmp_path / "pipe"
+    stages = [
+        ("sft", "sft", {"sft": {"init": str(llama), "demonstrations": 64, "val_demonstrations": 8},
+                        "loop": {"steps": 4, "batch_size": 8, "eval_every": 4}}),
+        ("rank", "rank", {"rank": {"models": [str(folder / "sft")], "prompts": 16, "k": 3, "max_new_tokens": 8}}),
+        ("reward", "reward", {"reward": {"init": str(folder / "sft"), "rankings": str(folder / "rank"),
+                                         "bias_demonstrations": 8}, "loop": {"batch_size": 4}}),
+        ("ppo", "ppo", {"ppo": {"init": str(folder / "sft"), "reward_model": str(folder / "reward"), "iterations": 2,
+                                "rollouts": 4, "minibatch": 2, "epochs": 1, "max_new_tokens": 8, "norm_samples": 8,
+                                "ptx_coef": 1.0, "ptx_chars": 20_000, "ptx_context": 32, "ptx_rows": 2}}),
+        ("dpo", "dpo", {"dpo": {"init": str(folder / "sft"), "rankings": str(folder / "rank")},
+                        "loop": {"batch_size": 4}}),
+    ]
+    for name, kind, overrides in stages:
+        run, configs = open_stage(folder / name, kind, pipeline.stage_configs(kind, {}, **overrides), False)
+        with run:
+            pipeline.MODULES[kind].run_stage(configs, run, CPU, progress=False)
+        assert (folder / name / "summary.json").is_file()
+    for name in ("sft", "ppo", "dpo"):
+        policy = load_policy(folder / name)
+        assert isinstance(policy, HFPolicy)
+        assert isinstance(respond(policy, ["What is 2 + 3?"], 4, temperature=0.0).texts[0], str)
+    rm, _ = load_reward_model(folder / "reward")
+    assert isinstance(rm.backbone, HFPolicy)
+    spec = json.loads((folder / "ppo" / "config.json").read_text())
+    assert spec["kind"] == "instruct.ppo"
+    # The trained weights differ from the model it started from (the stages trained, not merely copied).
+    start, after = load_policy(llama), load_policy(folder / "sft")
+    assert any(not torch.equal(a, b) for a, b in zip(start.parameters(), after.parameters()))

@@ -1,0 +1,195 @@
+"""The instruct pipeline end to end at a tiny size: every stage runs, PPO raises the reward model's score over SFT, a
+killed stage resumes to the uninterrupted result, a killed pipeline continues where it stopped, and bad input is one
+line and exit code 2."""
+
+import io
+import json
+import os
+import random
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from nexttoken.cli import main
+from nexttoken.errors import Interrupted
+from nexttoken.instruct import pipeline, ppo, pretrain
+from nexttoken.instruct.pipeline import PRESETS, PipelineConfig, plan, run_pipeline
+from nexttoken.instruct.policy import load_policy, load_reward_model, respond
+from nexttoken.instruct.stage import open_stage
+from nexttoken.instruct.tasks import TRAIN_FAMILIES, make_tasks
+from nexttoken.instruct.world import make_world
+from nexttoken.runs import Run, load_tensors
+
+CPU = torch.device("cpu")
+TINY = {
+    "sizes": ["tiny"],
+    "pretrain": {"pretrain": {"corpus_chars": 30_000, "context": 64, "vocab_size": 400, "heldout_pages": 10},
+                 "optim": {"warmup_steps": 2}, "loop": {"steps": 30, "batch_size": 8, "eval_every": 15}},
+    "sft": {"sft": {"demonstrations": 300, "val_demonstrations": 20}, "optim": {"lr": 3e-3, "warmup_steps": 2},
+            "loop": {"steps": 30, "batch_size": 16, "eval_every": 15}},
+    "rank": {"rank": {"prompts": 64, "max_new_tokens": 12, "chunk": 32}},
+    "reward": {"reward": {"bias_demonstrations": 16, "epochs": 4}, "optim": {"lr": 3e-3}, "loop": {"batch_size": 8}},
+    "ppo": {"ppo": {"iterations": 8, "rollouts": 16, "minibatch": 8, "max_new_tokens": 12, "norm_samples": 16,
+                    "ptx_chars": 20_000, "ptx_context": 32, "prompts": 64}, "optim": {"lr": 1e-3}},
+    "dpo": {"loop": {"batch_size": 4}},
+    "evaluate": {"eval": {"tasks": 9, "cot_tasks": 3, "max_new_tokens": 12, "cot_tokens": 16},
+                 "results": {"heldout_pages": 5}},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """One finished tiny pipeline (the demo preset shrunk to a one-layer model of one size)."""
+    folder = tmp_path_factory.mktemp("instruct") / "pipe"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(PRESETS, "demo", TINY)
+        mp.setitem(pretrain.SIZES, "tiny", (1, 2, 32, 3e-3))
+        run_pipeline(folder, PipelineConfig(preset="demo"), CPU, progress=False)
+        yield folder, mp
+
+
+def test_every_stage_finishes_and_the_evaluation_draws_figure_1(tiny):
+    folder, _ = tiny
+    for stage in plan(folder, PipelineConfig(preset="demo")):
+        assert (folder / stage.name / "summary.json").is_file(), stage.name
+    results = json.loads((folder / "evaluate" / "results.json").read_text())
+    methods = {(r["size"], r["method"]) for r in results["rows"]}
+    assert methods == {("tiny", m) for m in ("base", "few_shot", "sft", "ppo", "ppo_ptx", "dpo")}
+    assert all(0 <= r["win_rate"] <= 1 for r in results["rows"])
+    assert (folder / "evaluate" / "win_rates.png").stat().st_size > 10_000
+    assert "Let's think step by step" in (folder / "evaluate" / "results.md").read_text()
+    health = [json.loads(line) for line in (folder / "ppo-tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert {"reward", "kl", "entropy", "clip_frac", "value_loss", "response_length"} <= set(health[-1])
+    assert (folder / "ppo-tiny" / "ppo_health.png").is_file()
+
+
+def test_ppo_raises_the_reward_over_sft(tiny):
+    """On fresh training-distribution prompts, the reward PPO maximises (the reward model's normalised score, or the
+    fixed penalty for a response without EOS) is higher for the PPO policy than for the SFT policy it started from."""
+    folder, _ = tiny
+    rm, _ = load_reward_model(folder / "reward")
+    summary = json.loads((folder / "ppo-tiny" / "summary.json").read_text())
+    cfg = ppo.PPOConfig(**{k: v for k, v in TINY["ppo"]["ppo"].items()})
+    prompts = [t.instruction for t in make_tasks(make_world(0), 128, seed=5, families=TRAIN_FAMILIES, unique=False)]
+
+    @torch.no_grad()
+    def mean_reward(stage: str) -> float:
+        policy = load_policy(folder / stage)
+        out = respond(policy, [policy.chat_prompt(p) for p in prompts], cfg.max_new_tokens,
+                      temperature=cfg.temperature, generator=torch.Generator().manual_seed(0))
+        return float(ppo.episode_reward(rm(out.ids, out.mask), out.finished, summary["reward_norm"],
+                                        cfg.no_eos_score).mean())
+
+    assert mean_reward("ppo-tiny") > mean_reward("sft-tiny") + 0.2
+
+
+def test_demonstrations_score_zero_on_average_under_the_reward_model(tiny):
+    folder, _ = tiny
+    from nexttoken.instruct.corpus import demonstrations
+    from nexttoken.instruct.reward import score_texts
+
+    rm, meta = load_reward_model(folder / "reward")
+    demos = demonstrations(make_world(0), 16, seed=4242)
+    scores = score_texts(rm, [rm.backbone.chat_prompt(d.task.instruction) for d in demos], [d.response for d in demos])
+    assert abs(float(scores.mean())) < 1e-4 and "demo_mean_before_centring" in meta
+
+
+def test_a_killed_ppo_stage_resumes_to_the_uninterrupted_result(tiny, tmp_path, monkeypatch):
+    folder, _ = tiny
+    configs = pipeline.stage_configs("ppo", TINY, ppo={"init": str(folder / "sft-tiny"),
+                                                       "reward_model": str(folder / "reward"), "iterations": 4,
+                                                       "ckpt_every": 100})
+    whole, c = open_stage(tmp_path / "whole", "ppo", configs, False)
+    with whole:
+        ppo.run_stage(c, whole, CPU, progress=False)
+    calls = {"n": 0}
+    real = ppo.experience
+
+    def killed_in_iteration_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while iteration 2 rolls out: it finishes, saves, stops
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ppo, "experience", killed_in_iteration_2)
+    part, c = open_stage(tmp_path / "part", "ppo", configs, False)
+    with pytest.raises(Interrupted, match="iteration 2"), part:
+        ppo.run_stage(c, part, CPU, progress=False)
+    monkeypatch.setattr(ppo, "experience", real)
+    again, c = open_stage(tmp_path / "part", "ppo", configs, True)
+    with again:
+        ppo.run_stage(c, again, CPU, resume=True, progress=False)
+    a, b = Run.open(tmp_path / "whole").metrics(), Run.open(tmp_path / "part").metrics()
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):
+        for key in ("reward", "kl", "value_loss", "policy_loss", "clip_frac"):
+            assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), key
+    wa, _ = load_tensors(tmp_path / "whole" / "policy.safetensors")
+    wb, _ = load_tensors(tmp_path / "part" / "policy.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_a_killed_pipeline_continues_where_it_stopped(tiny, monkeypatch):
+    """As if killed during DPO: finished stages are skipped, the interrupted one resumes, the rest run."""
+    folder, _ = tiny
+    for name in ("dpo-tiny", "evaluate"):
+        (folder / name / "summary.json").unlink()
+    ran = []
+    for kind, module in pipeline.MODULES.items():
+        real = module.run_stage
+        monkeypatch.setattr(module, "run_stage", lambda c, run, device, resume, progress, real=real:
+                            ran.append((run.path.name, resume)) or real(c, run, device, resume, progress))
+    run_pipeline(folder, PipelineConfig(preset="demo"), CPU, progress=False)
+    assert ran == [("dpo-tiny", True), ("evaluate", True)]
+    ran.clear()
+    run_pipeline(folder, PipelineConfig(preset="demo"), CPU, progress=False)
+    assert ran == []
+
+
+def test_chat_answers_one_prompt_a_file_and_stdin(tiny, tmp_path, capsys, monkeypatch):
+    folder, _ = tiny
+    assert main(["instruct", "chat", str(folder / "ppo-tiny"), "--prompt", "What is 2 + 3?",
+                 "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.strip() != ""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Write a short poem about a wise frog.\n\nWhat is 2 + 3?\n")
+    assert main(["instruct", "chat", str(folder / "sft-tiny"), "--prompts", str(prompts), "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.count("> ") == 2
+    monkeypatch.setattr("sys.stdin", io.StringIO("What is 2 + 3?\nName two towns.\n"))
+    assert main(["instruct", "chat", str(folder / "pretrain-tiny"), "--max-new-tokens", "4"]) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["chat", "{sft}", "--prompts", "{empty}"], "holds no prompts"),
+    (["chat", "{sft}", "--prompt", "  "], "--prompt is empty"),
+    (["chat", "{tmp}/nowhere", "--prompt", "hi"], "is not a model"),
+    (["ppo", "--resume", "{sft}"], "instruct.sft run, not a instruct.ppo run"),
+    (["reward", "--init", "{sft}", "--rankings", "{sft}", "--out", "{out}"], "instruct.sft run, not an instruct.rank"),
+    (["pipeline", "--preset", "demo", "--stages", "sft-tiny,polish", "--out", "{out}"], "unknown stage 'polish'"),
+    (["pipeline", "--sizes", "huge", "--out", "{out}"], "unknown size 'huge'"),
+    (["ppo", "--init", "{sft}", "--reward-model", "{rm}", "--clip", "0", "--out", "{out}"], "--clip must be > 0"),
+    (["ppo", "--init", "{sft}", "--reward-model", "{rm}", "--rollouts", "10", "--minibatch", "4", "--out", "{out}"],
+     "multiple of --minibatch"),
+    (["ppo", "--init", "{sft}", "--reward-model", "{sft}", "--out", "{out}"], "instruct.sft run, not a reward model"),
+    (["ppo", "--init", "{rm}", "--reward-model", "{rm}", "--out", "{out}"], "instruct.reward run, not a policy"),
+    (["sft", "--init", "{sft}", "--lr", "-1", "--out", "{out}"], "--lr must be > 0"),
+    (["sft", "--out", "{out}"], "sft needs --init"),
+    (["sft", "--init", "{tmp}/nowhere", "--out", "{out}"], "is not a model"),
+    (["pretrain", "--size", "huge", "--out", "{out}"], "invalid choice: 'huge'"),
+    (["evaluate", "{tmp}/nowhere"], "is not a model"),
+])
+def test_bad_input_is_one_line_and_exit_code_2_with_no_folder_left(tiny, tmp_path, capsys, args, message):
+    folder, _ = tiny
+    (tmp_path / "empty.txt").write_text("\n \n")
+    fill = {"sft": folder / "sft-tiny", "rm": folder / "reward", "empty": tmp_path / "empty.txt",
+            "tmp": tmp_path, "out": tmp_path / "out"}
+    try:
+        code = main(["instruct", *(a.format(**fill) for a in args)])
+    except SystemExit as e:  # argparse refuses a bad choice itself, with the same one line and code
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+    assert (folder / "sft-tiny" / "summary.json").is_file()  # a refused folder is left as it was
