@@ -124,13 +124,11 @@ def notes_to_score(notes: Notes, tpq: int = 480):
 
 
 # ---- reading --------------------------------------------------------------------------------------------------------
-def _readable(path: str | Path) -> bytes:
-    path = Path(path)
+def _check_file(path: Path) -> None:
     if path.is_dir():
         raise UserError(f"{path} is a folder, not a MIDI file")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    return path.read_bytes()
 
 
 def parse_midi(data: bytes, source: str = "MIDI data") -> Notes:
@@ -150,7 +148,8 @@ def parse_midi(data: bytes, source: str = "MIDI data") -> Notes:
 
 def read_midi(path: str | Path) -> Notes:
     """Notes of a MIDI file, parsed in this process: for files this program wrote or already read safely."""
-    return parse_midi(_readable(path), str(path))
+    _check_file(Path(path))
+    return parse_midi(Path(path).read_bytes(), str(path))
 
 
 def read_midi_files(paths: Sequence[str | Path], jobs: int = 1, timeout: float = 60.0,
@@ -162,7 +161,7 @@ def read_midi_files(paths: Sequence[str | Path], jobs: int = 1, timeout: float =
 
 def read_user_midi(path: str | Path) -> Notes:
     """Notes of one MIDI file given by the user, parsed in a worker process; a file with no notes is refused too."""
-    _readable(path)  # a missing file or a folder is named before a worker starts
+    _check_file(Path(path))  # a missing file or a folder is named before a worker starts
     outcome = read_midi_files([path])[0]
     if not outcome.ok:
         raise UserError(outcome.error if outcome.error.startswith(str(path)) else f"{path}: {outcome.error}")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from nexttoken.cli import add_device_option
 from nexttoken.config import add_options, check, from_args, given, integer, option
+from nexttoken.errors import UserError
 from nexttoken.sampling import SamplingConfig
 from nexttoken.training import LoopConfig, OptimConfig, pick_device
 
@@ -139,7 +140,6 @@ def cmd_decode(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from nexttoken.errors import UserError
     from nexttoken.muse.train import (MUSE_LOOP, MUSE_OPTIM, MuseConfig, TimeBudget, batch_workers, resume,
                                       train)
     from nexttoken.runs import read_json
@@ -148,9 +148,10 @@ def cmd_train(args) -> None:
     if args.resume is not None:
         if args.out is not None:
             raise UserError("--resume RUN continues RUN in its own folder; leave out --out")
-        changes = {**given(args, MuseConfig), **given(args, OptimConfig), **given(args, LoopConfig)}
         if budget.max_minutes is not None:
-            changes["max_seconds"] = 60 * budget.max_minutes
+            raise UserError("a resumed run keeps its time budget (the time it trained counts); leave out "
+                            "--max-minutes")
+        changes = {**given(args, MuseConfig), **given(args, OptimConfig), **given(args, LoopConfig)}
         if args.workers is not None:
             changes["workers"] = args.workers
         path = resume(args.resume, args.device, jobs, changes)
