@@ -145,7 +145,7 @@ def test_a_damaged_or_foreign_run_folder_is_one_line(verb, name, how, message, f
     damage(run, name, how)
     before = files(tmp_path)
     if verb == "sweep --resume":  # a train run, or anything else, is no sweep
-        message = "not a grok.sweep run" if how != "another domain" else "is muse.train run, not a grok.sweep run"
+        message = "not a grok.sweep run" if how != "another domain" else "is a muse.train run, not a grok.sweep run"
         if name == "config.json" and how in ("truncated", "garbled", "a list"):
             message = "config.json is damaged"
     if verb == "analyze" and name == "checkpoint.safetensors" and how == "foreign tensors":
