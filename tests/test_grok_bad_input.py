@@ -159,7 +159,7 @@ def test_a_damaged_or_foreign_run_folder_is_one_line(verb, name, how, message, f
     (["--lr", "0.01"], "--lr 0.01 differs from the resumed run's 0.001"),
     (["--preset", "modern"], "--norm pre differs from the resumed run's post"),
     (["--eval-ratio", "1.5"], "--eval-ratio 1.5 differs from the resumed run's 1.1"),
-    (["--no-cuda-graph"], "--cuda-graph False differs from the resumed run's True"),
+    (["--no-cuda-graph"], "--no-cuda-graph differs from the resumed run"),
     (["--steps", "20"], "--steps 20 is fewer than the 30 steps"),
     (["--out", "elsewhere"], "leave out --out"),
 ])
