@@ -21,7 +21,6 @@ from pathlib import Path
 from types import ModuleType
 
 import nexttoken
-from nexttoken.config import positive_int  # noqa: F401  (the domains' CLIs import it from here)
 from nexttoken.errors import Interrupted, UserError
 
 ORDER = ("grok", "muse", "jukebox", "instruct")  # the report's order; any other domain follows alphabetically

@@ -1,5 +1,6 @@
-"""What every training loop shares: devices, seeding, AdamW parameter groups, the LR schedule, precision, DDP, and
-``fit``, a plain next-token training loop with gradient accumulation, evaluation, atomic checkpoints and resume.
+"""What every training loop shares: devices, seeding, AdamW parameter groups, the LR schedule, precision, DDP, stop
+requests, and ``fit``, a plain training loop (next-token loss or any other) with gradient accumulation, evaluation,
+atomic checkpoints and exact resume.
 
 Distributed runs use PyTorch DDP as launched by torchrun (``torchrun --nproc_per_node N -m nexttoken ...``): the
 environment variables it sets pick the rank; NCCL on CUDA, gloo on CPU. Nothing here is home-made distribution.
@@ -17,7 +18,6 @@ import math
 import os
 import random
 import signal
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from nexttoken.config import check, option
 from nexttoken.errors import Interrupted, UserError
+from nexttoken.prefetch import Prefetch
 from nexttoken.progress import Progress
 from nexttoken.runs import Run, unwrap
 
@@ -193,7 +194,7 @@ BatchFn = Callable[[int], dict]  # step -> global batch {"idx": (B, T), "targets
 EvalFn = Callable[[torch.nn.Module], dict]
 # (model, micro-batch on the device) -> the SUM of the loss over the micro-batch's examples (or tokens), optionally
 # with a dict of other summed quantities to log; the loop divides both by ``WeightFn`` of the whole global batch.
-LossFn = Callable[[torch.nn.Module, dict], "Tensor | tuple[Tensor, dict]"]
+LossFn = Callable[[torch.nn.Module, dict], "torch.Tensor | tuple[torch.Tensor, dict]"]
 WeightFn = Callable[[dict], float]
 
 
@@ -236,59 +237,6 @@ class StopRequests:
         for sig, handler in self._saved.items():
             signal.signal(sig, handler)
         self._saved.clear()
-
-
-class Prefetch:
-    """``batch_fn`` run ahead of the loop by forked worker processes, so the accelerator never waits for the CPU.
-
-    The workers inherit ``batch_fn`` (and the data it reads) through fork, so nothing large is pickled; batches come
-    back as numpy arrays. Since a batch depends on its step alone, the batches are exactly those of ``batch_fn``.
-    """
-
-    def __init__(self, batch_fn: BatchFn, workers: int, ahead: int | None = None) -> None:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        self.batch_fn = batch_fn
-        self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                        initializer=_prefetch_init, initargs=(batch_fn,))
-        self.ahead = ahead or 2 * workers
-        self.pending: dict = {}
-        self.broken = False
-
-    def __call__(self, step: int) -> dict:
-        from concurrent.futures.process import BrokenProcessPool
-
-        if self.broken:
-            return self.batch_fn(step)
-        try:
-            for s in range(step, step + self.ahead + 1):
-                if s not in self.pending:
-                    self.pending[s] = self.pool.submit(_prefetch_batch, s)
-            for s in [s for s in self.pending if s < step]:  # a resumed or re-planned loop skipped them
-                self.pending.pop(s).cancel()
-            return {k: torch.from_numpy(v) for k, v in self.pending.pop(step).result().items()}
-        except (BrokenProcessPool, OSError) as e:  # a worker died (killed, out of memory): go on without them
-            print(f"nexttoken: batch workers stopped ({type(e).__name__}); building batches in the loop", file=sys.stderr)
-            self.broken = True
-            self.close()
-            return self.batch_fn(step)
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-
-_PREFETCH_FN: BatchFn | None = None
-
-
-def _prefetch_init(batch_fn: BatchFn) -> None:
-    global _PREFETCH_FN
-    _PREFETCH_FN = batch_fn
-    torch.set_num_threads(1)
-
-
-def _prefetch_batch(step: int) -> dict:
-    return {k: v.numpy() for k, v in _PREFETCH_FN(step).items()}
 
 
 def planned_steps(cap: int, done: int, timed_steps: int, timed_s: float, seconds_left: float) -> int:
