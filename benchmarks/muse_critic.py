@@ -22,7 +22,8 @@ import numpy as np
 
 from nexttoken.midi.corpus import load_corpus
 from nexttoken.muse.critic import CRITIC_FILE, Critic, fit_and_save, format_report, keep_best, score_pieces_real
-from nexttoken.muse.evaluate import distances, excerpts, fit_classifier, histograms, real_features
+from nexttoken.classifier import fit_classifier
+from nexttoken.muse.evaluate import distances, excerpts, histograms, real_features
 from nexttoken.muse.generate import GenerateConfig, generate_pieces
 from nexttoken.muse.train import load_run
 from nexttoken.sampling import SamplingConfig

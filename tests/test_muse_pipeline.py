@@ -165,7 +165,7 @@ def test_midi_tok_token_kinds_are_its_token_types():
 
 
 def test_classifier_learns_separable_features():
-    from nexttoken.muse.evaluate import fit_classifier
+    from nexttoken.classifier import fit_classifier
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, 1, (50, 5)), rng.normal(3, 1, (50, 5))])
@@ -212,7 +212,7 @@ def test_critic_features_tell_real_music_from_noise(env):
     """The inner critic's features (the model's own view of a piece) separate real excerpts from random notes."""
     from nexttoken.muse.critic import Critic, piece_features, real_excerpts
     from nexttoken.midi.notes import Notes
-    from nexttoken.muse.evaluate import fit_classifier
+    from nexttoken.classifier import fit_classifier
 
     model, enc, cfg, _ = load_run(env["run"], torch.device("cpu"))
     corpus = load_corpus(env["corpus"])

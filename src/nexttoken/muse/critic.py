@@ -13,7 +13,7 @@ scored on excerpts of the held-out pieces against fresh samples (other seeds).
 
 Both sides go through the same path (notes -> MuseNet tokens with the composer's header), so the header and the
 length carry no hint of which side a piece is from. The logistic regression is the composer classifier's
-(``evaluate.fit_classifier``): a few lines of torch, no extra dependency.
+(``nexttoken.classifier``): a few lines of torch, no extra dependency.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nexttoken.classifier import Classifier, fit_classifier
 from nexttoken.config import option
 from nexttoken.errors import UserError
 from nexttoken.midi.corpus import Corpus
 from nexttoken.midi.notes import Notes
 from nexttoken.muse.data import make_row, piece_windows, stack
 from nexttoken.muse.encoding import Encoded
-from nexttoken.muse.evaluate import Classifier, excerpts, fit_classifier
+from nexttoken.muse.evaluate import excerpts
 from nexttoken.muse.generate import GenerateConfig, generate_pieces
 from nexttoken.progress import Progress
 from nexttoken.runs import atomic_write_json, load_tensors, save_tensors
@@ -89,15 +90,11 @@ class Critic:
     top_p: float
 
     def prob_real(self, features: np.ndarray) -> np.ndarray:
-        c = self.classifier
-        z = ((features - c.mean) / c.std) @ c.weight + c.bias  # (N, 2)
-        return 1.0 / (1.0 + np.exp(z[:, 0] - z[:, 1]))
+        return self.classifier.log_probs(features)[:, 1].exp().double().numpy()  # classes: generated, real
 
     def save(self, path: Path) -> None:
-        c = self.classifier
-        tensors = {k: torch.from_numpy(np.asarray(getattr(c, k), dtype=np.float32)) for k in ("mean", "std", "weight",
-                                                                                             "bias")}
-        save_tensors(path, tensors, {"seconds": self.seconds, "temperature": self.temperature, "top_p": self.top_p})
+        save_tensors(path, self.classifier.tensors(),
+                     {"seconds": self.seconds, "temperature": self.temperature, "top_p": self.top_p})
 
     @classmethod
     def load(cls, path: Path) -> "Critic":
@@ -105,13 +102,13 @@ class Critic:
             raise UserError(f"{path.parent}: no critic yet; fit one with: nexttoken muse critic {path.parent}")
         tensors, meta = load_tensors(path)
         try:
-            arrays = {k: tensors[k].double().numpy() for k in ("mean", "std", "weight", "bias")}
+            arrays = {k: tensors[k].float() for k in ("mean", "std", "weight", "bias")}
             critic = cls(Classifier(["generated", "real"], **arrays), float(meta["seconds"]),
                          float(meta["temperature"]), float(meta["top_p"]))
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{path} is damaged (no {e}); fit it again with: nexttoken muse critic "
                             f"{path.parent}") from None
-        if critic.classifier.weight.shape != (len(critic.classifier.mean), 2):
+        if tuple(critic.classifier.weight.shape) != (len(critic.classifier.mean), 2):
             raise UserError(f"{path} is damaged (its weights do not fit its features); fit it again with: "
                             f"nexttoken muse critic {path.parent}")
         return critic

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
+from nexttoken.classifier import fit_classifier
 from nexttoken.config import option
 from nexttoken.midi.corpus import Corpus
 from nexttoken.midi.notes import DRUMS, Notes
@@ -95,41 +96,6 @@ def excerpts(notes: Notes, seconds: float, most: int = 4) -> list[Notes]:
             out.append(Notes(part.start - k * seconds, np.minimum(part.end - k * seconds, seconds), part.pitch,
                              part.velocity, part.family, part.tempo))
     return out
-
-
-# ---- the composer classifier ----------------------------------------------------------------------------------------
-@dataclass
-class Classifier:
-    classes: list[str]
-    mean: np.ndarray
-    std: np.ndarray
-    weight: np.ndarray  # (features, classes)
-    bias: np.ndarray
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return np.argmax(((x - self.mean) / self.std) @ self.weight + self.bias, axis=1)
-
-
-def fit_classifier(x: np.ndarray, y: np.ndarray, classes: list[str], weight_decay: float = 1e-3,
-                   steps: int = 300) -> Classifier:
-    """Multinomial logistic regression with balanced class weights, fitted by L-BFGS."""
-    mean, std = x.mean(0), x.std(0) + 1e-6
-    xt = torch.tensor((x - mean) / std, dtype=torch.float32)
-    yt = torch.tensor(y)
-    counts = np.bincount(y, minlength=len(classes))
-    class_weight = torch.tensor(len(y) / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32)
-    w = torch.zeros(x.shape[1], len(classes), requires_grad=True)
-    b = torch.zeros(len(classes), requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(xt @ w + b, yt, weight=class_weight) + weight_decay * w.pow(2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return Classifier(classes, mean, std, w.detach().numpy(), b.detach().numpy())
 
 
 # ---- bits per note ---------------------------------------------------------------------------------------------------
