@@ -16,7 +16,7 @@ Dhariwal et al. 2020, https://arxiv.org/abs/2005.00341:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -24,12 +24,13 @@ import torch
 from nexttoken.config import load, option
 from nexttoken.errors import UserError
 from nexttoken.jukebox.alignment import alignment_score, cross_patterns, plot_alignment
-from nexttoken.jukebox.evaluate import EncodecBaseline, evaluate_codec, matching_baseline
+from nexttoken.jukebox.evaluate import EncodecBaseline, evaluate_codec, matching_baseline, restart_threshold
 from nexttoken.jukebox.fidelity import features, fit_classifier, recognition
 from nexttoken.jukebox.pipeline import (clips_of, codes_of, load_prior, load_vqvae, open_pipeline, saved_vqvae_settings,
                                         vqvae_config)
 from nexttoken.jukebox.sample import JUKEBOX_SAMPLING, sample_level, top_conditioning, upsampler_conditioning
-from nexttoken.jukebox.train import clip_batches, held_out, score_level, summed_vqvae_loss, window_rows
+from nexttoken.jukebox.train import (clip_batches, flat_levels, held_out, score_level, summed_vqvae_loss,
+                                     window_rows)
 from nexttoken.runs import Run, atomic_write_json, read_json
 from nexttoken.training import count_rows, fit
 
@@ -65,14 +66,16 @@ def train_baseline(path: Path, level: str, clips, val: torch.Tensor, device: tor
     loss and optimiser) in ``path/baseline-<level>``, or read from there; its held-out metrics."""
     vq = vqvae_config(path)
     opts, optim, loop = saved_vqvae_settings(path, {})
-    cfg = matching_baseline(vq, vq.levels.index(level))
+    base = matching_baseline(vq, vq.levels.index(level))
+    cfg = replace(base, restart_threshold=restart_threshold(loop.batch_size * vq.clip_samples / base.hop,
+                                                           base.codebook_size))
     stage = path / f"baseline-{level}"
     model = EncodecBaseline(cfg).to(device)
     settings = {"baseline": asdict(cfg), "optim": asdict(optim), "loop": asdict(loop)}
     resume = (stage / "config.json").is_file()
     with (Run.resume(stage, BASELINE_KIND) if resume else Run.create(stage, settings, BASELINE_KIND)) as run:
         fit(model, clip_batches(clips, loop.batch_size, loop.seed), optim, loop, run, resume=resume,
-            loss_fn=summed_vqvae_loss, weight_fn=count_rows)
+            eval_fn=lambda m: flat_levels(evaluate_codec(m, val)), loss_fn=summed_vqvae_loss, weight_fn=count_rows)
     metrics = evaluate_codec(model, val)["encodec"]
     return {**metrics, "stages": cfg.num_quantizers, "params": sum(p.numel() for p in model.parameters())}
 
