@@ -17,14 +17,15 @@ time each syllable is sung: the ground truth of the lyrics-alignment measure. Bo
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 from nexttoken.config import check, option
 from nexttoken.errors import UserError
-from nexttoken.jukebox.audio import MIN_DB, ClipSet, Track, cache_root, extract_clips, load_clips, split_tracks
+from nexttoken.jukebox.audio import (MIN_DB, ClipSet, Track, cache_root, extract_clips, load_clips, split_tracks,
+                                     warn)
 from nexttoken.progress import Progress
 from nexttoken.runs import load_tensors, save_tensors
 
@@ -40,6 +41,9 @@ class DataConfig:
     artists: list[str] = option(default_factory=list, help="keep only these artists (default: all)")
     pieces: int = option(0, "corpus pieces per artist for training (0: all; a few held out besides)", ge=0, le=10**6)
     piece_seconds: float = option(20.0, "seconds rendered from the start of each corpus piece", gt=0, le=3600)
+    soundfont: str = option("", "the corpus's instruments: a General MIDI .sf2 file, 'synth' for the built-in "
+                            "synthesizer, or '' for a system soundfont when one is installed (a new pipeline keeps "
+                            "what it chose)")
     lyrics_lines: int = option(200, "lines of the built-in sung lyrics set added to the audio (0: none)", ge=0,
                                le=100_000)
     val_fraction: float = option(0.1, "share of each artist's tracks held out (user audio and sung lines)", ge=0,
@@ -48,6 +52,17 @@ class DataConfig:
 
     def validate(self) -> "DataConfig":
         return check(self)
+
+
+def resolved(cfg: DataConfig) -> DataConfig:
+    """``cfg`` with the renderer it would use now written down ('synth' or a soundfont's path), so that a pipeline
+    reads the same audio later whatever is installed by then."""
+    from nexttoken.midi.render import find_soundfont
+
+    if cfg.audio not in MUSIC21 or cfg.soundfont == "synth":
+        return cfg
+    soundfont = find_soundfont(cfg.soundfont or None)
+    return replace(cfg, soundfont=str(soundfont) if soundfont else "synth")
 
 
 def load_data(cfg: DataConfig, sample_rate: int, clip_samples: int) -> ClipSet:
@@ -80,7 +95,7 @@ def corpus_clips(cfg: DataConfig, sample_rate: int, clip_samples: int) -> ClipSe
     from nexttoken.midi.render import find_soundfont, render
 
     corpus = load_corpus(cfg.audio, cfg.jobs)
-    soundfont = find_soundfont()
+    soundfont = None if cfg.soundfont == "synth" else find_soundfont(cfg.soundfont or None)
     renderer = f"sf-{hashlib.sha1(str(soundfont).encode()).hexdigest()[:8]}" if soundfont else "synth"
     key = f"{cfg.audio}-{len(corpus)}-sr{sample_rate}-clip{clip_samples}-{cfg.piece_seconds:g}s-{renderer}-r{RENDERER}"
     path = cache_root() / "corpus" / f"{key}.safetensors"
@@ -92,9 +107,14 @@ def corpus_clips(cfg: DataConfig, sample_rate: int, clip_samples: int) -> ClipSe
                 genres.append(FAMILIES[int(np.bincount(notes.family).argmax())])
                 seconds.append(float(notes.end.max()))
                 keep = notes.start < cfg.piece_seconds
-                audio = render(type(notes)(notes.start[keep], np.minimum(notes.end[keep], cfg.piece_seconds),
-                                           notes.pitch[keep], notes.velocity[keep], notes.family[keep], notes.tempo),
-                               sample_rate, soundfont)[: round(cfg.piece_seconds * sample_rate)]
+                try:
+                    audio = render(type(notes)(notes.start[keep], np.minimum(notes.end[keep], cfg.piece_seconds),
+                                               notes.pitch[keep], notes.velocity[keep], notes.family[keep],
+                                               notes.tempo), sample_rate, soundfont)[: round(cfg.piece_seconds *
+                                                                                             sample_rate)]
+                except Exception as e:  # a synthesizer's own error about one piece: that piece gives no clips
+                    warn(f"skipped {corpus.ids[p]}: not rendered ({str(e).splitlines()[0][:100]})")
+                    audio = np.zeros(0, dtype=np.float32)
                 c, s = extract_clips(audio, clip_samples, MIN_DB)
                 clips.append(_pcm(c))
                 starts.append(torch.from_numpy(s).long())
@@ -180,7 +200,3 @@ def summary_rows(clips: ClipSet) -> list[dict]:
                      "minutes": sum(counts[i] for i in idx) * seconds / 60,
                      "lyrics": sum(bool(clips.tracks[i].lyrics) for i in idx)})
     return rows
-
-
-def data_dict(cfg: DataConfig) -> dict:
-    return asdict(cfg)

@@ -24,7 +24,7 @@ import torch
 from nexttoken.config import load, option
 from nexttoken.errors import UserError
 from nexttoken.jukebox.alignment import alignment_score, cross_patterns, plot_alignment
-from nexttoken.jukebox.evaluate import EncodecBaseline, evaluate_codec, matching_baseline, restart_threshold
+from nexttoken.jukebox.evaluate import EncodecBaseline, evaluate_codec, matching_baseline, restart_rule
 from nexttoken.jukebox.fidelity import features, fit_classifier, recognition
 from nexttoken.jukebox.pipeline import (clips_of, codes_of, load_prior, load_vqvae, open_pipeline, saved_vqvae_settings,
                                         vqvae_config)
@@ -67,8 +67,8 @@ def train_baseline(path: Path, level: str, clips, val: torch.Tensor, device: tor
     vq = vqvae_config(path)
     opts, optim, loop = saved_vqvae_settings(path, {})
     base = matching_baseline(vq, vq.levels.index(level))
-    cfg = replace(base, restart_threshold=restart_threshold(loop.batch_size * vq.clip_samples / base.hop,
-                                                           base.codebook_size))
+    threshold, revive = restart_rule(loop.batch_size * vq.clip_samples / base.hop, base.codebook_size)
+    cfg = replace(base, restart_threshold=threshold, revive_count=revive)
     stage = path / f"baseline-{level}"
     model = EncodecBaseline(cfg).to(device)
     settings = {"baseline": asdict(cfg), "optim": asdict(optim), "loop": asdict(loop)}

@@ -23,7 +23,7 @@ import torch
 from nexttoken.config import load, option, resumed
 from nexttoken.errors import UserError
 from nexttoken.jukebox.codes import CodeSet, encode_clips
-from nexttoken.jukebox.data import DataConfig, load_data
+from nexttoken.jukebox.data import DataConfig, load_data, resolved
 from nexttoken.jukebox.prior import LEVELS, Prior, PriorConfig
 from nexttoken.jukebox.train import (PRIOR_DEFAULTS, PRIOR_KIND, PRIOR_LOOP, PRIOR_OPTIM, VQ_LOOP, VQ_OPTIM,
                                      VQVAE_KIND, VQVAEOptions, train_prior, train_vqvae)
@@ -169,6 +169,7 @@ def vqvae_stage(path: Path, opts: VQVAEOptions, optim: OptimConfig, loop: LoopCo
     stage = path / "vqvae"
     if data is not None:
         vq = opts.vqvae_config()
+        data = resolved(data)
         clips = load_data(data, vq.sample_rate, vq.clip_samples)
         config = {"data": asdict(data), **({"plan": asdict(plan)} if plan else {})}
         with claimed(path, config, new=True):

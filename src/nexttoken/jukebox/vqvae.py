@@ -164,9 +164,11 @@ class Codebook(nn.Module):
 
     CHUNK = 65536  # rows of distances computed at once: at most CHUNK x size floats in memory
 
-    def __init__(self, size: int, dim: int, decay: float = 0.99, threshold: float = 1.0, restarts: bool = True):
+    def __init__(self, size: int, dim: int, decay: float = 0.99, threshold: float = 1.0, restarts: bool = True,
+                 revive: float | None = None):
         super().__init__()
         self.size, self.dim, self.decay, self.threshold, self.restarts = size, dim, decay, threshold, restarts
+        self.revive = threshold if revive is None else revive  # the EMA count a new or restarted code starts from
         self.register_buffer("embed", torch.zeros(size, dim))  # (K, D) the codes
         self.register_buffer("count", torch.zeros(size))  # (K,) EMA of how many vectors each code took per batch
         self.register_buffer("total", torch.zeros(size, dim))  # (K, D) EMA of their sum
@@ -209,8 +211,8 @@ class Codebook(nn.Module):
         if _distributed():
             torch_dist.broadcast(rows, 0)  # every process starts from the same codebook
         self.embed.copy_(rows)
-        self.count.fill_(self.threshold)
-        self.total.copy_(rows * self.threshold)
+        self.count.fill_(self.revive)
+        self.total.copy_(rows * self.revive)
         self.initialised.fill_(True)
 
     @torch.no_grad()
@@ -228,8 +230,8 @@ class Codebook(nn.Module):
             return torch.zeros((), device=x.device)
         dead = self.count < self.threshold  # (K,)
         self.embed[dead] = candidates[dead]
-        self.count[dead] = self.threshold
-        self.total[dead] = candidates[dead] * self.threshold
+        self.count[dead] = self.revive
+        self.total[dead] = candidates[dead] * self.revive
         return dead.sum()
 
 
