@@ -8,7 +8,7 @@ import torch
 
 from nexttoken.jukebox import alignment
 from nexttoken.jukebox.codes import CodeSet, encode_clips, segments_of
-from nexttoken.jukebox.data import DataConfig, corpus_clips, lyrics_clips, merge, select
+from nexttoken.jukebox.data import DataConfig, corpus_clips, lyrics_clips, merge, resolved, select
 from nexttoken.jukebox.fidelity import features, fit_classifier, recognition
 from nexttoken.jukebox.prior import Prior, PriorConfig
 from nexttoken.jukebox.vqvae import PRESETS, VQVAE
@@ -39,14 +39,23 @@ def fake_corpus():
 
 def test_the_corpus_is_rendered_to_clips_labelled_by_composer_and_instrument_family(monkeypatch):
     monkeypatch.setattr("nexttoken.midi.corpus.load_corpus", lambda name, jobs=2: fake_corpus())
-    clips = corpus_clips(DataConfig(piece_seconds=4.0), 8000, 4000)
+    clips = corpus_clips(DataConfig(piece_seconds=4.0, soundfont="synth"), 8000, 4000)
     assert clips.artists() == ["choir", "scales"] and clips.genres() == ["piano", "voice"]
     assert [t.seconds for t in clips.tracks] == pytest.approx([2.975, 2.975, 4.9, 4.9])
     per_track = torch.bincount(clips.track).tolist()
     assert per_track == [6, 6, 8, 8]  # 3 s and a release tail, and 5 s cut at 4 s, in half-second clips
     assert clips.splits == ["train", "val", "train", "val"]
-    again = corpus_clips(DataConfig(piece_seconds=4.0, pieces=1), 8000, 4000)  # from the cache, one piece a side
+    again = corpus_clips(DataConfig(piece_seconds=4.0, pieces=1, soundfont="synth"), 8000, 4000)  # the cache's
     assert len(again.tracks) == 4 and torch.equal(again.clips, clips.clips)
+
+
+def test_a_new_pipeline_writes_down_the_renderer_it_chose(tmp_path):
+    from pathlib import Path
+
+    chosen = resolved(DataConfig()).soundfont
+    assert chosen == "synth" or Path(chosen).is_file()
+    assert resolved(DataConfig(soundfont="synth")).soundfont == "synth"
+    assert resolved(DataConfig(audio=str(tmp_path))).soundfont == ""  # the user's audio is not rendered
 
 
 def test_sung_lines_keep_their_words_and_timings_and_merge_with_other_audio():
