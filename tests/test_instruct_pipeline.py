@@ -32,7 +32,7 @@ TINY = {
     "rank": {"rank": {"prompts": 64, "max_new_tokens": 12, "chunk": 32}},
     "reward": {"reward": {"bias_demonstrations": 16, "epochs": 4}, "optim": {"lr": 3e-3}, "loop": {"batch_size": 8}},
     "ppo": {"ppo": {"iterations": 8, "rollouts": 16, "minibatch": 8, "max_new_tokens": 12, "norm_samples": 16,
-                    "ptx_chars": 20_000, "ptx_context": 32, "prompts": 64}, "optim": {"lr": 1e-3}},
+                    "ptx_chars": 20_000, "ptx_context": 32, "prompts": 64}, "optim": {"lr": 1e-3, "warmup_steps": 0}},
     "dpo": {"loop": {"batch_size": 4}},
     "evaluate": {"eval": {"tasks": 9, "cot_tasks": 3, "max_new_tokens": 12, "cot_tokens": 16},
                  "results": {"heldout_pages": 5}},
@@ -82,7 +82,7 @@ def test_ppo_raises_the_reward_over_sft(tiny):
         return float(ppo.episode_reward(rm(out.ids, out.mask), out.finished, summary["reward_norm"],
                                         cfg.no_eos_score).mean())
 
-    assert mean_reward("ppo-tiny") > mean_reward("sft-tiny") + 0.2
+    assert mean_reward("ppo-tiny") > mean_reward("sft-tiny") + 0.1
 
 
 def test_demonstrations_score_zero_on_average_under_the_reward_model(tiny):
@@ -99,8 +99,8 @@ def test_demonstrations_score_zero_on_average_under_the_reward_model(tiny):
 def test_a_killed_ppo_stage_resumes_to_the_uninterrupted_result(tiny, tmp_path, monkeypatch):
     folder, _ = tiny
     configs = pipeline.stage_configs("ppo", TINY, ppo={"init": str(folder / "sft-tiny"),
-                                                       "reward_model": str(folder / "reward"), "iterations": 4,
-                                                       "ckpt_every": 100})
+                                                       "reward_model": str(folder / "reward"), "iterations": 3,
+                                                       "ckpt_every": 100, "target_kl": 0.5, "kl_horizon": 50})
     whole, c = open_stage(tmp_path / "whole", "ppo", configs, False)
     with whole:
         ppo.run_stage(c, whole, CPU, progress=False)
@@ -122,9 +122,10 @@ def test_a_killed_ppo_stage_resumes_to_the_uninterrupted_result(tiny, tmp_path, 
     with again:
         ppo.run_stage(c, again, CPU, resume=True, progress=False)
     a, b = Run.open(tmp_path / "whole").metrics(), Run.open(tmp_path / "part").metrics()
-    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [r["step"] for r in b] == [1, 2, 3]
+    assert len({r["kl_coef"] for r in a}) == 3  # the adaptive controller moved beta, and the checkpoint kept it
     for x, y in zip(a, b):
-        for key in ("reward", "kl", "value_loss", "policy_loss", "clip_frac"):
+        for key in ("reward", "kl", "kl_coef", "value_loss", "policy_loss", "clip_frac"):
             assert x[key] == pytest.approx(y[key], rel=1e-4, abs=1e-6), key
     wa, _ = load_tensors(tmp_path / "whole" / "policy.safetensors")
     wb, _ = load_tensors(tmp_path / "part" / "policy.safetensors")

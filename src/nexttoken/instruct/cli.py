@@ -79,6 +79,7 @@ def register(parser: argparse.ArgumentParser) -> None:
                                                                   "chat otherwise)")
     p.add_argument("--reference", default="", help="a model to compare against (win rate by the held-out labeler)")
     p.add_argument("--reference-style", choices=STYLES, default=None)
+    p.add_argument("--heldout-pages", type=int, default=200, help="held-out pretraining pages to score (0: skip)")
     add_options(p, EvalConfig)
     add_device_option(p)
     p.set_defaults(func=cmd_evaluate)
@@ -174,8 +175,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ref_out = answer(ref, tasks, _style(args.reference, args.reference_style), cfg, world, seed=1)
         w = judge(tasks, outputs, ref_out)
         print(f"win rate against {args.reference}: {w.rate:.3f} +- {w.ci95:.3f} (held-out labeler)")
-    pages = make_corpus(world, 1_000_000).heldout[:200]
-    print(f"held-out pretraining loss: {heldout_nll(policy, pages):.3f} nats per token")
+    if args.heldout_pages > 0:
+        pages = make_corpus(world, 40 * 270 * args.heldout_pages).heldout[: args.heldout_pages]
+        print(f"held-out pretraining loss: {heldout_nll(policy, pages):.3f} nats per token ({len(pages)} pages)")
     if cfg.cot_tasks:
         cot = chain_of_thought(policy, multi_step_tasks(world, cfg), cfg)
         print(f"word problems ({cot.n}): direct {cot.direct:.3f}, let's think step by step {cot.step_by_step:.3f}")

@@ -10,6 +10,7 @@ the update. Sampling goes through ``nexttoken.sampling.sample`` with the model's
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import inspect
@@ -149,6 +150,21 @@ class HFPolicy(Policy):
         return dict(self._spec)
 
 
+@contextlib.contextmanager
+def _quiet():
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_hf(source: str) -> HFPolicy:
     """A Hugging Face causal LM and its tokenizer (``source`` as ``resolve`` takes it), in fp32, with a pad token
     distinct from EOS and no dropout."""
@@ -160,17 +176,18 @@ def load_hf(source: str) -> HFPolicy:
     key = (folder, gguf_file)
     if key not in _LOADED:
         extra = {"gguf_file": gguf_file} if gguf_file else {}
-        try:
-            tok = AutoTokenizer.from_pretrained(folder, **extra)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **extra)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot load a causal LM from {name}: {str(e).splitlines()[0][:160]}") from None
-        if tok.eos_token_id is None:
-            raise UserError(f"{name}: the tokenizer has no EOS token, so a response could never end")
-        if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
-            tok.add_special_tokens({"pad_token": PAD})
-            if len(tok) > model.get_input_embeddings().num_embeddings:
-                model.resize_token_embeddings(len(tok))
+        with _quiet():  # no dequantisation bars or notes on how the new pad embedding is initialised
+            try:
+                tok = AutoTokenizer.from_pretrained(folder, **extra)
+                model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **extra)
+            except (OSError, ValueError) as e:
+                raise UserError(f"cannot load a causal LM from {name}: {str(e).splitlines()[0][:160]}") from None
+            if tok.eos_token_id is None:
+                raise UserError(f"{name}: the tokenizer has no EOS token, so a response could never end")
+            if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
+                tok.add_special_tokens({"pad_token": PAD})
+                if len(tok) > model.get_input_embeddings().num_embeddings:
+                    model.resize_token_embeddings(len(tok))
         model.config.pad_token_id = tok.pad_token_id
         for module in model.modules():  # dropout off (attention dropout is a float inside each attention module)
             if isinstance(module, torch.nn.Dropout):

@@ -51,10 +51,12 @@ PRESETS: dict[str, dict] = {
     },
     "cpu": {
         "sizes": ["tiny", "small", "medium"],
-        "pretrain": {},
-        "sft": {},
-        "rank": {"rank": {"prompts": 2000}},
-        "reward": {},
+        "pretrain": {"loop": {"steps": 3000}},
+        "sft": {"loop": {"steps": 1000}},
+        "rank": {"rank": {"prompts": 6000}},
+        # InstructGPT trains one epoch on 33k prompts (more overfits); on 6k prompts and a 1M-parameter backbone one
+        # epoch leaves the reward model short of what it can learn (measured: accuracy still rising at 3 epochs)
+        "reward": {"reward": {"epochs": 3}},
         "ppo": {"ppo": {"iterations": 50, "rollouts": 32}},
         "dpo": {},
         "evaluate": {},

@@ -260,6 +260,9 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, device: torch.device
     if norm is None:
         norm = reward_norm(policy, reward_model, random.Random(cfg.seed).sample(pool, min(cfg.norm_samples,
                                                                                           len(pool))), cfg)
+        with torch.no_grad():  # the value head starts as the reward model on the normalised scale it predicts
+            value.score.weight /= norm[1]
+            value.score.bias.sub_(norm[0]).div_(norm[1])
     ptx = None
     if cfg.ptx_coef > 0:
         pages = make_corpus(world, cfg.ptx_chars, seed=0).train
@@ -315,7 +318,7 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, device: torch.device
 
 
 CONFIGS = {"ppo": PPOConfig, "optim": OptimConfig}
-DEFAULTS = {"optim": {"lr": 1e-4, "warmup_steps": 0, "schedule": "constant", "weight_decay": 0.0}}
+DEFAULTS = {"optim": {"lr": 5e-5, "warmup_steps": 5, "schedule": "constant", "weight_decay": 0.0}}
 
 
 def run_stage(c: dict, run: Run, device: torch.device, resume: bool = False, progress: bool = True) -> dict:

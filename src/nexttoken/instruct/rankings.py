@@ -39,7 +39,8 @@ class RankConfig:
                                                           "Hugging Face folders, smollm2), round-robin over the K")
     prompts: int = option(2000, "training prompts to rank outputs for", ge=2, le=10**7)
     k: int = option(4, "outputs ranked per prompt (InstructGPT: 4 to 9)", ge=2, le=16)
-    temperature: float = option(1.0, "sampling temperature of the outputs", gt=0, le=10)
+    temperature: float = option(0.7, "sampling temperature of the outputs (PPO's rollout temperature, so the reward "
+                                     "model learns on the outputs it will score)", gt=0, le=10)
     max_new_tokens: int = option(64, "longest output in tokens", ge=1, le=4096)
     labelers: int = option(4, "labelers in the panel (one ranks each prompt)", ge=1, le=1000)
     noise: float = option(0.1, "labelers' utility noise (standard deviation)", ge=0, le=10)

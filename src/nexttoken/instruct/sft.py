@@ -98,7 +98,7 @@ def sft(cfg: SFTConfig, optim: OptimConfig, loop: LoopConfig, run: Run, device: 
 
 
 CONFIGS = {"sft": SFTConfig, "optim": OptimConfig, "loop": LoopConfig}
-DEFAULTS = {"optim": {"lr": 5e-4, "warmup_steps": 20},
+DEFAULTS = {"optim": {"lr": 3e-4, "warmup_steps": 20},
             "loop": {"steps": 300, "batch_size": 32, "eval_every": 50, "ckpt_every": 100}}
 
 
