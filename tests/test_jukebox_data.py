@@ -9,7 +9,7 @@ import torch
 from nexttoken.jukebox import alignment
 from nexttoken.jukebox.codes import CodeSet, encode_clips, segments_of
 from nexttoken.jukebox.data import DataConfig, corpus_clips, lyrics_clips, merge, resolved, select
-from nexttoken.jukebox.fidelity import features, fit_classifier, recognition
+from nexttoken.jukebox.fidelity import features, fit_artist_classifier, recognition
 from nexttoken.jukebox.prior import Prior, PriorConfig
 from nexttoken.jukebox.vqvae import PRESETS, VQVAE
 
@@ -136,7 +136,7 @@ def test_the_artist_classifier_tells_sounds_apart_and_recognition_counts_the_ask
     audio = torch.tensor(np.stack([clip(k) for k in kinds]), dtype=torch.float32)
     x = features(audio, 8000)
     assert x.shape == (16, 1, 128)
-    classifier = fit_classifier(x[:10].flatten(0, 1), kinds[:10])
+    classifier = fit_artist_classifier(x[:10].flatten(0, 1), kinds[:10])
     result = recognition(classifier, x[10:], kinds[10:], x[10:], kinds[10:])
     assert result.accuracy == 1.0 and result.real_accuracy == 1.0 and result.chance == 0.5
     wrong = recognition(classifier, x[10:], [{"tone": "hiss", "hiss": "tone"}[k] for k in kinds[10:]], x[10:],

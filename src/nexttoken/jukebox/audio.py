@@ -24,9 +24,7 @@ import csv
 import hashlib
 import math
 import os
-import re
 import sys
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +33,7 @@ import torch
 
 from nexttoken.errors import UserError
 from nexttoken.isolate import Outcome, map_isolated
+from nexttoken.midi.corpus import label_of
 from nexttoken.runs import atomic_write_bytes, atomic_write_json, load_tensors, read_json, save_tensors
 from nexttoken.progress import Progress
 
@@ -44,16 +43,6 @@ MIN_DB = -50.0  # clips whose RMS is below this (dBFS) are silence, not music
 
 def cache_root() -> Path:
     return Path(os.environ.get("NEXTTOKEN_CACHE", "~/.cache/nexttoken")).expanduser() / "jukebox"
-
-
-def label_of(name: str) -> str:
-    """An artist or genre as a condition token can hold it: lower case, words joined by underscores.
-
-    >>> label_of("Sigur Rós & Björk")
-    'sigur_ros_bjork'
-    """
-    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    return re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_") or "unknown"
 
 
 # ---- one file --------------------------------------------------------------------------------------------------------

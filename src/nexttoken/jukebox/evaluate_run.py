@@ -25,7 +25,7 @@ from nexttoken.config import load, option
 from nexttoken.errors import UserError
 from nexttoken.jukebox.alignment import alignment_score, cross_patterns, plot_alignment
 from nexttoken.jukebox.evaluate import EncodecBaseline, evaluate_codec, matching_baseline, restart_rule
-from nexttoken.jukebox.fidelity import features, fit_classifier, recognition
+from nexttoken.jukebox.fidelity import features, fit_artist_classifier, recognition
 from nexttoken.jukebox.pipeline import (clips_of, codes_of, load_prior, load_vqvae, open_pipeline, saved_vqvae_settings,
                                         vqvae_config)
 from nexttoken.jukebox.sample import JUKEBOX_SAMPLING, sample_level, top_conditioning, upsampler_conditioning
@@ -113,7 +113,7 @@ def artist_recognition(path: Path, clips, cfg: EvaluateConfig, device: torch.dev
             if rows:
                 xs.append(features(clips.audio(rows), clips.sample_rate))
                 ys += [artist] * len(rows)
-    classifier = fit_classifier(torch.cat(x).flatten(0, 1), y)
+    classifier = fit_artist_classifier(torch.cat(x).flatten(0, 1), y)
     asked, conds, lyrics = [], [], []
     lines = {}
     for t in clips.tracks:

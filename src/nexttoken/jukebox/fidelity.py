@@ -4,7 +4,7 @@ features says which artist each generated clip is by; above chance means the art
 Jukebox (Dhariwal et al. 2020, https://arxiv.org/abs/2005.00341, section 5) judged artist and genre conditioning by
 ear; this is the measurable version (the same kind of fidelity measure as ``nexttoken muse evaluate``). Features are
 the mean and standard deviation over time of each band of a 64-band log-mel spectrogram, per second of audio; the
-classifier is a multinomial logistic regression with balanced class weights fitted by L-BFGS, and a clip's verdict
+classifier is the core's (``nexttoken.classifier``: a balanced multinomial logistic regression), and a clip's verdict
 sums its seconds' log-probabilities.
 """
 
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from nexttoken.classifier import Classifier, fit_classifier
 from nexttoken.jukebox.spectral import log_mel
 
 
@@ -28,45 +29,16 @@ def features(audio: Tensor, sample_rate: int, seconds: float = 1.0) -> Tensor:
     return feats.view(audio.shape[0], -1, feats.shape[1])
 
 
-@dataclass
-class Classifier:
-    classes: list[str]
-    mean: Tensor
-    std: Tensor
-    weight: Tensor  # (features, classes)
-    bias: Tensor
-
-    def log_probs(self, x: Tensor) -> Tensor:
-        """(B, pieces, features) -> (B, classes): each clip's summed log-probabilities over its pieces."""
-        z = (x - self.mean) / self.std
-        return (z @ self.weight + self.bias).log_softmax(-1).sum(1)
-
-    def predict(self, x: Tensor) -> list[str]:
-        return [self.classes[i] for i in self.log_probs(x).argmax(-1).tolist()]
+def fit_artist_classifier(x: Tensor, labels: list[str]) -> Classifier:
+    """The core's classifier on (N, features) rows of single seconds, each labelled with its clip's artist."""
+    return fit_classifier(x, labels, weight_decay=1e-2, steps=200)
 
 
-def fit_classifier(x: Tensor, labels: list[str], weight_decay: float = 1e-2, steps: int = 200) -> Classifier:
-    """Multinomial logistic regression on (N, features) rows with balanced class weights (rare artists count as much
-    as common ones)."""
-    classes = sorted(set(labels))
-    y = torch.tensor([classes.index(l) for l in labels])
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-    z = ((x - mean) / std).double()
-    counts = torch.bincount(y, minlength=len(classes)).double()
-    w_row = (len(y) / (len(classes) * counts))[y]
-    weight = torch.zeros(z.shape[1], len(classes), dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(len(classes), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        nll = torch.nn.functional.cross_entropy(z @ weight + bias, y, reduction="none")
-        loss = (w_row * nll).sum() / w_row.sum() + weight_decay * weight.square().sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return Classifier(classes, mean, std, weight.detach().float(), bias.detach().float())
+def clip_verdicts(classifier: Classifier, x: Tensor) -> list[str]:
+    """(B, pieces, features) -> the artist of each clip: the class with the largest log-probability summed over its
+    seconds."""
+    best = classifier.log_probs(x).sum(1).argmax(-1)
+    return [classifier.classes[i] for i in best.tolist()]
 
 
 @dataclass
@@ -82,9 +54,9 @@ def recognition(classifier: Classifier, generated: Tensor, asked: list[str], rea
                 real_labels: list[str]) -> Recognition:
     """How often the classifier names the asked-for artist in ``generated`` features (B, pieces, F), beside its
     accuracy on held-out real clips."""
-    said = classifier.predict(generated)
+    said = clip_verdicts(classifier, generated)
     hits = [s == a for s, a in zip(said, asked)]
     per = {a: sum(h for h, b in zip(hits, asked) if b == a) / asked.count(a) for a in sorted(set(asked))}
-    real = classifier.predict(real_val)
+    real = clip_verdicts(classifier, real_val)
     real_acc = sum(r == l for r, l in zip(real, real_labels)) / max(len(real_labels), 1)
     return Recognition(sum(hits) / max(len(hits), 1), 1 / len(classifier.classes), real_acc, per, len(hits))
