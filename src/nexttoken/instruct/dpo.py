@@ -15,9 +15,8 @@ here over all K(K-1)/2 pairs of a ranking in one batch element, as the reward mo
 from __future__ import annotations
 
 import copy
-import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -25,7 +24,7 @@ from torch import Tensor
 from nexttoken.config import option
 from nexttoken.errors import UserError
 from nexttoken.instruct.policy import POLICY_FILE, Policy, load_policy, save_model, token_logprobs
-from nexttoken.instruct.rankings import read_rankings
+from nexttoken.instruct.rankings import split_rankings
 from nexttoken.instruct.reward import RankingBatches, pairwise_loss, ranking_rows
 from nexttoken.plots import plot_metrics
 from nexttoken.runs import Run
@@ -63,15 +62,9 @@ def train_dpo(cfg: DPOConfig, optim: OptimConfig, loop: LoopConfig, run: Run, de
     if not cfg.init or not cfg.rankings:
         raise UserError("dpo needs --init (the SFT policy) and --rankings (a rank run folder)")
     seed_everything(loop.seed)
-    rankings = read_rankings(cfg.rankings)
-    n_val = int(len(rankings) * cfg.val_fraction)
-    train, val = rankings[n_val:], rankings[:n_val]
-    if not train:
-        raise UserError(f"{cfg.rankings} holds {len(rankings)} rankings: too few to train on")
+    train, val, loop = split_rankings(cfg.rankings, cfg.val_fraction, cfg.epochs, loop)
     policy = load_policy(cfg.init, device)
     ref = copy.deepcopy(policy).requires_grad_(False)
-    steps = math.ceil(cfg.epochs * len(train) / loop.batch_size)
-    loop = replace(loop, steps=steps, eval_every=min(loop.eval_every, steps))
 
     def val_accuracy(model: Policy) -> dict:
         right = 0.0
@@ -88,7 +81,7 @@ def train_dpo(cfg: DPOConfig, optim: OptimConfig, loop: LoopConfig, run: Run, de
     save_model(policy, run.path / POLICY_FILE)
     plot_metrics(run.metrics(), ["train_accuracy", "val_accuracy"], run.path / "accuracy.png",
                  ylabel="pairs ordered as the labeler did", title="DPO implicit reward")
-    summary = {"init": cfg.init, "rankings": len(rankings), "steps": result.steps, "beta": cfg.beta,
+    summary = {"init": cfg.init, "rankings": len(train) + len(val), "steps": result.steps, "beta": cfg.beta,
                "train_loss": result.record.get("train_loss"), "train_accuracy": result.record.get("train_accuracy"),
                **(val_accuracy(policy) if val else {}), "seconds": round(time.time() - t0, 1),
                "device": str(device)}

@@ -15,8 +15,9 @@ resumes after the last chunk it finished (every chunk is seeded by its index, so
 from __future__ import annotations
 
 import json
+import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from nexttoken.instruct.policy import load_policy, respond
 from nexttoken.instruct.tasks import TRAIN_FAMILIES, make_tasks
 from nexttoken.instruct.world import Task, make_world
 from nexttoken.progress import Progress
+from nexttoken.training import LoopConfig
 from nexttoken.runs import Run, atomic_write_text, read_json
 
 RANKINGS_FILE = "rankings.jsonl"
@@ -143,6 +145,19 @@ def read_rankings(source: str | Path) -> list[Ranking]:
         except (json.JSONDecodeError, TypeError, KeyError):
             continue
     return out
+
+
+def split_rankings(source: str | Path, val_fraction: float, epochs: float, loop: LoopConfig
+                   ) -> tuple[list[Ranking], list[Ranking], LoopConfig]:
+    """The rankings a preference stage (reward model, DPO) trains and validates on, and its loop sized to ``epochs``
+    passes over the training ones (one evaluation at the end at the latest)."""
+    rankings = read_rankings(source)
+    n_val = int(len(rankings) * val_fraction)
+    train, val = rankings[n_val:], rankings[:n_val]
+    if not train:
+        raise UserError(f"{source} holds {len(rankings)} rankings: too few to train on")
+    steps = math.ceil(epochs * len(train) / loop.batch_size)
+    return train, val, replace(loop, steps=steps, eval_every=min(loop.eval_every, steps))
 
 
 CONFIGS = {"rank": RankConfig}

@@ -15,9 +15,8 @@ as a demonstration" for PPO. The reward sits on the hidden state of the last rea
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,7 +27,7 @@ from nexttoken.config import option
 from nexttoken.errors import UserError
 from nexttoken.instruct.corpus import demonstrations
 from nexttoken.instruct.policy import REWARD_FILE, Policy, RewardModel, load_policy, response_rows, save_model
-from nexttoken.instruct.rankings import Ranking, read_rankings
+from nexttoken.instruct.rankings import Ranking, split_rankings
 from nexttoken.instruct.world import make_world
 from nexttoken.plots import plot_metrics
 from nexttoken.runs import Run
@@ -135,14 +134,8 @@ def train_reward(cfg: RewardConfig, optim: OptimConfig, loop: LoopConfig, run: R
     if not cfg.init or not cfg.rankings:
         raise UserError("reward needs --init (the model to start from) and --rankings (a rank run folder)")
     seed_everything(loop.seed)
-    rankings = read_rankings(cfg.rankings)
-    n_val = int(len(rankings) * cfg.val_fraction)
-    train, val = rankings[n_val:], rankings[:n_val]
-    if not train:
-        raise UserError(f"{cfg.rankings} holds {len(rankings)} rankings: too few to train on")
+    train, val, loop = split_rankings(cfg.rankings, cfg.val_fraction, cfg.epochs, loop)
     model = RewardModel(load_policy(cfg.init)).to(device)
-    steps = math.ceil(cfg.epochs * len(train) / loop.batch_size)
-    loop = replace(loop, steps=steps, eval_every=min(loop.eval_every, steps))
     t0 = time.time()
     result = fit(model, RankingBatches(model.backbone, train, loop.batch_size, loop.seed), optim, loop, run,
                  eval_fn=(lambda m: ranking_accuracy(m, val)) if val else None, resume=resume, loss_fn=reward_loss,
@@ -161,7 +154,7 @@ def train_reward(cfg: RewardConfig, optim: OptimConfig, loop: LoopConfig, run: R
     sample_scores = score_texts(model, [model.backbone.chat_prompt(s[0]) for s in samples], [s[1] for s in samples],
                                 [s[2] for s in samples]) if samples else torch.zeros(1)
     final = ranking_accuracy(model, val) if val else {}
-    summary = {"init": cfg.init, "rankings": len(rankings), "train_rankings": len(train), "steps": result.steps,
+    summary = {"init": cfg.init, "rankings": len(train) + len(val), "train_rankings": len(train), "steps": result.steps,
                "train_accuracy": result.record.get("train_accuracy"), **final,
                "demo_mean_before_centring": float(demo_scores.mean()),
                "sample_mean": float(sample_scores.mean()), "sample_std": float(sample_scores.std()),
