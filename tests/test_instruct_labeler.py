@@ -84,3 +84,13 @@ def test_win_rates_split_ties_and_are_seeded_by_the_labeler():
         win_rate(TASKS, answers, answers[:-1], HELD_OUT_LABELER)
     with pytest.raises(UserError, match="noise"):
         Labeler(noise=-1.0)
+
+
+def test_outputs_equally_good_to_a_labeler_share_a_tier_and_a_margin_of_zero_is_a_strict_order():
+    outputs = ["41", "42", "43", "The sum of twelve and thirty is 42, as anyone can count."]
+    for seed in range(10):
+        order, tiers = Labeler(noise=0.01).rank_with_ties(SUM, outputs, random.Random(seed), tie_margin=0.05)
+        by_output = dict(zip(order, tiers))
+        assert by_output[0] == by_output[2] != by_output[1]  # two wrong answers: a tie, below the right one
+        assert by_output[1] < by_output[3] < by_output[0]  # the long right answer between them
+        assert Labeler(noise=0.01).rank_with_ties(SUM, outputs, random.Random(seed), 0.0)[1] == [0, 1, 2, 3]

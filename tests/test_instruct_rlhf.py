@@ -71,6 +71,17 @@ def test_ranking_rows_put_outputs_best_first_and_drop_identical_pairs():
     assert loss.item() > 0 and 0 <= logs["accuracy"].item() <= 1
 
 
+def test_ranking_rows_drop_the_pairs_a_labeler_called_a_tie():
+    task = demonstrations(WORLD, 1, seed=0)[0].task
+    ranking = Ranking(task, ["a", "b", "c", "d"], [True] * 4, order=[0, 1, 2, 3], labeler="x", tiers=[0, 1, 1, 2])
+    pairs = ranking_rows(tiny_policy(), [ranking])["pairs"][0]
+    assert pairs[1, 2] == 0 and pairs.sum() == 5  # 6 pairs, less the tie of places 1 and 2
+    assert pairs[0, 1] == pairs[0, 2] == pairs[1, 3] == pairs[2, 3] == 1
+    assert ranking.preferences() == 5
+    assert Ranking(task, ["a", "a", "b"], [True] * 3, [0, 1, 2], "x", tiers=[0, 1, 1]).preferences() == 1
+    assert Ranking(task, ["a", "b", "c"], [True] * 3, [0, 1, 2], "x", tiers=[0, 0, 0]).preferences() == 0
+
+
 def test_reward_is_read_at_the_last_real_token_whatever_the_padding():
     rm = tiny_reward_model()
     tok = rm.tokenizer

@@ -6,7 +6,8 @@ simulated annotators whose noise and mutual disagreement are chosen on purpose, 
 make the reward model's job unrealistically easy. Here a labeler scores an output by a utility, a weighted sum of
 correctness (the task's checker), instruction following (answering, not continuing a list of instructions or starting
 a new turn) and brevity, adds Gaussian noise to each utility it reads, and reverses a judgement with probability
-``flip``. A panel of labelers with different weights, noise and seeds makes the training rankings; a held-out labeler
+``flip``. Outputs whose noisy utilities lie within a margin of each other are called a tie, as a person asked to rank
+answers that are equally wrong would say; tied pairs carry no preference to learn. A panel of labelers with different weights, noise and seeds makes the training rankings; a held-out labeler
 (``HELD_OUT_LABELER``) judges final win rates, so no policy is scored by the labelers it was trained to please.
 
     >>> task = Task("arithmetic", "add", "What is 2 + 3?", "5")
@@ -80,13 +81,32 @@ class Labeler:
     def rank(self, task: Task, outputs: Sequence[str], rng: random.Random) -> list[int]:
         """Indices of ``outputs``, best first: by noisy utility (exact ties in random order), then each adjacent pair
         swapped with probability ``flip``, walking from the best down."""
+        return self.rank_with_ties(task, outputs, rng, tie_margin=0.0)[0]
+
+    def rank_with_ties(self, task: Task, outputs: Sequence[str], rng: random.Random, tie_margin: float
+                       ) -> tuple[list[int], list[int]]:
+        """(order, tiers): ``rank``'s order, and for each of its places a tier number, shared by outputs the labeler
+        calls equally good: a tier holds the outputs whose noisy utilities lie within ``tie_margin`` of its best one
+        (a flip still swaps two places, tiers stay with the places).
+
+        >>> task = Task("arithmetic", "add", "What is 2 + 3?", "5")
+        >>> Labeler(noise=0.0).rank_with_ties(task, ["6", "5", "7"], random.Random(0), tie_margin=0.1)[1]
+        [0, 1, 1]
+        """
         noisy = [self.utility(task, out) + (rng.gauss(0.0, self.noise) if self.noise else 0.0) for out in outputs]
         tie_break = [rng.random() for _ in outputs]
         order = sorted(range(len(outputs)), key=lambda i: (-noisy[i], tie_break[i]))
+        tiers, top = [], None
+        for i in order:
+            if top is None or noisy[top] - noisy[i] >= tie_margin or tie_margin <= 0:
+                top = i
+                tiers.append(len(set(tiers)))
+            else:
+                tiers.append(tiers[-1])
         for i in range(len(order) - 1):
             if self.flip and rng.random() < self.flip:
                 order[i], order[i + 1] = order[i + 1], order[i]
-        return order
+        return order, tiers
 
     def prefer(self, task: Task, a: str, b: str, rng: random.Random) -> int:
         """0 when this labeler prefers ``a``, 1 when it prefers ``b`` (a ranking of two).

@@ -47,6 +47,8 @@ class RankConfig:
     labelers: int = option(4, "labelers in the panel (one ranks each prompt)", ge=1, le=1000)
     noise: float = option(0.1, "labelers' utility noise (standard deviation)", ge=0, le=10)
     flip: float = option(0.05, "probability that a labeler swaps two adjacent outputs", ge=0, le=1)
+    tie_margin: float = option(0.2, "labelers call outputs whose noisy utilities differ by less than this a tie (a "
+                                    "tied pair trains nothing; 0: a strict order)", ge=0, le=10)
     chunk: int = option(64, "prompts sampled at once (and saved together)", ge=1, le=4096)
     world_seed: int = option(0, "seed of the generated world", ge=0)
     seed: int = option(0, "seed of the prompts, samples and judgements", ge=0)
@@ -60,6 +62,14 @@ class Ranking:
     order: list[int]  # indices of ``outputs``, best first
     labeler: str
     models: list[str] = field(default_factory=list)  # which policy wrote each output
+    tiers: list[int] = field(default_factory=list)  # per place of ``order``: equal for outputs called a tie
+
+    def preferences(self) -> int:
+        """Pairs of outputs that carry a preference: different texts the labeler did not call a tie."""
+        tiers = self.tiers or list(range(len(self.order)))
+        texts = [self.outputs[i] for i in self.order]
+        return sum(texts[i] != texts[j] and tiers[i] != tiers[j]
+                   for i in range(len(texts)) for j in range(i + 1, len(texts)))
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "task": asdict(self.task)})
@@ -104,8 +114,8 @@ def collect(cfg: RankConfig, run: Run, device: torch.device, progress: bool = Tr
         for i, task in enumerate(chunk):
             labeler = panel[(start + i) % len(panel)]
             rng = random.Random(f"rank:{cfg.seed}:{labeler.seed}:{start + i}")
-            done.append(Ranking(task, outputs[i], ended[i], labeler.rank(task, outputs[i], rng), labeler.name,
-                                writers[i]))
+            order, tiers = labeler.rank_with_ties(task, outputs[i], rng, cfg.tie_margin)
+            done.append(Ranking(task, outputs[i], ended[i], order, labeler.name, writers[i], tiers))
         atomic_write_text(run.path / RANKINGS_FILE, "".join(r.to_json() + "\n" for r in done))
         run.log({"step": len(done), "prompts": len(done)})
         bar.update(len(chunk))
@@ -116,13 +126,17 @@ def collect(cfg: RankConfig, run: Run, device: torch.device, progress: bool = Tr
 
 
 def summarize(rankings: list[Ranking]) -> dict:
-    """How often each policy's output was ranked first, and how many outputs ended with EOS."""
+    """How often each policy's output was ranked first, the share of pairs called a tie, and how many outputs ended
+    with EOS."""
     firsts: dict[str, int] = {}
     for r in rankings:
         firsts[r.models[r.order[0]]] = firsts.get(r.models[r.order[0]], 0) + 1
     n_out = sum(len(r.outputs) for r in rankings)
     return {"prompts": len(rankings), "k": len(rankings[0].outputs) if rankings else 0,
             "pairs": sum(len(r.outputs) * (len(r.outputs) - 1) // 2 for r in rankings),
+            "tied_share": sum(r.tiers[i] == r.tiers[j] for r in rankings if r.tiers for i in range(len(r.tiers))
+                              for j in range(i + 1, len(r.tiers)))
+            / max(1, sum(len(r.outputs) * (len(r.outputs) - 1) // 2 for r in rankings)),
             "ranked_first": {m: n / max(len(rankings), 1) for m, n in firsts.items()},
             "finished_share": sum(sum(r.finished) for r in rankings) / max(n_out, 1)}
 
@@ -149,13 +163,14 @@ def read_rankings(source: str | Path) -> list[Ranking]:
 
 def split_rankings(source: str | Path, val_fraction: float, epochs: float, loop: LoopConfig
                    ) -> tuple[list[Ranking], list[Ranking], LoopConfig]:
-    """The rankings a preference stage (reward model, DPO) trains and validates on, and its loop sized to ``epochs``
-    passes over the training ones (one evaluation at the end at the latest)."""
-    rankings = read_rankings(source)
+    """The rankings a preference stage (reward model, DPO) trains and validates on (those with a preference: a ranking
+    of K equally good outputs teaches nothing), and its loop sized to ``epochs`` passes over the training ones (one
+    evaluation at the end at the latest)."""
+    rankings = [r for r in read_rankings(source) if r.preferences()]
     n_val = int(len(rankings) * val_fraction)
     train, val = rankings[n_val:], rankings[:n_val]
     if not train:
-        raise UserError(f"{source} holds {len(rankings)} rankings: too few to train on")
+        raise UserError(f"{source} holds {len(rankings)} rankings with a preference: too few to train on")
     steps = math.ceil(epochs * len(train) / loop.batch_size)
     return train, val, replace(loop, steps=steps, eval_every=min(loop.eval_every, steps))
 

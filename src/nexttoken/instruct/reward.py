@@ -46,9 +46,10 @@ class RewardConfig:
 
 def ranking_rows(policy: Policy, rankings: list[Ranking]) -> dict:
     """One batch element per ranking: its K outputs as rows best first (``ids``, ``mask``, ``targets`` of shape
-    (B, K, T)), and ``pairs`` (B, K, K): 1 where output i is ranked above output j and their texts differ."""
+    (B, K, T)), and ``pairs`` (B, K, K): 1 where output i is ranked above output j, their texts differ and the
+    labeler did not call them a tie."""
     K = len(rankings[0].outputs)
-    prompts, responses, ended, texts = [], [], [], []
+    prompts, responses, ended, texts, tiers = [], [], [], [], []
     for r in rankings:
         prompt = policy.chat_prompt(r.task.instruction)
         for i in r.order:
@@ -56,10 +57,12 @@ def ranking_rows(policy: Policy, rankings: list[Ranking]) -> dict:
             responses.append(r.outputs[i])
             ended.append(r.finished[i])
         texts.append([r.outputs[i] for i in r.order])
+        tiers.append(r.tiers or list(range(K)))
     rows = response_rows(policy.tokenizer, prompts, responses, ended, context=policy.context)
     B = len(rankings)
     out = {k: v.view(B, K, -1) for k, v in rows.items()}
     differ = torch.tensor([[[a != b for b in t] for a in t] for t in texts])  # (B, K, K)
+    differ &= torch.tensor([[[a != b for b in t] for a in t] for t in tiers])
     out["pairs"] = (differ & torch.ones(K, K, dtype=torch.bool).triu(1)).float()
     return out
 
