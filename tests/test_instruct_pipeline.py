@@ -50,6 +50,22 @@ def tiny(tmp_path_factory):
         yield folder, mp
 
 
+def test_the_demo_section_shows_figure_1_the_chain_of_thought_table_and_answers(tiny, tmp_path):
+    import shutil
+
+    from nexttoken.instruct.demo import demo_prompts, demo_section
+
+    folder, _ = tiny
+    shutil.copytree(folder, tmp_path / "pipeline")  # finished: the section only reads it
+    tables = {caption: rows for kind, item in demo_section(tmp_path, CPU).items if kind == "table"
+              for rows, caption in [item]}
+    assert len(tables["InstructGPT's Figure 1 in miniature"]) == 6  # one size x six methods
+    assert {r["model"] for r in tables["Zero-shot chain of thought on held-out word problems (greedy)"]} == {
+        "base", "sft", "ppo"}
+    answers = tables["The same prompts to the base, SFT and PPO models"]
+    assert [a["prompt"] for a in answers] == demo_prompts() * 3
+
+
 def test_every_stage_finishes_and_the_evaluation_draws_figure_1(tiny):
     folder, _ = tiny
     for stage in plan(folder, PipelineConfig(preset="demo")):

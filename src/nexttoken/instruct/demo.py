@@ -29,7 +29,7 @@ def demo_prompts() -> list[str]:
 def demo_section(out: Path, device: torch.device) -> Section:
     folder = out / "pipeline"
     cfg = PipelineConfig(preset="demo")
-    summary = run_pipeline(folder, cfg, device)
+    run_pipeline(folder, cfg, device)
     sizes = cfg.model_sizes
     section = Section("Making language models useful (InstructGPT, Ouyang et al. 2022; Kojima et al. 2022)")
     section.text(
@@ -38,7 +38,7 @@ def demo_section(out: Path, device: torch.device) -> Section:
         "a KL penalty to the SFT model (and PPO-ptx), DPO, and an evaluation judged by a held-out labeler. At this "
         "size the models have seen a few hundred thousand tokens; docs/instruct.md has the measured CPU-size results.")
     section.image(folder / "evaluate" / "win_rates.png", "win rate against the largest SFT model, by size and method")
-    rows = summary.get("rows", [])
+    rows = read_json(folder / "evaluate" / "results.json")["rows"]
     section.table([{"size": r["size"], "method": r["method"], "win rate": r["win_rate"], "+-": r["ci95"],
                     "checker score": r["score"], "held-out loss": r.get("heldout_nll")} for r in rows],
                   "InstructGPT's Figure 1 in miniature")
