@@ -160,7 +160,7 @@ def train_reward(cfg: RewardConfig, optim: OptimConfig, loop: LoopConfig, run: R
     summary = {"init": cfg.init, "rankings": len(train) + len(val), "train_rankings": len(train), "steps": result.steps,
                "train_accuracy": result.record.get("train_accuracy"), **final,
                "demo_mean_before_centring": float(demo_scores.mean()),
-               "sample_mean": float(sample_scores.mean()), "sample_std": float(sample_scores.std()),
+               "sample_mean": float(sample_scores.mean()), "sample_std": float(sample_scores.std()) if len(sample_scores) > 1 else 0.0,
                "seconds": round(time.time() - t0, 1), "device": str(device)}
     run.write_summary(summary)
     return summary
