@@ -1,3 +1,5 @@
+"""`python -m nexttoken`: the same command as `nexttoken`."""
+
 import sys
 
 from nexttoken.cli import main
