@@ -101,6 +101,24 @@ def test_ppo_raises_the_reward_over_sft(tiny):
     assert mean_reward("ppo-tiny") > mean_reward("sft-tiny") + 0.1
 
 
+def test_ppo_against_the_labelers_own_utility_scores_every_episode_by_it(tiny, tmp_path):
+    """--reward-model labeler: the gold reward (the held-out labeler's noiseless utility) replaces the reward model,
+    and the value head starts at zero."""
+    from nexttoken.instruct.labeler import HELD_OUT_LABELER
+
+    folder, _ = tiny
+    cfg = ppo.PPOConfig(**{**TINY["ppo"]["ppo"], "init": str(folder / "sft-tiny"), "reward_model": ppo.GOLD,
+                           "iterations": 2})
+    optim = ppo.OptimConfig(lr=1e-3, warmup_steps=0)
+    with Run.create(tmp_path / "gold", {}, kind="instruct.ppo") as run:
+        summary = ppo.train_ppo(cfg, optim, run, CPU, progress=False)
+    mean, std = summary["reward_norm"]
+    best = HELD_OUT_LABELER.correctness + HELD_OUT_LABELER.instruction_following + HELD_OUT_LABELER.concision
+    assert 0 <= mean <= best and std > 0
+    records = [json.loads(line) for line in (tmp_path / "gold" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(0 <= r["score"] <= best for r in records)
+
+
 def test_demonstrations_score_zero_on_average_under_the_reward_model(tiny):
     folder, _ = tiny
     from nexttoken.instruct.corpus import demonstrations

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -32,11 +32,12 @@ from torch import Tensor
 from nexttoken.config import option
 from nexttoken.errors import Interrupted, UserError
 from nexttoken.instruct.corpus import make_corpus
+from nexttoken.instruct.labeler import HELD_OUT_LABELER
 from nexttoken.instruct.policy import (POLICY_FILE, Policy, RewardModel, lm_loss_sum, load_policy, load_reward_model,
                                        respond, same_tokenizer, save_model, token_logprobs)
 from nexttoken.instruct.pretrain import Windows, token_stream
 from nexttoken.instruct.tasks import TRAIN_FAMILIES, make_tasks
-from nexttoken.instruct.world import make_world
+from nexttoken.instruct.world import Task, make_world
 from nexttoken.progress import Progress
 from nexttoken.runs import Run
 from nexttoken.training import OptimConfig, StopRequests, lr_factor, make_optimizer, seed_everything, set_lr
@@ -45,7 +46,8 @@ from nexttoken.training import OptimConfig, StopRequests, lr_factor, make_optimi
 @dataclass
 class PPOConfig:
     init: str = option("", "the policy to start from (and the KL anchor): an SFT run folder or a model")
-    reward_model: str = option("", "the reward run folder")
+    reward_model: str = option("", "the reward run folder, or 'labeler': the held-out labeler's own noiseless "
+                                   "utility (the gold reward a perfect reward model would give)")
     iterations: int = option(100, "rollout + update rounds", ge=1, le=10**7)
     rollouts: int = option(32, "episodes (prompts) per iteration", ge=1, le=10**5)
     minibatch: int = option(8, "episodes per gradient step", ge=1, le=10**5)
@@ -140,6 +142,30 @@ def adapt_kl(beta: float, kl: float, target: float, horizon: int, n: int) -> flo
     return beta * (1 + error * n / horizon)
 
 
+# ---- the reward ------------------------------------------------------------------------------------------------------
+GOLD = "labeler"
+
+
+class LabelerReward:
+    """The gold reward of Gao et al. 2022 (https://arxiv.org/abs/2210.10760): the held-out labeler's noiseless utility
+    of each response, what a perfect reward model would say. PPO against it measures what PPO can do at all, apart
+    from the learnt reward model's errors."""
+
+    def __init__(self, tasks: dict[str, Task]) -> None:
+        self.tasks = tasks  # chat prompt -> its task
+        self.labeler = replace(HELD_OUT_LABELER, noise=0.0, flip=0.0)
+
+    def __call__(self, prompts: list[str], texts: list[str]) -> Tensor:
+        return torch.tensor([self.labeler.utility(self.tasks[p], t) for p, t in zip(prompts, texts)])
+
+
+def scores(reward_model: RewardModel | LabelerReward, prompts: list[str], out) -> Tensor:
+    """The reward model's score of each rolled-out response (B,)."""
+    if isinstance(reward_model, LabelerReward):
+        return reward_model(prompts, out.texts).to(out.ids.device)
+    return reward_model(out.ids, out.mask)
+
+
 # ---- one iteration --------------------------------------------------------------------------------------------------
 @dataclass
 class Experience:
@@ -163,7 +189,7 @@ def response_view(model_out: Tensor, prompt_len: int) -> Tensor:
 
 
 @torch.no_grad()
-def experience(policy: Policy, ref: Policy, reward_model: RewardModel, value: RewardModel, prompts: list[str],
+def experience(policy: Policy, ref: Policy, reward_model: RewardModel | LabelerReward, value: RewardModel, prompts: list[str],
                cfg: PPOConfig, beta: float, norm: tuple[float, float], generator: torch.Generator) -> Experience:
     out = respond(policy, prompts, cfg.max_new_tokens, temperature=cfg.temperature, generator=generator,
                   use_cache=cfg.cached_rollouts)
@@ -172,7 +198,7 @@ def experience(policy: Policy, ref: Policy, reward_model: RewardModel, value: Re
     logprobs = token_logprobs(response_view(policy(ids, mask), q), actions, cfg.temperature)
     ref_logprobs = token_logprobs(response_view(ref(ids, mask), q), actions, cfg.temperature)
     values = response_view(value.values(ids, mask), q)
-    score = reward_model(ids, mask)
+    score = scores(reward_model, prompts, out)
     reward = episode_reward(score, out.finished, norm, cfg.no_eos_score)
     kl = (logprobs - ref_logprobs) * action_mask
     rewards = token_rewards(kl, reward, action_mask, beta)
@@ -224,12 +250,13 @@ def update(policy: Policy, value: RewardModel, optimizer, exp: Experience, cfg: 
 
 # ---- the loop -------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def reward_norm(policy: Policy, reward_model: RewardModel, prompts: list[str], cfg: PPOConfig) -> tuple[float, float]:
+def reward_norm(policy: Policy, reward_model: RewardModel | LabelerReward, prompts: list[str], cfg: PPOConfig
+                ) -> tuple[float, float]:
     """(mean, std) of the reward model's score on the initial policy's responses: the gain and bias that make the
     reward model's part of the PPO reward mean 0 and standard deviation 1 on the SFT model's samples."""
     out = respond(policy, prompts, cfg.max_new_tokens, temperature=cfg.temperature,
                   generator=torch.Generator().manual_seed(cfg.seed + 5))
-    score = reward_model(out.ids, out.mask)
+    score = scores(reward_model, prompts, out).float()
     return float(score.mean()), float(score.std().clamp(min=1e-3))
 
 
@@ -241,16 +268,21 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, device: torch.device
     seed_everything(cfg.seed)
     policy = load_policy(cfg.init, device)
     ref = load_policy(cfg.init, device).requires_grad_(False)
-    reward_model = load_reward_model(cfg.reward_model, device)[0].requires_grad_(False)
-    if not same_tokenizer(policy, reward_model.backbone):
-        raise UserError(f"{cfg.init} and {cfg.reward_model} do not share a tokenizer; the reward model must read the "
-                        f"policy's tokens")
-    value = copy.deepcopy(reward_model).requires_grad_(True)  # InstructGPT: the value function starts as the RM
+    world = make_world(cfg.world_seed)
+    train_tasks = make_tasks(world, cfg.prompts, cfg.seed + 99, TRAIN_FAMILIES, unique=False)
+    pool = [policy.chat_prompt(t.instruction) for t in train_tasks]
+    if cfg.reward_model == GOLD:
+        reward_model = LabelerReward(dict(zip(pool, train_tasks)))
+        value = RewardModel(load_policy(cfg.init, device))  # no reward model to start from: a zero value head
+        nn.init.zeros_(value.score.weight)
+    else:
+        reward_model = load_reward_model(cfg.reward_model, device)[0].requires_grad_(False)
+        if not same_tokenizer(policy, reward_model.backbone):
+            raise UserError(f"{cfg.init} and {cfg.reward_model} do not share a tokenizer; the reward model must read "
+                            f"the policy's tokens")
+        value = copy.deepcopy(reward_model).requires_grad_(True)  # InstructGPT: the value function starts as the RM
     trained = nn.ModuleDict({"policy": policy, "value": value})
     optimizer = make_optimizer(trained, optim)
-    world = make_world(cfg.world_seed)
-    pool = [policy.chat_prompt(t.instruction)
-            for t in make_tasks(world, cfg.prompts, cfg.seed + 99, TRAIN_FAMILIES, unique=False)]
     start, beta, norm = 0, cfg.kl_coef, None
     if resume and run.has_checkpoint():
         start, _, meta = run.load_checkpoint(trained, optimizer)
@@ -260,9 +292,10 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, device: torch.device
     if norm is None:
         norm = reward_norm(policy, reward_model, random.Random(cfg.seed).sample(pool, min(cfg.norm_samples,
                                                                                           len(pool))), cfg)
-        with torch.no_grad():  # the value head starts as the reward model on the normalised scale it predicts
-            value.score.weight /= norm[1]
-            value.score.bias.sub_(norm[0]).div_(norm[1])
+        if cfg.reward_model != GOLD:
+            with torch.no_grad():  # the value head starts as the reward model on the normalised scale it predicts
+                value.score.weight /= norm[1]
+                value.score.bias.sub_(norm[0]).div_(norm[1])
     ptx = None
     if cfg.ptx_coef > 0:
         pages = make_corpus(world, cfg.ptx_chars, seed=0).train
