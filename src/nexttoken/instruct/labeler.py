@@ -7,8 +7,8 @@ make the reward model's job unrealistically easy. Here a labeler scores an outpu
 correctness (the task's checker), instruction following (answering, not continuing a list of instructions or starting
 a new turn) and brevity, adds Gaussian noise to each utility it reads, and reverses a judgement with probability
 ``flip``. Outputs whose noisy utilities lie within a margin of each other are called a tie, as a person asked to rank
-answers that are equally wrong would say; tied pairs carry no preference to learn. A panel of labelers with different weights, noise and seeds makes the training rankings; a held-out labeler
-(``HELD_OUT_LABELER``) judges final win rates, so no policy is scored by the labelers it was trained to please.
+answers that are equally wrong would say; tied pairs carry no preference to learn. A panel of labelers with different
+weights, noise and seeds makes the training rankings; a held-out labeler (``HELD_OUT_LABELER``) judges final win rates, so no policy is scored by the labelers it was trained to please.
 
     >>> task = Task("arithmetic", "add", "What is 2 + 3?", "5")
     >>> outputs = ["What is 4 + 4?", "5", "6", "The sum of the two numbers is 5."]
@@ -98,11 +98,9 @@ class Labeler:
         order = sorted(range(len(outputs)), key=lambda i: (-noisy[i], tie_break[i]))
         tiers, top = [], None
         for i in order:
-            if top is None or noisy[top] - noisy[i] >= tie_margin or tie_margin <= 0:
-                top = i
-                tiers.append(len(set(tiers)))
-            else:
-                tiers.append(tiers[-1])
+            new = top is None or tie_margin <= 0 or noisy[top] - noisy[i] >= tie_margin
+            top = i if new else top  # the best output of the current tier
+            tiers.append(tiers[-1] + new if tiers else 0)
         for i in range(len(order) - 1):
             if self.flip and rng.random() < self.flip:
                 order[i], order[i + 1] = order[i + 1], order[i]

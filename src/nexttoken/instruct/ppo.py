@@ -189,8 +189,8 @@ def response_view(model_out: Tensor, prompt_len: int) -> Tensor:
 
 
 @torch.no_grad()
-def experience(policy: Policy, ref: Policy, reward_model: RewardModel | LabelerReward, value: RewardModel, prompts: list[str],
-               cfg: PPOConfig, beta: float, norm: tuple[float, float], generator: torch.Generator) -> Experience:
+def experience(policy: Policy, ref: Policy, reward_model: RewardModel | LabelerReward, value: RewardModel,
+               prompts: list[str], cfg: PPOConfig, beta: float, norm: tuple[float, float], generator: torch.Generator) -> Experience:
     out = respond(policy, prompts, cfg.max_new_tokens, temperature=cfg.temperature, generator=generator,
                   use_cache=cfg.cached_rollouts)
     ids, mask, q = out.ids, out.mask, out.prompt_len

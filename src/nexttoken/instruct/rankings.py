@@ -64,12 +64,17 @@ class Ranking:
     models: list[str] = field(default_factory=list)  # which policy wrote each output
     tiers: list[int] = field(default_factory=list)  # per place of ``order``: equal for outputs called a tie
 
-    def preferences(self) -> int:
-        """Pairs of outputs that carry a preference: different texts the labeler did not call a tie."""
+    def pair_mask(self) -> list[list[bool]]:
+        """(K, K) over the places of ``order``: True where place i is preferred to place j (i above j, different
+        texts, not called a tie)."""
         tiers = self.tiers or list(range(len(self.order)))
         texts = [self.outputs[i] for i in self.order]
-        return sum(texts[i] != texts[j] and tiers[i] != tiers[j]
-                   for i in range(len(texts)) for j in range(i + 1, len(texts)))
+        return [[i < j and texts[i] != texts[j] and tiers[i] != tiers[j] for j in range(len(texts))]
+                for i in range(len(texts))]
+
+    def preferences(self) -> int:
+        """Pairs of outputs that carry a preference."""
+        return sum(map(sum, self.pair_mask()))
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "task": asdict(self.task)})

@@ -49,21 +49,17 @@ def ranking_rows(policy: Policy, rankings: list[Ranking]) -> dict:
     (B, K, T)), and ``pairs`` (B, K, K): 1 where output i is ranked above output j, their texts differ and the
     labeler did not call them a tie."""
     K = len(rankings[0].outputs)
-    prompts, responses, ended, texts, tiers = [], [], [], [], []
+    prompts, responses, ended = [], [], []
     for r in rankings:
         prompt = policy.chat_prompt(r.task.instruction)
         for i in r.order:
             prompts.append(prompt)
             responses.append(r.outputs[i])
             ended.append(r.finished[i])
-        texts.append([r.outputs[i] for i in r.order])
-        tiers.append(r.tiers or list(range(K)))
     rows = response_rows(policy.tokenizer, prompts, responses, ended, context=policy.context)
     B = len(rankings)
     out = {k: v.view(B, K, -1) for k, v in rows.items()}
-    differ = torch.tensor([[[a != b for b in t] for a in t] for t in texts])  # (B, K, K)
-    differ &= torch.tensor([[[a != b for b in t] for a in t] for t in tiers])
-    out["pairs"] = (differ & torch.ones(K, K, dtype=torch.bool).triu(1)).float()
+    out["pairs"] = torch.tensor([r.pair_mask() for r in rankings], dtype=torch.float32)  # (B, K, K)
     return out
 
 
