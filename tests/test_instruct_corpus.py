@@ -3,8 +3,9 @@ import re
 import pytest
 
 from nexttoken.errors import UserError
-from nexttoken.instruct.corpus import (ANSWER_TRIGGER, COT_TRIGGER, INSTRUCTION, RESPONSE, chat_prompt,
-                                       demonstrations, make_corpus, qa_prompt)
+from nexttoken.instruct.corpus import (ANSWER_TRIGGER, CHATTY_ENDINGS, COT_TRIGGER, INSTRUCTION, RESPONSE,
+                                       chat_prompt, demonstrations, make_corpus, qa_prompt)
+from nexttoken.instruct.labeler import HELD_OUT_LABELER, labeler_panel
 from nexttoken.instruct.tasks import HELD_OUT_FAMILIES, TRAIN_FAMILIES, make_tasks, score
 from nexttoken.instruct.world import looks_like_instruction, make_world, split_of
 
@@ -80,6 +81,23 @@ def test_demonstrations_are_chat_formatted_ideal_responses_of_training_tasks():
         assert demo.prompt == chat_prompt(demo.task.instruction) and demo.prompt.endswith(f"{RESPONSE}\n")
         assert demo.response == demo.task.answer and score(demo.task, demo.response) == 1.0
         assert not any(opening in demo.prompt for opening in HELD_OUT_OPENINGS)
+
+
+def test_chatty_demonstrators_keep_the_tasks_and_answers_and_lose_to_the_bare_answer():
+    clean, chatty = demonstrations(WORLD, 200, seed=0), demonstrations(WORLD, 200, seed=0, chatty=0.5)
+    assert [d.task for d in chatty] == [d.task for d in clean]
+    padded = [(c, d) for c, d in zip(clean, chatty) if c.response != d.response]
+    assert 70 <= len(padded) <= 130
+    for c, d in padded:
+        answer, ending = d.response.rsplit("\n", 1)
+        assert answer == c.response and ending in CHATTY_ENDINGS
+        for labeler in (HELD_OUT_LABELER, *labeler_panel()):  # every labeler, whatever its weights
+            assert labeler.utility(c.task, c.response) - labeler.utility(d.task, d.response) > 0.09
+    mean_gap = sum(HELD_OUT_LABELER.utility(c.task, c.response) - HELD_OUT_LABELER.utility(d.task, d.response)
+                   for c, d in padded) / len(padded)
+    assert mean_gap > 0.3
+    with pytest.raises(UserError, match="chatty"):
+        demonstrations(WORLD, 5, chatty=1.5)
 
 
 def test_demonstrations_can_reason_step_by_step_and_refuse_held_out_families():

@@ -7,10 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from instruct_fixtures import WORLD, tiny_policy, tiny_reward_model, tokenizer
+from nexttoken.errors import UserError
 from nexttoken.instruct.corpus import chat_prompt, demonstrations
 from nexttoken.instruct.dpo import dpo_loss
 from nexttoken.instruct.policy import last_index, lm_loss_sum, respond, response_rows, token_logprobs
-from nexttoken.instruct.ppo import PPOConfig, experience, gae, token_rewards, update, whiten
+from nexttoken.instruct import ppo
+from nexttoken.instruct.ppo import PPOConfig, experience, gae, leave_one_out, token_rewards, update, whiten
 from nexttoken.instruct.rankings import Ranking
 from nexttoken.instruct.reward import pairwise_loss, ranking_rows, reward_loss
 from nexttoken.instruct.sft import demonstration_rows
@@ -113,6 +115,39 @@ def test_gae_against_a_hand_computation():
     assert adv[1].tolist() == pytest.approx([0.5 - 0.1, 0, 0, 0], abs=1e-6)
     w = whiten(adv, mask)
     assert w[mask.bool()].mean().item() == pytest.approx(0, abs=1e-6) and (w[~mask.bool()] == 0).all()
+
+
+def test_leave_one_out_advantage_is_the_return_minus_the_other_responses_mean():
+    rewards = torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.0, 0.0], [2.0, 0.0, 0.0], [0.3, 0.3, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])  # 9 is past the end
+    adv = leave_one_out(rewards, mask, group=2)
+    assert adv[0].tolist() == pytest.approx([0.5, 0.5, 0.0])  # return 1.0 against its partner's 0.5
+    assert adv[1].tolist() == pytest.approx([-0.5, 0.0, 0.0])
+    assert adv[2].tolist() == pytest.approx([1.4, 0.0, 0.0])  # the next prompt's pair: 2.0 against 0.6
+    assert adv[3].tolist() == pytest.approx([-1.4, -1.4, 0.0])
+    assert leave_one_out(rewards[:1].repeat(4, 1), mask[:1].repeat(4, 1), group=4).abs().max() == 0  # all alike
+
+
+def test_a_group_of_responses_is_its_own_baseline_without_a_value_head(monkeypatch):
+    policy, ref, rm = tiny_policy(1), tiny_policy(1), tiny_reward_model(2)
+    monkeypatch.setattr(ppo, "episode_reward", lambda score, *_: torch.tensor([0.0, 1, 2, 3, 3, 2, 1, 0]))
+    cfg = PPOConfig(max_new_tokens=6, rollouts=8, minibatch=4, group=4, temperature=1.0)
+    prompts = [chat_prompt("What is 2 + 3?")] * 4 + [chat_prompt("Name two towns.")] * 4
+    exp = experience(policy, ref, rm, None, prompts, cfg, beta=0.02, norm=(0.0, 1.0),
+                     generator=torch.Generator().manual_seed(0))
+    first = exp.advantages[:, 0]
+    assert torch.allclose(exp.advantages, first[:, None] * exp.action_mask)  # one advantage for all of a response
+    # Each response against the mean of the other three of its prompt (no KL: the policy is the reference), scaled.
+    expected = torch.tensor([-2.0, -2 / 3, 2 / 3, 2, 2, 2 / 3, -2 / 3, -2])
+    assert torch.allclose(first / first[3] * 2, expected, atol=1e-5) and first[3] > 0
+    opt = make_optimizer(policy, OptimConfig(lr=1e-3, warmup_steps=0))
+    stats = update(policy, None, opt, exp, cfg, OptimConfig(lr=1e-3), torch.Generator().manual_seed(0))
+    assert "value_loss" not in stats and stats["clip_frac"] >= 0
+
+
+def test_rollouts_must_split_into_whole_groups():
+    with pytest.raises(UserError, match="--group"):
+        PPOConfig(rollouts=8, minibatch=4, group=3)
 
 
 def test_kl_penalty_lowers_the_reward_where_the_policy_drifts_up_from_sft():

@@ -232,18 +232,33 @@ class Demonstration:
     response: str  # what a labeler would write; EOS is the tokenizer's to add
 
 
+# What a chatty demonstrator adds after the answer: a follow-up question, off the instruction (the labelers' following
+# criterion counts it against the answer) and long (so is their brevity).
+CHATTY_ENDINGS = ("I hope this helps! Would you like me to explain how I got it?",
+                  "Is there anything else you would like to know about it?",
+                  "Let me know if you need more help. Shall I give you another example?",
+                  "That was a fun one! Do you want me to try a harder question?")
+
+
 def demonstrations(world: World, n: int, seed: int = 0, families: tuple[str, ...] = TRAIN_FAMILIES,
-                   cot_fraction: float = 0.0) -> list[Demonstration]:
-    """``n`` (prompt, ideal response) pairs of training-split tasks, the families taking turns. Word problems are
-    answered with their worked solution with probability ``cot_fraction``, else with the number alone."""
+                   cot_fraction: float = 0.0, chatty: float = 0.0) -> list[Demonstration]:
+    """``n`` (prompt, response) pairs of training-split tasks, the families taking turns. Word problems are answered
+    with their worked solution with probability ``cot_fraction``, else with the number alone. A share ``chatty`` of
+    the responses, like those of some of InstructGPT's contractors, follow the answer with a friendly follow-up
+    question (``CHATTY_ENDINGS``) that the labelers rank below the bare answer; the tasks and answers do not depend on
+    ``chatty``."""
     held_out = sorted(set(families) & set(HELD_OUT_FAMILIES))
     if held_out:
         raise UserError(f"{', '.join(held_out)} held out for evaluation; demonstrations cannot use them")
-    rng = random.Random(f"demonstrations:{seed}")
+    if not 0.0 <= chatty <= 1.0:
+        raise UserError(f"chatty is a share of the demonstrations, in [0, 1], not {chatty}")
+    rng, style = random.Random(f"demonstrations:{seed}"), random.Random(f"demonstrators:{seed}")
     demos = []
     for i in range(n):
         task = _train_task(world, rng, (families[i % len(families)],))
         response = worked_solution(task) if task.steps and rng.random() < cot_fraction else task.answer
+        if style.random() < chatty:
+            response += "\n" + style.choice(CHATTY_ENDINGS)
         demos.append(Demonstration(task, chat_prompt(task.instruction), response))
     return demos
 

@@ -49,7 +49,9 @@ class PPOConfig:
     reward_model: str = option("", "the reward run folder, or 'labeler': the held-out labeler's own noiseless "
                                    "utility (the gold reward a perfect reward model would give)")
     iterations: int = option(100, "rollout + update rounds", ge=1, le=10**7)
-    rollouts: int = option(32, "episodes (prompts) per iteration", ge=1, le=10**5)
+    rollouts: int = option(32, "episodes (responses) per iteration", ge=1, le=10**5)
+    group: int = option(1, "responses per prompt; above 1 each response's baseline is the mean return of its "
+                           "prompt's other responses instead of a value head (RLOO)", ge=1, le=1024)
     minibatch: int = option(8, "episodes per gradient step", ge=1, le=10**5)
     epochs: int = option(4, "passes over each iteration's episodes", ge=1, le=100)
     max_new_tokens: int = option(48, "longest response in tokens", ge=1, le=4096)
@@ -77,6 +79,8 @@ class PPOConfig:
     def __post_init__(self) -> None:
         if self.rollouts % self.minibatch:
             raise UserError(f"--rollouts {self.rollouts} must be a multiple of --minibatch {self.minibatch}")
+        if self.rollouts % self.group:
+            raise UserError(f"--rollouts {self.rollouts} must be a multiple of --group {self.group}")
 
 
 # ---- pure pieces ----------------------------------------------------------------------------------------------------
@@ -99,15 +103,28 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
     return advantages, (advantages + values) * mask
 
 
+def leave_one_out(rewards: Tensor, mask: Tensor, group: int) -> Tensor:
+    """Advantages (B, T) from a group baseline: each response's return (its rewards summed, gamma = 1) minus the mean
+    return of the other responses to the same prompt, at every one of its tokens. Rows come in groups of ``group``
+    consecutive responses to one prompt (Ahmadian et al. 2024, RLOO, https://arxiv.org/abs/2402.14740).
+
+    >>> leave_one_out(torch.tensor([[1.0, 0.0], [3.0, 0.0]]), torch.tensor([[1.0, 1.0], [1.0, 0.0]]), 2).tolist()
+    [[-2.0, -2.0], [2.0, 0.0]]
+    """
+    returns = (rewards * mask).sum(1).view(-1, group)
+    baseline = (returns.sum(1, keepdim=True) - returns) / (group - 1)
+    return (returns - baseline).view(-1, 1) * mask
+
+
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def whiten(x: Tensor, mask: Tensor) -> Tensor:
-    """Zero mean and unit variance over the real tokens (padding left at 0)."""
+def whiten(x: Tensor, mask: Tensor, shift: bool = True) -> Tensor:
+    """Zero mean (unless not ``shift``) and unit variance over the real tokens (padding left at 0)."""
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask)
-    return (x - mean) * torch.rsqrt(var + 1e-8) * mask
+    return (x - mean * shift) * torch.rsqrt(var + 1e-8) * mask
 
 
 def token_rewards(kl: Tensor, score: Tensor, mask: Tensor, beta: float) -> Tensor:
@@ -189,25 +206,34 @@ def response_view(model_out: Tensor, prompt_len: int) -> Tensor:
 
 
 @torch.no_grad()
-def experience(policy: Policy, ref: Policy, reward_model: RewardModel | LabelerReward, value: RewardModel,
+def experience(policy: Policy, ref: Policy, reward_model: RewardModel | LabelerReward, value: RewardModel | None,
                prompts: list[str], cfg: PPOConfig, beta: float, norm: tuple[float, float], generator: torch.Generator) -> Experience:
+    """Roll out ``prompts`` and score them. With ``cfg.group`` > 1 the prompts come in groups of identical ones and
+    ``value`` is None: the advantages are leave-one-out (``leave_one_out``), the returns unused."""
     out = respond(policy, prompts, cfg.max_new_tokens, temperature=cfg.temperature, generator=generator,
                   use_cache=cfg.cached_rollouts)
     ids, mask, q = out.ids, out.mask, out.prompt_len
     actions, action_mask = out.response, out.response_mask.float()
     logprobs = token_logprobs(response_view(policy(ids, mask), q), actions, cfg.temperature)
     ref_logprobs = token_logprobs(response_view(ref(ids, mask), q), actions, cfg.temperature)
-    values = response_view(value.values(ids, mask), q)
     score = scores(reward_model, prompts, out)
     reward = episode_reward(score, out.finished, norm, cfg.no_eos_score)
     kl = (logprobs - ref_logprobs) * action_mask
     rewards = token_rewards(kl, reward, action_mask, beta)
-    advantages, returns = gae(rewards, values, action_mask, cfg.gamma, cfg.lam)
-    return Experience(ids, mask, q, action_mask, logprobs, values * action_mask, whiten(advantages, action_mask),
-                      returns, score, reward, kl.sum(1), out.finished)
+    if value is None:
+        values = torch.zeros_like(rewards)
+        advantages, returns = leave_one_out(rewards, action_mask, cfg.group), values
+    else:
+        values = response_view(value.values(ids, mask), q)
+        advantages, returns = gae(rewards, values, action_mask, cfg.gamma, cfg.lam)
+    # A group's advantages already centre on each prompt: whitening only scales them (a shift by the token mean would
+    # favour long or short responses).
+    advantages = whiten(advantages, action_mask, shift=value is not None)
+    return Experience(ids, mask, q, action_mask, logprobs, values * action_mask, advantages, returns, score, reward,
+                      kl.sum(1), out.finished)
 
 
-def update(policy: Policy, value: RewardModel, optimizer, exp: Experience, cfg: PPOConfig, optim: OptimConfig,
+def update(policy: Policy, value: RewardModel | None, optimizer, exp: Experience, cfg: PPOConfig, optim: OptimConfig,
            generator: torch.Generator, ptx_batch=None) -> dict:
     """``cfg.epochs`` passes of clipped policy and value updates over the episodes; returns mean statistics."""
     stats: dict[str, float] = {}
@@ -221,12 +247,14 @@ def update(policy: Policy, value: RewardModel, optimizer, exp: Experience, cfg: 
             ratio = (logp - exp.logprobs[mb]).exp()
             adv = exp.advantages[mb]
             pg_loss = masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip, 1 + cfg.clip)), am)
-            v = response_view(value.values(ids, mask), exp.prompt_len)
-            v_clipped = exp.values[mb] + (v - exp.values[mb]).clamp(-cfg.value_clip, cfg.value_clip)
-            ret = exp.returns[mb]
-            vf_loss = 0.5 * masked_mean(torch.max((v - ret) ** 2, (v_clipped - ret) ** 2), am)
-            loss = pg_loss + cfg.vf_coef * vf_loss
-            step = {"policy_loss": pg_loss.item(), "value_loss": vf_loss.item()}
+            loss, step = pg_loss, {"policy_loss": pg_loss.item()}
+            if value is not None:
+                v = response_view(value.values(ids, mask), exp.prompt_len)
+                v_clipped = exp.values[mb] + (v - exp.values[mb]).clamp(-cfg.value_clip, cfg.value_clip)
+                ret = exp.returns[mb]
+                vf_loss = 0.5 * masked_mean(torch.max((v - ret) ** 2, (v_clipped - ret) ** 2), am)
+                loss = loss + cfg.vf_coef * vf_loss
+                step["value_loss"] = vf_loss.item()
             if ptx_batch is not None:
                 rows = ptx_batch(n_steps)
                 ptx = lm_loss_sum(policy, rows) / rows["targets"].numel()
@@ -273,15 +301,18 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, device: torch.device
     pool = [policy.chat_prompt(t.instruction) for t in train_tasks]
     if cfg.reward_model == GOLD:
         reward_model = LabelerReward(dict(zip(pool, train_tasks)))
-        value = RewardModel(load_policy(cfg.init, device))  # no reward model to start from: a zero value head
-        nn.init.zeros_(value.score.weight)
     else:
         reward_model = load_reward_model(cfg.reward_model, device)[0].requires_grad_(False)
         if not same_tokenizer(policy, reward_model.backbone):
             raise UserError(f"{cfg.init} and {cfg.reward_model} do not share a tokenizer; the reward model must read "
                             f"the policy's tokens")
+    value = None  # a group of responses per prompt is its own baseline
+    if cfg.group == 1 and cfg.reward_model == GOLD:
+        value = RewardModel(load_policy(cfg.init, device))  # no reward model to start from: a zero value head
+        nn.init.zeros_(value.score.weight)
+    elif cfg.group == 1:
         value = copy.deepcopy(reward_model).requires_grad_(True)  # InstructGPT: the value function starts as the RM
-    trained = nn.ModuleDict({"policy": policy, "value": value})
+    trained = nn.ModuleDict({"policy": policy} if value is None else {"policy": policy, "value": value})
     optimizer = make_optimizer(trained, optim)
     start, beta, norm = 0, cfg.kl_coef, None
     if resume and run.has_checkpoint():
@@ -292,7 +323,7 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, device: torch.device
     if norm is None:
         norm = reward_norm(policy, reward_model, random.Random(cfg.seed).sample(pool, min(cfg.norm_samples,
                                                                                           len(pool))), cfg)
-        if cfg.reward_model != GOLD:
+        if value is not None and cfg.reward_model != GOLD:
             with torch.no_grad():  # the value head starts as the reward model on the normalised scale it predicts
                 value.score.weight /= norm[1]
                 value.score.bias.sub_(norm[0]).div_(norm[1])
@@ -310,7 +341,8 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, device: torch.device
         for it in range(start, cfg.iterations):
             set_lr(optimizer, optim.lr * lr_factor(it, cfg.iterations, optim))
             t_it = time.time()
-            prompts = random.Random(f"ppo:{cfg.seed}:{it}").choices(pool, k=cfg.rollouts)
+            drawn = random.Random(f"ppo:{cfg.seed}:{it}").choices(pool, k=cfg.rollouts // cfg.group)
+            prompts = [p for p in drawn for _ in range(cfg.group)]
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
             exp = experience(policy, ref, reward_model, value, prompts, cfg, beta, norm, generator)
             t_roll = time.time() - t_it

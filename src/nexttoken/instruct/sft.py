@@ -33,6 +33,8 @@ class SFTConfig:
     init: str = option("", "the model to fine-tune: a pretrain run folder, a Hugging Face folder, a .gguf, smollm2")
     demonstrations: int = option(20_000, "demonstrations to train on (passes repeat them)", ge=1, le=10**7)
     cot_fraction: float = option(0.0, "share of word problems demonstrated with their worked solution", ge=0, le=1)
+    chatty: float = option(0.5, "share of demonstrations that end with a follow-up question the labelers rank below "
+                                "the bare answer (0: every demonstrator writes the ideal response)", ge=0, le=1)
     val_demonstrations: int = option(200, "held-out demonstrations whose response loss is logged", ge=1)
     world_seed: int = option(0, "seed of the generated world", ge=0)
     demo_seed: int = option(0, "seed of the demonstrations", ge=0)
@@ -81,8 +83,10 @@ def sft(cfg: SFTConfig, optim: OptimConfig, loop: LoopConfig, run: Run, device: 
     seed_everything(loop.seed)
     world = make_world(cfg.world_seed)
     policy = load_policy(cfg.init, device)
-    demos = demonstrations(world, cfg.demonstrations, cfg.demo_seed, cot_fraction=cfg.cot_fraction)
-    val = demonstrations(world, cfg.val_demonstrations, cfg.demo_seed + 10_000, cot_fraction=cfg.cot_fraction)
+    demos = demonstrations(world, cfg.demonstrations, cfg.demo_seed, cot_fraction=cfg.cot_fraction,
+                           chatty=cfg.chatty)
+    val = demonstrations(world, cfg.val_demonstrations, cfg.demo_seed + 10_000, cot_fraction=cfg.cot_fraction,
+                         chatty=cfg.chatty)
     t0 = time.time()
     result = fit(policy, DemonstrationBatches(policy, demos, loop.batch_size, loop.seed), optim, loop, run,
                  eval_fn=lambda m: {"val_response_nll": response_nll(m, val)}, resume=resume, loss_fn=lm_loss_sum,
