@@ -73,7 +73,8 @@ def test_every_stage_finishes_and_the_evaluation_draws_figure_1(tiny):
     results = json.loads((folder / "evaluate" / "results.json").read_text())
     methods = {(r["size"], r["method"]) for r in results["rows"]}
     assert methods == {("tiny", m) for m in ("base", "few_shot", "sft", "ppo", "ppo_ptx", "dpo")}
-    assert all(0 <= r["win_rate"] <= 1 for r in results["rows"])
+    assert all(0 <= r["win_rate"] <= 1 and 0 <= r["asks_back"] <= 1 and r["utility"] >= 0 for r in results["rows"])
+    assert "asking something back" in (folder / "evaluate" / "results.md").read_text()
     assert (folder / "evaluate" / "win_rates.png").stat().st_size > 10_000
     assert "Let's think step by step" in (folder / "evaluate" / "results.md").read_text()
     health = [json.loads(line) for line in (folder / "ppo-tiny" / "metrics.jsonl").read_text().splitlines()]

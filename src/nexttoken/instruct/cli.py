@@ -157,7 +157,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                              multi_step_tasks)
     from nexttoken.instruct.corpus import make_corpus
     from nexttoken.instruct.policy import load_policy
-    from nexttoken.instruct.tasks import score
     from nexttoken.instruct.world import make_world
     from nexttoken.training import pick_device
 
@@ -168,8 +167,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     policy = load_policy(args.model, device)
     style = _style(args.model, args.style)
     outputs = answer(policy, tasks, style, cfg, world, seed=1)
-    print(f"{args.model} ({style}): mean checker score {sum(score(t, o) for t, o in zip(tasks, outputs)) / len(tasks):.3f}"
-          f" over {len(tasks)} held-out instructions")
+    alone = judge(tasks, outputs, outputs)
+    print(f"{args.model} ({style}), {len(tasks)} held-out instructions: mean checker score {alone.score:.3f}, "
+          f"held-out labeler's utility {alone.utility:.3f}, asks back {alone.asks_back:.0%}")
     if args.reference:
         ref = load_policy(args.reference, device)
         ref_out = answer(ref, tasks, _style(args.reference, args.reference_style), cfg, world, seed=1)

@@ -27,7 +27,7 @@ from nexttoken.instruct.corpus import ANSWER_TRIGGER, COT_TRIGGER, Demonstration
 from nexttoken.instruct.labeler import HELD_OUT_LABELER, Labeler, following, win_rate
 from nexttoken.instruct.policy import Policy, lm_loss_sum, respond, respond_all
 from nexttoken.instruct.tasks import FAMILIES, make_tasks, score
-from nexttoken.instruct.world import Task, World
+from nexttoken.instruct.world import Task, World, looks_like_instruction
 
 STYLES = ("bare", "few_shot", "chat")
 DIRECT_TRIGGER = "The answer (arabic numerals) is"  # Kojima et al.'s zero-shot baseline
@@ -129,6 +129,8 @@ class WinRate:
     ci95: float  # half-width of the normal-approximation 95% interval
     score: float  # mean checker score of the model's answers (correctness alone)
     following: float  # mean instruction-following of the answers (answering rather than continuing a list)
+    utility: float  # the judge's mean noiseless utility of the answers (correctness, following and brevity)
+    asks_back: float  # share of answers that go on, after answering, with a question or request of their own
 
 
 def judge(tasks: Sequence[Task], outputs: Sequence[str], reference: Sequence[str],
@@ -143,7 +145,19 @@ def judge(tasks: Sequence[Task], outputs: Sequence[str], reference: Sequence[str
     n = len(tasks)
     return WinRate(rate, 1.96 * math.sqrt(max(rate * (1 - rate), 1e-12) / n),
                    sum(score(t, o) for t, o in zip(tasks, outputs)) / n,
-                   sum(following(t, o) for t, o in zip(tasks, outputs)) / n)
+                   sum(following(t, o) for t, o in zip(tasks, outputs)) / n,
+                   sum(labeler.utility(t, o) for t, o in zip(tasks, outputs)) / n,
+                   sum(asks_back(o) for o in outputs) / n)
+
+
+def asks_back(output: str) -> bool:
+    """True when a line after the first asks rather than answers (a chatty demonstrator's follow-up question).
+
+    >>> asks_back("5\\nWould you like me to explain how I got it?"), asks_back("- frog\\n- owl")
+    (True, False)
+    """
+    lines = [ln for ln in output.splitlines() if ln.strip()]
+    return any(looks_like_instruction(ln) for ln in lines[1:])
 
 
 @dataclass

@@ -103,7 +103,8 @@ def evaluate_model(folder: Path, size: str, method: str, tasks, reference, probl
 
 
 def _rename(d: dict) -> dict:
-    return {"win_rate": d["rate"], "ci95": d["ci95"], "score": d["score"], "following": d["following"]}
+    return {"win_rate": d["rate"], "ci95": d["ci95"], "score": d["score"], "following": d["following"],
+            "utility": d["utility"], "asks_back": d["asks_back"]}
 
 
 def headline(rows: list[dict]) -> dict:
@@ -131,6 +132,12 @@ def tables(rows: list[dict], reference: str, n_tasks: int, n_problems: int) -> s
         cells = [f"{pick[s, m]['win_rate']:.2f} +- {pick[s, m]['ci95']:.2f} ({pick[s, m]['score']:.2f})"
                  for m in METHODS]
         out.append(f"| {s} | {params[s] / 1e6:.2f}M | " + " | ".join(cells) + " |")
+    out += ["", "The held-out labeler's mean utility of the answers (noiseless: correctness + following + brevity), and "
+            "the share of answers that end by asking something back in brackets:", "",
+            "| size | " + " | ".join(METHOD_LABEL[m] for m in METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
+    for s in sizes:
+        out.append(f"| {s} | " + " | ".join(f"{pick[s, m]['utility']:.2f} ({pick[s, m]['asks_back']:.0%})"
+                                            for m in METHODS) + " |")
     out += ["", "Held-out pretraining loss (nats per token; lower keeps more of the base model, the alignment tax):",
             "", "| size | " + " | ".join(METHOD_LABEL[m] for m in TAX_METHODS) + " |",
             "|---" * (len(TAX_METHODS) + 1) + "|"]
