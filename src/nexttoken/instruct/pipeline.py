@@ -80,6 +80,10 @@ class PipelineConfig:
                          choices=tuple(PRESETS))
     sizes: list[str] = option(default_factory=list, help="model sizes, smallest first (default: the preset's)")
     ptx_coef: float = option(1.0, "PPO-ptx: weight of the pretraining loss", gt=0, le=1000)
+    chatty: float = option(0.5, "share of SFT demonstrations that end with a follow-up question the labelers rank "
+                                "lower (0: ideal demonstrations, which leave PPO nothing to improve on)", ge=0, le=1)
+    ppo_group: int = option(1, "PPO's responses per prompt: 1 is InstructGPT's value head; above 1 a leave-one-out "
+                               "baseline per prompt (RLOO)", ge=1, le=64)
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.sizes if s not in pretrain.SIZES]
@@ -118,7 +122,8 @@ def plan(folder: Path, cfg: PipelineConfig) -> list[Stage]:
         stages.append(Stage(f"pretrain-{size}", "pretrain",
                             stage_configs("pretrain", p, pretrain={"size": size, "tokenizer": tok}, optim=lr)))
     for size in sizes:
-        stages.append(Stage(f"sft-{size}", "sft", stage_configs("sft", p, sft={"init": str(folder / f"pretrain-{size}")})))
+        stages.append(Stage(f"sft-{size}", "sft", stage_configs("sft", p, sft={"init": str(folder / f"pretrain-{size}"),
+                                                                               "chatty": cfg.chatty})))
     rank_dir, rm_dir = folder / "rank", folder / "reward"
     stages.append(Stage("rank", "rank", stage_configs("rank", p, rank={"models": [str(folder / f"sft-{s}")
                                                                                   for s in sizes]})))
@@ -126,10 +131,9 @@ def plan(folder: Path, cfg: PipelineConfig) -> list[Stage]:
         "init": str(folder / f"sft-{sizes[-1]}"), "rankings": str(rank_dir)})))
     for size in sizes:
         init = str(folder / f"sft-{size}")
-        stages.append(Stage(f"ppo-{size}", "ppo", stage_configs("ppo", p, ppo={"init": init,
-                                                                                "reward_model": str(rm_dir)})))
-        stages.append(Stage(f"ppo_ptx-{size}", "ppo", stage_configs("ppo", p, ppo={
-            "init": init, "reward_model": str(rm_dir), "ptx_coef": cfg.ptx_coef})))
+        common = {"init": init, "reward_model": str(rm_dir), "group": cfg.ppo_group}
+        stages.append(Stage(f"ppo-{size}", "ppo", stage_configs("ppo", p, ppo=common)))
+        stages.append(Stage(f"ppo_ptx-{size}", "ppo", stage_configs("ppo", p, ppo={**common, "ptx_coef": cfg.ptx_coef})))
         stages.append(Stage(f"dpo-{size}", "dpo", stage_configs("dpo", p, dpo={"init": init,
                                                                                 "rankings": str(rank_dir)})))
     stages.append(Stage("evaluate", "evaluate", stage_configs("evaluate", p, results={
