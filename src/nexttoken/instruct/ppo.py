@@ -9,6 +9,11 @@ never ends (no EOS), rewards normalised on the SFT model's own samples (gain and
 of the logits divided by the sampling temperature, advantages whitened, the value loss clipped, no dropout, and
 optionally an adaptive KL coefficient (Ziegler et al. 2019, https://arxiv.org/abs/1909.08593).
 
+``--group K`` (K > 1) samples K responses per prompt and replaces the value head by a leave-one-out baseline: each
+response's return (score minus the KL it spent) against the mean return of the prompt's other responses (RLOO,
+Ahmadian et al. 2024, https://arxiv.org/abs/2402.14740; GRPO is the same idea). The clipped updates stay; no value
+network is trained or even held, so an iteration costs about half as much.
+
 One iteration: sample a batch of prompts, roll out (batched, left-padded, KV-cached), score the responses, turn
 score and KL into per-token rewards, estimate advantages with GAE, then take a few epochs of clipped updates on
 minibatches. Prompts, samples and minibatch orders are drawn from generators seeded by the iteration, so a resumed
