@@ -84,7 +84,7 @@ def test_every_stage_finishes_and_the_evaluation_draws_figure_1(tiny):
 
 def test_the_demonstrators_and_ppos_baseline_reach_their_stages(tmp_path):
     stages = {s.name: s.configs for s in plan(tmp_path, PipelineConfig(preset="demo", chatty=0.0, ppo_group=4))}
-    assert stages["sft-tiny"]["sft"].chatty == 0.0 and stages["ppo-small"]["ppo"].group == 4
+    assert stages["sft-tiny"]["sft"].chatty == 0.0 and stages["ppo-tiny"]["ppo"].group == 4
     assert stages["ppo_ptx-tiny"]["ppo"].group == 4 and stages["ppo_ptx-tiny"]["ppo"].ptx_coef > 0
     default = {s.name: s.configs for s in plan(tmp_path, PipelineConfig(preset="demo"))}
     assert default["sft-tiny"]["sft"].chatty == 0.5 and default["ppo-tiny"]["ppo"].group == 1
