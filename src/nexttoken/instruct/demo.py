@@ -34,13 +34,15 @@ def demo_section(out: Path, device: torch.device) -> Section:
     section = Section("Making language models useful (InstructGPT, Ouyang et al. 2022; Kojima et al. 2022)")
     section.text(
         f"The whole pipeline at its demo size: base GPTs of {len(sizes)} sizes pretrained on a generated world's "
-        "corpus, supervised fine-tuning on demonstrations, rankings by simulated labelers, one reward model, PPO with "
+        "corpus, supervised fine-tuning on demonstrations (half of them end with a follow-up question the labelers "
+        "rank lower), rankings by simulated labelers, one reward model, PPO with "
         "a KL penalty to the SFT model (and PPO-ptx), DPO, and an evaluation judged by a held-out labeler. At this "
         "size the models have seen a few hundred thousand tokens; docs/instruct.md has the measured CPU-size results.")
     section.image(folder / "evaluate" / "win_rates.png", "win rate against the largest SFT model, by size and method")
     rows = read_json(folder / "evaluate" / "results.json")["rows"]
     section.table([{"size": r["size"], "method": r["method"], "win rate": r["win_rate"], "+-": r["ci95"],
-                    "checker score": r["score"], "held-out loss": r.get("heldout_nll")} for r in rows],
+                    "checker score": r["score"], "asks back": r["asks_back"], "held-out loss": r.get("heldout_nll")}
+                   for r in rows],
                   "InstructGPT's Figure 1 in miniature")
     section.table([{"size": r["size"], "model": r["method"], "direct": r["cot_direct"],
                     "Let's think step by step": r["cot_step_by_step"]} for r in rows if "cot_direct" in r],
