@@ -213,8 +213,8 @@ def response_view(model_out: Tensor, prompt_len: int) -> Tensor:
 @torch.no_grad()
 def experience(policy: Policy, ref: Policy, reward_model: RewardModel | LabelerReward, value: RewardModel | None,
                prompts: list[str], cfg: PPOConfig, beta: float, norm: tuple[float, float], generator: torch.Generator) -> Experience:
-    """Roll out ``prompts`` and score them. With ``cfg.group`` > 1 the prompts come in groups of identical ones and
-    ``value`` is None: the advantages are leave-one-out (``leave_one_out``), the returns unused."""
+    """Roll out ``prompts`` and score them. With ``cfg.group`` > 1 the prompts come in groups of identical ones, the
+    advantages are leave-one-out (``leave_one_out``) and ``value`` is not used (None)."""
     out = respond(policy, prompts, cfg.max_new_tokens, temperature=cfg.temperature, generator=generator,
                   use_cache=cfg.cached_rollouts)
     ids, mask, q = out.ids, out.mask, out.prompt_len
@@ -225,7 +225,7 @@ def experience(policy: Policy, ref: Policy, reward_model: RewardModel | LabelerR
     reward = episode_reward(score, out.finished, norm, cfg.no_eos_score)
     kl = (logprobs - ref_logprobs) * action_mask
     rewards = token_rewards(kl, reward, action_mask, beta)
-    if value is None:
+    if cfg.group > 1:
         values = torch.zeros_like(rewards)
         advantages, returns = leave_one_out(rewards, action_mask, cfg.group), values
     else:
@@ -233,7 +233,7 @@ def experience(policy: Policy, ref: Policy, reward_model: RewardModel | LabelerR
         advantages, returns = gae(rewards, values, action_mask, cfg.gamma, cfg.lam)
     # A group's advantages already centre on each prompt: whitening only scales them (a shift by the token mean would
     # favour long or short responses).
-    advantages = whiten(advantages, action_mask, shift=value is not None)
+    advantages = whiten(advantages, action_mask, shift=cfg.group == 1)
     return Experience(ids, mask, q, action_mask, logprobs, values * action_mask, advantages, returns, score, reward,
                       kl.sum(1), out.finished)
 
