@@ -153,8 +153,8 @@ def _style(source: str, style: str | None) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from nexttoken.instruct.evaluate import (EvalConfig, answer, chain_of_thought, eval_tasks, heldout_nll, judge,
-                                             multi_step_tasks)
+    from nexttoken.instruct.evaluate import (EvalConfig, answer, answer_stats, chain_of_thought, eval_tasks,
+                                             heldout_nll, judge, multi_step_tasks)
     from nexttoken.instruct.corpus import make_corpus
     from nexttoken.instruct.policy import load_policy
     from nexttoken.instruct.world import make_world
@@ -167,9 +167,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     policy = load_policy(args.model, device)
     style = _style(args.model, args.style)
     outputs = answer(policy, tasks, style, cfg, world, seed=1)
-    alone = judge(tasks, outputs, outputs)
-    print(f"{args.model} ({style}), {len(tasks)} held-out instructions: mean checker score {alone.score:.3f}, "
-          f"held-out labeler's utility {alone.utility:.3f}, asks back {alone.asks_back:.0%}")
+    stats = answer_stats(tasks, outputs)
+    print(f"{args.model} ({style}), {len(tasks)} held-out instructions: mean checker score {stats['score']:.3f}, "
+          f"held-out labeler's utility {stats['utility']:.3f}, asks back {stats['asks_back']:.0%}")
     if args.reference:
         ref = load_policy(args.reference, device)
         ref_out = answer(ref, tasks, _style(args.reference, args.reference_style), cfg, world, seed=1)

@@ -142,12 +142,22 @@ def judge(tasks: Sequence[Task], outputs: Sequence[str], reference: Sequence[str
     1.0
     """
     rate = win_rate(tasks, outputs, reference, labeler)
+    return WinRate(rate, 1.96 * math.sqrt(max(rate * (1 - rate), 1e-12) / len(tasks)),
+                   **answer_stats(tasks, outputs, labeler))
+
+
+def answer_stats(tasks: Sequence[Task], outputs: Sequence[str], labeler: Labeler = HELD_OUT_LABELER) -> dict:
+    """Means over a model's answers: checker ``score``, ``following``, ``labeler``'s noiseless ``utility``, and the
+    share that ``asks_back``.
+
+    >>> answer_stats([Task("arithmetic", "add", "What is 2 + 3?", "5")] * 2, ["5", "5\\nShall I explain?"])["asks_back"]
+    0.5
+    """
     n = len(tasks)
-    return WinRate(rate, 1.96 * math.sqrt(max(rate * (1 - rate), 1e-12) / n),
-                   sum(score(t, o) for t, o in zip(tasks, outputs)) / n,
-                   sum(following(t, o) for t, o in zip(tasks, outputs)) / n,
-                   sum(labeler.utility(t, o) for t, o in zip(tasks, outputs)) / n,
-                   sum(asks_back(o) for o in outputs) / n)
+    return {"score": sum(score(t, o) for t, o in zip(tasks, outputs)) / n,
+            "following": sum(following(t, o) for t, o in zip(tasks, outputs)) / n,
+            "utility": sum(labeler.utility(t, o) for t, o in zip(tasks, outputs)) / n,
+            "asks_back": sum(asks_back(o) for o in outputs) / n}
 
 
 def asks_back(output: str) -> bool:

@@ -8,7 +8,8 @@ correctness (the task's checker), instruction following (answering, not continui
 a new turn) and brevity, adds Gaussian noise to each utility it reads, and reverses a judgement with probability
 ``flip``. Outputs whose noisy utilities lie within a margin of each other are called a tie, as a person asked to rank
 answers that are equally wrong would say; tied pairs carry no preference to learn. A panel of labelers with different
-weights, noise and seeds makes the training rankings; a held-out labeler (``HELD_OUT_LABELER``) judges final win rates, so no policy is scored by the labelers it was trained to please.
+weights, noise and seeds makes the training rankings; a held-out labeler (``HELD_OUT_LABELER``) judges final win
+rates, so no policy is scored by the labelers it was trained to please.
 
     >>> task = Task("arithmetic", "add", "What is 2 + 3?", "5")
     >>> outputs = ["What is 4 + 4?", "5", "6", "The sum of the two numbers is 5."]

@@ -133,7 +133,8 @@ def plan(folder: Path, cfg: PipelineConfig) -> list[Stage]:
         init = str(folder / f"sft-{size}")
         common = {"init": init, "reward_model": str(rm_dir), "group": cfg.ppo_group}
         stages.append(Stage(f"ppo-{size}", "ppo", stage_configs("ppo", p, ppo=common)))
-        stages.append(Stage(f"ppo_ptx-{size}", "ppo", stage_configs("ppo", p, ppo={**common, "ptx_coef": cfg.ptx_coef})))
+        stages.append(Stage(f"ppo_ptx-{size}", "ppo",
+                            stage_configs("ppo", p, ppo={**common, "ptx_coef": cfg.ptx_coef})))
         stages.append(Stage(f"dpo-{size}", "dpo", stage_configs("dpo", p, dpo={"init": init,
                                                                                 "rankings": str(rank_dir)})))
     stages.append(Stage("evaluate", "evaluate", stage_configs("evaluate", p, results={

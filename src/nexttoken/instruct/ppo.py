@@ -212,7 +212,8 @@ def response_view(model_out: Tensor, prompt_len: int) -> Tensor:
 
 @torch.no_grad()
 def experience(policy: Policy, ref: Policy, reward_model: RewardModel | LabelerReward, value: RewardModel | None,
-               prompts: list[str], cfg: PPOConfig, beta: float, norm: tuple[float, float], generator: torch.Generator) -> Experience:
+               prompts: list[str], cfg: PPOConfig, beta: float, norm: tuple[float, float],
+               generator: torch.Generator) -> Experience:
     """Roll out ``prompts`` and score them. With ``cfg.group`` > 1 the prompts come in groups of identical ones, the
     advantages are leave-one-out (``leave_one_out``) and ``value`` is not used (None)."""
     out = respond(policy, prompts, cfg.max_new_tokens, temperature=cfg.temperature, generator=generator,

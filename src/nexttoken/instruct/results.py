@@ -132,8 +132,8 @@ def tables(rows: list[dict], reference: str, n_tasks: int, n_problems: int) -> s
         cells = [f"{pick[s, m]['win_rate']:.2f} +- {pick[s, m]['ci95']:.2f} ({pick[s, m]['score']:.2f})"
                  for m in METHODS]
         out.append(f"| {s} | {params[s] / 1e6:.2f}M | " + " | ".join(cells) + " |")
-    out += ["", "The held-out labeler's mean utility of the answers (noiseless: correctness + following + brevity), and "
-            "the share of answers that end by asking something back in brackets:", "",
+    out += ["", "The held-out labeler's mean utility of the answers (noiseless: correctness + following + brevity), "
+            "and the share of answers that end by asking something back in brackets:", "",
             "| size | " + " | ".join(METHOD_LABEL[m] for m in METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
     for s in sizes:
         out.append(f"| {s} | " + " | ".join(f"{pick[s, m]['utility']:.2f} ({pick[s, m]['asks_back']:.0%})"
