@@ -123,6 +123,22 @@ def test_the_alignment_measure_counts_attention_on_the_syllable_being_sung(monke
     assert score.chance == pytest.approx(2 / 6)
 
 
+def test_lyrics_bits_reads_each_held_out_line_with_its_own_words_and_with_the_next_lines():
+    cfg = PriorConfig(level="top", context=16, n_layer=1, n_head=2, n_embd=16, lyrics_width=8, lyrics_layers=1,
+                      cross_every=1, codebook_size=8, artists=["v"], genres=["song"], hop=128, sample_rate=1000,
+                      max_seconds=2.0)
+    torch.manual_seed(0)
+    prior = Prior(cfg.validate()).eval()
+    codes = hand_made_codes()
+    codes.tracks[0]["split"] = "val"  # two held-out lines, both 'da ki'
+    own, swapped = alignment.lyrics_bits(prior, codes)
+    assert own == pytest.approx(swapped) and own > 0  # the same words either way
+    codes.tracks[1]["lyrics"] = "mo su ra"
+    own_b, swapped_b = alignment.lyrics_bits(prior, codes)
+    assert own_b != pytest.approx(swapped_b)  # now each line is also read with the other's words
+    assert own_b != pytest.approx(own)
+
+
 def test_the_artist_classifier_tells_sounds_apart_and_recognition_counts_the_asked_artist():
     rng = np.random.default_rng(0)
     t = np.arange(8000) / 8000

@@ -7,6 +7,9 @@ is measured: at each top-level position during a syllable, does the head's atten
 characters? The head is chosen on training lines and scored on held-out ones; beside it, the mean over every head,
 chance (a character drawn uniformly) and the linear heuristic (the character at the same fraction of the text as the
 position is of the line's sung time), which is how Jukebox aligned its lyrics before training.
+
+What the words are worth to the prior comes beside it: held-out bits per second of the sung lines read with their own
+lyrics and with another line's. A head can only have a reason to follow the words where knowing them lowers the loss.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from torch import Tensor
 
 from nexttoken.jukebox.codes import CodeSet
-from nexttoken.jukebox.prior import Prior
+from nexttoken.jukebox.prior import Prior, bits_per_second, chars_batch
 from nexttoken.jukebox.train import window_rows
 
 
@@ -57,6 +60,37 @@ class AlignmentScore:
     linear: float  # the character at the position's fraction of the sung time
     positions: int  # top-level positions during a syllable
     lines: int
+    own_bits: float = 0.0  # held-out bits per second of the sung lines with their own lyrics
+    swapped_bits: float = 0.0  # and with the next held-out line's lyrics
+
+
+def timed_lines(codes: CodeSet, split: str) -> list[int]:
+    """The segments of ``split`` whose syllable timings are known (the built-in sung lines)."""
+    return [s for s in codes.segments(split) if codes.tracks[int(codes.segment_track[s])]["id"] in codes.timings]
+
+
+def line_windows(codes: CodeSet, cfg, s: int) -> dict:
+    """Back-to-back windows over the whole of segment ``s``, as one batch."""
+    starts = list(range(0, len(codes.segment(codes.level("top"), s)), cfg.context))
+    return window_rows(codes, cfg, [s] * len(starts), starts)
+
+
+@torch.no_grad()
+def lyrics_bits(prior: Prior, codes: CodeSet, split: str = "val", most: int = 32) -> tuple[float, float]:
+    """Bits per second of the top prior on up to ``most`` timed lines of ``split``, read with their own lyrics and
+    with the next line's (the last line takes the first's)."""
+    cfg = prior.cfg
+    device = next(prior.parameters()).device
+    lines = timed_lines(codes, split)[:most]
+    own = swapped = count = 0
+    for i, s in enumerate(lines):
+        batch = {k: v.to(device) for k, v in line_windows(codes, cfg, s).items()}
+        other = codes.tracks[int(codes.segment_track[lines[(i + 1) % len(lines)]])]["lyrics"]
+        own += float(prior(**batch)[1].sum())
+        batch["chars"] = chars_batch([other] * len(batch["idx"]), cfg.max_chars).to(device)
+        swapped += float(prior(**batch)[1].sum())
+        count += int((batch["targets"] >= 0).sum())
+    return bits_per_second(own / max(count, 1), cfg), bits_per_second(swapped / max(count, 1), cfg)
 
 
 @torch.no_grad()
@@ -64,19 +98,16 @@ def head_hits(prior: Prior, codes: CodeSet, split: str, most: int = 32) -> tuple
     """Hits per (cross block, head) over the sung positions of up to ``most`` lines of ``split``, with the number of
     positions, the chance and linear-heuristic hits, and the number of lines."""
     cfg = prior.cfg
-    level = codes.level("top")
     device = next(prior.parameters()).device
-    lines = [s for s in codes.segments(split) if codes.tracks[int(codes.segment_track[s])]["id"] in codes.timings]
-    lines = lines[:most]
+    lines = timed_lines(codes, split)[:most]
     hits, count, chance, linear = None, 0, 0.0, 0.0
     for s in lines:
         track = codes.tracks[int(codes.segment_track[s])]
         timing, n_chars = codes.timings[track["id"]], len(track["lyrics"][: cfg.max_chars])
-        starts = list(range(0, len(codes.segment(level, s)), cfg.context))
-        batch = window_rows(codes, cfg, [s] * len(starts), starts)
+        batch = line_windows(codes, cfg, s)
         pattern = cross_patterns(prior, {k: v.to(device) for k, v in batch.items()}).cpu()  # (L, W, H, T, S)
         argmax = pattern.argmax(-1)  # (L, W, H, T) the character each head looks at most
-        for w in range(len(starts)):
+        for w in range(len(batch["idx"])):
             sung = sung_syllable(batch["seconds"][w].numpy(), timing)
             valid = (sung >= 0) & (batch["targets"][w].numpy() >= 0)
             if not valid.any():
@@ -107,7 +138,7 @@ def alignment_score(prior: Prior, codes: CodeSet, most: int = 32) -> AlignmentSc
         return None
     layer, head = divmod(int(train_hits.flatten().argmax()), train_hits.shape[1])
     return AlignmentScore(float(hits[layer, head]) / count, layer, head, float(hits.float().mean()) / count,
-                          chance / count, linear / count, count, lines)
+                          chance / count, linear / count, count, lines, *lyrics_bits(prior, codes, "val", most))
 
 
 def plot_alignment(pattern: Tensor, text: str, seconds: np.ndarray, path: str | Path, title: str = "",

@@ -23,7 +23,7 @@ import torch
 
 from nexttoken.config import load, option
 from nexttoken.errors import UserError
-from nexttoken.jukebox.alignment import alignment_score, cross_patterns, plot_alignment
+from nexttoken.jukebox.alignment import alignment_score, cross_patterns, plot_alignment, timed_lines
 from nexttoken.jukebox.evaluate import EncodecBaseline, evaluate_codec, matching_baseline, restart_rule
 from nexttoken.jukebox.fidelity import features, fit_artist_classifier, recognition
 from nexttoken.jukebox.pipeline import (clips_of, codes_of, load_prior, load_vqvae, open_pipeline, saved_vqvae_settings,
@@ -136,8 +136,7 @@ def lyrics_alignment(path: Path, codes, cfg: EvaluateConfig, device: torch.devic
     score = alignment_score(prior, codes, cfg.lines)
     if score is None:
         return None, None
-    val = [s for s in codes.segments("val") if codes.tracks[int(codes.segment_track[s])]["id"] in codes.timings]
-    s = (val or codes.segments("train"))[0]
+    s = (timed_lines(codes, "val") or codes.segments("train"))[0]
     track = codes.tracks[int(codes.segment_track[s])]
     batch = window_rows(codes, prior.cfg, [s], [0])
     pattern = cross_patterns(prior, {k: v.to(device) for k, v in batch.items()}).cpu()[score.layer, 0, score.head]
@@ -212,4 +211,6 @@ def format_report(ev: Evaluation) -> str:
                    f"argmax on the sung syllable {100 * a['accuracy']:.0f}% (block {a['layer']} head {a['head']}; "
                    f"all heads {100 * a['mean_accuracy']:.0f}%, linear heuristic {100 * a['linear']:.0f}%, chance "
                    f"{100 * a['chance']:.0f}%)")
+        out.append(f"  the sung lines with their own lyrics {a['own_bits']:.0f} bits/s, with another line's "
+                   f"{a['swapped_bits']:.0f}")
     return "\n".join(out)
