@@ -1,6 +1,6 @@
 import argparse
 import io
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 

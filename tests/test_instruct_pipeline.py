@@ -5,9 +5,7 @@ line and exit code 2."""
 import io
 import json
 import os
-import random
 import signal
-from pathlib import Path
 
 import pytest
 import torch
