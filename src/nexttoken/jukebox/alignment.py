@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from nexttoken.jukebox.codes import CodeSet
-from nexttoken.jukebox.prior import Prior, bits_per_second, chars_batch
+from nexttoken.jukebox.prior import Prior, PriorConfig, bits_per_second, chars_batch
 from nexttoken.jukebox.train import window_rows
 
 
@@ -69,7 +69,7 @@ def timed_lines(codes: CodeSet, split: str) -> list[int]:
     return [s for s in codes.segments(split) if codes.tracks[int(codes.segment_track[s])]["id"] in codes.timings]
 
 
-def line_windows(codes: CodeSet, cfg, s: int) -> dict:
+def line_windows(codes: CodeSet, cfg: PriorConfig, s: int) -> dict:
     """Back-to-back windows over the whole of segment ``s``, as one batch."""
     starts = list(range(0, len(codes.segment(codes.level("top"), s)), cfg.context))
     return window_rows(codes, cfg, [s] * len(starts), starts)
