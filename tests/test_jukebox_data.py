@@ -91,14 +91,15 @@ def test_segments_are_runs_of_consecutive_clips_and_their_codes_are_cached(tmp_p
                                                                   zip(back.codes, codes.codes))
 
 
-def hand_made_codes() -> CodeSet:
-    """One sung line per split: 'da ki' with 'da' sung over [0, 0.5) s and 'ki' over [0.5, 1) s; 10 top codes of
-    0.128 s each."""
+def hand_made_codes(val_change: float = 0.5) -> CodeSet:
+    """One sung line per split: 'da ki' with 'da' sung from 0 s and 'ki' from 0.5 s (in the held-out line from
+    ``val_change``) to 1 s; 10 top codes of 0.128 s each."""
     tracks = [{"id": f"l{i}", "artist": "v", "genre": "song", "lyrics": "da ki", "seconds": 1.28, "split": split}
               for i, split in enumerate(("train", "val"))]
-    timing = {"starts": [0.0, 0.5], "ends": [0.5, 1.0], "chars": [[0, 2], [3, 5]]}
+    timings = {f"l{i}": {"starts": [0.0, change], "ends": [change, 1.0], "chars": [[0, 2], [3, 5]]}
+               for i, change in enumerate((0.5, val_change))}
     return CodeSet(("top",), (128,), 8, 1000, [torch.randint(8, (20,))], [torch.tensor([0, 10, 20])],
-                   torch.tensor([0, 1]), torch.tensor([0, 0]), tracks, ["v"], ["song"], {"l0": timing, "l1": timing})
+                   torch.tensor([0, 1]), torch.tensor([0, 0]), tracks, ["v"], ["song"], timings)
 
 
 def test_the_alignment_measure_counts_attention_on_the_syllable_being_sung(monkeypatch):
@@ -107,20 +108,30 @@ def test_the_alignment_measure_counts_attention_on_the_syllable_being_sung(monke
                       max_seconds=2.0)
     prior = Prior(cfg.validate()).eval()
 
-    def attention(prior, batch):  # head 0 looks at the sung syllable's first letter, head 1 at the start id
-        seconds = batch["seconds"]
+    def attention(prior, batch):  # head 0 looks at the held-out line's sung syllable's first letter, head 1 at the
+        seconds = batch["seconds"]  # start id
         B, T = seconds.shape
-        right = torch.where(seconds < 0.5, 1, 4)  # memory index: the start id, then the text's characters
+        right = torch.where(seconds < 0.3, 1, 4)  # memory index: the start id, then the text's characters
         pattern = torch.zeros(1, B, 2, T, 6)
         pattern[0, :, 0].scatter_(-1, right[..., None], 1.0)
         pattern[0, :, 1, :, 0] = 1.0
         return pattern
 
     monkeypatch.setattr(alignment, "cross_patterns", attention)
-    score = alignment.alignment_score(prior, hand_made_codes())
-    assert (score.layer, score.head, score.accuracy, score.mean_accuracy) == (0, 0, 1.0, 0.5)
+    score = alignment.alignment_score(prior, hand_made_codes(val_change=0.3))
+    assert (score.layer, score.head, score.accuracy, score.mean_accuracy) == (0, 0, 1.0, 0.5)  # 7 of 8 in training
     assert score.positions == 8 and score.lines == 1  # codes starting at 0 ... 0.896 s lie inside a syllable
     assert score.chance == pytest.approx(2 / 6)
+    # the heuristic's characters at 0.384 and 0.512 s are 'a' and the space; the clock learnt 'da' until 0.5 s from
+    # the training line, so it misses 0.384 s, where head 0 finds 'ki'
+    assert score.linear == pytest.approx(6 / 8) and score.clock == pytest.approx(7 / 8)
+    assert score.off_clock == 1.0 and score.off_clock_chance == pytest.approx(2 / 6)
+
+
+def test_the_timing_clock_guesses_the_syllable_most_often_sung_at_each_fraction_of_a_line():
+    clock = alignment.TimingClock(hand_made_codes(), buckets=10)
+    assert clock(np.array([0.05, 0.45, 0.55, 0.95]), 2).tolist() == [0, 0, 1, 1]
+    assert clock(np.array([0.1, 0.5]), 4).tolist() == [0, 2]  # no 4-syllable line seen: an even spread
 
 
 def test_lyrics_bits_reads_each_held_out_line_with_its_own_words_and_with_the_next_lines():

@@ -6,7 +6,10 @@ along the words as they are sung. With the built-in lyrics set the syllable timi
 is measured: at each top-level position during a syllable, does the head's attention argmax fall on that syllable's
 characters? The head is chosen on training lines and scored on held-out ones; beside it, the mean over every head,
 chance (a character drawn uniformly) and the linear heuristic (the character at the same fraction of the text as the
-position is of the line's sung time), which is how Jukebox aligned its lyrics before training.
+position is of the line's sung time), which is how Jukebox aligned its lyrics before training. A head could beat that
+heuristic without listening, by knowing how the tunes go (the last note is held); so beside it stands the best guess
+from timing alone, learnt from the training lines: for each number of syllables and fraction of the sung time, the
+syllable most often sung there. Where that clock is wrong, a head that still finds the sung syllable has heard it.
 
 What the words are worth to the prior comes beside it: held-out bits per second of the sung lines read with their own
 lyrics and with another line's. A head can only have a reason to follow the words where knowing them lowers the loss.
@@ -60,6 +63,9 @@ class AlignmentScore:
     linear: float  # the character at the position's fraction of the sung time
     positions: int  # top-level positions during a syllable
     lines: int
+    clock: float = 0.0  # the best guess from timing alone (``TimingClock``)
+    off_clock: float = 0.0  # the chosen head's hit rate where that clock is wrong: what it hears
+    off_clock_chance: float = 0.0  # a uniformly drawn character's there
     own_bits: float = 0.0  # held-out bits per second of the sung lines with their own lyrics
     swapped_bits: float = 0.0  # and with the next held-out line's lyrics
 
@@ -93,14 +99,63 @@ def lyrics_bits(prior: Prior, codes: CodeSet, split: str = "val", most: int = 32
     return bits_per_second(own / max(count, 1), cfg), bits_per_second(swapped / max(count, 1), cfg)
 
 
+def sung_fraction(seconds: np.ndarray, timing: dict) -> np.ndarray:
+    """(T,) how far into the line's sung time each time lies, in [0, 1)."""
+    a, b = timing["starts"][0], timing["ends"][-1]
+    return np.clip((seconds - a) / max(b - a, 1e-9), 0, 1 - 1e-9)
+
+
+class TimingClock:
+    """The best guess of the syllable being sung from timing alone: for a line of S syllables, at a fraction f of its
+    sung time, the syllable most often sung there in the training lines (an even spread where they have no example).
+    """
+
+    def __init__(self, codes: CodeSet, split: str = "train", buckets: int = 50) -> None:
+        self.buckets, self.table = buckets, {}
+        hop, level = codes.hops[-1], codes.level("top")
+        counts: dict[tuple[int, int], np.ndarray] = {}
+        for s in timed_lines(codes, split):
+            timing = codes.timings[codes.tracks[int(codes.segment_track[s])]["id"]]
+            n = len(timing["starts"])
+            seconds = (int(codes.segment_start[s]) + hop * np.arange(len(codes.segment(level, s)))) / codes.sample_rate
+            sung = sung_syllable(seconds, timing)
+            for b, k in zip(self._bucket(sung_fraction(seconds, timing))[sung >= 0], sung[sung >= 0]):
+                counts.setdefault((n, int(b)), np.zeros(n, dtype=np.int64))[k] += 1
+        self.table = {key: int(c.argmax()) for key, c in counts.items()}
+
+    def _bucket(self, fraction: np.ndarray) -> np.ndarray:
+        return (fraction * self.buckets).astype(int)
+
+    def __call__(self, fraction: np.ndarray, n: int) -> np.ndarray:
+        """(T,) the syllable guessed at each fraction of the sung time of a line of ``n`` syllables."""
+        return np.array([self.table.get((n, int(b)), int(f * n)) for b, f in zip(self._bucket(fraction), fraction)],
+                        dtype=np.int64)
+
+
+@dataclass
+class Hits:
+    """Counts over the sung positions of some lines: per (cross block, head), the positions whose attention argmax
+    falls on the syllable being sung, in all and where the timing clock misses it."""
+    heads: Tensor  # (L, H)
+    positions: int
+    chance: float  # hits expected of a character drawn uniformly
+    linear: float  # hits of the linear heuristic
+    clock: float  # hits of the timing clock
+    off_heads: Tensor  # (L, H) hits where the timing clock misses
+    off_positions: int
+    off_chance: float
+    lines: int
+
+
 @torch.no_grad()
-def head_hits(prior: Prior, codes: CodeSet, split: str, most: int = 32) -> tuple[Tensor, int, float, float, int]:
-    """Hits per (cross block, head) over the sung positions of up to ``most`` lines of ``split``, with the number of
-    positions, the chance and linear-heuristic hits, and the number of lines."""
+def head_hits(prior: Prior, codes: CodeSet, split: str, clock: TimingClock, most: int = 32) -> Hits:
+    """Hits of every cross-attention head over the sung positions of up to ``most`` timed lines of ``split``."""
     cfg = prior.cfg
     device = next(prior.parameters()).device
     lines = timed_lines(codes, split)[:most]
-    hits, count, chance, linear = None, 0, 0.0, 0.0
+    blocks = sum(b.has_cross for b in prior.gpt.blocks)
+    hits = Hits(torch.zeros(blocks, cfg.n_head, dtype=torch.long), 0, 0.0, 0.0, 0.0,
+                torch.zeros(blocks, cfg.n_head, dtype=torch.long), 0, 0.0, len(lines))
     for s in lines:
         track = codes.tracks[int(codes.segment_track[s])]
         timing, n_chars = codes.timings[track["id"]], len(track["lyrics"][: cfg.max_chars])
@@ -114,17 +169,20 @@ def head_hits(prior: Prior, codes: CodeSet, split: str, most: int = 32) -> tuple
                 continue
             ranges = np.array(timing["chars"])[sung[valid]] + 1  # (P, 2) memory indices: the start id comes first
             look = argmax[:, w][..., torch.from_numpy(valid)]  # (L, H, P)
-            lo, hi = torch.from_numpy(ranges[:, 0]), torch.from_numpy(ranges[:, 1])
-            h = ((look >= lo) & (look < hi)).sum(-1)  # (L, H)
-            hits = h if hits is None else hits + h
-            count += int(valid.sum())
-            chance += float(((ranges[:, 1] - ranges[:, 0]) / (n_chars + 1)).sum())
-            secs = batch["seconds"][w].numpy()[valid]
-            sung_span = (timing["starts"][0], timing["ends"][-1])
-            frac = np.clip((secs - sung_span[0]) / max(sung_span[1] - sung_span[0], 1e-9), 0, 1 - 1e-9)
-            guess = 1 + np.floor(frac * n_chars)
-            linear += float(((guess >= ranges[:, 0]) & (guess < ranges[:, 1])).sum())
-    return hits, count, chance, linear, len(lines)
+            on = (look >= torch.from_numpy(ranges[:, 0])) & (look < torch.from_numpy(ranges[:, 1]))  # (L, H, P)
+            chance = (ranges[:, 1] - ranges[:, 0]) / (n_chars + 1)  # (P,)
+            frac = sung_fraction(batch["seconds"][w].numpy()[valid], timing)
+            guess = 1 + np.floor(frac * n_chars)  # the linear heuristic's character
+            timed = clock(frac, len(timing["starts"])) == sung[valid]  # (P,) the timing clock's hits
+            hits.heads += on.sum(-1)
+            hits.positions += len(frac)
+            hits.chance += float(chance.sum())
+            hits.linear += float(((guess >= ranges[:, 0]) & (guess < ranges[:, 1])).sum())
+            hits.clock += float(timed.sum())
+            hits.off_heads += on[..., torch.from_numpy(~timed)].sum(-1)
+            hits.off_positions += int((~timed).sum())
+            hits.off_chance += float(chance[~timed].sum())
+    return hits
 
 
 def alignment_score(prior: Prior, codes: CodeSet, most: int = 32) -> AlignmentScore | None:
@@ -132,13 +190,16 @@ def alignment_score(prior: Prior, codes: CodeSet, most: int = 32) -> AlignmentSc
     lyrics), with the head chosen on training lines."""
     if not (prior.cfg.is_top and prior.cfg.lyrics) or not codes.timings:
         return None
-    train_hits, train_count, *_ = head_hits(prior, codes, "train", most)
-    hits, count, chance, linear, lines = head_hits(prior, codes, "val", most)
-    if hits is None or train_hits is None:
+    clock = TimingClock(codes)
+    train, val = head_hits(prior, codes, "train", clock, most), head_hits(prior, codes, "val", clock, most)
+    if not (train.positions and val.positions):
         return None
-    layer, head = divmod(int(train_hits.flatten().argmax()), train_hits.shape[1])
-    return AlignmentScore(float(hits[layer, head]) / count, layer, head, float(hits.float().mean()) / count,
-                          chance / count, linear / count, count, lines, *lyrics_bits(prior, codes, "val", most))
+    layer, head = divmod(int(train.heads.flatten().argmax()), train.heads.shape[1])
+    n, off = val.positions, max(val.off_positions, 1)
+    return AlignmentScore(float(val.heads[layer, head]) / n, layer, head, float(val.heads.float().mean()) / n,
+                          val.chance / n, val.linear / n, n, val.lines, val.clock / n,
+                          float(val.off_heads[layer, head]) / off, val.off_chance / off,
+                          *lyrics_bits(prior, codes, "val", most))
 
 
 def plot_alignment(pattern: Tensor, text: str, seconds: np.ndarray, path: str | Path, title: str = "",

@@ -156,7 +156,7 @@ def _sample(run_dir: Path, folder: Path, device, section: Section) -> None:
         section.image(png, f"the top prior's attention over the lyrics while it sampled them (block {score.layer}, "
                            f"head {score.head}, chosen on training lines). On {score.lines} held-out lines its "
                            f"argmax falls on the syllable being sung {100 * score.accuracy:.0f}% of the time (linear "
-                           f"heuristic {100 * score.linear:.0f}%, chance {100 * score.chance:.0f}%); read with "
-                           f"their own lyrics they cost {score.own_bits:.0f} bits/s, with another line's "
-                           f"{score.swapped_bits:.0f}.")
+                           f"heuristic {100 * score.linear:.0f}%, timing alone {100 * score.clock:.0f}%, chance "
+                           f"{100 * score.chance:.0f}%); read with their own lyrics they cost "
+                           f"{score.own_bits:.0f} bits/s, with another line's {score.swapped_bits:.0f}.")
 

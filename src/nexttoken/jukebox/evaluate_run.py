@@ -209,8 +209,10 @@ def format_report(ev: Evaluation) -> str:
         a = ev.alignment
         out.append(f"lyrics alignment on {a['lines']} held-out lines ({a['positions']:,} sung positions): attention "
                    f"argmax on the sung syllable {100 * a['accuracy']:.0f}% (block {a['layer']} head {a['head']}; "
-                   f"all heads {100 * a['mean_accuracy']:.0f}%, linear heuristic {100 * a['linear']:.0f}%, chance "
-                   f"{100 * a['chance']:.0f}%)")
+                   f"all heads {100 * a['mean_accuracy']:.0f}%, linear heuristic {100 * a['linear']:.0f}%, timing "
+                   f"alone {100 * a['clock']:.0f}%, chance {100 * a['chance']:.0f}%)")
+        out.append(f"  where timing alone guesses wrong, the head finds the sung syllable {100 * a['off_clock']:.0f}% "
+                   f"(chance {100 * a['off_clock_chance']:.0f}%)")
         out.append(f"  the sung lines with their own lyrics {a['own_bits']:.0f} bits/s, with another line's "
                    f"{a['swapped_bits']:.0f}")
     return "\n".join(out)
