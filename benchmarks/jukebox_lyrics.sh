@@ -32,5 +32,6 @@ train "$OUT-ctx512" --context 512 --batch-size 8 & b=$!
 wait $a; wait $b
 for run in "$OUT" "$OUT-ctx512"; do
   echo "== $run"
-  OMP_NUM_THREADS=2 $N jukebox evaluate "$run" --clips-per-artist 0 --lines 100 | grep -A1 "bits per second\|lyrics"
+  OMP_NUM_THREADS=2 $N jukebox evaluate "$run" --baselines '' --clips-per-artist 0 --lines 100 \
+      | sed -n '/bits per second/,$p' | grep -v '^wrote'
 done
