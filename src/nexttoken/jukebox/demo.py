@@ -158,5 +158,8 @@ def _sample(run_dir: Path, folder: Path, device, section: Section) -> None:
                            f"argmax falls on the syllable being sung {100 * score.accuracy:.0f}% of the time (linear "
                            f"heuristic {100 * score.linear:.0f}%, timing alone {100 * score.clock:.0f}%, chance "
                            f"{100 * score.chance:.0f}%); read with their own lyrics they cost "
-                           f"{score.own_bits:.0f} bits/s, with another line's {score.swapped_bits:.0f}.")
+                           f"{score.own_bits:.0f} bits/s, with another line's {score.swapped_bits:.0f}."
+                           + (" This prior has not learnt to follow the words: it takes more sung lines and a longer "
+                              "training (docs/jukebox.md, 'Lyrics', shows one that has)." if score.accuracy <
+                              score.linear else ""))
 
