@@ -7,11 +7,11 @@ is measured: at each top-level position during a syllable, does the head's atten
 characters? The head is chosen on training lines and scored on held-out ones; beside it, the mean over every head,
 chance (a character drawn uniformly) and the linear heuristic (the character at the same fraction of the text as the
 position is of the line's sung time), which is how Jukebox aligned its lyrics before training. A head could beat that
-heuristic without listening, by knowing how the tunes go (the last note is held); so beside it stands the best guess
-from timing alone, learnt from the training lines: for each number of syllables and fraction of the sung time, the
+heuristic without listening, by knowing how the tunes go (the last note is held); so the stronger baseline is the
+best guess from timing alone, learnt from the training lines: for each number of syllables and fraction of the sung time, the
 syllable most often sung there. Where that clock is wrong, a head that still finds the sung syllable has heard it.
 
-What the words are worth to the prior comes beside it: held-out bits per second of the sung lines read with their own
+What the words are worth to the prior is measured too: held-out bits per second of the sung lines read with their own
 lyrics and with another line's. A head can only have a reason to follow the words where knowing them lowers the loss.
 """
 
@@ -111,7 +111,7 @@ class TimingClock:
     """
 
     def __init__(self, codes: CodeSet, split: str = "train", buckets: int = 50) -> None:
-        self.buckets, self.table = buckets, {}
+        self.buckets = buckets
         hop, level = codes.hops[-1], codes.level("top")
         counts: dict[tuple[int, int], np.ndarray] = {}
         for s in timed_lines(codes, split):
