@@ -7,8 +7,8 @@ is measured: at each top-level position during a syllable, does the head's atten
 characters? The head is chosen on training lines and scored on held-out ones; beside it, the mean over every head,
 chance (a character drawn uniformly) and the linear heuristic (the character at the same fraction of the text as the
 position is of the line's sung time), which is how Jukebox aligned its lyrics before training. A head could beat that
-heuristic without listening, by knowing how the tunes go (the last note is held); so the stronger baseline is the
-best guess from timing alone, learnt from the training lines: for each number of syllables and fraction of the sung time, the
+heuristic without listening, by knowing how the tunes go (the last note is held); so the stronger baseline is the best
+guess from timing alone, learnt from the training lines: for each number of syllables and fraction of the sung time, the
 syllable most often sung there. Where that clock is wrong, a head that still finds the sung syllable has heard it.
 
 What the words are worth to the prior is measured too: held-out bits per second of the sung lines read with their own
