@@ -310,6 +310,19 @@ def test_resuming_a_finished_run_with_more_steps_trains_on_as_one_longer_run(tmp
     assert more.record["train_loss"] == pytest.approx(whole.metrics()[-1]["train_loss"], rel=1e-5)
 
 
+def test_more_steps_on_resume_are_trained_under_a_time_budget_too(tmp_path):
+    """A run planned within a time budget, resumed with a higher step cap: it trains on (the budget still has room)
+    instead of calling itself finished."""
+    run = Run.create(tmp_path / "r", {"x": 1})
+    fit(char_model(), batch_fn(32, 8), OptimConfig(warmup_steps=1),
+        LoopConfig(steps=10, batch_size=8, eval_every=5, ckpt_every=5, max_seconds=600), run)
+    run.close()
+    more = fit(char_model(seed=3), batch_fn(32, 8), OptimConfig(warmup_steps=1),
+               LoopConfig(steps=20, batch_size=8, eval_every=5, ckpt_every=5, max_seconds=600), Run.resume(run.path),
+               resume=True)
+    assert more.steps == 20 and [r["step"] for r in Run.open(run.path).metrics()] == [5, 10, 15, 20]
+
+
 def test_a_custom_objective_trains():
     """The loop takes any loss: here mean squared error summed over rows, divided by the rows of the batch."""
     from nexttoken.training import count_rows

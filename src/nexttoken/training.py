@@ -291,7 +291,10 @@ def fit(
         if run.has_checkpoint():
             state.step, _, meta = run.load_checkpoint(model, optimizer)
             state = LoopState(**{**asdict(state), **meta.get("loop_state", {}), "step": state.step})
-            if loop.max_seconds <= 0:  # without a time budget the plan is loop.steps: a resume may ask for more
+            # Without a time budget the plan is loop.steps, and a resume may ask for more. Under a budget the plan
+            # stands, unless the resume asks for more steps than the run was capped at: then it is planned again
+            # within what is left of the budget.
+            if loop.max_seconds <= 0 or loop.steps > meta.get("loop", {}).get("steps", loop.steps):
                 state.planned = loop.steps
         run.rewind_metrics(state.step)
     if state.step >= state.planned and run is not None:  # a finished run: nothing to train
