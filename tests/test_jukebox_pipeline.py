@@ -13,7 +13,7 @@ from jukebox_fixtures import RATE, TINY_PRIOR, jukebox_cache, run_cli, tiny_audi
 from nexttoken.jukebox import sample as sample_module
 from nexttoken.jukebox.audio import write_wav
 from nexttoken.jukebox.codes import read_npz
-from nexttoken.runs import load_tensors, read_metrics
+from nexttoken.runs import load_tensors, read_json, read_metrics
 
 
 @pytest.fixture(autouse=True)
@@ -129,6 +129,15 @@ def test_a_killed_prior_training_resumes_to_the_same_weights_and_metrics(tiny_pi
     for k in a:
         if k.startswith("model."):
             assert torch.equal(a[k], b[k]), k
+
+
+def test_a_finished_top_prior_trains_on_when_resumed_with_more_steps_and_a_time_budget(tiny_pipeline, tmp_path):
+    folder = tmp_path / "more"
+    shutil.copytree(tiny_pipeline, folder, ignore=shutil.ignore_patterns("top", "samples", "report"))
+    assert run_cli(["jukebox", "train-prior", folder, "--level", "top", "--steps", "2", *TINY_PRIOR]) == 0
+    assert run_cli(["jukebox", "train-prior", folder, "--level", "top", "--steps", "4", "--max-minutes", "30",
+                    "--resume"]) == 0
+    assert read_json(folder / "top" / "summary.json")["steps"] == 4
 
 
 def test_encode_then_decode_gives_the_files_length_from_every_level(tiny_pipeline, tiny_audio, tmp_path):

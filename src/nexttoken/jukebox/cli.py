@@ -171,14 +171,12 @@ def cmd_train_vqvae(args) -> None:
             raise UserError("--resume RUN keeps RUN's audio; leave out the data flags")
         path = args.resume
         changes = {**given(args, VQVAEOptions), **given(args, OptimConfig), **given(args, LoopConfig)}
-        if budget.max_minutes is not None:
-            changes["max_seconds"] = 60 * budget.max_minutes
         if (path / "vqvae" / "config.json").is_file():
             opts, optim, loop = saved_vqvae_settings(path, changes)
         else:
             opts, optim, loop = (from_args(args, VQVAEOptions), from_args(args, OptimConfig, base=VQ_OPTIM),
                                  from_args(args, LoopConfig, base=VQ_LOOP))
-        vqvae_stage(path, opts, optim, loop, args.device)
+        vqvae_stage(path, opts, optim, check(budget.apply(loop)), args.device)
     else:
         vqvae_stage(path, from_args(args, VQVAEOptions), from_args(args, OptimConfig, base=VQ_OPTIM),
                     check(budget.apply(from_args(args, LoopConfig, base=VQ_LOOP))), args.device,
@@ -194,9 +192,8 @@ def cmd_train_prior(args) -> None:
     budget = from_args(args, TimeBudget)
     if args.resume and (args.run / args.level / "config.json").is_file():
         changes = {**given(args, PriorConfig), **given(args, OptimConfig), **given(args, LoopConfig)}
-        if budget.max_minutes is not None:
-            changes["max_seconds"] = 60 * budget.max_minutes
         cfg, optim, loop = saved_prior_settings(args.run, args.level, changes)
+        loop = check(budget.apply(loop))  # the loop's budget, not PriorConfig.max_seconds (the longest piece)
     else:
         cfg = from_args(args, PriorConfig, base=PRIOR_DEFAULTS[args.level])
         cfg = replace(cfg, level=args.level).validate()
