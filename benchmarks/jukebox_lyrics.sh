@@ -8,7 +8,7 @@
 #
 #   bash benchmarks/jukebox_lyrics.sh [OUT] [LINES]     # defaults: runs/jb-sung 2000
 #
-# About 2 hours on the 2-core CPU (the two priors train side by side, one thread each); a finished step is skipped
+# About 1.5 hours on the 2-core CPU (the two priors train side by side, one thread each); a finished step is skipped
 # when run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
