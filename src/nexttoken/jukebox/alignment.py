@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from nexttoken.jukebox.codes import CodeSet
-from nexttoken.jukebox.prior import Prior, PriorConfig, bits_per_second, chars_batch
+from nexttoken.jukebox.prior import Prior, PriorConfig, bits_per_second, chars_batch, position_seconds
 from nexttoken.jukebox.train import window_rows
 
 
@@ -112,12 +112,13 @@ class TimingClock:
 
     def __init__(self, codes: CodeSet, split: str = "train", buckets: int = 50) -> None:
         self.buckets = buckets
-        hop, level = codes.hops[-1], codes.level("top")
+        level = codes.level("top")
         counts: dict[tuple[int, int], np.ndarray] = {}
         for s in timed_lines(codes, split):
             timing = codes.timings[codes.tracks[int(codes.segment_track[s])]["id"]]
             n = len(timing["starts"])
-            seconds = (int(codes.segment_start[s]) + hop * np.arange(len(codes.segment(level, s)))) / codes.sample_rate
+            seconds = position_seconds(codes.segment_start[s : s + 1], len(codes.segment(level, s)), codes.hops[level],
+                                       codes.sample_rate)[0].numpy()
             sung = sung_syllable(seconds, timing)
             for b, k in zip(self._bucket(sung_fraction(seconds, timing))[sung >= 0], sung[sung >= 0]):
                 counts.setdefault((n, int(b)), np.zeros(n, dtype=np.int64))[k] += 1
@@ -226,8 +227,6 @@ def sampled_attention(prior: Prior, codes: Tensor, cond: list[int], total_second
                       head: int) -> tuple[Tensor, np.ndarray]:
     """One head's attention (T, S) while the top prior reads a sample's first window of codes (N,) back, and the
     time of each position: what it attended to while it sampled them (cached decoding equals this recomputation)."""
-    from nexttoken.jukebox.prior import chars_batch, position_seconds
-
     cfg = prior.cfg
     device = next(prior.parameters()).device
     window = codes[None, : cfg.context].long()
