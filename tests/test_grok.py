@@ -16,13 +16,7 @@ from nexttoken.grok.loop import eval_steps, train_ensemble
 from nexttoken.grok.train import GrokConfig, train
 from nexttoken.runs import Run, load_tensors
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread, and a loaded machine cannot make them wait for a second one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- data -------------------------------------------------------------------------------------------------------

@@ -16,13 +16,7 @@ TINY = ["--op", "x+y", "--p", "7", "--n-embd", "16", "--n-head", "2", "--mlp-hid
         "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread, and a loaded machine cannot make them wait for a second one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_main(argv: list[str], capsys) -> tuple[int, list[str]]:

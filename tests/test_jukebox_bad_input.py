@@ -5,17 +5,11 @@ left behind (calls of ``nexttoken.cli.main`` in this process)."""
 import json
 
 import pytest
-import torch
 
 from jukebox_fixtures import TINY_VQVAE, jukebox_cache, run_cli, tiny_audio, tiny_pipeline  # noqa: F401
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def refused(argv, capsys, match: str) -> None:

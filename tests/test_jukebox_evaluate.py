@@ -11,13 +11,7 @@ from nexttoken.jukebox.evaluate import (EncodecBaseline, EncodecBaselineConfig, 
 from nexttoken.jukebox.vqvae import PRESETS, VQVAE, VQVAEConfig, vqvae_loss
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread, and a loaded machine cannot make them wait for a second one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SR = 8000
 TINY = dict(sample_rate=SR, widths=(8, 8, 8), depths=(1, 1, 1), codebook_size=16, code_dim=4)

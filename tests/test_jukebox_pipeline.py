@@ -16,12 +16,7 @@ from nexttoken.jukebox.codes import read_npz
 from nexttoken.runs import load_tensors, read_json, read_metrics
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def seconds_of(path) -> float:

@@ -14,13 +14,7 @@ from nexttoken.jukebox.vqvae import PRESETS, VQVAE, Codebook, VQVAEConfig, vqvae
 from nexttoken.midi.synth import synthesize
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models train fastest on one thread, and a loaded machine cannot make them wait for a second one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = dict(sample_rate=8000, clip_seconds=0.128, widths=(8, 8, 8), depths=(1, 1, 1), codebook_size=16, code_dim=4)
 

@@ -323,6 +323,18 @@ def test_more_steps_on_resume_are_trained_under_a_time_budget_too(tmp_path):
     assert more.steps == 20 and [r["step"] for r in Run.open(run.path).metrics()] == [5, 10, 15, 20]
 
 
+def test_a_budgeted_run_resumed_without_more_steps_says_it_has_nothing_to_train(tmp_path, capsys):
+    run = Run.create(tmp_path / "r", {"x": 1})
+    loop = LoopConfig(steps=10, batch_size=8, eval_every=5, ckpt_every=5, max_seconds=600)
+    fit(char_model(), batch_fn(32, 8), OptimConfig(warmup_steps=1), loop, run)
+    run.close()
+    capsys.readouterr()
+    again = fit(char_model(seed=3), batch_fn(32, 8), OptimConfig(warmup_steps=1), loop, Run.resume(run.path),
+                resume=True)
+    err = capsys.readouterr().err
+    assert again.steps == 10 and "has finished its 10 steps" in err and "nothing to train" in err
+
+
 def test_a_custom_objective_trains():
     """The loop takes any loss: here mean squared error summed over rows, divided by the rows of the batch."""
     from nexttoken.training import count_rows

@@ -18,6 +18,7 @@ import math
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -298,6 +299,10 @@ def fit(
                 state.planned = loop.steps
         run.rewind_metrics(state.step)
     if state.step >= state.planned and run is not None:  # a finished run: nothing to train
+        if resume and dist.is_main:
+            within = " (all its time budget allowed)" if loop.max_seconds > 0 else ""
+            print(f"nexttoken: {run.path} has finished its {state.step:,} steps{within}; nothing to train (pass a "
+                  f"higher --steps to train further)", file=sys.stderr)
         return FitResult((run.metrics() or [{}])[-1], state.planned)
     ddp = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) \
         if dist.enabled else model
