@@ -2,13 +2,15 @@
 their timings, segments encoded once and cached, the alignment measure on hand-made attention, and the artist
 classifier on sounds that differ."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from nexttoken.jukebox import alignment
 from nexttoken.jukebox.codes import CodeSet, encode_clips, segments_of
-from nexttoken.jukebox.data import DataConfig, corpus_clips, lyrics_clips, merge, resolved, select
+from nexttoken.jukebox.data import DataConfig, corpus_clips, load_data, lyrics_clips, merge, resolved, select
 from nexttoken.jukebox.fidelity import features, fit_artist_classifier, recognition
 from nexttoken.jukebox.prior import Prior, PriorConfig
 from nexttoken.jukebox.vqvae import PRESETS, VQVAE
@@ -47,6 +49,23 @@ def test_the_corpus_is_rendered_to_clips_labelled_by_composer_and_instrument_fam
     assert clips.splits == ["train", "val", "train", "val"]
     again = corpus_clips(DataConfig(piece_seconds=4.0, pieces=1, soundfont="synth"), 8000, 4000)  # the cache's
     assert len(again.tracks) == 4 and torch.equal(again.clips, clips.clips)
+
+
+def test_a_prepared_note_table_is_rendered_like_the_corpus(tmp_path):
+    """A note table that travelled without music21 (``muse prepare`` prints its path) gives the same clips as the
+    corpus it came from, cached under its content rather than its path."""
+    table = tmp_path / "table"
+    table.mkdir()
+    fake_corpus().save(table)
+    cfg = DataConfig(audio=str(table), piece_seconds=4.0, soundfont="synth")
+    clips = load_data(replace(cfg, lyrics_lines=0), 8000, 4000)
+    assert clips.artists() == ["choir", "scales"] and torch.bincount(clips.track).tolist() == [6, 6, 8, 8]
+    assert resolved(cfg).soundfont == "synth" and resolved(replace(cfg, soundfont="")).soundfont != ""
+    moved = tmp_path / "moved"
+    table.rename(moved)
+    again = load_data(replace(cfg, audio=str(moved), lyrics_lines=0), 8000, 4000)
+    assert torch.equal(again.clips, clips.clips)
+    assert len(list((tmp_path / "cache" / "jukebox" / "corpus").iterdir())) == 1
 
 
 def test_a_new_pipeline_writes_down_the_renderer_it_chose(tmp_path):

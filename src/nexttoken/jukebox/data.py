@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,8 +37,9 @@ RENDERER = 1  # bumped whenever rendering changes, so no cache made by another r
 
 @dataclass
 class DataConfig:
-    audio: str = option("music21-small", "music21-small (the corpus rendered to audio), music21 (all of it), a folder "
-                        "of audio files (artist = sub-folder) or a CSV of path, artist, genre[, lyrics]")
+    audio: str = option("music21-small", "music21-small (the corpus rendered to audio), music21 (all of it), a note "
+                        "table that `nexttoken muse prepare` printed (rendered the same way), a folder of audio files "
+                        "(artist = sub-folder) or a CSV of path, artist, genre[, lyrics]")
     artists: list[str] = option(default_factory=list, help="keep only these artists (default: all)")
     pieces: int = option(0, "corpus pieces per artist for training (0: all; a few held out besides)", ge=0, le=10**6)
     piece_seconds: float = option(20.0, "seconds rendered from the start of each corpus piece", gt=0, le=3600)
@@ -59,7 +61,7 @@ def resolved(cfg: DataConfig) -> DataConfig:
     reads the same audio later whatever is installed by then."""
     from nexttoken.midi.render import find_soundfont
 
-    if cfg.audio not in MUSIC21 or cfg.soundfont == "synth":
+    if not rendered(cfg.audio) or cfg.soundfont == "synth":
         return cfg
     soundfont = find_soundfont(cfg.soundfont or None)
     return replace(cfg, soundfont=str(soundfont) if soundfont else "synth")
@@ -68,7 +70,7 @@ def resolved(cfg: DataConfig) -> DataConfig:
 def load_data(cfg: DataConfig, sample_rate: int, clip_samples: int) -> ClipSet:
     """The clips of ``cfg``'s audio at ``sample_rate``, cut ``clip_samples`` long, with the sung lines added."""
     cfg.validate()
-    if cfg.audio in MUSIC21:
+    if rendered(cfg.audio):
         clips = corpus_clips(cfg, sample_rate, clip_samples)
     else:
         clips = load_clips(cfg.audio, sample_rate, clip_samples / sample_rate, val_fraction=cfg.val_fraction,
@@ -88,6 +90,20 @@ def load_data(cfg: DataConfig, sample_rate: int, clip_samples: int) -> ClipSet:
 
 
 # ---- the rendered corpus ---------------------------------------------------------------------------------------------
+def rendered(audio: str) -> bool:
+    """Whether ``--audio`` names notes to render (the music21 corpus or a prepared note table), not audio files."""
+    from nexttoken.midi.corpus import is_note_table
+
+    return audio in MUSIC21 or is_note_table(audio)
+
+
+def corpus_key(audio: str) -> str:
+    """The rendered corpus's cache name: the corpus name, or a note table's content hash (a path has slashes)."""
+    if audio in MUSIC21:
+        return audio
+    return "table-" + hashlib.sha1((Path(audio) / "pieces.json").read_bytes()).hexdigest()[:12]
+
+
 def corpus_clips(cfg: DataConfig, sample_rate: int, clip_samples: int) -> ClipSet:
     """The corpus pieces rendered to audio (cached per rendering setting), the pieces per artist ``cfg`` keeps."""
     from nexttoken.midi.corpus import load_corpus
@@ -97,7 +113,8 @@ def corpus_clips(cfg: DataConfig, sample_rate: int, clip_samples: int) -> ClipSe
     corpus = load_corpus(cfg.audio, cfg.jobs)
     soundfont = None if cfg.soundfont == "synth" else find_soundfont(cfg.soundfont or None)
     renderer = f"sf-{hashlib.sha1(str(soundfont).encode()).hexdigest()[:8]}" if soundfont else "synth"
-    key = f"{cfg.audio}-{len(corpus)}-sr{sample_rate}-clip{clip_samples}-{cfg.piece_seconds:g}s-{renderer}-r{RENDERER}"
+    key = (f"{corpus_key(cfg.audio)}-{len(corpus)}-sr{sample_rate}-clip{clip_samples}-{cfg.piece_seconds:g}s-"
+           f"{renderer}-r{RENDERER}")
     path = cache_root() / "corpus" / f"{key}.safetensors"
     if not path.is_file():
         clips, track, starts, seconds, genres = [], [], [], [], []

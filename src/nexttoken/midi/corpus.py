@@ -252,6 +252,11 @@ def _stat(path: Path) -> tuple[int, int]:
         return -1, -1
 
 
+def is_note_table(name: str | Path) -> bool:
+    """Whether ``name`` is a folder holding a prepared note table (``pieces.json`` and ``notes.npz``)."""
+    return (Path(name) / "pieces.json").is_file() and (Path(name) / "notes.npz").is_file()
+
+
 def load_corpus(name: str = "music21-small", jobs: int = 2, val_fraction: float = 0.1) -> Corpus:
     """``music21-small`` (default), ``music21`` (everything), a folder of MIDI files, a CSV, or a prepared note table
     (a folder holding ``pieces.json`` and ``notes.npz``, as this function caches them: it travels to a machine that
@@ -260,7 +265,7 @@ def load_corpus(name: str = "music21-small", jobs: int = 2, val_fraction: float 
 
     if name in MUSIC21_NAMES:
         corpus = prepare_music21("small" if name == "music21-small" else "full", jobs, val_fraction)
-    elif (Path(name) / "pieces.json").is_file() and (Path(name) / "notes.npz").is_file():
+    elif is_note_table(name):
         corpus = Corpus.load(Path(name))
     else:
         corpus = prepare_user(Path(name), jobs, val_fraction)
