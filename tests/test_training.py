@@ -116,6 +116,15 @@ def test_a_time_budget_of_a_few_slow_steps_ends_on_time_with_the_lr_decayed():
     assert result.record["lr"] < 0.5e-3
 
 
+def test_the_progress_of_a_budgeted_run_counts_towards_the_steps_that_fit_from_its_first_step(tmp_path, capsys):
+    """Before the pace is known the bar would count towards ``loop.steps`` (hours left for a budget of minutes)."""
+    clock = FakeClock()
+    loop = LoopConfig(steps=10_000, batch_size=8, eval_every=100, ckpt_every=100, max_seconds=60)
+    fit(char_model(), clock.batches(6.0), OptimConfig(lr=1e-3, warmup_steps=1), loop, eval_fn=eval_loss, clock=clock)
+    first = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train: step 1/")]
+    assert first and first[0].startswith("train: step 1/10 (10%)") and "54s left" in first[0], first
+
+
 def test_parameters_change_after_a_step():
     model = char_model()
     before = [p.detach().clone() for p in model.parameters()]

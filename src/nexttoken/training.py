@@ -395,6 +395,8 @@ def _loop(model, ddp, forward, optimizer, batch_fn, optim, loop, run, dist, eval
             state.logs[k] = state.logs.get(k, 0.0) + v
         tokens_seen += weight
         done = state.step = step + 1
+        if deadline is not None and done == start + 1:  # a first estimate for the bar, from a step with the warm-up
+            bar.set_total(planned_steps(loop.steps, done, 1, clock() - t_timed, deadline - clock()))
         bar.update(1, loss=step_loss)
 
         if deadline is not None and done == start + 1:
