@@ -1,31 +1,43 @@
 #!/usr/bin/env bash
-# Every GPU check in one run, for a lent single-GPU machine with a fixed time budget: the grokking speed targets first,
-# then MuseNet at GPU size, trained for whatever time is left. Each part has its own time limit so one failure cannot
-# starve the rest, and everything lands in ${OUT:-gpu-out} after every part.
+# Every GPU check in one run, for a lent single-GPU machine with a fixed time budget. Each part has its own time
+# limit so one failure cannot starve the rest, and everything lands in ${OUT:-gpu-out} after every part.
 #
-#   BUDGET=540 CORPUS=.corpus/music21 bash benchmarks/gpu_checks.sh
-#   BUDGET=540 PARTS=grok bash benchmarks/gpu_checks.sh       # the grokking checks alone
+#   bash benchmarks/gpu_prepare.sh                                   # here, first: wheels and the corpus to carry
+#   BUDGET=540 bash benchmarks/gpu_checks.sh                         # there, carrying .whl and .corpus
+#   BUDGET=540 PARTS=grok bash benchmarks/gpu_checks.sh              # the grokking checks alone
+#   DEVICE=cpu SMALL=1 BUDGET=1800 PY=... bash benchmarks/gpu_checks.sh   # a rehearsal of every part on the CPU
 #
-# BUDGET: seconds the whole script may take (the MuseNet run is sized to end inside it).
-# PARTS:  which checks to run: "grok muse" (default), "grok" or "muse".
-# CORPUS: the MuseNet corpus: music21 (converted here first: about 3 minutes on 16 cores), or a note table that
-#         `nexttoken muse prepare --corpus music21` printed on another machine, copied along.
-# What comes back: gpu-checks.tar.gz (logs, benchmark JSON, the MuseNet run without its checkpoint, samples as MIDI
-# and piano rolls) and the MuseNet weights in bf16 parts (benchmarks/run_weights.py unpack joins them).
+# BUDGET: seconds the whole script may take (the last training of each part is sized to end inside it).
+# PARTS:  which checks to run, any of "grok muse jukebox instruct" (default "jukebox instruct": the ones with no
+#         GPU figures yet).
+# CORPUS: the music21 corpus: .corpus/music21-small when gpu_prepare.sh made it, else music21-small (converted
+#         here: music21 must be installed), or any note table that `nexttoken muse prepare` printed.
+# SMALL:  1 shrinks the data and the sampled seconds so that a rehearsal on the CPU runs every step in minutes.
+# What comes back: gpu-checks.tar.gz (logs, benchmark JSON, the runs without their weights, samples, plots and
+# reports) and the MuseNet weights in bf16 parts (benchmarks/run_weights.py unpack joins them).
 set -u
 T0=$SECONDS
 BUDGET=${BUDGET:-900}
-CORPUS=${CORPUS:-music21}
-PARTS=" ${PARTS:-grok muse} "
+[ -d .corpus/music21-small ] && CORPUS=${CORPUS:-.corpus/music21-small}
+CORPUS=${CORPUS:-music21-small}
+PARTS=" ${PARTS:-jukebox instruct} "
+DEVICE=${DEVICE:-cuda}
+SMALL=${SMALL:-0}
 OUT=${OUT:-gpu-out}
 WORK=$(mktemp -d)
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export NEXTTOKEN_CACHE=${NEXTTOKEN_CACHE:-$WORK/cache}  # a rehearsal renders afresh, as a bare machine does
 PY=${PY:-python3}
+if ls .whl/*.whl > /dev/null 2>&1; then  # what gpu_prepare.sh downloaded for a machine without a package index
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" .whl/*.whl || exit 1
+  export PYTHONPATH="$PYTHONPATH:$WORK/site"
+fi
 left() { echo $((BUDGET - (SECONDS - T0))); }
 pack() {  # whatever finished comes back even if a later part runs past the call's limit
   cp benchmarks/results/*.json "$WORK/" 2>/dev/null
-  tar czf "$OUT/gpu-checks.tar.gz" --exclude=checkpoint.safetensors --exclude=checkpoints -C "$WORK" . 2>/dev/null
+  tar czf "$OUT/gpu-checks.tar.gz" --exclude='*.safetensors' --exclude=checkpoints --exclude=cache --exclude=site \
+    -C "$WORK" . 2>/dev/null
 }
 part() {  # part NAME SECONDS COMMAND...: skipped when less time is left than it needs
   local name=$1 limit=$2; shift 2
@@ -38,8 +50,9 @@ part() {  # part NAME SECONDS COMMAND...: skipped when less time is left than it
   echo "=== $name: rc=$rc in $((SECONDS - t0))s ==="
   pack
 }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() \
+else 'no GPU')"
 
 # Grokking: where the step's time goes, then the targets (one x/y run under 1 s, a 128-run sweep under a minute).
 # bf16 made no step cheaper on an H200 (docs/grok-h200/runs.txt), so these run in fp32.
@@ -47,6 +60,25 @@ if [[ $PARTS == *" grok "* ]]; then
   part grok_profile 60 $PY benchmarks/grok_profile.py --presets modern --sizes 1,32,128 --steps 20
   part grok_sweep 150 $PY benchmarks/grok_speed.py --presets "" --sweep 128 --sweep-out "$WORK/grok-sweep"
   part grok_speed 120 $PY benchmarks/grok_speed.py --seeds 3 --skip-grokfast
+fi
+# Instruct: PPO episodes per second with and without the KV cache, and the whole pipeline at the demo size, stage by
+# stage (what sizes a GPU preset to the time a machine is lent for).
+if [[ $PARTS == *" instruct "* ]]; then
+  part instruct_ppo_speed 90 $PY benchmarks/instruct_ppo_speed.py --device "$DEVICE" --iterations 3
+  part instruct_pipeline 180 $PY benchmarks/instruct_pipeline.py --preset demo --device "$DEVICE" \
+    --out "$WORK/instruct-demo"
+fi
+
+# Jukebox: benchmarks/jukebox_gpu.sh (the paper-layout VQ-VAE and its no-restarts ablation, the three priors, sampling
+# through all three levels, evaluate and the speed table). Its fixed steps (prepare, sampling, evaluate, speed,
+# report) take about JUKEBOX_FIXED_S; the two VQ-VAEs and the three priors share what is left of the budget.
+if [[ $PARTS == *" jukebox "* ]]; then
+  TRAIN_S=$(( $(left) - ${JUKEBOX_FIXED_S:-200} ))
+  small=()
+  [ "$SMALL" = 1 ] && small=(PIECES=2 LINES=20 SAMPLE_SECONDS=1 SPEED_SECONDS=1)
+  part jukebox $(( $(left) - 10 )) env ${small[@]+"${small[@]}"} PY="$PY" DEVICE="$DEVICE" AUDIO="$CORPUS" \
+    OUT="$WORK/jukebox/run" VQ_MINUTES="$(awk "BEGIN { print $TRAIN_S / 4 / 60 }")" \
+    PRIOR_MINUTES="$(awk "BEGIN { print $TRAIN_S / 6 / 60 }")" bash benchmarks/jukebox_gpu.sh
 fi
 [[ $PARTS == *" muse "* ]] || { pack; ls -la "$OUT"; echo "total $((SECONDS - T0))s"; exit 0; }
 
@@ -56,17 +88,17 @@ fi
 RUN="$WORK/muse"
 part muse_prepare 240 $PY -m nexttoken muse prepare --corpus "$CORPUS" --jobs "$(nproc)"
 TRAIN_S=$(( $(left) - 100 ))  # what is left, less ~30 s around training and ~70 s for the weights and samples
-part muse_train $(( TRAIN_S + 60 )) $PY -m nexttoken muse train --corpus "$CORPUS" --device cuda \
+part muse_train $(( TRAIN_S + 60 )) $PY -m nexttoken muse train --corpus "$CORPUS" --device "$DEVICE" \
   --precision bf16 --n-layer 7 --n-head 8 --n-embd 512 --context 2048 --dropout 0.1 --steps 20000 \
   --max-minutes "$(awk "BEGIN { print $TRAIN_S / 60 }")" --batch-size 32 --lr 6e-4 --warmup 100 \
   --eval-every 250 --ckpt-every 250 --val-pieces 200 --out "$RUN"
 part muse_weights 20 $PY benchmarks/run_weights.py pack "$RUN" "$OUT" --max-mib 15
 for composer in bach mozart; do  # then, while time is left: samples, evaluation, sampling speed
-  part "muse_generate_$composer" 25 $PY -m nexttoken muse generate "$RUN" --device cuda --composer "$composer" \
+  part "muse_generate_$composer" 25 $PY -m nexttoken muse generate "$RUN" --device "$DEVICE" --composer "$composer" \
     --instruments piano --seconds 30 --n 4 --top-p 0.95 --out "$RUN/samples-$composer"
 done
-part muse_evaluate 100 $PY -m nexttoken muse evaluate "$RUN" --device cuda --n-per-composer 4 --jobs "$(nproc)"
-part muse_sampling 30 $PY benchmarks/muse_sampling.py --device cuda
+part muse_evaluate 100 $PY -m nexttoken muse evaluate "$RUN" --device "$DEVICE" --n-per-composer 4 --jobs "$(nproc)"
+part muse_sampling 30 $PY benchmarks/muse_sampling.py --device "$DEVICE"
 cat "$RUN/summary.json" 2>/dev/null
 pack
 ls -la "$OUT"

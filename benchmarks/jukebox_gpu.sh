@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
-# Jukebox's GPU checks in one go, sized for about 8 minutes on one H100/H200-class GPU (estimated, not yet measured:
-# no GPU was lent to the session that wrote it):
+# Jukebox's GPU checks in one go, sized for about 8 minutes on one H100/H200-class GPU:
 #
 #   1. the paper's VQ-VAE layout (preset gpu: 22.05 kHz, widths 64/32/32, 8/4/4 residual blocks, 2048 x 64 codes)
 #      trained for a time budget, and the same without restarts (the ablation): goal, bottom-level spectral
@@ -15,9 +14,14 @@
 #
 #   bash benchmarks/jukebox_gpu.sh                   # PY=.venv/bin/python for the project's environment
 #   VQ_MINUTES=3 PRIOR_MINUTES=1.5 bash benchmarks/jukebox_gpu.sh    # longer
+#   AUDIO=.corpus/music21-small bash benchmarks/jukebox_gpu.sh     # a note table from `nexttoken muse prepare`
+#   DEVICE=cpu PIECES=2 LINES=20 SAMPLE_SECONDS=1 SPEED_SECONDS=1 VQ_MINUTES=0.2 PRIOR_MINUTES=0.1 \
+#       bash benchmarks/jukebox_gpu.sh
+#                                                    # a rehearsal of every step on the CPU, in minutes
 #
-# The first run converts the music21 corpus subset to MIDI and renders it at 22.05 kHz (a minute or two with every
-# core; cached in $NEXTTOKEN_CACHE).
+# The first run converts the music21 corpus subset to MIDI (music21 must be installed; a note table that
+# `nexttoken muse prepare` printed on another machine needs nothing) and renders it at 22.05 kHz (a minute or two with
+# every core; cached in $NEXTTOKEN_CACHE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -26,41 +30,48 @@ OUT=${OUT:-runs/jukebox-gpu-$(date +%Y%m%d-%H%M%S)}
 VQ_MINUTES=${VQ_MINUTES:-1}          # each of the two VQ-VAEs
 PRIOR_MINUTES=${PRIOR_MINUTES:-0.5}  # each of the three priors
 JOBS=${JOBS:-$(nproc)}
-DATA=(--pieces 40 --piece-seconds 30 --lyrics-lines 400 --jobs "$JOBS")
+DEVICE=${DEVICE:-cuda}
+SAMPLE_SECONDS=${SAMPLE_SECONDS:-10}  # the three-level sample (integer)
+SPEED_SECONDS=${SPEED_SECONDS:-4}    # what the speed table samples at each level
+# the built-in synthesizer by default, as in docs/jukebox.md's CPU figures (a lent machine has no soundfont anyway)
+DATA=(--audio "${AUDIO:-music21-small}" --soundfont "${SOUNDFONT:-synth}" --pieces "${PIECES:-40}" --piece-seconds 30
+      --lyrics-lines "${LINES:-400}" --jobs "$JOBS")
 
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 time $PY -m nexttoken jukebox prepare --preset gpu "${DATA[@]}"
 
 # 1. the VQ-VAE and its ablation: as many of 100,000 steps as fit the budget (the LR schedule follows)
 for variant in restarts no-restarts; do
-    time $PY -m nexttoken jukebox train-vqvae --preset gpu --$variant "${DATA[@]}" --device cuda --precision fp32 \
+    time $PY -m nexttoken jukebox train-vqvae --preset gpu --$variant "${DATA[@]}" --device "$DEVICE" --precision fp32 \
         --steps 100000 --batch-size 16 --lr 3e-4 --warmup-steps 100 --eval-every 500 --ckpt-every 2000 \
         --val-clips 64 --max-minutes "$VQ_MINUTES" --out "$OUT-$variant"
 done
 RUN="$OUT-restarts"
 
 # 2. the priors, larger than the CPU defaults (the top sees 6 s at 172 codes/s)
-time $PY -m nexttoken jukebox train-prior "$RUN" --level top --device cuda --context 1024 --n-layer 8 --n-head 8 \
+time $PY -m nexttoken jukebox train-prior "$RUN" --level top --device "$DEVICE" --context 1024 --n-layer 8 --n-head 8 \
     --n-embd 512 --lyrics-width 256 --lyrics-layers 4 --dropout 0.1 --steps 100000 --batch-size 32 --lr 6e-4 \
     --warmup-steps 100 --eval-every 500 --ckpt-every 2000 --max-minutes "$PRIOR_MINUTES"
 for level in middle bottom; do
-    time $PY -m nexttoken jukebox train-prior "$RUN" --level "$level" --device cuda --context 1024 --n-layer 6 \
+    time $PY -m nexttoken jukebox train-prior "$RUN" --level "$level" --device "$DEVICE" --context 1024 --n-layer 6 \
         --n-head 8 --n-embd 384 --conditioner-width 256 --conditioner-depth 4 --steps 100000 --batch-size 32 \
         --lr 6e-4 --warmup-steps 100 --eval-every 500 --ckpt-every 2000 --max-minutes "$PRIOR_MINUTES"
 done
 
 # 3. sampling through all three levels, with the real-time factor of each
-time $PY -m nexttoken jukebox sample "$RUN" --device cuda --artist bach --seconds 10 --parallel 32 \
+time $PY -m nexttoken jukebox sample "$RUN" --device "$DEVICE" --artist bach --seconds "$SAMPLE_SECONDS" --parallel 32 \
     --out "$RUN/samples/bach"
 LINE=$($PY -c "import json,sys; from safetensors import safe_open; f=safe_open(sys.argv[1],'pt'); \
 t=[t for t in json.loads(f.metadata()['meta'])['tracks'] if t['lyrics'] and t['split']=='val'][0]; \
 print(t['artist'], t['lyrics'], sep='|')" "$RUN/codes.safetensors")
-time $PY -m nexttoken jukebox sample "$RUN" --device cuda --artist "${LINE%%|*}" --genre song \
-    --lyrics "${LINE#*|}" --seconds 4 --parallel 8 --out "$RUN/samples/sung"
+SUNG_SECONDS=$(( SAMPLE_SECONDS < 4 ? SAMPLE_SECONDS : 4 ))
+time $PY -m nexttoken jukebox sample "$RUN" --device "$DEVICE" --artist "${LINE%%|*}" --genre song \
+    --lyrics "${LINE#*|}" --seconds "$SUNG_SECONDS" --parallel 8 --out "$RUN/samples/sung"
 
 # 4. the measures and the speed table
-time $PY -m nexttoken jukebox evaluate "$RUN" --device cuda --baselines bottom --compare "$OUT-no-restarts" \
+time $PY -m nexttoken jukebox evaluate "$RUN" --device "$DEVICE" --baselines bottom --compare "$OUT-no-restarts" \
     --clips-per-artist 4 --seconds 3
-time $PY benchmarks/jukebox_speed.py --device cuda --run "$RUN" --seconds 4 --no-uncached --parallel 32
+time $PY benchmarks/jukebox_speed.py --device "$DEVICE" --run "$RUN" --seconds "$SPEED_SECONDS" --no-uncached \
+    --parallel 32
 $PY -m nexttoken jukebox report "$RUN"
 echo "pipeline: $RUN   ablation: $OUT-no-restarts   report: $RUN/report/report.html"

@@ -51,6 +51,32 @@ def test_the_corpus_is_rendered_to_clips_labelled_by_composer_and_instrument_fam
     assert len(again.tracks) == 4 and torch.equal(again.clips, clips.clips)
 
 
+def test_a_piece_the_synthesizer_cannot_render_is_skipped_and_counted_and_a_missing_renderer_is_one_error(
+        monkeypatch):
+    from nexttoken.errors import UserError
+    from nexttoken.midi import render
+
+    monkeypatch.setattr("nexttoken.midi.corpus.load_corpus", lambda name, jobs=2: fake_corpus())
+    real = render.render
+
+    def flaky(notes, sample_rate, soundfont=None):
+        if len(notes.start) < 12 and notes.pitch[0] == 61:  # the second choir piece (the scales have 12 notes)
+            raise ValueError("bad note\nmore detail")
+        return real(notes, sample_rate, soundfont)
+
+    monkeypatch.setattr(render, "render", flaky)
+    clips = corpus_clips(DataConfig(piece_seconds=4.0, soundfont="synth"), 8000, 4000)
+    assert clips.skipped == [("p3", "not rendered (bad note)")] and torch.bincount(clips.track).tolist() == [6, 6, 8]
+    assert corpus_clips(DataConfig(piece_seconds=4.0, soundfont="synth"), 8000, 4000).skipped == clips.skipped
+
+    def missing(notes, sample_rate, soundfont=None):
+        raise ModuleNotFoundError("No module named 'symusic'")
+
+    monkeypatch.setattr(render, "render", missing)
+    with pytest.raises(UserError, match="symusic.*--soundfont synth"):
+        corpus_clips(DataConfig(piece_seconds=3.0, soundfont="synth"), 8000, 4000)
+
+
 def test_a_prepared_note_table_is_rendered_like_the_corpus(tmp_path):
     """A note table that travelled without music21 (``muse prepare`` prints its path) gives the same clips as the
     corpus it came from, cached under its content rather than its path."""

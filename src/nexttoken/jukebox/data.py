@@ -117,7 +117,7 @@ def corpus_clips(cfg: DataConfig, sample_rate: int, clip_samples: int) -> ClipSe
            f"{renderer}-r{RENDERER}")
     path = cache_root() / "corpus" / f"{key}.safetensors"
     if not path.is_file():
-        clips, track, starts, seconds, genres = [], [], [], [], []
+        clips, track, starts, seconds, genres, skipped = [], [], [], [], [], []
         with Progress(len(corpus), "render corpus", unit="piece") as bar:
             for p in range(len(corpus)):
                 notes = corpus.notes(p)
@@ -129,20 +129,27 @@ def corpus_clips(cfg: DataConfig, sample_rate: int, clip_samples: int) -> ClipSe
                                                notes.pitch[keep], notes.velocity[keep], notes.family[keep],
                                                notes.tempo), sample_rate, soundfont)[: round(cfg.piece_seconds *
                                                                                              sample_rate)]
+                except ImportError as e:  # not about one piece: the soundfont's renderer is missing
+                    raise UserError(f"cannot render {cfg.audio} with {soundfont}: {e} (--soundfont synth renders "
+                                    f"with the built-in synthesizer)") from e
                 except Exception as e:  # a synthesizer's own error about one piece: that piece gives no clips
-                    warn(f"skipped {corpus.ids[p]}: not rendered ({str(e).splitlines()[0][:100]})")
+                    skipped.append((corpus.ids[p], f"not rendered ({str(e).splitlines()[0][:100]})"))
+                    warn(f"skipped {corpus.ids[p]}: {skipped[-1][1]}")
                     audio = np.zeros(0, dtype=np.float32)
                 c, s = extract_clips(audio, clip_samples, MIN_DB)
                 clips.append(_pcm(c))
                 starts.append(torch.from_numpy(s).long())
                 track.append(torch.full((len(c),), p, dtype=torch.long))
                 bar.update(1)
+        if len(skipped) == len(corpus):
+            raise UserError(f"no piece of {cfg.audio} could be rendered: {skipped[0][1]}")
         save_tensors(path, {"clips": torch.cat(clips), "track": torch.cat(track), "start": torch.cat(starts)},
-                     {"ids": corpus.ids, "genres": genres, "seconds": seconds})
+                     {"ids": corpus.ids, "genres": genres, "seconds": seconds, "skipped": skipped})
     tensors, meta = load_tensors(path)
     tracks = [Track(pid, corpus.path or path, label, genre, "", sec)
               for pid, label, genre, sec in zip(meta["ids"], corpus.labels, meta["genres"], meta["seconds"])]
-    full = ClipSet(tensors["clips"], tensors["track"], tensors["start"], tracks, list(corpus.splits), sample_rate, [])
+    full = ClipSet(tensors["clips"], tensors["track"], tensors["start"], tracks, list(corpus.splits), sample_rate,
+                   [tuple(s) for s in meta.get("skipped", [])])
     if not cfg.pieces:
         return full
     keep = [False] * len(tracks)
