@@ -75,7 +75,7 @@ fi
 if [[ $PARTS == *" jukebox "* ]]; then
   TRAIN_S=$(( $(left) - ${JUKEBOX_FIXED_S:-200} ))
   small=()
-  [ "$SMALL" = 1 ] && small=(PIECES=2 LINES=20 SAMPLE_SECONDS=1 SPEED_SECONDS=1)
+  [ "$SMALL" = 1 ] && small=(PIECES=2 LINES=20 SAMPLE_SECONDS=1 SPEED_SECONDS=1 VQ_BATCH=4 PRIOR_BATCH=4)
   part jukebox $(( $(left) - 10 )) env ${small[@]+"${small[@]}"} PY="$PY" DEVICE="$DEVICE" AUDIO="$CORPUS" \
     OUT="$WORK/jukebox/run" VQ_MINUTES="$(awk "BEGIN { print $TRAIN_S / 4 / 60 }")" \
     PRIOR_MINUTES="$(awk "BEGIN { print $TRAIN_S / 6 / 60 }")" bash benchmarks/jukebox_gpu.sh

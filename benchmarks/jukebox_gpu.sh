@@ -15,8 +15,8 @@
 #   bash benchmarks/jukebox_gpu.sh                   # PY=.venv/bin/python for the project's environment
 #   VQ_MINUTES=3 PRIOR_MINUTES=1.5 bash benchmarks/jukebox_gpu.sh    # longer
 #   AUDIO=.corpus/music21-small bash benchmarks/jukebox_gpu.sh     # a note table from `nexttoken muse prepare`
-#   DEVICE=cpu PIECES=2 LINES=20 SAMPLE_SECONDS=1 SPEED_SECONDS=1 VQ_MINUTES=0.2 PRIOR_MINUTES=0.1 \
-#       bash benchmarks/jukebox_gpu.sh
+#   DEVICE=cpu PIECES=2 LINES=20 SAMPLE_SECONDS=1 SPEED_SECONDS=1 VQ_BATCH=4 PRIOR_BATCH=4 VQ_MINUTES=0.2 \
+#       PRIOR_MINUTES=0.1 bash benchmarks/jukebox_gpu.sh
 #                                                    # a rehearsal of every step on the CPU, in minutes
 #
 # The first run converts the music21 corpus subset to MIDI (music21 must be installed; a note table that
@@ -33,6 +33,8 @@ JOBS=${JOBS:-$(nproc)}
 DEVICE=${DEVICE:-cuda}
 SAMPLE_SECONDS=${SAMPLE_SECONDS:-10}  # the three-level sample (integer)
 SPEED_SECONDS=${SPEED_SECONDS:-4}    # what the speed table samples at each level
+VQ_BATCH=${VQ_BATCH:-16}
+PRIOR_BATCH=${PRIOR_BATCH:-32}      # the CPU's memory holds about 4
 # the built-in synthesizer by default, as in docs/jukebox.md's CPU figures (a lent machine has no soundfont anyway)
 DATA=(--audio "${AUDIO:-music21-small}" --soundfont "${SOUNDFONT:-synth}" --pieces "${PIECES:-40}" --piece-seconds 30
       --lyrics-lines "${LINES:-400}" --jobs "$JOBS")
@@ -43,19 +45,19 @@ time $PY -m nexttoken jukebox prepare --preset gpu "${DATA[@]}"
 # 1. the VQ-VAE and its ablation: as many of 100,000 steps as fit the budget (the LR schedule follows)
 for variant in restarts no-restarts; do
     time $PY -m nexttoken jukebox train-vqvae --preset gpu --$variant "${DATA[@]}" --device "$DEVICE" --precision fp32 \
-        --steps 100000 --batch-size 16 --lr 3e-4 --warmup-steps 100 --eval-every 500 --ckpt-every 2000 \
+        --steps 100000 --batch-size "$VQ_BATCH" --lr 3e-4 --warmup-steps 100 --eval-every 500 --ckpt-every 2000 \
         --val-clips 64 --max-minutes "$VQ_MINUTES" --out "$OUT-$variant"
 done
 RUN="$OUT-restarts"
 
 # 2. the priors, larger than the CPU defaults (the top sees 6 s at 172 codes/s)
-time $PY -m nexttoken jukebox train-prior "$RUN" --level top --device "$DEVICE" --context 1024 --n-layer 8 --n-head 8 \
-    --n-embd 512 --lyrics-width 256 --lyrics-layers 4 --dropout 0.1 --steps 100000 --batch-size 32 --lr 6e-4 \
-    --warmup-steps 100 --eval-every 500 --ckpt-every 2000 --max-minutes "$PRIOR_MINUTES"
+PRIOR=(--device "$DEVICE" --context 1024 --n-head 8 --steps 100000 --batch-size "$PRIOR_BATCH" --lr 6e-4
+       --warmup-steps 100 --eval-every 500 --ckpt-every 2000 --max-minutes "$PRIOR_MINUTES")
+time $PY -m nexttoken jukebox train-prior "$RUN" --level top "${PRIOR[@]}" --n-layer 8 --n-embd 512 --lyrics-width 256 \
+    --lyrics-layers 4 --dropout 0.1
 for level in middle bottom; do
-    time $PY -m nexttoken jukebox train-prior "$RUN" --level "$level" --device "$DEVICE" --context 1024 --n-layer 6 \
-        --n-head 8 --n-embd 384 --conditioner-width 256 --conditioner-depth 4 --steps 100000 --batch-size 32 \
-        --lr 6e-4 --warmup-steps 100 --eval-every 500 --ckpt-every 2000 --max-minutes "$PRIOR_MINUTES"
+    time $PY -m nexttoken jukebox train-prior "$RUN" --level "$level" "${PRIOR[@]}" --n-layer 6 --n-embd 384 \
+        --conditioner-width 256 --conditioner-depth 4
 done
 
 # 3. sampling through all three levels, with the real-time factor of each
