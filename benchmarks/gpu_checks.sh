@@ -83,8 +83,8 @@ fi
 [[ $PARTS == *" muse "* ]] || { pack; ls -la "$OUT"; echo "total $((SECONDS - T0))s"; exit 0; }
 
 # MuseNet at GPU size: 29M parameters (7 layers x 512: its bf16 weights fit the 64 MiB a lent machine returns), a
-# 2048-token context, the whole music21 corpus, trained for
-# the time that is left less what evaluation and sampling need.
+# 2048-token context, the corpus (CORPUS=music21: all of it), trained for the time that is left less what evaluation
+# and sampling need.
 RUN="$WORK/muse"
 part muse_prepare 240 $PY -m nexttoken muse prepare --corpus "$CORPUS" --jobs "$(nproc)"
 TRAIN_S=$(( $(left) - 100 ))  # what is left, less ~30 s around training and ~70 s for the weights and samples

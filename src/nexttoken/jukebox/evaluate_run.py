@@ -113,7 +113,7 @@ def artist_recognition(path: Path, clips, cfg: EvaluateConfig, device: torch.dev
             if rows:
                 xs.append(features(clips.audio(rows), clips.sample_rate))
                 ys += [artist] * len(rows)
-    classifier = fit_artist_classifier(torch.cat(x).flatten(0, 1), y)
+    classifier = fit_artist_classifier(torch.cat(x), y)
     asked, conds, lyrics = [], [], []
     lines = {}
     for t in clips.tracks:

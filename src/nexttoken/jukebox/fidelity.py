@@ -30,8 +30,10 @@ def features(audio: Tensor, sample_rate: int, seconds: float = 1.0) -> Tensor:
 
 
 def fit_artist_classifier(x: Tensor, labels: list[str]) -> Classifier:
-    """The core's classifier on (N, features) rows of single seconds, each labelled with its clip's artist."""
-    return fit_classifier(x, labels, weight_decay=1e-2, steps=200)
+    """The core's classifier on (clips, pieces, features): each second of a clip is one row, labelled with the clip's
+    artist."""
+    per_second = [label for label in labels for _ in range(x.shape[1])]
+    return fit_classifier(x.flatten(0, 1), per_second, weight_decay=1e-2, steps=200)
 
 
 def clip_verdicts(classifier: Classifier, x: Tensor) -> list[str]:
