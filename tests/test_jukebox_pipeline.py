@@ -160,6 +160,20 @@ def test_evaluate_and_report(tiny_pipeline, tmp_path, capsys):
     assert "<audio" in html and "reconstruction.png" in html and "lyrics alignment" in html
 
 
+def test_a_second_evaluation_reuses_the_baseline_the_first_trained(tiny_pipeline, tmp_path, capsys):
+    run = shutil.copytree(tiny_pipeline, tmp_path / "run")
+    argv = ["jukebox", "evaluate", run, "--baselines", "bottom", "--clips-per-artist", "1", "--seconds", "0.3",
+            "--lines", "1", "--windows", "2", "--val-clips", "4"]
+    assert run_cli(argv) == 0
+    first = read_json(run / "evaluation.json")["reconstruction"]["encodec at bottom bitrate"]
+    stamp = (run / "baseline-bottom" / "checkpoint.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert run_cli(argv) == 0
+    assert "nothing to train" not in capsys.readouterr().err
+    assert (run / "baseline-bottom" / "checkpoint.safetensors").stat().st_mtime_ns == stamp
+    assert read_json(run / "evaluation.json")["reconstruction"]["encodec at bottom bitrate"] == first
+
+
 def test_train_resume_keeps_every_finished_stage(tiny_pipeline):
     stamps = {p: p.stat().st_mtime_ns for p in sorted(tiny_pipeline.glob("*/checkpoint.safetensors"))}
     assert len(stamps) == 4

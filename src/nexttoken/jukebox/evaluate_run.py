@@ -74,8 +74,13 @@ def train_baseline(path: Path, level: str, clips, val: torch.Tensor, device: tor
     settings = {"baseline": asdict(cfg), "optim": asdict(optim), "loop": asdict(loop)}
     resume = (stage / "config.json").is_file()
     with (Run.resume(stage, BASELINE_KIND) if resume else Run.create(stage, settings, BASELINE_KIND)) as run:
-        fit(model, clip_batches(clips, loop.batch_size, loop.seed), optim, loop, run, resume=resume,
-            eval_fn=lambda m: flat_levels(evaluate_codec(m, val)), loss_fn=summed_vqvae_loss, weight_fn=count_rows)
+        if (stage / "summary.json").is_file():  # trained to the end by an earlier evaluation
+            run.load_checkpoint(model, restore_rng_state=False)
+        else:
+            steps = fit(model, clip_batches(clips, loop.batch_size, loop.seed), optim, loop, run, resume=resume,
+                        eval_fn=lambda m: flat_levels(evaluate_codec(m, val)), loss_fn=summed_vqvae_loss,
+                        weight_fn=count_rows).steps
+            run.write_summary({"steps": steps})
     metrics = evaluate_codec(model, val)["encodec"]
     return {**metrics, "stages": cfg.num_quantizers, "params": sum(p.numel() for p in model.parameters())}
 
