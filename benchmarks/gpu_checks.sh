@@ -4,6 +4,8 @@
 #
 #   bash benchmarks/gpu_prepare.sh                                   # here, first: wheels and the corpus to carry
 #   BUDGET=540 bash benchmarks/gpu_checks.sh                         # there, carrying .whl and .corpus
+#   BUDGET=560 PARTS=jukebox bash benchmarks/gpu_checks.sh           # on a 15-minute lease: two calls, this first,
+#   BUDGET=200 PARTS=instruct bash benchmarks/gpu_checks.sh          # then this at once (the machine stays warm 30 s)
 #   BUDGET=540 PARTS=grok bash benchmarks/gpu_checks.sh              # the grokking checks alone
 #   DEVICE=cpu SMALL=1 BUDGET=1800 PY=... bash benchmarks/gpu_checks.sh   # a rehearsal of every part on the CPU
 #
@@ -61,24 +63,29 @@ if [[ $PARTS == *" grok "* ]]; then
   part grok_sweep 150 $PY benchmarks/grok_speed.py --presets "" --sweep 128 --sweep-out "$WORK/grok-sweep"
   part grok_speed 120 $PY benchmarks/grok_speed.py --seeds 3 --skip-grokfast
 fi
+# Jukebox: benchmarks/jukebox_gpu.sh (the paper-layout VQ-VAE and its no-restarts ablation, the three priors, sampling
+# through all three levels, evaluate and the speed table), in what the budget leaves after the instruct part's
+# reserve. Its fixed steps (prepare, sampling, evaluate, speed, report) take about JUKEBOX_FIXED_S; the two VQ-VAEs,
+# the EnCodec-architecture baseline that evaluate trains for as many steps as the VQ-VAE, and the three priors share
+# the rest.
+INSTRUCT_S=0
+[[ $PARTS == *" instruct "* ]] && INSTRUCT_S=180
+if [[ $PARTS == *" jukebox "* ]]; then
+  JUKEBOX_S=$(( $(left) - INSTRUCT_S - 10 ))
+  TRAIN_S=$(( JUKEBOX_S - ${JUKEBOX_FIXED_S:-240} ))
+  small=()
+  [ "$SMALL" = 1 ] && small=(PIECES=2 LINES=20 SAMPLE_SECONDS=1 SPEED_SECONDS=1 VQ_BATCH=4 PRIOR_BATCH=4 EVAL_CLIPS=1)
+  part jukebox "$JUKEBOX_S" env ${small[@]+"${small[@]}"} PY="$PY" DEVICE="$DEVICE" AUDIO="$CORPUS" \
+    OUT="$WORK/jukebox/run" VQ_MINUTES="$(awk "BEGIN { print $TRAIN_S / 5 / 60 }")" \
+    PRIOR_MINUTES="$(awk "BEGIN { print $TRAIN_S * 0.4 / 3 / 60 }")" bash benchmarks/jukebox_gpu.sh
+fi
+
 # Instruct: PPO episodes per second with and without the KV cache, and the whole pipeline at the demo size, stage by
 # stage (what sizes a GPU preset to the time a machine is lent for).
 if [[ $PARTS == *" instruct "* ]]; then
-  part instruct_ppo_speed 90 $PY benchmarks/instruct_ppo_speed.py --device "$DEVICE" --iterations 3
-  part instruct_pipeline 180 $PY benchmarks/instruct_pipeline.py --preset demo --device "$DEVICE" \
+  part instruct_ppo_speed 60 $PY benchmarks/instruct_ppo_speed.py --device "$DEVICE" --iterations 3
+  part instruct_pipeline 120 $PY benchmarks/instruct_pipeline.py --preset demo --device "$DEVICE" \
     --out "$WORK/instruct-demo"
-fi
-
-# Jukebox: benchmarks/jukebox_gpu.sh (the paper-layout VQ-VAE and its no-restarts ablation, the three priors, sampling
-# through all three levels, evaluate and the speed table). Its fixed steps (prepare, sampling, evaluate, speed,
-# report) take about JUKEBOX_FIXED_S; the two VQ-VAEs and the three priors share what is left of the budget.
-if [[ $PARTS == *" jukebox "* ]]; then
-  TRAIN_S=$(( $(left) - ${JUKEBOX_FIXED_S:-200} ))
-  small=()
-  [ "$SMALL" = 1 ] && small=(PIECES=2 LINES=20 SAMPLE_SECONDS=1 SPEED_SECONDS=1 VQ_BATCH=4 PRIOR_BATCH=4)
-  part jukebox $(( $(left) - 10 )) env ${small[@]+"${small[@]}"} PY="$PY" DEVICE="$DEVICE" AUDIO="$CORPUS" \
-    OUT="$WORK/jukebox/run" VQ_MINUTES="$(awk "BEGIN { print $TRAIN_S / 4 / 60 }")" \
-    PRIOR_MINUTES="$(awk "BEGIN { print $TRAIN_S / 6 / 60 }")" bash benchmarks/jukebox_gpu.sh
 fi
 [[ $PARTS == *" muse "* ]] || { pack; ls -la "$OUT"; echo "total $((SECONDS - T0))s"; exit 0; }
 

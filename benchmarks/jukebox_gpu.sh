@@ -72,7 +72,7 @@ time $PY -m nexttoken jukebox sample "$RUN" --device "$DEVICE" --artist "${LINE%
 
 # 4. the measures and the speed table
 time $PY -m nexttoken jukebox evaluate "$RUN" --device "$DEVICE" --baselines bottom --compare "$OUT-no-restarts" \
-    --clips-per-artist 4 --seconds 3
+    --clips-per-artist "${EVAL_CLIPS:-4}" --seconds 3
 time $PY benchmarks/jukebox_speed.py --device "$DEVICE" --run "$RUN" --seconds "$SPEED_SECONDS" --no-uncached \
     --parallel 32
 $PY -m nexttoken jukebox report "$RUN"
