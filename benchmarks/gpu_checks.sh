@@ -7,7 +7,10 @@
 #   BUDGET=560 PARTS=jukebox bash benchmarks/gpu_checks.sh           # on a 15-minute lease: two calls, this first,
 #   BUDGET=200 PARTS=instruct bash benchmarks/gpu_checks.sh          # then this at once (the machine stays warm 30 s)
 #   BUDGET=540 PARTS=grok bash benchmarks/gpu_checks.sh              # the grokking checks alone
-#   DEVICE=cpu SMALL=1 BUDGET=1800 PY=... bash benchmarks/gpu_checks.sh   # a rehearsal of every part on the CPU
+#   DEVICE=cpu SMALL=1 BUDGET=2000 JUKEBOX_FIXED_S=1300 PY=/tmp/gpuenv/bin/python bash benchmarks/gpu_checks.sh
+#       # a rehearsal of every part on the CPU (26 minutes on 2 cores) in a venv that holds only what the lent
+#       # machine has: pip install torch numpy safetensors matplotlib tqdm tokenizers transformers
+#       # (PYVER=3.11 bash benchmarks/gpu_prepare.sh first, for that venv's Python)
 #
 # BUDGET: seconds the whole script may take (the last training of each part is sized to end inside it).
 # PARTS:  which checks to run, any of "grok muse jukebox instruct" (default "jukebox instruct": the ones with no
