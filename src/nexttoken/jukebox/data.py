@@ -107,8 +107,7 @@ def corpus_key(audio: str) -> str:
 def corpus_clips(cfg: DataConfig, sample_rate: int, clip_samples: int) -> ClipSet:
     """The corpus pieces rendered to audio (cached per rendering setting), the pieces per artist ``cfg`` keeps."""
     from nexttoken.midi.corpus import load_corpus
-    from nexttoken.midi.notes import FAMILIES
-    from nexttoken.midi.render import find_soundfont, render
+    from nexttoken.midi.render import find_soundfont
 
     corpus = load_corpus(cfg.audio, cfg.jobs)
     soundfont = None if cfg.soundfont == "synth" else find_soundfont(cfg.soundfont or None)
@@ -117,34 +116,8 @@ def corpus_clips(cfg: DataConfig, sample_rate: int, clip_samples: int) -> ClipSe
            f"{renderer}-r{RENDERER}")
     path = cache_root() / "corpus" / f"{key}.safetensors"
     if not path.is_file():
-        clips, track, starts, seconds, genres, skipped = [], [], [], [], [], []
-        with Progress(len(corpus), "render corpus", unit="piece") as bar:
-            for p in range(len(corpus)):
-                notes = corpus.notes(p)
-                genres.append(FAMILIES[int(np.bincount(notes.family).argmax())])
-                seconds.append(float(notes.end.max()))
-                keep = notes.start < cfg.piece_seconds
-                try:
-                    audio = render(type(notes)(notes.start[keep], np.minimum(notes.end[keep], cfg.piece_seconds),
-                                               notes.pitch[keep], notes.velocity[keep], notes.family[keep],
-                                               notes.tempo), sample_rate, soundfont)[: round(cfg.piece_seconds *
-                                                                                             sample_rate)]
-                except ImportError as e:  # not about one piece: the soundfont's renderer is missing
-                    raise UserError(f"cannot render {cfg.audio} with {soundfont}: {e} (--soundfont synth renders "
-                                    f"with the built-in synthesizer)") from e
-                except Exception as e:  # a synthesizer's own error about one piece: that piece gives no clips
-                    skipped.append((corpus.ids[p], f"not rendered ({str(e).splitlines()[0][:100]})"))
-                    warn(f"skipped {corpus.ids[p]}: {skipped[-1][1]}")
-                    audio = np.zeros(0, dtype=np.float32)
-                c, s = extract_clips(audio, clip_samples, MIN_DB)
-                clips.append(_pcm(c))
-                starts.append(torch.from_numpy(s).long())
-                track.append(torch.full((len(c),), p, dtype=torch.long))
-                bar.update(1)
-        if len(skipped) == len(corpus):
-            raise UserError(f"no piece of {cfg.audio} could be rendered: {skipped[0][1]}")
-        save_tensors(path, {"clips": torch.cat(clips), "track": torch.cat(track), "start": torch.cat(starts)},
-                     {"ids": corpus.ids, "genres": genres, "seconds": seconds, "skipped": skipped})
+        tensors, meta = render_corpus(corpus, cfg, sample_rate, clip_samples, soundfont)
+        save_tensors(path, tensors, meta)
     tensors, meta = load_tensors(path)
     tracks = [Track(pid, corpus.path or path, label, genre, "", sec)
               for pid, label, genre, sec in zip(meta["ids"], corpus.labels, meta["genres"], meta["seconds"])]
@@ -158,6 +131,42 @@ def corpus_clips(cfg: DataConfig, sample_rate: int, clip_samples: int) -> ClipSe
             for p in [i for i, t in enumerate(tracks) if t.artist == artist and full.splits[i] == split][:n]:
                 keep[p] = True
     return select(full, keep)
+
+
+def render_corpus(corpus, cfg: DataConfig, sample_rate: int, clip_samples: int,
+                  soundfont: Path | None) -> tuple[dict, dict]:
+    """Every piece's first ``cfg.piece_seconds`` as clips (tensors), with each piece's genre, length and whether it
+    was skipped (meta)."""
+    from nexttoken.midi.notes import FAMILIES
+    from nexttoken.midi.render import render
+
+    clips, track, starts, seconds, genres, skipped = [], [], [], [], [], []
+    with Progress(len(corpus), "render corpus", unit="piece") as bar:
+        for p in range(len(corpus)):
+            notes = corpus.notes(p)
+            genres.append(FAMILIES[int(np.bincount(notes.family).argmax())])
+            seconds.append(float(notes.end.max()))
+            keep = notes.start < cfg.piece_seconds
+            head = type(notes)(notes.start[keep], np.minimum(notes.end[keep], cfg.piece_seconds), notes.pitch[keep],
+                               notes.velocity[keep], notes.family[keep], notes.tempo)
+            try:
+                audio = render(head, sample_rate, soundfont)[: round(cfg.piece_seconds * sample_rate)]
+            except ImportError as e:  # not about one piece: the soundfont's renderer is missing
+                raise UserError(f"cannot render {cfg.audio} with {soundfont}: {e} (--soundfont synth renders with "
+                                f"the built-in synthesizer)") from e
+            except Exception as e:  # a synthesizer's own error about one piece: that piece gives no clips
+                skipped.append((corpus.ids[p], f"not rendered ({str(e).splitlines()[0][:100]})"))
+                warn(f"skipped {corpus.ids[p]}: {skipped[-1][1]}")
+                audio = np.zeros(0, dtype=np.float32)
+            c, s = extract_clips(audio, clip_samples, MIN_DB)
+            clips.append(_pcm(c))
+            starts.append(torch.from_numpy(s).long())
+            track.append(torch.full((len(c),), p, dtype=torch.long))
+            bar.update(1)
+    if len(skipped) == len(corpus):
+        raise UserError(f"no piece of {cfg.audio} could be rendered: {skipped[0][1]}")
+    return ({"clips": torch.cat(clips), "track": torch.cat(track), "start": torch.cat(starts)},
+            {"ids": corpus.ids, "genres": genres, "seconds": seconds, "skipped": skipped})
 
 
 def _pcm(clips: np.ndarray) -> torch.Tensor:
