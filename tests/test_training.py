@@ -116,7 +116,7 @@ def test_a_time_budget_of_a_few_slow_steps_ends_on_time_with_the_lr_decayed():
     assert result.record["lr"] < 0.5e-3
 
 
-def test_the_progress_of_a_budgeted_run_counts_towards_the_steps_that_fit_from_its_first_step(tmp_path, capsys):
+def test_a_budgeted_runs_progress_counts_towards_the_steps_its_first_step_fits(capsys):
     """Before the pace is known the bar would count towards ``loop.steps`` (hours left for a budget of minutes)."""
     clock = FakeClock()
     loop = LoopConfig(steps=10_000, batch_size=8, eval_every=100, ckpt_every=100, max_seconds=60)
@@ -128,7 +128,8 @@ def test_the_progress_of_a_budgeted_run_counts_towards_the_steps_that_fit_from_i
 def test_parameters_change_after_a_step():
     model = char_model()
     before = [p.detach().clone() for p in model.parameters()]
-    fit(model, batch_fn(32, 4), OptimConfig(lr=1e-3, warmup_steps=1), LoopConfig(steps=1, batch_size=4, eval_every=1, ckpt_every=1))
+    fit(model, batch_fn(32, 4), OptimConfig(lr=1e-3, warmup_steps=1),
+        LoopConfig(steps=1, batch_size=4, eval_every=1, ckpt_every=1))
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
 
 

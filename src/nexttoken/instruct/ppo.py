@@ -357,7 +357,8 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, device: torch.device
             stats = update(policy, value, optimizer, exp, cfg, optim, generator, ptx)
             kl = float(exp.kl.mean())
             record = {"step": it + 1, "reward": float(exp.reward.mean()), "score": float(exp.score.mean()),
-                      "kl": kl, "objective": float(exp.reward.mean()) - beta * kl, "kl_coef": beta, **stats, "response_length": float(exp.action_mask.sum(1).mean()),
+                      "kl": kl, "objective": float(exp.reward.mean()) - beta * kl, "kl_coef": beta, **stats,
+                      "response_length": float(exp.action_mask.sum(1).mean()),
                       "no_eos": float((~exp.finished).float().mean()), "rollout_s": t_roll,
                       "episodes_per_s": cfg.rollouts / (time.time() - t_it), "lr": optimizer.param_groups[0]["lr"]}
             run.log(record)
