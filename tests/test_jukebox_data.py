@@ -2,7 +2,9 @@
 their timings, segments encoded once and cached, the alignment measure on hand-made attention, and the artist
 classifier on sounds that differ."""
 
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +12,8 @@ import torch
 
 from nexttoken.jukebox import alignment
 from nexttoken.jukebox.codes import CodeSet, encode_clips, segments_of
-from nexttoken.jukebox.data import DataConfig, corpus_clips, load_data, lyrics_clips, merge, resolved, select
+from nexttoken.jukebox.data import (DataConfig, corpus_clips, load_data, lyrics_clips, merge, render_corpus, resolved,
+                                    select)
 from nexttoken.jukebox.fidelity import features, fit_artist_classifier, recognition
 from nexttoken.jukebox.prior import Prior, PriorConfig
 from nexttoken.jukebox.vqvae import PRESETS, VQVAE
@@ -66,15 +69,33 @@ def test_a_piece_the_synthesizer_cannot_render_is_skipped_and_counted_and_a_miss
 
     monkeypatch.setattr(render, "render", flaky)
     clips = corpus_clips(DataConfig(piece_seconds=4.0, soundfont="synth"), 8000, 4000)
-    assert clips.skipped == [("p3", "not rendered (bad note)")] and torch.bincount(clips.track).tolist() == [6, 6, 8]
+    assert clips.skipped == [("p3", "not rendered (ValueError: bad note)")]
+    assert torch.bincount(clips.track).tolist() == [6, 6, 8]
     assert corpus_clips(DataConfig(piece_seconds=4.0, soundfont="synth"), 8000, 4000).skipped == clips.skipped
 
-    def missing(notes, sample_rate, soundfont=None):
-        raise ModuleNotFoundError("No module named 'symusic'")
+    monkeypatch.setitem(sys.modules, "symusic", None)  # a soundfont chosen, and nothing to render it with
+    with pytest.raises(UserError, match="symusic is not installed.*--soundfont synth"):
+        render_corpus(fake_corpus(), DataConfig(piece_seconds=3.0), 8000, 4000, Path("some.sf2"))
 
-    monkeypatch.setattr(render, "render", missing)
-    with pytest.raises(UserError, match="symusic.*--soundfont synth"):
-        corpus_clips(DataConfig(piece_seconds=3.0, soundfont="synth"), 8000, 4000)
+
+def test_a_renderer_that_crashes_costs_the_piece_not_the_process(monkeypatch):
+    import os
+    import signal
+
+    from nexttoken.midi import render
+
+    monkeypatch.setattr("nexttoken.midi.corpus.load_corpus", lambda name, jobs=2: fake_corpus())
+    real = render.render
+
+    def crashing(notes, sample_rate, soundfont=None):
+        if notes.pitch[0] == 61 and len(notes.start) == 12:  # the second scale
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return real(notes, sample_rate, soundfont)
+
+    monkeypatch.setattr(render, "render", crashing)
+    clips = corpus_clips(DataConfig(piece_seconds=4.0, soundfont="synth"), 8000, 4000)
+    assert clips.skipped == [("p1", "not rendered (crashed (SIGSEGV))")]
+    assert torch.bincount(clips.track, minlength=4).tolist() == [6, 0, 8, 8]
 
 
 def test_a_prepared_note_table_is_rendered_like_the_corpus(tmp_path):

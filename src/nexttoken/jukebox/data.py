@@ -17,6 +17,7 @@ time each syllable is sung: the ground truth of the lyrics-alignment measure. Bo
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import torch
 
 from nexttoken.config import check, option
 from nexttoken.errors import UserError
+from nexttoken.isolate import map_isolated
 from nexttoken.jukebox.audio import (MIN_DB, ClipSet, Track, cache_root, extract_clips, load_clips, split_tracks,
                                      warn)
 from nexttoken.progress import Progress
@@ -136,33 +138,39 @@ def corpus_clips(cfg: DataConfig, sample_rate: int, clip_samples: int) -> ClipSe
 def render_corpus(corpus, cfg: DataConfig, sample_rate: int, clip_samples: int,
                   soundfont: Path | None) -> tuple[dict, dict]:
     """Every piece's first ``cfg.piece_seconds`` as clips (tensors), with each piece's genre, length and whether it
-    was skipped (meta)."""
+    was skipped (meta). Pieces render in ``cfg.jobs`` worker processes (``nexttoken.isolate``): a synthesizer that
+    crashes or hangs on one piece costs that piece."""
     from nexttoken.midi.notes import FAMILIES
     from nexttoken.midi.render import render
 
-    clips, track, starts, seconds, genres, skipped = [], [], [], [], [], []
+    if soundfont is not None and importlib.util.find_spec("symusic") is None:  # what renders through a soundfont
+        raise UserError(f"cannot render {cfg.audio} with {soundfont}: symusic is not installed (--soundfont synth "
+                        f"renders with the built-in synthesizer)")
+
+    def piece(p: int) -> tuple[np.ndarray, np.ndarray]:  # in a worker
+        notes = corpus.notes(p)
+        keep = notes.start < cfg.piece_seconds
+        head = type(notes)(notes.start[keep], np.minimum(notes.end[keep], cfg.piece_seconds), notes.pitch[keep],
+                           notes.velocity[keep], notes.family[keep], notes.tempo)
+        clips, starts = extract_clips(render(head, sample_rate, soundfont)[: round(cfg.piece_seconds * sample_rate)],
+                                      clip_samples, MIN_DB)
+        return _pcm(clips).numpy(), starts
+
     with Progress(len(corpus), "render corpus", unit="piece") as bar:
-        for p in range(len(corpus)):
-            notes = corpus.notes(p)
-            genres.append(FAMILIES[int(np.bincount(notes.family).argmax())])
-            seconds.append(float(notes.end.max()))
-            keep = notes.start < cfg.piece_seconds
-            head = type(notes)(notes.start[keep], np.minimum(notes.end[keep], cfg.piece_seconds), notes.pitch[keep],
-                               notes.velocity[keep], notes.family[keep], notes.tempo)
-            try:
-                audio = render(head, sample_rate, soundfont)[: round(cfg.piece_seconds * sample_rate)]
-            except ImportError as e:  # not about one piece: the soundfont's renderer is missing
-                raise UserError(f"cannot render {cfg.audio} with {soundfont}: {e} (--soundfont synth renders with "
-                                f"the built-in synthesizer)") from e
-            except Exception as e:  # a synthesizer's own error about one piece: that piece gives no clips
-                skipped.append((corpus.ids[p], f"not rendered ({str(e).splitlines()[0][:100]})"))
-                warn(f"skipped {corpus.ids[p]}: {skipped[-1][1]}")
-                audio = np.zeros(0, dtype=np.float32)
-            c, s = extract_clips(audio, clip_samples, MIN_DB)
-            clips.append(_pcm(c))
-            starts.append(torch.from_numpy(s).long())
-            track.append(torch.full((len(c),), p, dtype=torch.long))
-            bar.update(1)
+        outcomes = map_isolated(piece, range(len(corpus)), timeout=max(60.0, cfg.piece_seconds), workers=cfg.jobs,
+                                on_done=lambda i, outcome: bar.update(1))
+    clips, track, starts, seconds, genres, skipped = [], [], [], [], [], []
+    for p, outcome in enumerate(outcomes):
+        notes = corpus.notes(p)
+        genres.append(FAMILIES[int(np.bincount(notes.family).argmax())])
+        seconds.append(float(notes.end.max()))
+        c, s = outcome.value if outcome.ok else (np.zeros((0, clip_samples), np.int16), np.zeros(0, np.int64))
+        if not outcome.ok:  # that piece gives no clips
+            skipped.append((corpus.ids[p], f"not rendered ({outcome.error.splitlines()[0][:100]})"))
+            warn(f"skipped {corpus.ids[p]}: {skipped[-1][1]}")
+        clips.append(torch.from_numpy(c))
+        starts.append(torch.from_numpy(s).long())
+        track.append(torch.full((len(c),), p, dtype=torch.long))
     if len(skipped) == len(corpus):
         raise UserError(f"no piece of {cfg.audio} could be rendered: {skipped[0][1]}")
     return ({"clips": torch.cat(clips), "track": torch.cat(track), "start": torch.cat(starts)},
