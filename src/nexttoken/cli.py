@@ -107,7 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
         else None
     try:
-        return args.func(args) or 0
+        code = args.func(args) or 0
+        if "torch.distributed" in sys.modules:  # a command that trained under torchrun ends its process group
+            from nexttoken.training import shutdown_distributed
+
+            shutdown_distributed()
+        return code
     except UserError as e:
         print(f"nexttoken: error: {e}", file=sys.stderr)
         return 2

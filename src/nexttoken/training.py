@@ -160,7 +160,11 @@ def init_distributed(device_name: str = "auto") -> Dist:
 
 
 def shutdown_distributed() -> None:
+    """End the process group at the end of a command: every process waits until all are done with their collectives,
+    so none tears its connections down under another (gloo aborts the process when a peer vanishes mid-exit), and the
+    group goes before the interpreter's own teardown."""
     if torch_dist.is_initialized():
+        torch_dist.barrier()
         torch_dist.destroy_process_group()
 
 
