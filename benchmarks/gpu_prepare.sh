@@ -6,7 +6,7 @@
 # are git-ignored; name them in the device call's `carry`:
 #
 #   bash benchmarks/gpu_prepare.sh              # PYVER=3.11 PY=/tmp/venv/bin/python to rehearse with another Python
-#   run: BUDGET=540 bash benchmarks/gpu_checks.sh    carry: [".whl", ".corpus"]
+#   then, on the lent machine, carrying [".whl", ".corpus"]: the commands at the top of benchmarks/gpu_checks.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"

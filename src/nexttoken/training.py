@@ -259,6 +259,13 @@ def planned_steps(cap: int, done: int, timed_steps: int, timed_s: float, seconds
     return max(done, min(cap, done + int(max(seconds_left, 0.0) / max(pace, 1e-9))))
 
 
+def say_finished(path, steps: int, budgeted: bool = False) -> None:
+    """The line every resumed run that has nothing left to train prints."""
+    within = " (all its time budget allowed)" if budgeted else ""
+    print(f"nexttoken: {path} has finished its {steps:,} steps{within}; nothing to train (pass --steps N to train "
+          f"further)", file=sys.stderr)
+
+
 @dataclass
 class FitResult:
     record: dict  # the last evaluation record
@@ -304,9 +311,7 @@ def fit(
         run.rewind_metrics(state.step)
     if state.step >= state.planned and run is not None:  # a finished run: nothing to train
         if resume and dist.is_main:
-            within = " (all its time budget allowed)" if loop.max_seconds > 0 else ""
-            print(f"nexttoken: {run.path} has finished its {state.step:,} steps{within}; nothing to train (pass a "
-                  f"higher --steps to train further)", file=sys.stderr)
+            say_finished(run.path, state.step, budgeted=loop.max_seconds > 0)
         return FitResult((run.metrics() or [{}])[-1], state.planned)
     ddp = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) \
         if dist.enabled else model

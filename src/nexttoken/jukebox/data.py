@@ -100,10 +100,14 @@ def rendered(audio: str) -> bool:
 
 
 def corpus_key(audio: str) -> str:
-    """The rendered corpus's cache name: the corpus name, or a note table's content hash (a path has slashes)."""
+    """The rendered corpus's cache name: the corpus name, or a note table's content hash (a path has slashes; the same
+    path may hold another table later)."""
     if audio in MUSIC21:
         return audio
-    return "table-" + hashlib.sha1((Path(audio) / "pieces.json").read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha1()
+    for name in ("pieces.json", "notes.npz"):
+        digest.update((Path(audio) / name).read_bytes())
+    return "table-" + digest.hexdigest()[:12]
 
 
 def corpus_clips(cfg: DataConfig, sample_rate: int, clip_samples: int) -> ClipSet:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from nexttoken.jukebox.prior import Prior, PriorConfig, chars_batch, position_se
 from nexttoken.jukebox.vqvae import PRESETS, VQVAE, VQVAEConfig, vqvae_loss
 from nexttoken.plots import plot_metrics
 from nexttoken.runs import Run, read_json
-from nexttoken.training import Dist, LoopConfig, OptimConfig, count_rows, count_targets, fit
+from nexttoken.training import Dist, LoopConfig, OptimConfig, count_rows, count_targets, fit, say_finished
 
 VQVAE_KIND, PRIOR_KIND = "jukebox.vqvae", "jukebox.prior"
 
@@ -76,8 +75,7 @@ def nothing_to_train(stage: Path, loop: LoopConfig) -> bool:
     """A finished stage asked for no more steps than it trained: say so and leave it as it is."""
     summary = stage / "summary.json"
     if summary.is_file() and read_json(summary).get("steps", 0) >= loop.steps and loop.max_seconds <= 0:
-        print(f"nexttoken: {stage} has finished its {read_json(summary)['steps']:,} steps; nothing to train (pass "
-              f"--steps N to train further)", file=sys.stderr)
+        say_finished(stage, read_json(summary)["steps"])
         return True
     return False
 

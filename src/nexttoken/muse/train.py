@@ -33,7 +33,7 @@ from nexttoken.muse.evaluate import score_pieces
 from nexttoken.muse.model import MuseModel, build_model
 from nexttoken.plots import plot_metrics
 from nexttoken.runs import Run, default_run_dir, read_json
-from nexttoken.training import Dist, LoopConfig, OptimConfig, fit, init_distributed, seed_everything
+from nexttoken.training import Dist, LoopConfig, OptimConfig, fit, init_distributed, say_finished, seed_everything
 
 KIND = "muse.train"
 
@@ -186,8 +186,7 @@ def resume(path: Path, device: str = "auto", jobs: int = 2, changes: dict | None
     if summary.is_file() and "steps" in (changes or {}) and read_json(summary).get("steps", 0) < loop.steps:
         print(f"nexttoken: training {path} on to {loop.steps:,} steps", file=sys.stderr)
     elif summary.is_file():
-        print(f"nexttoken: {path} has finished its {read_json(summary).get('steps', loop.steps):,} steps; nothing "
-              f"to train (pass --steps N to train further)", file=sys.stderr)
+        say_finished(path, read_json(summary).get("steps", loop.steps))
         return Path(path)
     dist = init_distributed(device)
     loop.validate(dist.world_size)
