@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from nexttoken.distributed import Dist
 from nexttoken.instruct import pipeline
 from nexttoken.instruct.pipeline import PipelineConfig, run_pipeline
 from nexttoken.training import pick_device
@@ -31,9 +32,9 @@ def main() -> None:
     device = pick_device(args.device)
     rows = []
     for kind, module in pipeline.MODULES.items():
-        def timed(c, run, dev, resume, progress, real=module.run_stage):
+        def timed(c, run, dist, resume, progress, real=module.run_stage):
             w0, c0 = time.perf_counter(), time.process_time()
-            out = real(c, run, dev, resume, progress)
+            out = real(c, run, dist, resume, progress)
             rows.append({"stage": run.path.name, "wall_s": round(time.perf_counter() - w0, 2),
                          "cpu_s": round(time.process_time() - c0, 2)})
             print(f"{run.path.name:16} wall {rows[-1]['wall_s']:7.1f} s   cpu {rows[-1]['cpu_s']:7.1f} s", flush=True)
@@ -42,7 +43,7 @@ def main() -> None:
     w0, c0 = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.out or Path(tmp) / "pipeline"
-        summary = run_pipeline(folder, PipelineConfig(preset=args.preset), device, progress=False)
+        summary = run_pipeline(folder, PipelineConfig(preset=args.preset), Dist(device=device), progress=False)
     total = {"wall_s": round(time.perf_counter() - w0, 1), "cpu_s": round(time.process_time() - c0, 1)}
     print(f"{'total':16} wall {total['wall_s']:7.1f} s   cpu {total['cpu_s']:7.1f} s (threads: {torch.get_num_threads()})")
     out = Path(__file__).parent / "results" / f"instruct_pipeline-{args.preset}-{device.type}.json"

@@ -3,7 +3,7 @@ import torch
 
 torch.set_num_threads(2)
 
-collect_ignore = ["ddp_worker.py"]  # a script torchrun starts, not a test module
+collect_ignore = ["ddp_worker.py", "ddp_stages.py"]  # scripts torchrun starts, not test modules
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,8 @@ import sys
 import torch
 
 from charlm import batch_fn
-from nexttoken.training import LoopConfig, OptimConfig, fit, init_distributed, shutdown_distributed
+from nexttoken.distributed import init_distributed, shutdown_distributed
+from nexttoken.training import LoopConfig, OptimConfig, fit
 from test_training import char_model
 
 out = sys.argv[1]

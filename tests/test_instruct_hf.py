@@ -7,14 +7,16 @@ import pytest
 import torch
 
 from instruct_fixtures import WORLD
+from nexttoken.distributed import Dist
 from nexttoken.instruct import pipeline
 from nexttoken.instruct.corpus import demonstrations, make_corpus
 from nexttoken.instruct.hf import HFPolicy
-from nexttoken.instruct.policy import load_policy, load_reward_model, respond
+from nexttoken.instruct.policy import RewardModel, load_policy, load_reward_model, respond
 from nexttoken.instruct.stage import open_stage
 
 transformers = pytest.importorskip("transformers")
 CPU = torch.device("cpu")
+ONE = Dist()  # one process, on the CPU
 EOS = "<|endoftext|>"
 
 
@@ -52,6 +54,18 @@ def test_a_hugging_face_model_gets_its_own_pad_token_and_samples_like_our_gpt(ll
     assert not (sampled.response[sampled.response_mask.bool()] == tok.pad_id).any()
 
 
+def test_every_trainable_parameter_of_a_reward_model_gets_a_gradient(llama):
+    """The reward model reads hidden states: the tiny Llama's untied LM head is frozen, every other parameter learns
+    (DDP waits for a gradient of every trainable parameter, and would hang on one that never gets any)."""
+    policy = load_policy(llama)
+    rm = RewardModel(policy)
+    assert not policy.model.get_output_embeddings().weight.requires_grad
+    ids = torch.tensor([policy.tokenizer.encode("What is 2 + 3? 5", eos=True)])
+    rm(ids).sum().backward()
+    trainable = [n for n, p in rm.named_parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None for p in rm.parameters() if p.requires_grad)
+
+
 def test_every_stage_runs_on_a_hugging_face_model(llama, tmp_path):
     folder = tmp_path / "pipe"
     stages = [
@@ -69,7 +83,7 @@ def test_every_stage_runs_on_a_hugging_face_model(llama, tmp_path):
     for name, kind, overrides in stages:
         run, configs = open_stage(folder / name, kind, pipeline.stage_configs(kind, {}, **overrides), False)
         with run:
-            pipeline.MODULES[kind].run_stage(configs, run, CPU, progress=False)
+            pipeline.MODULES[kind].run_stage(configs, run, ONE, progress=False)
         assert (folder / name / "summary.json").is_file()
     for name in ("sft", "ppo", "dpo"):
         policy = load_policy(folder / name)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from nexttoken.cli import main
+from nexttoken.distributed import Dist
 from nexttoken.errors import Interrupted
 from nexttoken.instruct import pipeline, ppo, pretrain
 from nexttoken.instruct.pipeline import PRESETS, PipelineConfig, plan, run_pipeline
@@ -21,6 +22,7 @@ from nexttoken.instruct.world import make_world
 from nexttoken.runs import Run, load_tensors
 
 CPU = torch.device("cpu")
+ONE = Dist()  # one process, on the CPU
 TINY = {
     "sizes": ["tiny"],
     "pretrain": {"pretrain": {"corpus_chars": 30_000, "context": 64, "vocab_size": 400, "heldout_pages": 10},
@@ -44,7 +46,7 @@ def tiny(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(PRESETS, "demo", TINY)
         mp.setitem(pretrain.SIZES, "tiny", (1, 2, 32, 3e-3))
-        run_pipeline(folder, PipelineConfig(preset="demo"), CPU, progress=False)
+        run_pipeline(folder, PipelineConfig(preset="demo"), ONE, progress=False)
         yield folder, mp
 
 
@@ -118,7 +120,7 @@ def test_ppo_against_the_labelers_own_utility_scores_every_episode_by_it(tiny, t
                            "iterations": 2})
     optim = ppo.OptimConfig(lr=1e-3, warmup_steps=0)
     with Run.create(tmp_path / "gold", {}, kind="instruct.ppo") as run:
-        summary = ppo.train_ppo(cfg, optim, run, CPU, progress=False)
+        summary = ppo.train_ppo(cfg, optim, run, ONE, progress=False)
     mean, std = summary["reward_norm"]
     best = HELD_OUT_LABELER.correctness + HELD_OUT_LABELER.instruction_following + HELD_OUT_LABELER.concision
     assert 0 <= mean <= best and std > 0
@@ -144,7 +146,7 @@ def test_a_killed_ppo_stage_resumes_to_the_uninterrupted_result(tiny, tmp_path, 
                                                        "ckpt_every": 100, "target_kl": 0.5, "kl_horizon": 50})
     whole, c = open_stage(tmp_path / "whole", "ppo", configs, False)
     with whole:
-        ppo.run_stage(c, whole, CPU, progress=False)
+        ppo.run_stage(c, whole, ONE, progress=False)
     calls = {"n": 0}
     real = ppo.experience
 
@@ -157,11 +159,11 @@ def test_a_killed_ppo_stage_resumes_to_the_uninterrupted_result(tiny, tmp_path, 
     monkeypatch.setattr(ppo, "experience", killed_in_iteration_2)
     part, c = open_stage(tmp_path / "part", "ppo", configs, False)
     with pytest.raises(Interrupted, match="iteration 2"), part:
-        ppo.run_stage(c, part, CPU, progress=False)
+        ppo.run_stage(c, part, ONE, progress=False)
     monkeypatch.setattr(ppo, "experience", real)
     again, c = open_stage(tmp_path / "part", "ppo", configs, True)
     with again:
-        ppo.run_stage(c, again, CPU, resume=True, progress=False)
+        ppo.run_stage(c, again, ONE, resume=True, progress=False)
     a, b = Run.open(tmp_path / "whole").metrics(), Run.open(tmp_path / "part").metrics()
     assert [r["step"] for r in b] == [1, 2, 3]
     assert len({r["kl_coef"] for r in a}) == 3  # the adaptive controller moved beta, and the checkpoint kept it
@@ -181,12 +183,12 @@ def test_a_killed_pipeline_continues_where_it_stopped(tiny, monkeypatch):
     ran = []
     for kind, module in pipeline.MODULES.items():
         real = module.run_stage
-        monkeypatch.setattr(module, "run_stage", lambda c, run, device, resume, progress, real=real:
-                            ran.append((run.path.name, resume)) or real(c, run, device, resume, progress))
-    run_pipeline(folder, PipelineConfig(preset="demo"), CPU, progress=False)
+        monkeypatch.setattr(module, "run_stage", lambda c, run, dist, resume, progress, real=real:
+                            ran.append((run.path.name, resume)) or real(c, run, dist, resume, progress))
+    run_pipeline(folder, PipelineConfig(preset="demo"), ONE, progress=False)
     assert ran == [("dpo-tiny", True), ("evaluate", True)]
     ran.clear()
-    run_pipeline(folder, PipelineConfig(preset="demo"), CPU, progress=False)
+    run_pipeline(folder, PipelineConfig(preset="demo"), ONE, progress=False)
     assert ran == []
 
 

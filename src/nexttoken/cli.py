@@ -102,14 +102,29 @@ def _terminate(signum, frame) -> None:
     raise KeyboardInterrupt  # SIGTERM ends a command as Ctrl-C does: cleanly, with the message below
 
 
+def _check_processes(args: argparse.Namespace) -> None:
+    """Under torchrun (WORLD_SIZE > 1) only the verbs a domain marks ``distributed=True`` run; each process of those
+    trains its share, and only rank 0 prints (every process would print the same). Any other verb would run N times
+    over the same files, so it is refused."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    if not getattr(args, "distributed", False):
+        verb = f"{args.domain} {getattr(args, 'verb', '')}".strip()
+        raise UserError(f"`nexttoken {verb}` runs in one process; start it without torchrun (the training "
+                        f"commands are the ones that run on several)")
+    if int(os.environ.get("RANK", "0")) > 0:
+        sys.stdout = open(os.devnull, "w")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
         else None
     try:
+        _check_processes(args)
         code = args.func(args) or 0
         if "torch.distributed" in sys.modules:  # a command that trained under torchrun ends its process group
-            from nexttoken.training import shutdown_distributed
+            from nexttoken.distributed import shutdown_distributed
 
             shutdown_distributed()
         return code

@@ -3,7 +3,8 @@ requests, and ``fit``, a plain training loop (next-token loss or any other) with
 atomic checkpoints and exact resume.
 
 Distributed runs use PyTorch DDP as launched by torchrun (``torchrun --nproc_per_node N -m nexttoken ...``): the
-environment variables it sets pick the rank; NCCL on CUDA, gloo on CPU. Nothing here is home-made distribution.
+environment variables it sets pick the rank; NCCL on CUDA, gloo on CPU (the process group and what lies around a
+loop are in ``nexttoken.distributed``). Nothing here is home-made distribution.
 
 The loop asks ``batch_fn(step)`` for the *global* batch of a step (a dict of tensors, rows first), so the data order
 depends on the step alone: resuming at step N, or splitting the batch over processes and micro-batches, sees exactly
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import signal
 import sys
@@ -30,6 +30,7 @@ import torch.distributed as torch_dist
 from torch.nn.parallel import DistributedDataParallel
 
 from nexttoken.config import check, option
+from nexttoken.distributed import Dist, any_rank
 from nexttoken.errors import Interrupted, UserError
 from nexttoken.prefetch import Prefetch
 from nexttoken.progress import Progress
@@ -125,47 +126,6 @@ def autocast(device: torch.device, precision: str = "auto"):
     if precision == "bf16" and device.type == "cpu":
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-# ---- distributed --------------------------------------------------------------------------------------------------------
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device_name: str = "auto") -> Dist:
-    """Read torchrun's environment; start the process group when there is more than one process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_name)
-    if world_size > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
-        if not torch_dist.is_initialized():
-            torch_dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank, world_size, local_rank, device)
-
-
-def shutdown_distributed() -> None:
-    """End the process group at the end of a command: every process waits until all are done with their collectives,
-    so none tears its connections down under another (gloo aborts the process when a peer vanishes mid-exit), and the
-    group goes before the interpreter's own teardown."""
-    if torch_dist.is_initialized():
-        torch_dist.barrier()
-        torch_dist.destroy_process_group()
 
 
 # ---- the loop -----------------------------------------------------------------------------------------------------------
@@ -428,10 +388,11 @@ def _loop(model, ddp, forward, optimizer, batch_fn, optim, loop, run, dist, eval
             if run is not None:
                 run.log(record)
             state.loss_sum, state.loss_steps, state.logs, t0, tokens_seen = 0.0, 0, {}, clock(), 0
-        if (done == start + 1 or done % loop.ckpt_every == 0 or done == state.planned or stop.requested
+        stopping = any_rank(dist, stop.requested)
+        if (done == start + 1 or done % loop.ckpt_every == 0 or done == state.planned or stopping
                 or clock() - last_save > loop.ckpt_seconds):
             save(done)
             last_save = clock()
-        if stop.requested:
+        if stopping:
             raise Interrupted(f"stopped at step {done:,}" + (f"; continue with --resume {run.path}" if run else ""))
     return record

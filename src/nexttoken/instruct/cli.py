@@ -60,7 +60,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--out", type=Path, default=None, help=f"run folder (default runs/instruct-{kind}-<time>)")
         p.add_argument("--resume", type=Path, default=None, metavar="RUN", help="continue a killed run")
         add_device_option(p)
-        p.set_defaults(func=cmd_stage, stage=kind)
+        p.set_defaults(func=cmd_stage, stage=kind, distributed=kind != "evaluate")
 
     from nexttoken.instruct.pipeline import PipelineConfig
 
@@ -69,7 +69,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="pipeline folder (default runs/instruct-<preset>)")
     p.add_argument("--stages", default="", help="comma-separated stages to run (default: all that are not done)")
     add_device_option(p)
-    p.set_defaults(func=cmd_pipeline)
+    p.set_defaults(func=cmd_pipeline, distributed=True)
 
     from nexttoken.instruct.evaluate import STYLES, EvalConfig
 
@@ -100,15 +100,15 @@ def register(parser: argparse.ArgumentParser) -> None:
 # ---- verbs ----------------------------------------------------------------------------------------------------------
 def cmd_stage(args: argparse.Namespace) -> int:
     from nexttoken.instruct.pretrain import default_lr
+    from nexttoken.distributed import init_distributed
     from nexttoken.instruct.stage import open_stage
-    from nexttoken.training import pick_device
 
     module = _modules()[args.stage]
-    device = pick_device(args.device)
+    dist = init_distributed(args.device)
     if args.resume is not None:
         flags = {name: given(args, cls) for name, cls in module.CONFIGS.items()}
         run, configs = open_stage(args.resume, args.stage, {n: cls() for n, cls in module.CONFIGS.items()}, True,
-                                  flags, ADJUSTABLE)
+                                  flags, ADJUSTABLE, enabled=dist.is_main)
     else:
         configs = {name: from_args(args, cls, base=replace(cls(), **module.DEFAULTS.get(name, {})))
                    for name, cls in module.CONFIGS.items()}
@@ -117,24 +117,25 @@ def cmd_stage(args: argparse.Namespace) -> int:
         for name, field in REQUIRED.get(args.stage, ()):
             if not getattr(configs[name], field):
                 raise UserError(f"{args.stage} needs --{field.replace('_', '-')}")
-        run, configs = open_stage(args.out or default_run_dir("instruct", args.stage), args.stage, configs, False)
+        run, configs = open_stage(args.out or default_run_dir("instruct", args.stage), args.stage, configs, False,
+                                  enabled=dist.is_main)
     with run:
-        summary = module.run_stage(configs, run, device, args.resume is not None)
+        summary = module.run_stage(configs, run, dist, args.resume is not None)
     _print_summary(summary)
     print(f"run folder: {run.path}")
     return 0
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
+    from nexttoken.distributed import init_distributed
     from nexttoken.instruct.pipeline import PipelineConfig, run_pipeline
-    from nexttoken.training import pick_device
 
     cfg = from_args(args, PipelineConfig)
-    device = pick_device(args.device)
+    dist = init_distributed(args.device)
     out = args.out or Path("runs") / f"instruct-{cfg.preset}"
     only = [s.strip() for s in args.stages.split(",") if s.strip()]
     t0 = time.time()
-    summary = run_pipeline(out, cfg, device, only, given(args, PipelineConfig))
+    summary = run_pipeline(out, cfg, dist, only, given(args, PipelineConfig))
     if (out / "evaluate" / "results.md").is_file():
         print((out / "evaluate" / "results.md").read_text())
     _print_summary({k: v for k, v in summary.items() if k != "rows"})

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from nexttoken.distributed import Dist
 from nexttoken.instruct.evaluate import cut, prompt_for
 from nexttoken.instruct.pipeline import PipelineConfig, run_pipeline
 from nexttoken.instruct.policy import load_policy, respond
@@ -29,7 +30,7 @@ def demo_prompts() -> list[str]:
 def demo_section(out: Path, device: torch.device) -> Section:
     folder = out / "pipeline"
     cfg = PipelineConfig(preset="demo")
-    run_pipeline(folder, cfg, device)
+    run_pipeline(folder, cfg, Dist(device=device))
     sizes = cfg.model_sizes
     section = Section("Making language models useful (InstructGPT, Ouyang et al. 2022; Kojima et al. 2022)")
     section.text(

@@ -28,6 +28,7 @@ from nexttoken.instruct.rankings import split_rankings
 from nexttoken.instruct.reward import RankingBatches, pairwise_loss, ranking_rows
 from nexttoken.plots import plot_metrics
 from nexttoken.runs import Run
+from nexttoken.distributed import Dist
 from nexttoken.training import LoopConfig, OptimConfig, count_rows, fit, seed_everything
 
 
@@ -56,13 +57,14 @@ def dpo_loss(policy: Policy, ref: Policy, beta: float, batch: dict) -> tuple[Ten
     return loss, {"accuracy": right.detach()}
 
 
-def train_dpo(cfg: DPOConfig, optim: OptimConfig, loop: LoopConfig, run: Run, device: torch.device,
-              resume: bool = False, progress: bool = True) -> dict:
+def train_dpo(cfg: DPOConfig, optim: OptimConfig, loop: LoopConfig, run: Run, dist: Dist, resume: bool = False,
+              progress: bool = True) -> dict:
     """Fit the policy to the rankings by DPO; writes RUN/policy.safetensors and returns the summary."""
     if not cfg.init or not cfg.rankings:
         raise UserError("dpo needs --init (the SFT policy) and --rankings (a rank run folder)")
     seed_everything(loop.seed)
     train, val, loop = split_rankings(cfg.rankings, cfg.val_fraction, cfg.epochs, loop)
+    device = dist.device
     policy = load_policy(cfg.init, device)
     ref = copy.deepcopy(policy).requires_grad_(False)
 
@@ -77,7 +79,9 @@ def train_dpo(cfg: DPOConfig, optim: OptimConfig, loop: LoopConfig, run: Run, de
     result = fit(policy, RankingBatches(policy, train, loop.batch_size, loop.seed), optim, loop, run,
                  eval_fn=val_accuracy if val else None, resume=resume,
                  loss_fn=lambda model, batch: dpo_loss(model, ref, cfg.beta, batch), weight_fn=count_rows,
-                 progress=progress)
+                 dist=dist, progress=progress)
+    if not dist.is_main:
+        return {}
     save_model(policy, run.path / POLICY_FILE)
     plot_metrics(run.metrics(), ["train_accuracy", "val_accuracy"], run.path / "accuracy.png",
                  ylabel="pairs ordered as the labeler did", title="DPO implicit reward")
@@ -94,5 +98,5 @@ DEFAULTS = {"optim": {"lr": 1e-4, "warmup_steps": 10},
             "loop": {"batch_size": 8, "eval_every": 50, "ckpt_every": 50}}
 
 
-def run_stage(c: dict, run: Run, device: torch.device, resume: bool = False, progress: bool = True) -> dict:
-    return train_dpo(c["dpo"], c["optim"], c["loop"], run, device, resume, progress)
+def run_stage(c: dict, run: Run, dist: Dist, resume: bool = False, progress: bool = True) -> dict:
+    return train_dpo(c["dpo"], c["optim"], c["loop"], run, dist, resume, progress)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from nexttoken.errors import UserError
 from nexttoken.instruct.corpus import chat_prompt
@@ -114,6 +114,10 @@ class HFPolicy(Policy):
 
     def head(self, hidden: Tensor) -> Tensor:
         return self.model.get_output_embeddings()(hidden)
+
+    def head_only_parameters(self) -> list[nn.Parameter]:
+        tied = {id(p) for p in self.model.get_input_embeddings().parameters()}
+        return [p for p in self.model.get_output_embeddings().parameters() if id(p) not in tied]
 
     def generate(self, ids: Tensor, mask: Tensor, max_new_tokens: int, *, use_cache: bool = True, **sampling) -> Samples:
         B, T0 = ids.shape

@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
-import torch
 
 from nexttoken.config import check, load, option, resumed
+from nexttoken.distributed import Dist, barrier, main_first
 from nexttoken.errors import UserError
 from nexttoken.instruct import dpo, ppo, pretrain, rankings, results, reward, sft
 from nexttoken.instruct.stage import finished, open_stage
@@ -142,28 +142,34 @@ def plan(folder: Path, cfg: PipelineConfig) -> list[Stage]:
     return stages
 
 
-def settings(folder: Path, cfg: PipelineConfig, given: dict) -> PipelineConfig:
-    """The pipeline's settings: saved in FOLDER/pipeline.json by the first start; a later start keeps them (a flag
-    that would change them is refused)."""
+def settings(folder: Path, cfg: PipelineConfig, given: dict, write: bool = True) -> PipelineConfig:
+    """The pipeline's settings: saved in FOLDER/pipeline.json by the first start (unless not ``write``); a later
+    start keeps them (a flag that would change them is refused)."""
     saved_file = folder / "pipeline.json"
     if saved_file.is_file():
         saved = load(PipelineConfig, read_json(saved_file), str(saved_file))
         return resumed(saved, given)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(saved_file, asdict(cfg))
+    if write:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(saved_file, asdict(cfg))
     return cfg
 
 
-def run_pipeline(folder: str | Path, cfg: PipelineConfig, device: torch.device, only: list[str] | None = None,
+def run_pipeline(folder: str | Path, cfg: PipelineConfig, dist: Dist, only: list[str] | None = None,
                  given: dict | None = None, progress: bool = True) -> dict:
-    """Run (or continue) every stage, or the stages named in ``only``; returns the evaluation's summary when it ran."""
+    """Run (or continue) every stage, or the stages named in ``only``; returns the evaluation's summary when it ran.
+
+    Under torchrun every process runs every stage (``dist``): each trains or samples its share, rank 0 alone writes
+    and evaluates, and all of them look at a stage's folder before rank 0 writes in it and wait for each other after
+    it, so they agree on what is done."""
     folder = Path(folder)
     stages = plan(folder, cfg)
     names = [s.name for s in stages]
     unknown = [n for n in only or [] if n not in names]
     if unknown:
         raise UserError(f"unknown stage {unknown[0]!r}; the stages are: {', '.join(names)}")
-    cfg = settings(folder, cfg, given or {})
+    with main_first(dist):
+        cfg = settings(folder, cfg, given or {}, write=dist.is_main)
     stages = plan(folder, cfg)
     summary: dict = {}
     for stage in stages:
@@ -171,10 +177,13 @@ def run_pipeline(folder: str | Path, cfg: PipelineConfig, device: torch.device, 
         if (only and stage.name not in only) or finished(path):
             continue
         resume = (path / "config.json").is_file()
-        print(f"instruct pipeline: {'resuming' if resume else 'running'} {stage.name}", file=sys.stderr, flush=True)
-        run, configs = open_stage(path, stage.kind, stage.configs, resume)
+        barrier(dist)  # every process has looked before rank 0 writes
+        if dist.is_main:
+            print(f"instruct pipeline: {'resuming' if resume else 'running'} {stage.name}", file=sys.stderr, flush=True)
+        run, configs = open_stage(path, stage.kind, stage.configs, resume, enabled=dist.is_main)
         with run:
-            summary = MODULES[stage.kind].run_stage(configs, run, device, resume, progress)
+            summary = MODULES[stage.kind].run_stage(configs, run, dist, resume, progress)
+        barrier(dist)
     if finished(folder / "evaluate"):
         summary = read_json(folder / "evaluate" / "summary.json")
     return summary

@@ -52,6 +52,10 @@ class Policy(nn.Module):
     def forward(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.head(self.hidden(ids, mask))
 
+    def head_only_parameters(self) -> list[nn.Parameter]:
+        """The parameters that ``head`` alone uses (an output layer not tied to the input embedding)."""
+        return []
+
     def generate(self, ids: Tensor, mask: Tensor, max_new_tokens: int, *, use_cache: bool = True, **sampling) -> Samples:
         """Continue left-padded prompts until EOS or ``max_new_tokens``; ``sampling``: temperature, top_k, top_p,
         generator (``sampling.sample``'s keywords)."""
@@ -102,6 +106,9 @@ class GPTPolicy(Policy):
     def head(self, hidden: Tensor) -> Tensor:
         return self.gpt.head(hidden)
 
+    def head_only_parameters(self) -> list[nn.Parameter]:
+        return [] if self.gpt.cfg.tie_embeddings else [self.gpt.head.weight]
+
     def generate(self, ids: Tensor, mask: Tensor, max_new_tokens: int, *, use_cache: bool = True, **sampling) -> Samples:
         padded = not bool(mask.all())
         return generate(self.gpt, ids, max_new_tokens, prompt_mask=mask if padded else None, use_cache=use_cache,
@@ -122,6 +129,15 @@ class RewardModel(nn.Module):
         self.score = nn.Linear(backbone.hidden_size, 1)
         nn.init.normal_(self.score.weight, std=1.0 / (backbone.hidden_size + 1) ** 0.5)
         nn.init.zeros_(self.score.bias)
+        self.trainable()
+
+    def trainable(self) -> "RewardModel":
+        """Every parameter set to train except an untied LM head of the backbone: the model reads the hidden states
+        alone, so that head would get no gradient (and DDP would wait for one)."""
+        self.requires_grad_(True)
+        for p in self.backbone.head_only_parameters():
+            p.requires_grad_(False)
+        return self
 
     @property
     def tokenizer(self):

@@ -35,6 +35,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from nexttoken.config import option
+from nexttoken.distributed import Dist, all_sum, any_rank, average_gradients, gather, mean_over
 from nexttoken.errors import Interrupted, UserError
 from nexttoken.instruct.corpus import make_corpus
 from nexttoken.instruct.labeler import HELD_OUT_LABELER
@@ -121,14 +122,17 @@ def leave_one_out(rewards: Tensor, mask: Tensor, group: int) -> Tensor:
     return (returns - baseline).view(-1, 1) * mask
 
 
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
+def masked_mean(x: Tensor, mask: Tensor, dist: Dist = Dist()) -> Tensor:
+    """The mean of ``x`` over the real tokens (of every process's ``x``, with ``dist``)."""
+    sums = all_sum(dist, torch.stack([(x * mask).sum(), mask.sum()]))
+    return sums[0] / sums[1].clamp(min=1)
 
 
-def whiten(x: Tensor, mask: Tensor, shift: bool = True) -> Tensor:
-    """Zero mean (unless not ``shift``) and unit variance over the real tokens (padding left at 0)."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
+def whiten(x: Tensor, mask: Tensor, shift: bool = True, dist: Dist = Dist()) -> Tensor:
+    """Zero mean (unless not ``shift``) and unit variance over the real tokens (padding left at 0); with ``dist``, the
+    statistics of all processes' episodes, as one process with the whole batch would whiten."""
+    mean = masked_mean(x, mask, dist)
+    var = masked_mean((x - mean) ** 2, mask, dist)
     return (x - mean * shift) * torch.rsqrt(var + 1e-8) * mask
 
 
@@ -213,9 +217,10 @@ def response_view(model_out: Tensor, prompt_len: int) -> Tensor:
 @torch.no_grad()
 def experience(policy: Policy, ref: Policy, reward_model: RewardModel | LabelerReward, value: RewardModel | None,
                prompts: list[str], cfg: PPOConfig, beta: float, norm: tuple[float, float],
-               generator: torch.Generator) -> Experience:
+               generator: torch.Generator, dist: Dist = Dist()) -> Experience:
     """Roll out ``prompts`` and score them. With ``cfg.group`` > 1 the prompts come in groups of identical ones, the
-    advantages are leave-one-out (``leave_one_out``) and ``value`` is not used (None)."""
+    advantages are leave-one-out (``leave_one_out``) and ``value`` is not used (None). Under torchrun ``prompts`` are
+    this process's share, and the advantages are whitened over all processes' episodes."""
     out = respond(policy, prompts, cfg.max_new_tokens, temperature=cfg.temperature, generator=generator,
                   use_cache=cfg.cached_rollouts)
     ids, mask, q = out.ids, out.mask, out.prompt_len
@@ -234,19 +239,21 @@ def experience(policy: Policy, ref: Policy, reward_model: RewardModel | LabelerR
         advantages, returns = gae(rewards, values, action_mask, cfg.gamma, cfg.lam)
     # A group's advantages already centre on each prompt: whitening only scales them (a shift by the token mean would
     # favour long or short responses).
-    advantages = whiten(advantages, action_mask, shift=cfg.group == 1)
+    advantages = whiten(advantages, action_mask, shift=cfg.group == 1, dist=dist)
     return Experience(ids, mask, q, action_mask, logprobs, values * action_mask, advantages, returns, score, reward,
                       kl.sum(1), out.finished)
 
 
 def update(policy: Policy, value: RewardModel | None, optimizer, exp: Experience, cfg: PPOConfig, optim: OptimConfig,
-           generator: torch.Generator, ptx_batch=None) -> dict:
-    """``cfg.epochs`` passes of clipped policy and value updates over the episodes; returns mean statistics."""
+           generator: torch.Generator, ptx_batch=None, dist: Dist = Dist()) -> dict:
+    """``cfg.epochs`` passes of clipped policy and value updates over the episodes; returns mean statistics. Under
+    torchrun each process steps through its own episodes, ``cfg.minibatch`` over all processes a step, and the
+    gradients are averaged before every step, so the replicas stay equal."""
     stats: dict[str, float] = {}
     n_steps = 0
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for _ in range(cfg.epochs):
-        for mb in torch.randperm(len(exp.ids), generator=generator).split(cfg.minibatch):
+        for mb in torch.randperm(len(exp.ids), generator=generator).split(cfg.minibatch // dist.world_size):
             ids, mask, am = exp.ids[mb], exp.mask[mb], exp.action_mask[mb]
             logits = response_view(policy(ids, mask), exp.prompt_len).float() / cfg.temperature
             logp = token_logprobs(logits, ids[:, exp.prompt_len :])
@@ -268,6 +275,7 @@ def update(policy: Policy, value: RewardModel | None, optimizer, exp: Experience
                 step["ptx_loss"] = ptx.item()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(dist, params)
             if optim.grad_clip > 0:
                 nn.utils.clip_grad_norm_(params, optim.grad_clip)
             optimizer.step()
@@ -284,21 +292,31 @@ def update(policy: Policy, value: RewardModel | None, optimizer, exp: Experience
 
 # ---- the loop -------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def reward_norm(policy: Policy, reward_model: RewardModel | LabelerReward, prompts: list[str], cfg: PPOConfig
-                ) -> tuple[float, float]:
+def reward_norm(policy: Policy, reward_model: RewardModel | LabelerReward, prompts: list[str], cfg: PPOConfig,
+                dist: Dist = Dist()) -> tuple[float, float]:
     """(mean, std) of the reward model's score on the initial policy's responses: the gain and bias that make the
-    reward model's part of the PPO reward mean 0 and standard deviation 1 on the SFT model's samples."""
-    out = respond(policy, prompts, cfg.max_new_tokens, temperature=cfg.temperature,
-                  generator=torch.Generator().manual_seed(cfg.seed + 5))
-    score = scores(reward_model, prompts, out).float()
+    reward model's part of the PPO reward mean 0 and standard deviation 1 on the SFT model's samples (each process
+    samples its share of ``prompts``)."""
+    mine, local = dist.share(prompts), []
+    if mine:
+        out = respond(policy, mine, cfg.max_new_tokens, temperature=cfg.temperature,
+                      generator=torch.Generator().manual_seed(cfg.seed + 5 + (dist.rank << 40)))
+        local = scores(reward_model, mine, out).float().tolist()
+    score = torch.tensor(gather(dist, local))
     return float(score.mean()), float(score.std().clamp(min=1e-3))
 
 
-def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, device: torch.device, resume: bool = False,
+def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, dist: Dist, resume: bool = False,
               progress: bool = True) -> dict:
-    """Run PPO (PPO-ptx when ``cfg.ptx_coef`` > 0) into ``run``; writes RUN/policy.safetensors, returns the summary."""
+    """Run PPO (PPO-ptx when ``cfg.ptx_coef`` > 0) into ``run``; writes RUN/policy.safetensors, returns the summary
+    (on rank 0; the other processes of a torchrun return {}). Under torchrun each process rolls out its share of every
+    iteration's prompts and the replicas step together (``update``)."""
     if not cfg.init or not cfg.reward_model:
         raise UserError("ppo needs --init (the SFT policy) and --reward-model (a reward run folder)")
+    if (cfg.rollouts // cfg.group) % dist.world_size or cfg.minibatch % dist.world_size:
+        raise UserError(f"--rollouts {cfg.rollouts} ({cfg.rollouts // cfg.group} prompts) and --minibatch "
+                        f"{cfg.minibatch} must divide evenly into {dist.world_size} processes")
+    device = dist.device
     seed_everything(cfg.seed)
     policy = load_policy(cfg.init, device)
     ref = load_policy(cfg.init, device).requires_grad_(False)
@@ -317,7 +335,7 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, device: torch.device
         value = RewardModel(load_policy(cfg.init, device))  # no reward model to start from: a zero value head
         nn.init.zeros_(value.score.weight)
     elif cfg.group == 1:
-        value = copy.deepcopy(reward_model).requires_grad_(True)  # InstructGPT: the value function starts as the RM
+        value = copy.deepcopy(reward_model).trainable()  # InstructGPT: the value function starts as the RM
     trained = nn.ModuleDict({"policy": policy} if value is None else {"policy": policy, "value": value})
     optimizer = make_optimizer(trained, optim)
     start, beta, norm = 0, cfg.kl_coef, None
@@ -328,7 +346,7 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, device: torch.device
         run.rewind_metrics(start)
     if norm is None:
         norm = reward_norm(policy, reward_model, random.Random(cfg.seed).sample(pool, min(cfg.norm_samples,
-                                                                                          len(pool))), cfg)
+                                                                                          len(pool))), cfg, dist)
         if value is not None and cfg.reward_model != GOLD:
             with torch.no_grad():  # the value head starts as the reward model on the normalised scale it predicts
                 value.score.weight /= norm[1]
@@ -338,7 +356,7 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, device: torch.device
         pages = make_corpus(world, cfg.ptx_chars, seed=0).train
         windows = Windows(token_stream(policy.tokenizer, pages), cfg.ptx_context, cfg.ptx_rows, cfg.seed + 7)
     t0 = time.time()
-    bar = Progress(cfg.iterations, "ppo", initial=start, enabled=progress, log=run.log_path)
+    bar = Progress(cfg.iterations, "ppo", initial=start, enabled=progress and dist.is_main, log=run.log_path)
 
     def save(done: int) -> None:
         run.save_checkpoint(trained, optimizer, done, extra_meta={"kl_coef": beta, "reward_norm": list(norm)})
@@ -348,30 +366,35 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, device: torch.device
             set_lr(optimizer, optim.lr * lr_factor(it, cfg.iterations, optim))
             t_it = time.time()
             drawn = random.Random(f"ppo:{cfg.seed}:{it}").choices(pool, k=cfg.rollouts // cfg.group)
-            prompts = [p for p in drawn for _ in range(cfg.group)]
-            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
-            exp = experience(policy, ref, reward_model, value, prompts, cfg, beta, norm, generator)
+            prompts = [p for p in dist.share(drawn) for _ in range(cfg.group)]
+            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it + (dist.rank << 40))
+            exp = experience(policy, ref, reward_model, value, prompts, cfg, beta, norm, generator, dist)
             t_roll = time.time() - t_it
-            if cfg.ptx_coef > 0:
-                ptx = lambda k, it=it: {n: v.to(device) for n, v in windows(it * 10_000 + k).items()}  # noqa: E731
-            stats = update(policy, value, optimizer, exp, cfg, optim, generator, ptx)
-            kl = float(exp.kl.mean())
-            record = {"step": it + 1, "reward": float(exp.reward.mean()), "score": float(exp.score.mean()),
-                      "kl": kl, "objective": float(exp.reward.mean()) - beta * kl, "kl_coef": beta, **stats,
-                      "response_length": float(exp.action_mask.sum(1).mean()),
-                      "no_eos": float((~exp.finished).float().mean()), "rollout_s": t_roll,
+            if cfg.ptx_coef > 0:  # every process its own rows
+                ptx = lambda k, it=it: {n: v.to(device) for n, v in  # noqa: E731
+                                        windows((it * 10_000 + k) * dist.world_size + dist.rank).items()}
+            stats = update(policy, value, optimizer, exp, cfg, optim, generator, ptx, dist)
+            means = mean_over(dist, {"reward": float(exp.reward.mean()), "score": float(exp.score.mean()),
+                                     "kl": float(exp.kl.mean()), **stats,
+                                     "response_length": float(exp.action_mask.sum(1).mean()),
+                                     "no_eos": float((~exp.finished).float().mean()), "rollout_s": t_roll})
+            kl = means["kl"]
+            record = {"step": it + 1, **means, "objective": means["reward"] - beta * kl, "kl_coef": beta,
                       "episodes_per_s": cfg.rollouts / (time.time() - t_it), "lr": optimizer.param_groups[0]["lr"]}
             run.log(record)
             if cfg.target_kl > 0:
                 beta = adapt_kl(beta, kl, cfg.target_kl, cfg.kl_horizon, cfg.rollouts)
             bar.update(1, reward=record["reward"], kl=kl)
             done = it + 1
-            if done == 1 or done % cfg.ckpt_every == 0 or done == cfg.iterations or stop.requested:
+            stopping = any_rank(dist, stop.requested)
+            if done == 1 or done % cfg.ckpt_every == 0 or done == cfg.iterations or stopping:
                 save(done)
-            if stop.requested:
+            if stopping:
                 bar.close()
                 raise Interrupted(f"stopped at iteration {done:,}; continue with --resume {run.path}")
     bar.close()
+    if not dist.is_main:
+        return {}
     save_model(policy, run.path / POLICY_FILE)
     from nexttoken.instruct.figures import plot_ppo_health
 
@@ -384,7 +407,7 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, device: torch.device
                "reward_last": sum(r["reward"] for r in records[-tenth:]) / tenth,
                "kl_last": sum(r["kl"] for r in records[-tenth:]) / tenth, "kl_coef_last": beta,
                "episodes_per_s": sum(r["episodes_per_s"] for r in records) / len(records),
-               "seconds": round(time.time() - t0, 1), "device": str(device)}
+               "seconds": round(time.time() - t0, 1), "device": str(device), "processes": dist.world_size}
     run.write_summary(summary)
     return summary
 
@@ -393,5 +416,5 @@ CONFIGS = {"ppo": PPOConfig, "optim": OptimConfig}
 DEFAULTS = {"optim": {"lr": 5e-5, "warmup_steps": 5, "schedule": "constant", "weight_decay": 0.0}}
 
 
-def run_stage(c: dict, run: Run, device: torch.device, resume: bool = False, progress: bool = True) -> dict:
-    return train_ppo(c["ppo"], c["optim"], run, device, resume, progress)
+def run_stage(c: dict, run: Run, dist: Dist, resume: bool = False, progress: bool = True) -> dict:
+    return train_ppo(c["ppo"], c["optim"], run, dist, resume, progress)

@@ -31,6 +31,7 @@ from nexttoken.instruct.world import make_world
 from nexttoken.model import GPT, GPTConfig
 from nexttoken.plots import plot_metrics
 from nexttoken.runs import Run
+from nexttoken.distributed import Dist, main_first
 from nexttoken.training import LoopConfig, OptimConfig, fit, seed_everything
 
 # name -> (layers, heads, width, peak LR). The first three train on a 2-core CPU in tens of minutes in all; the
@@ -104,22 +105,27 @@ def base_policy(cfg: PretrainConfig, corpus, run: Run) -> Policy:
         tok = BPETokenizer.load(cfg.tokenizer)
     else:
         tok = train_tokenizer(corpus.train, cfg.vocab_size)
-    tok.save(saved)
+    if run.enabled:
+        tok.save(saved)
     return GPTPolicy(build_gpt(cfg, tok.vocab_size), tok)
 
 
-def pretrain(cfg: PretrainConfig, optim: OptimConfig, loop: LoopConfig, run: Run, device: torch.device,
-             resume: bool = False, progress: bool = True) -> dict:
-    """Train the base model of ``cfg`` into ``run``; writes RUN/policy.safetensors and returns the summary."""
+def pretrain(cfg: PretrainConfig, optim: OptimConfig, loop: LoopConfig, run: Run, dist: Dist, resume: bool = False,
+             progress: bool = True) -> dict:
+    """Train the base model of ``cfg`` into ``run``; writes RUN/policy.safetensors and returns the summary (on rank 0;
+    the other processes of a torchrun return {})."""
     seed_everything(loop.seed)
     corpus = make_corpus(make_world(cfg.world_seed), cfg.corpus_chars, cfg.corpus_seed)
-    policy = base_policy(cfg, corpus, run).to(device)
+    with main_first(dist):  # rank 0 trains the tokenizer and saves it, the others load it
+        policy = base_policy(cfg, corpus, run).to(dist.device)
     stream = token_stream(policy.tokenizer, corpus.train)
     heldout = corpus.heldout[: cfg.heldout_pages]
     t0 = time.time()
     result = fit(policy, Windows(stream, min(cfg.context, policy.context - 1), loop.batch_size, loop.seed), optim,
                  loop, run, eval_fn=lambda m: {"heldout_nll": heldout_nll(m, heldout)}, resume=resume,
-                 loss_fn=lm_loss_sum, progress=progress)
+                 loss_fn=lm_loss_sum, dist=dist, progress=progress)
+    if not dist.is_main:
+        return {}
     save_model(policy, run.path / POLICY_FILE)
     plot_metrics(run.metrics(), ["train_loss", "heldout_nll"], run.path / "loss.png", ylabel="nats per token",
                  title=f"pretraining ({cfg.init or cfg.size})")
@@ -135,7 +141,7 @@ def pretrain(cfg: PretrainConfig, optim: OptimConfig, loop: LoopConfig, run: Run
         "train_loss": result.record.get("train_loss"),
         "heldout_nll": heldout_nll(policy, heldout),
         "seconds": round(time.time() - t0, 1),
-        "device": str(device),
+        "device": str(dist.device),
     }
     run.write_summary(summary)
     return summary
@@ -146,5 +152,5 @@ DEFAULTS = {"optim": {"lr": 3e-3, "warmup_steps": 50},
             "loop": {"steps": 1000, "batch_size": 8, "eval_every": 100, "ckpt_every": 100}}
 
 
-def run_stage(c: dict, run: Run, device: torch.device, resume: bool = False, progress: bool = True) -> dict:
-    return pretrain(c["pretrain"], c["optim"], c["loop"], run, device, resume, progress)
+def run_stage(c: dict, run: Run, dist: Dist, resume: bool = False, progress: bool = True) -> dict:
+    return pretrain(c["pretrain"], c["optim"], c["loop"], run, dist, resume, progress)

@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 
 from nexttoken.config import option
+from nexttoken.distributed import Dist, gather
 from nexttoken.errors import UserError
 from nexttoken.instruct.labeler import labeler_panel
-from nexttoken.instruct.policy import load_policy, respond
+from nexttoken.instruct.policy import Policy, load_policy, respond
 from nexttoken.instruct.tasks import TRAIN_FAMILIES, make_tasks
 from nexttoken.instruct.world import Task, make_world
 from nexttoken.progress import Progress
@@ -90,44 +91,56 @@ def prompts_of(cfg: RankConfig) -> list[Task]:
     return make_tasks(make_world(cfg.world_seed), cfg.prompts, cfg.seed + 77, families=TRAIN_FAMILIES, unique=False)
 
 
-def collect(cfg: RankConfig, run: Run, device: torch.device, progress: bool = True) -> dict:
-    """Sample and rank outputs for ``cfg.prompts`` prompts into RUN/rankings.jsonl; returns the summary."""
+def collect(cfg: RankConfig, run: Run, dist: Dist, progress: bool = True) -> dict:
+    """Sample and rank outputs for ``cfg.prompts`` prompts into RUN/rankings.jsonl; returns the summary. Under torchrun
+    every process samples its share of each chunk's prompts and rank 0 ranks and writes them all."""
     if not cfg.models:
         raise UserError("rank needs --models: the policies whose outputs are ranked")
-    policies = [load_policy(m, device) for m in cfg.models]
+    policies = [load_policy(m, dist.device) for m in cfg.models]
     if len({p.tokenizer.vocab_size for p in policies}) > 1:
         raise UserError("the --models must share a tokenizer (the reward model reads the same tokens)")
     panel = labeler_panel(cfg.labelers, cfg.seed, cfg.noise, cfg.flip)
     tasks = prompts_of(cfg)
     done = read_rankings(run.path) if (run.path / RANKINGS_FILE).is_file() else []
     done = done[: len(done) // cfg.chunk * cfg.chunk]  # a chunk is written whole; keep whole chunks only
-    bar = Progress(len(tasks), "rank", initial=len(done), enabled=progress, log=run.log_path, unit="prompt")
+    bar = Progress(len(tasks), "rank", initial=len(done), enabled=progress and dist.is_main, log=run.log_path,
+                   unit="prompt")
     for start in range(len(done), len(tasks), cfg.chunk):
         chunk = tasks[start : start + cfg.chunk]
-        outputs = [[""] * cfg.k for _ in chunk]
-        ended = [[False] * cfg.k for _ in chunk]
-        writers = [[""] * cfg.k for _ in chunk]
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)
-        for m, policy in enumerate(policies):
-            slots = [(i, j) for i in range(len(chunk)) for j in range(cfg.k) if j % len(policies) == m]
-            if not slots:
-                continue
-            out = respond(policy, [policy.chat_prompt(chunk[i].instruction) for i, _ in slots], cfg.max_new_tokens,
-                          temperature=cfg.temperature, generator=generator)
-            for (i, j), text, fin in zip(slots, out.texts, out.finished.tolist()):
-                outputs[i][j], ended[i][j], writers[i][j] = text, fin, cfg.models[m]
+        seed = cfg.seed * 1_000_003 + start + (dist.rank << 40)  # each process its own samples
+        outputs, ended, writers = zip(*gather(dist, sample_outputs(policies, dist.share(chunk), cfg, seed)))
         for i, task in enumerate(chunk):
             labeler = panel[(start + i) % len(panel)]
             rng = random.Random(f"rank:{cfg.seed}:{labeler.seed}:{start + i}")
             order, tiers = labeler.rank_with_ties(task, outputs[i], rng, cfg.tie_margin)
             done.append(Ranking(task, outputs[i], ended[i], order, labeler.name, writers[i], tiers))
-        atomic_write_text(run.path / RANKINGS_FILE, "".join(r.to_json() + "\n" for r in done))
+        if run.enabled:
+            atomic_write_text(run.path / RANKINGS_FILE, "".join(r.to_json() + "\n" for r in done))
         run.log({"step": len(done), "prompts": len(done)})
         bar.update(len(chunk))
     bar.close()
     summary = summarize(done)
     run.write_summary(summary)
     return summary
+
+
+def sample_outputs(policies: list[Policy], tasks: list[Task], cfg: RankConfig, seed: int
+                   ) -> list[tuple[list[str], list[bool], list[str]]]:
+    """Per task, K (outputs, ended with EOS, writers): output j of every prompt is written by policy j mod the number
+    of policies, all of one policy's in one batch."""
+    outputs = [[""] * cfg.k for _ in tasks]
+    ended = [[False] * cfg.k for _ in tasks]
+    writers = [[""] * cfg.k for _ in tasks]
+    generator = torch.Generator().manual_seed(seed)
+    for m, policy in enumerate(policies):
+        slots = [(i, j) for i in range(len(tasks)) for j in range(cfg.k) if j % len(policies) == m]
+        if not slots:
+            continue
+        out = respond(policy, [policy.chat_prompt(tasks[i].instruction) for i, _ in slots], cfg.max_new_tokens,
+                      temperature=cfg.temperature, generator=generator)
+        for (i, j), text, fin in zip(slots, out.texts, out.finished.tolist()):
+            outputs[i][j], ended[i][j], writers[i][j] = text, fin, cfg.models[m]
+    return list(zip(outputs, ended, writers))
 
 
 def summarize(rankings: list[Ranking]) -> dict:
@@ -184,5 +197,5 @@ CONFIGS = {"rank": RankConfig}
 DEFAULTS: dict = {}
 
 
-def run_stage(c: dict, run: Run, device: torch.device, resume: bool = False, progress: bool = True) -> dict:
-    return collect(c["rank"], run, device, progress)
+def run_stage(c: dict, run: Run, dist: Dist, resume: bool = False, progress: bool = True) -> dict:
+    return collect(c["rank"], run, dist, progress)

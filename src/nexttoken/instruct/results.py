@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from nexttoken.distributed import Dist
 from nexttoken.config import option
 from nexttoken.errors import UserError
 from nexttoken.instruct.corpus import make_corpus
@@ -158,5 +159,6 @@ CONFIGS = {"results": ResultsConfig, "eval": EvalConfig}
 DEFAULTS: dict = {}
 
 
-def run_stage(c: dict, run: Run, device: torch.device, resume: bool = False, progress: bool = True) -> dict:
-    return evaluate_pipeline(c["results"], c["eval"], run, device, progress)
+def run_stage(c: dict, run: Run, dist: Dist, resume: bool = False, progress: bool = True) -> dict:
+    """The evaluation runs on rank 0 alone (the other processes of a torchrun return {})."""
+    return evaluate_pipeline(c["results"], c["eval"], run, dist.device, progress) if dist.is_main else {}

@@ -31,6 +31,7 @@ from nexttoken.instruct.rankings import Ranking, split_rankings
 from nexttoken.instruct.world import make_world
 from nexttoken.plots import plot_metrics
 from nexttoken.runs import Run
+from nexttoken.distributed import Dist
 from nexttoken.training import LoopConfig, OptimConfig, count_rows, fit, seed_everything
 
 
@@ -127,25 +128,27 @@ def score_texts(model: RewardModel, prompts: list[str], responses: list[str], fi
     return torch.cat(out).cpu()
 
 
-def train_reward(cfg: RewardConfig, optim: OptimConfig, loop: LoopConfig, run: Run, device: torch.device,
-                 resume: bool = False, progress: bool = True) -> dict:
+def train_reward(cfg: RewardConfig, optim: OptimConfig, loop: LoopConfig, run: Run, dist: Dist, resume: bool = False,
+                 progress: bool = True) -> dict:
     """Fit the reward model, centre it on demonstrations, write RUN/reward_model.safetensors; returns the summary."""
     if not cfg.init or not cfg.rankings:
         raise UserError("reward needs --init (the model to start from) and --rankings (a rank run folder)")
     seed_everything(loop.seed)
     train, val, loop = split_rankings(cfg.rankings, cfg.val_fraction, cfg.epochs, loop)
-    model = RewardModel(load_policy(cfg.init)).to(device)
+    model = RewardModel(load_policy(cfg.init)).to(dist.device)
     t0 = time.time()
     result = fit(model, RankingBatches(model.backbone, train, loop.batch_size, loop.seed), optim, loop, run,
                  eval_fn=(lambda m: ranking_accuracy(m, val)) if val else None, resume=resume, loss_fn=reward_loss,
-                 weight_fn=count_rows, progress=progress)
+                 weight_fn=count_rows, dist=dist, progress=progress)
+    if not dist.is_main:
+        return {}
     # Centre: demonstrations (the ideal responses) score 0 on average.
     world = make_world(cfg.world_seed)
     demos = demonstrations(world, cfg.bias_demonstrations, seed=4242)
     demo_scores = score_texts(model, [model.backbone.chat_prompt(d.task.instruction) for d in demos],
                               [d.response for d in demos])
     with torch.no_grad():
-        model.score.bias -= demo_scores.mean().to(device)
+        model.score.bias -= demo_scores.mean().to(dist.device)
     save_model(model, run.path / REWARD_FILE, {"demo_mean_before_centring": float(demo_scores.mean())})
     plot_metrics(run.metrics(), ["train_accuracy", "val_accuracy"], run.path / "accuracy.png",
                  ylabel="pairs ordered as the labeler did", title="reward model")
@@ -157,7 +160,7 @@ def train_reward(cfg: RewardConfig, optim: OptimConfig, loop: LoopConfig, run: R
                "train_accuracy": result.record.get("train_accuracy"), **final,
                "demo_mean_before_centring": float(demo_scores.mean()),
                "sample_mean": float(sample_scores.mean()), "sample_std": float(sample_scores.std()) if len(sample_scores) > 1 else 0.0,
-               "seconds": round(time.time() - t0, 1), "device": str(device)}
+               "seconds": round(time.time() - t0, 1), "device": str(dist.device)}
     run.write_summary(summary)
     return summary
 
@@ -167,5 +170,5 @@ DEFAULTS = {"optim": {"lr": 3e-4, "warmup_steps": 10},
             "loop": {"batch_size": 8, "eval_every": 50, "ckpt_every": 50}}
 
 
-def run_stage(c: dict, run: Run, device: torch.device, resume: bool = False, progress: bool = True) -> dict:
-    return train_reward(c["reward"], c["optim"], c["loop"], run, device, resume, progress)
+def run_stage(c: dict, run: Run, dist: Dist, resume: bool = False, progress: bool = True) -> dict:
+    return train_reward(c["reward"], c["optim"], c["loop"], run, dist, resume, progress)

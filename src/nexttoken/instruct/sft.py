@@ -25,6 +25,7 @@ from nexttoken.instruct.policy import POLICY_FILE, Policy, lm_loss_sum, load_pol
 from nexttoken.instruct.world import make_world
 from nexttoken.plots import plot_metrics
 from nexttoken.runs import Run
+from nexttoken.distributed import Dist
 from nexttoken.training import LoopConfig, OptimConfig, fit, seed_everything
 
 
@@ -75,14 +76,14 @@ def response_nll(policy: Policy, demos: list[Demonstration], batch_size: int = 3
     return total / max(count, 1)
 
 
-def sft(cfg: SFTConfig, optim: OptimConfig, loop: LoopConfig, run: Run, device: torch.device, resume: bool = False,
+def sft(cfg: SFTConfig, optim: OptimConfig, loop: LoopConfig, run: Run, dist: Dist, resume: bool = False,
         progress: bool = True) -> dict:
     """Fine-tune ``cfg.init`` on demonstrations into ``run``; writes RUN/policy.safetensors, returns the summary."""
     if not cfg.init:
         raise UserError("sft needs --init: the base model to fine-tune")
     seed_everything(loop.seed)
     world = make_world(cfg.world_seed)
-    policy = load_policy(cfg.init, device)
+    policy = load_policy(cfg.init, dist.device)
     demos = demonstrations(world, cfg.demonstrations, cfg.demo_seed, cot_fraction=cfg.cot_fraction,
                            chatty=cfg.chatty)
     val = demonstrations(world, cfg.val_demonstrations, cfg.demo_seed + 10_000, cot_fraction=cfg.cot_fraction,
@@ -90,13 +91,15 @@ def sft(cfg: SFTConfig, optim: OptimConfig, loop: LoopConfig, run: Run, device: 
     t0 = time.time()
     result = fit(policy, DemonstrationBatches(policy, demos, loop.batch_size, loop.seed), optim, loop, run,
                  eval_fn=lambda m: {"val_response_nll": response_nll(m, val)}, resume=resume, loss_fn=lm_loss_sum,
-                 progress=progress)
+                 dist=dist, progress=progress)
+    if not dist.is_main:
+        return {}
     save_model(policy, run.path / POLICY_FILE)
     plot_metrics(run.metrics(), ["train_loss", "val_response_nll"], run.path / "loss.png",
                  ylabel="nats per response token", title="supervised fine-tuning")
     summary = {"init": cfg.init, "steps": result.steps, "train_loss": result.record.get("train_loss"),
                "val_response_nll": response_nll(policy, val), "seconds": round(time.time() - t0, 1),
-               "device": str(device)}
+               "device": str(dist.device)}
     run.write_summary(summary)
     return summary
 
@@ -106,5 +109,5 @@ DEFAULTS = {"optim": {"lr": 3e-4, "warmup_steps": 20},
             "loop": {"steps": 300, "batch_size": 32, "eval_every": 50, "ckpt_every": 100}}
 
 
-def run_stage(c: dict, run: Run, device: torch.device, resume: bool = False, progress: bool = True) -> dict:
-    return sft(c["sft"], c["optim"], c["loop"], run, device, resume, progress)
+def run_stage(c: dict, run: Run, dist: Dist, resume: bool = False, progress: bool = True) -> dict:
+    return sft(c["sft"], c["optim"], c["loop"], run, dist, resume, progress)

@@ -26,12 +26,14 @@ def kind_of(stage: str) -> str:
 
 
 def open_stage(path: str | Path, stage: str, configs: dict, resume: bool, given: dict[str, dict] | None = None,
-               adjustable: tuple[str, ...] = ()) -> tuple[Run, dict]:
+               adjustable: tuple[str, ...] = (), enabled: bool = True) -> tuple[Run, dict]:
     """(run, configs): a new run folder holding ``configs`` ({name: dataclass}) in its config.json, or, with
-    ``resume``, the killed run at ``path`` and the configs saved in it (a folder of another stage is refused)."""
+    ``resume``, the killed run at ``path`` and the configs saved in it (a folder of another stage is refused).
+    ``enabled=False`` (the other processes of a torchrun) writes nothing."""
     if not resume:
-        return Run.create(path, {name: asdict(cfg) for name, cfg in configs.items()}, kind=kind_of(stage)), configs
-    run = Run.resume(path, kind=kind_of(stage))
+        return Run.create(path, {name: asdict(cfg) for name, cfg in configs.items()}, kind=kind_of(stage),
+                          enabled=enabled), configs
+    run = Run.resume(path, kind=kind_of(stage), enabled=enabled)
     saved = {name: load(type(cfg), run.config.get(name, {}), f"{Path(path) / 'config.json'}: {name}")
              for name, cfg in configs.items()}
     if given:

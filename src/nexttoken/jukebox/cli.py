@@ -51,7 +51,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_options(p, VQVAEOptions)
     add_options(p, Plan)
     _out_or_resume(p, "jukebox-<time>")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, distributed=True)
 
     p = sub.add_parser("train-vqvae", help="train the VQ-VAE of a new pipeline folder (or continue it)")
     add_options(p, DataConfig)
@@ -60,7 +60,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_options(p, LoopConfig, defaults=asdict(VQ_LOOP))
     add_options(p, TimeBudget)
     _out_or_resume(p, "jukebox-<time>")
-    p.set_defaults(func=cmd_train_vqvae)
+    p.set_defaults(func=cmd_train_vqvae, distributed=True)
 
     p = sub.add_parser("train-prior", help="train one level's prior on the pipeline's cached codes")
     p.add_argument("run", type=Path)
@@ -73,7 +73,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the level's killed training (--steps N: train "
                                                          "a finished one further)")
     add_device_option(p)
-    p.set_defaults(func=cmd_train_prior)
+    p.set_defaults(func=cmd_train_prior, distributed=True)
 
     p = sub.add_parser("encode", help="an audio file -> its codes at every level (.npz)")
     p.add_argument("run", type=Path)

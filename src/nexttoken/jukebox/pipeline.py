@@ -29,7 +29,8 @@ from nexttoken.jukebox.train import (PRIOR_DEFAULTS, PRIOR_KIND, PRIOR_LOOP, PRI
                                      VQVAE_KIND, VQVAEOptions, train_prior, train_vqvae)
 from nexttoken.jukebox.vqvae import VQVAE, VQVAEConfig
 from nexttoken.runs import Run, read_json
-from nexttoken.training import LoopConfig, OptimConfig, init_distributed, seed_everything
+from nexttoken.distributed import Dist, barrier, init_distributed, main_first
+from nexttoken.training import LoopConfig, OptimConfig, seed_everything
 
 KIND = "jukebox.pipeline"
 CODES = "codes.safetensors"
@@ -45,18 +46,21 @@ class Plan:
 
 # ---- the folder ------------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def claimed(path: Path, config: dict, new: bool):
-    """The pipeline folder claimed for this process: made (``new``) or reclaimed. A new folder in which no stage
-    started is removed again if the command fails, so the corrected command can use it."""
-    run = Run.create(path, config, KIND) if new else Run.resume(path, KIND)
+def claimed(path: Path, config: dict, new: bool, dist: Dist):
+    """The pipeline folder claimed for this command: made (``new``) or reclaimed, by rank 0 alone under torchrun. A
+    new folder in which no stage started is removed again if the command fails, so the corrected command can use it.
+    Every process leaves only when all are done, so none reads a stage's files before rank 0 has written them."""
+    enabled = dist.is_main
+    run = Run.create(path, config, KIND, enabled) if new else Run.resume(path, KIND, enabled)
     try:
         yield run
     except BaseException:
-        if new and not any((path / s / "config.json").is_file() for s in ("vqvae", *LEVELS)):
+        if new and enabled and not any((path / s / "config.json").is_file() for s in ("vqvae", *LEVELS)):
             run.discard()
         raise
     finally:
         run.close()
+    barrier(dist)
 
 
 def open_pipeline(path: Path) -> Run:
@@ -170,15 +174,17 @@ def vqvae_stage(path: Path, opts: VQVAEOptions, optim: OptimConfig, loop: LoopCo
     if data is not None:
         vq = opts.vqvae_config()
         data = resolved(data)
-        clips = load_data(data, vq.sample_rate, vq.clip_samples)
+        with main_first(dist):  # rank 0 renders or reads the audio into the cache, the others read the cache
+            clips = load_data(data, vq.sample_rate, vq.clip_samples)
         config = {"data": asdict(data), **({"plan": asdict(plan)} if plan else {})}
-        with claimed(path, config, new=True):
+        with claimed(path, config, new=True, dist=dist):
             train_vqvae(stage, clips, opts, optim, loop, dist, resume=False)
         return path
     data = data_config(open_pipeline(path))
     vq = opts.vqvae_config()
-    clips = load_data(data, vq.sample_rate, vq.clip_samples)
-    with claimed(path, {}, new=False):
+    with main_first(dist):
+        clips = load_data(data, vq.sample_rate, vq.clip_samples)
+    with claimed(path, {}, new=False, dist=dist):
         train_vqvae(stage, clips, opts, optim, loop, dist, resume=(stage / "config.json").is_file())
     return path
 
@@ -225,8 +231,9 @@ def prior_stage(path: Path, level: str, base: PriorConfig, optim: OptimConfig, l
     dist = init_distributed(device)
     loop.validate(dist.world_size)
     seed_everything(loop.seed)
-    with claimed(path, {}, new=False):
-        codes = codes_of(path, dist.device)
+    with claimed(path, {}, new=False, dist=dist):
+        with main_first(dist):  # rank 0 encodes the codes once, the others read them
+            codes = codes_of(path, dist.device)
         cfg = base if resume else prior_config(codes, level, base)
         train_prior(stage, codes, cfg, optim, loop, dist, resume)
     return stage

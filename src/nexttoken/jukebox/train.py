@@ -25,7 +25,8 @@ from nexttoken.jukebox.prior import Prior, PriorConfig, chars_batch, position_se
 from nexttoken.jukebox.vqvae import PRESETS, VQVAE, VQVAEConfig, vqvae_loss
 from nexttoken.plots import plot_metrics
 from nexttoken.runs import Run, read_json
-from nexttoken.training import Dist, LoopConfig, OptimConfig, count_rows, count_targets, fit, say_finished
+from nexttoken.distributed import Dist
+from nexttoken.training import LoopConfig, OptimConfig, count_rows, count_targets, fit, say_finished
 
 VQVAE_KIND, PRIOR_KIND = "jukebox.vqvae", "jukebox.prior"
 

@@ -70,7 +70,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", type=Path, default=None, metavar="RUN",
                    help="continue a killed run with its own settings (--steps N: train a finished run further)")
     add_device_option(p)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, distributed=True)
 
     p = sub.add_parser("generate", help="compose pieces with a trained model")
     p.add_argument("run", type=Path)

@@ -33,7 +33,8 @@ from nexttoken.muse.evaluate import score_pieces
 from nexttoken.muse.model import MuseModel, build_model
 from nexttoken.plots import plot_metrics
 from nexttoken.runs import Run, default_run_dir, read_json
-from nexttoken.training import Dist, LoopConfig, OptimConfig, fit, init_distributed, say_finished, seed_everything
+from nexttoken.distributed import Dist, init_distributed, main_first
+from nexttoken.training import LoopConfig, OptimConfig, fit, say_finished, seed_everything
 
 KIND = "muse.train"
 
@@ -164,7 +165,8 @@ def train(cfg: MuseConfig, optim: OptimConfig, loop: LoopConfig, out: Path | Non
     dist = init_distributed(device)
     loop.validate(dist.world_size)
     seed_everything(loop.seed)
-    corpus = _load_corpus_once(cfg.corpus, jobs, dist)
+    with main_first(dist):  # rank 0 prepares the cache, the others read it
+        corpus = load_corpus(cfg.corpus, jobs)
     if len(corpus.indices("train")) == 0:
         raise UserError(f"{cfg.corpus}: no training pieces")
     cfg.composers = cfg.composers or corpus.composers()
@@ -191,7 +193,8 @@ def resume(path: Path, device: str = "auto", jobs: int = 2, changes: dict | None
     dist = init_distributed(device)
     loop.validate(dist.world_size)
     seed_everything(loop.seed)
-    corpus = _load_corpus_once(cfg.corpus, jobs, dist)
+    with main_first(dist):  # rank 0 prepares the cache, the others read it
+        corpus = load_corpus(cfg.corpus, jobs)
     encoding = make_encoding(cfg.encoding, cfg.composers, cfg.families)
     model = build_model(cfg, encoding.vocab_size).to(dist.device)
     with Run.resume(path, enabled=dist.is_main) as run:
@@ -240,16 +243,3 @@ def _fit(model: MuseModel, encoding, corpus: Corpus, cfg: MuseConfig, optim: Opt
 def score_tokens_per_note(encoded: list[Encoded], n_notes: list[int]) -> float:
     return sum(len(e.ids) for e in encoded) / max(sum(n_notes), 1)
 
-
-def _load_corpus_once(name: str, jobs: int, dist: Dist) -> Corpus:
-    """Rank 0 prepares the cache; the other ranks wait, then read it."""
-    if dist.enabled:
-        import torch.distributed as torch_dist
-
-        if dist.is_main:
-            corpus = load_corpus(name, jobs)
-        torch_dist.barrier()
-        if not dist.is_main:
-            corpus = load_corpus(name, jobs)
-        return corpus
-    return load_corpus(name, jobs)

@@ -1,0 +1,64 @@
+"""Several processes under torchrun (two gloo processes on the CPU): the collective helpers, the instruct stages and a
+whole Jukebox pipeline run with one writer and replicas that stay equal; a verb that runs in one process is refused.
+(The core loop's DDP gradient equals one process's: test_ddp.py.)"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jukebox_fixtures import jukebox_cache, run_cli, tiny_audio  # noqa: F401
+from nexttoken.runs import read_metrics
+
+HERE = Path(__file__).parent
+
+
+def torchrun(*args, env_vars=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1",
+           **(env_vars or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *map(str, args)]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_two_processes_agree_and_run_the_instruct_stages_with_one_writer(tmp_path):
+    proc = torchrun(HERE / "ddp_stages.py", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for s in seen:
+        assert s["gather"] == list(range(7))  # shared out by rank, gathered back in order
+        assert s["grad"] == [1.5, 3.0, 4.5]  # the mean of rank 0's (1, 2, 3) and rank 1's (2, 4, 6)
+        assert s["mean"] == {"x": 0.5} and s["sum"] == [2.0] and s["any"] == [True, False]
+    assert [s["marker_there"] for s in seen] == [False, True]  # rank 1 ran the block after rank 0 wrote the file
+    # rank 0 reports and writes, the others return nothing; the replicas took the same PPO steps
+    assert seen[0]["pretrain"]["steps"] == 3 and seen[1]["pretrain"] == {}
+    assert seen[0]["ppo"]["processes"] == 2 and seen[1]["ppo"] == {}
+    assert len(seen[0]["ppo_checksums"]) == 2 and seen[0]["ppo_checksums"] == seen[1]["ppo_checksums"]
+    assert [r["step"] for r in read_metrics(tmp_path / "ppo")] == [1, 2]
+    rankings = (tmp_path / "rank" / "rankings.jsonl").read_text().splitlines()
+    assert len(rankings) == 6  # both processes' shares of the prompts, written once
+
+
+def test_a_jukebox_pipeline_trains_under_two_processes(tmp_path, tiny_audio):
+    proc = torchrun("-m", "nexttoken", "jukebox", "train", "--audio", tiny_audio, "--preset", "tiny",
+                    "--vqvae-steps", "2", "--prior-steps", "2", "--lyrics-lines", "4", "--val-fraction", "0.34",
+                    "--val-clips", "4", "--out", tmp_path / "run", "--device", "cpu",
+                    env_vars={"NEXTTOKEN_CACHE": os.environ["NEXTTOKEN_CACHE"]})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    for stage in ("vqvae", "top", "middle", "bottom"):
+        assert (run / stage / "summary.json").is_file()
+        steps = [r["step"] for r in read_metrics(run / stage)]
+        assert steps == sorted(set(steps)) and steps[-1] == 2  # one writer: every record once
+    assert (run / "codes.safetensors").is_file()
+    assert proc.stdout.count("held-out spectral convergence") == 1  # the other process prints nothing
+
+
+@pytest.mark.parametrize("argv", [["jukebox", "report", "x"], ["instruct", "evaluate", "x"], ["grok", "table"]])
+def test_a_one_process_verb_under_torchrun_is_one_clear_error(argv, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert run_cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "runs in one process; start it without torchrun" in err[0], err
