@@ -1,6 +1,6 @@
-"""Several processes under torchrun (two gloo processes on the CPU): the collective helpers, the instruct stages and a
-whole Jukebox pipeline run with one writer and replicas that stay equal; a verb that runs in one process is refused.
-(The core loop's DDP gradient equals one process's: test_ddp.py.)"""
+"""Several processes under torchrun (two gloo processes on the CPU): the collective helpers agree; the instruct
+stages, a whole Jukebox pipeline and a muse model train with one writer and replicas that stay equal; a verb that runs
+in one process is refused. (The core loop's DDP gradient equals one process's: test_ddp.py.)"""
 
 import json
 import os
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from jukebox_fixtures import jukebox_cache, run_cli, tiny_audio  # noqa: F401
+from muse_fixtures import toy_corpus
 from nexttoken.runs import read_metrics
 
 HERE = Path(__file__).parent
@@ -54,6 +55,17 @@ def test_a_jukebox_pipeline_trains_under_two_processes(tmp_path, tiny_audio):
         assert steps == sorted(set(steps)) and steps[-1] == 2  # one writer: every record once
     assert (run / "codes.safetensors").is_file()
     assert proc.stdout.count("held-out spectral convergence") == 1  # the other process prints nothing
+
+
+def test_a_muse_model_trains_under_two_processes_from_a_cache_rank_0_prepares(tmp_path):
+    corpus = toy_corpus(tmp_path / "midi", per_style=3)
+    proc = torchrun("-m", "nexttoken", "muse", "train", "--corpus", corpus, "--context", "64", "--n-layer", "1",
+                    "--n-head", "2", "--n-embd", "32", "--val-pieces", "0", "--steps", "4", "--batch-size", "4",
+                    "--eval-every", "2", "--out", tmp_path / "run", "--device", "cpu",
+                    env_vars={"NEXTTOKEN_CACHE": str(tmp_path / "cache")})  # an empty cache: rank 0 fills it
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(tmp_path / "run")] == [2, 4]
+    assert (tmp_path / "run" / "summary.json").is_file()
 
 
 @pytest.mark.parametrize("argv", [["jukebox", "report", "x"], ["instruct", "evaluate", "x"], ["grok", "table"]])
