@@ -16,7 +16,7 @@ from nexttoken.instruct.ppo import PPOConfig, experience, gae, leave_one_out, to
 from nexttoken.instruct.rankings import Ranking
 from nexttoken.instruct.reward import pairwise_loss, ranking_rows, reward_loss
 from nexttoken.instruct.sft import demonstration_rows
-from nexttoken.training import OptimConfig, make_optimizer
+from nexttoken.training import OptimConfig, autocast, make_optimizer
 
 
 def test_sft_loss_covers_the_response_and_eos_only():
@@ -177,13 +177,17 @@ def test_experience_of_the_sft_policy_has_no_kl_and_no_eos_penalty(monkeypatch):
     assert (exp.returns[unfinished, 0] < exp0.returns[unfinished, 0]).all()
 
 
-def test_first_update_sees_a_ratio_of_one():
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_first_update_sees_a_ratio_of_one(precision):
     """The rollout's log-probs (temperature applied) equal the update's before any step: no hidden drift such as
-    dropout or a missing temperature, which would make PPO clip from its first minibatch."""
+    dropout, a missing temperature or a rollout in another precision than the update, which would make PPO clip from
+    its first minibatch."""
     policy, ref, rm, value = tiny_policy(1), tiny_policy(1), tiny_reward_model(2), tiny_reward_model(3)
-    cfg = PPOConfig(max_new_tokens=8, rollouts=4, minibatch=4, epochs=1, temperature=0.6)
+    cfg = PPOConfig(max_new_tokens=8, rollouts=4, minibatch=4, epochs=1, temperature=0.6, precision=precision)
     prompts = [chat_prompt("What is 2 + 3?"), chat_prompt("Name two towns.")] * 2
-    exp = experience(policy, ref, rm, value, prompts, cfg, 0.02, (0.0, 1.0), torch.Generator().manual_seed(0))
+    with autocast(torch.device("cpu"), precision):  # as train_ppo rolls out
+        exp = experience(policy, ref, rm, value, prompts, cfg, 0.02, (0.0, 1.0), torch.Generator().manual_seed(0))
+    assert exp.values.dtype == exp.logprobs.dtype == exp.advantages.dtype == torch.float32
     optim = OptimConfig(lr=1e-3, warmup_steps=0)  # one minibatch: its statistics are taken before the step
     opt = make_optimizer(torch.nn.ModuleDict({"p": policy, "v": value}), optim)
     stats = update(policy, value, opt, exp, cfg, optim, torch.Generator().manual_seed(0))

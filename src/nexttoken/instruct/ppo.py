@@ -46,7 +46,8 @@ from nexttoken.instruct.tasks import TRAIN_FAMILIES, make_tasks
 from nexttoken.instruct.world import Task, make_world
 from nexttoken.progress import Progress
 from nexttoken.runs import Run
-from nexttoken.training import OptimConfig, StopRequests, lr_factor, make_optimizer, seed_everything, set_lr
+from nexttoken.training import (OptimConfig, StopRequests, autocast, lr_factor, make_optimizer, seed_everything,
+                                set_lr)
 
 
 @dataclass
@@ -78,6 +79,8 @@ class PPOConfig:
     norm_samples: int = option(128, "responses of the initial policy that fix the reward's gain and bias", ge=2)
     prompts: int = option(4000, "training prompts drawn from", ge=1, le=10**7)
     cached_rollouts: bool = option(True, "sample with the KV cache (--no-cached-rollouts recomputes every step)")
+    precision: str = option("auto", "bf16 autocast of rollouts and updates on CUDA (auto), or fp32 / bf16 everywhere "
+                                    "(the weights and the optimizer stay fp32)", choices=("auto", "fp32", "bf16"))
     ckpt_every: int = option(10, "iterations between checkpoints (also the first, the last, and on Ctrl-C)", ge=1)
     world_seed: int = option(0, "seed of the generated world", ge=0)
     seed: int = option(0, "seed of prompts, samples and minibatches", ge=0)
@@ -227,7 +230,7 @@ def experience(policy: Policy, ref: Policy, reward_model: RewardModel | LabelerR
     actions, action_mask = out.response, out.response_mask.float()
     logprobs = token_logprobs(response_view(policy(ids, mask), q), actions, cfg.temperature)
     ref_logprobs = token_logprobs(response_view(ref(ids, mask), q), actions, cfg.temperature)
-    score = scores(reward_model, prompts, out)
+    score = scores(reward_model, prompts, out).float()
     reward = episode_reward(score, out.finished, norm, cfg.no_eos_score)
     kl = (logprobs - ref_logprobs) * action_mask
     rewards = token_rewards(kl, reward, action_mask, beta)
@@ -235,7 +238,7 @@ def experience(policy: Policy, ref: Policy, reward_model: RewardModel | LabelerR
         values = torch.zeros_like(rewards)
         advantages, returns = leave_one_out(rewards, action_mask, cfg.group), values
     else:
-        values = response_view(value.values(ids, mask), q)
+        values = response_view(value.values(ids, mask), q).float()
         advantages, returns = gae(rewards, values, action_mask, cfg.gamma, cfg.lam)
     # A group's advantages already centre on each prompt: whitening only scales them (a shift by the token mean would
     # favour long or short responses).
@@ -255,24 +258,25 @@ def update(policy: Policy, value: RewardModel | None, optimizer, exp: Experience
     for _ in range(cfg.epochs):
         for mb in torch.randperm(len(exp.ids), generator=generator).split(cfg.minibatch // dist.world_size):
             ids, mask, am = exp.ids[mb], exp.mask[mb], exp.action_mask[mb]
-            logits = response_view(policy(ids, mask), exp.prompt_len).float() / cfg.temperature
-            logp = token_logprobs(logits, ids[:, exp.prompt_len :])
-            ratio = (logp - exp.logprobs[mb]).exp()
-            adv = exp.advantages[mb]
-            pg_loss = masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip, 1 + cfg.clip)), am)
-            loss, step = pg_loss, {"policy_loss": pg_loss.item()}
-            if value is not None:
-                v = response_view(value.values(ids, mask), exp.prompt_len)
-                v_clipped = exp.values[mb] + (v - exp.values[mb]).clamp(-cfg.value_clip, cfg.value_clip)
-                ret = exp.returns[mb]
-                vf_loss = 0.5 * masked_mean(torch.max((v - ret) ** 2, (v_clipped - ret) ** 2), am)
-                loss = loss + cfg.vf_coef * vf_loss
-                step["value_loss"] = vf_loss.item()
-            if ptx_batch is not None:
-                rows = ptx_batch(n_steps)
-                ptx = lm_loss_sum(policy, rows) / rows["targets"].numel()
-                loss = loss + cfg.ptx_coef * ptx
-                step["ptx_loss"] = ptx.item()
+            with autocast(ids.device, cfg.precision):
+                logits = response_view(policy(ids, mask), exp.prompt_len).float() / cfg.temperature
+                logp = token_logprobs(logits, ids[:, exp.prompt_len :])
+                ratio = (logp - exp.logprobs[mb]).exp()
+                adv = exp.advantages[mb]
+                pg_loss = masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip, 1 + cfg.clip)), am)
+                loss, step = pg_loss, {"policy_loss": pg_loss.item()}
+                if value is not None:
+                    v = response_view(value.values(ids, mask), exp.prompt_len).float()
+                    v_clipped = exp.values[mb] + (v - exp.values[mb]).clamp(-cfg.value_clip, cfg.value_clip)
+                    ret = exp.returns[mb]
+                    vf_loss = 0.5 * masked_mean(torch.max((v - ret) ** 2, (v_clipped - ret) ** 2), am)
+                    loss = loss + cfg.vf_coef * vf_loss
+                    step["value_loss"] = vf_loss.item()
+                if ptx_batch is not None:
+                    rows = ptx_batch(n_steps)
+                    ptx = lm_loss_sum(policy, rows) / rows["targets"].numel()
+                    loss = loss + cfg.ptx_coef * ptx
+                    step["ptx_loss"] = ptx.item()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             average_gradients(dist, params)
@@ -345,8 +349,9 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, dist: Dist, resume: 
     if resume:
         run.rewind_metrics(start)
     if norm is None:
-        norm = reward_norm(policy, reward_model, random.Random(cfg.seed).sample(pool, min(cfg.norm_samples,
-                                                                                          len(pool))), cfg, dist)
+        with autocast(device, cfg.precision):
+            norm = reward_norm(policy, reward_model, random.Random(cfg.seed).sample(pool, min(cfg.norm_samples,
+                                                                                              len(pool))), cfg, dist)
         if value is not None and cfg.reward_model != GOLD:
             with torch.no_grad():  # the value head starts as the reward model on the normalised scale it predicts
                 value.score.weight /= norm[1]
@@ -368,7 +373,8 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, dist: Dist, resume: 
             drawn = random.Random(f"ppo:{cfg.seed}:{it}").choices(pool, k=cfg.rollouts // cfg.group)
             prompts = [p for p in dist.share(drawn) for _ in range(cfg.group)]
             generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it + (dist.rank << 40))
-            exp = experience(policy, ref, reward_model, value, prompts, cfg, beta, norm, generator, dist)
+            with autocast(device, cfg.precision):
+                exp = experience(policy, ref, reward_model, value, prompts, cfg, beta, norm, generator, dist)
             t_roll = time.time() - t_it
             if cfg.ptx_coef > 0:  # every process its own rows
                 ptx = lambda k, it=it: {n: v.to(device) for n, v in  # noqa: E731
