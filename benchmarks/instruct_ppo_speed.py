@@ -28,7 +28,7 @@ from nexttoken.instruct.pretrain import PretrainConfig, build_gpt
 from nexttoken.instruct.tasks import TRAIN_FAMILIES, make_tasks
 from nexttoken.instruct.tokenizer import train_tokenizer
 from nexttoken.instruct.world import make_world
-from nexttoken.training import OptimConfig, make_optimizer, pick_device
+from nexttoken.training import OptimConfig, autocast, make_optimizer, pick_device
 
 
 def models(size: str, pipeline: Path | None, device):
@@ -48,6 +48,11 @@ def models(size: str, pipeline: Path | None, device):
     rm = RewardModel(GPTPolicy(build_gpt(cfg, tok.vocab_size), tok)).to(device)
     value = RewardModel(GPTPolicy(build_gpt(cfg, tok.vocab_size), tok)).to(device)
     return policy, ref, rm, value
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":  # the clock must see the GPU's work, not only its launch
+        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -76,9 +81,12 @@ def main() -> None:
                 prompts = random.Random(it).choices(prompt_pool, k=args.rollouts)
                 gen = torch.Generator().manual_seed(it)
                 t0 = time.perf_counter()
-                exp = experience(policy, ref, rm, value, prompts, cfg, 0.02, (0.0, 1.0), gen)
+                with autocast(device, cfg.precision):  # as train_ppo rolls out
+                    exp = experience(policy, ref, rm, value, prompts, cfg, 0.02, (0.0, 1.0), gen)
+                sync(device)
                 t1 = time.perf_counter()
                 update(policy, value, opt, exp, cfg, optim, gen)
+                sync(device)
                 t2 = time.perf_counter()
                 if it == 0:
                     continue  # warm-up
