@@ -39,8 +39,9 @@ if ls .whl/*.whl > /dev/null 2>&1; then  # what gpu_prepare.sh downloaded for a 
   export PYTHONPATH="$PYTHONPATH:$WORK/site"
 fi
 left() { echo $((BUDGET - (SECONDS - T0))); }
+touch "$WORK/.start"
 pack() {  # whatever finished comes back even if a later part runs past the call's limit
-  cp benchmarks/results/*.json "$WORK/" 2>/dev/null
+  find benchmarks/results -name '*.json' -newer "$WORK/.start" -exec cp {} "$WORK/" \; 2>/dev/null  # this call's
   tar czf "$OUT/gpu-checks.tar.gz" --exclude='*.safetensors' --exclude=checkpoints --exclude=cache --exclude=site \
     -C "$WORK" . 2>/dev/null
 }
