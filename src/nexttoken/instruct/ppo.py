@@ -247,6 +247,35 @@ def experience(policy: Policy, ref: Policy, reward_model: RewardModel | LabelerR
                       kl.sum(1), out.finished)
 
 
+def minibatch_loss(policy: Policy, value: RewardModel | None, exp: Experience, mb: Tensor, cfg: PPOConfig,
+                   ptx_rows: dict | None = None) -> tuple[Tensor, dict]:
+    """PPO's clipped objective on the episodes ``mb``, plus the clipped value loss and PPO-ptx's pretraining loss on
+    ``ptx_rows`` where there are any; and the step's statistics."""
+    ids, mask, am = exp.ids[mb], exp.mask[mb], exp.action_mask[mb]
+    logits = response_view(policy(ids, mask), exp.prompt_len).float() / cfg.temperature
+    logp = token_logprobs(logits, ids[:, exp.prompt_len :])
+    ratio = (logp - exp.logprobs[mb]).exp()
+    adv = exp.advantages[mb]
+    pg_loss = masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip, 1 + cfg.clip)), am)
+    loss, step = pg_loss, {"policy_loss": pg_loss.item()}
+    if value is not None:
+        v = response_view(value.values(ids, mask), exp.prompt_len).float()
+        v_clipped = exp.values[mb] + (v - exp.values[mb]).clamp(-cfg.value_clip, cfg.value_clip)
+        ret = exp.returns[mb]
+        vf_loss = 0.5 * masked_mean(torch.max((v - ret) ** 2, (v_clipped - ret) ** 2), am)
+        loss = loss + cfg.vf_coef * vf_loss
+        step["value_loss"] = vf_loss.item()
+    if ptx_rows is not None:
+        ptx = lm_loss_sum(policy, ptx_rows) / ptx_rows["targets"].numel()
+        loss = loss + cfg.ptx_coef * ptx
+        step["ptx_loss"] = ptx.item()
+    with torch.no_grad():
+        step["entropy"] = masked_mean(-(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1), am).item()
+        step["clip_frac"] = masked_mean(((ratio - 1).abs() > cfg.clip).float(), am).item()
+        step["approx_kl"] = masked_mean(0.5 * (logp - exp.logprobs[mb]) ** 2, am).item()
+    return loss, step
+
+
 def update(policy: Policy, value: RewardModel | None, optimizer, exp: Experience, cfg: PPOConfig, optim: OptimConfig,
            generator: torch.Generator, ptx_batch=None, dist: Dist = Dist()) -> dict:
     """``cfg.epochs`` passes of clipped policy and value updates over the episodes; returns mean statistics. Under
@@ -257,37 +286,14 @@ def update(policy: Policy, value: RewardModel | None, optimizer, exp: Experience
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for _ in range(cfg.epochs):
         for mb in torch.randperm(len(exp.ids), generator=generator).split(cfg.minibatch // dist.world_size):
-            ids, mask, am = exp.ids[mb], exp.mask[mb], exp.action_mask[mb]
-            with autocast(ids.device, cfg.precision):
-                logits = response_view(policy(ids, mask), exp.prompt_len).float() / cfg.temperature
-                logp = token_logprobs(logits, ids[:, exp.prompt_len :])
-                ratio = (logp - exp.logprobs[mb]).exp()
-                adv = exp.advantages[mb]
-                pg_loss = masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip, 1 + cfg.clip)), am)
-                loss, step = pg_loss, {"policy_loss": pg_loss.item()}
-                if value is not None:
-                    v = response_view(value.values(ids, mask), exp.prompt_len).float()
-                    v_clipped = exp.values[mb] + (v - exp.values[mb]).clamp(-cfg.value_clip, cfg.value_clip)
-                    ret = exp.returns[mb]
-                    vf_loss = 0.5 * masked_mean(torch.max((v - ret) ** 2, (v_clipped - ret) ** 2), am)
-                    loss = loss + cfg.vf_coef * vf_loss
-                    step["value_loss"] = vf_loss.item()
-                if ptx_batch is not None:
-                    rows = ptx_batch(n_steps)
-                    ptx = lm_loss_sum(policy, rows) / rows["targets"].numel()
-                    loss = loss + cfg.ptx_coef * ptx
-                    step["ptx_loss"] = ptx.item()
+            with autocast(exp.ids.device, cfg.precision):
+                loss, step = minibatch_loss(policy, value, exp, mb, cfg, ptx_batch(n_steps) if ptx_batch else None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             average_gradients(dist, params)
             if optim.grad_clip > 0:
                 nn.utils.clip_grad_norm_(params, optim.grad_clip)
             optimizer.step()
-            with torch.no_grad():
-                probs = logits.softmax(-1)
-                step["entropy"] = masked_mean(-(probs * logits.log_softmax(-1)).sum(-1), am).item()
-                step["clip_frac"] = masked_mean(((ratio - 1).abs() > cfg.clip).float(), am).item()
-                step["approx_kl"] = masked_mean(0.5 * (logp - exp.logprobs[mb]) ** 2, am).item()
             for k, x in step.items():
                 stats[k] = stats.get(k, 0.0) + x
             n_steps += 1
