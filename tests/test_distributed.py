@@ -74,3 +74,20 @@ def test_a_one_process_verb_under_torchrun_is_one_clear_error(argv, monkeypatch,
     assert run_cli(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "runs in one process; start it without torchrun" in err[0], err
+
+
+def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
+    import torch
+
+    from nexttoken import training
+    from nexttoken.distributed import init_distributed
+    from nexttoken.errors import UserError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(training, "pick_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(UserError, match="2 processes on this machine but it has 1 GPU"):
+        init_distributed("cuda")

@@ -25,6 +25,8 @@ from typing import Iterator, Sequence, TypeVar
 import torch
 import torch.distributed as torch_dist
 
+from nexttoken.errors import UserError
+
 T = TypeVar("T")
 
 
@@ -62,6 +64,10 @@ def init_distributed(device_name: str = "auto") -> Dist:
     device = pick_device(device_name)
     if world_size > 1:
         if device.type == "cuda":
+            if local_rank >= torch.cuda.device_count():
+                raise UserError(f"torchrun started {os.environ.get('LOCAL_WORLD_SIZE', world_size)} processes on this "
+                                f"machine but it has {torch.cuda.device_count()} GPU(s); pass --nproc_per_node "
+                                f"{torch.cuda.device_count()}")
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
         if not torch_dist.is_initialized():
