@@ -3,15 +3,21 @@
 policy's checksum after every PPO update, so the test can check that the processes agreed and the replicas stayed equal."""
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
 import torch
 
+from charlm import batch_fn
 from nexttoken.distributed import (all_sum, any_rank, average_gradients, barrier, gather, init_distributed,
                                    main_first, mean_over, shutdown_distributed)
+from nexttoken.errors import Interrupted
 from nexttoken.instruct.pipeline import MODULES, stage_configs
 from nexttoken.instruct.stage import open_stage
+from nexttoken.training import LoopConfig, OptimConfig, fit
+from test_training import char_model
 
 out = Path(sys.argv[1])
 dist = init_distributed("cpu")
@@ -31,6 +37,22 @@ seen["grad"] = p.grad.tolist()
 seen["mean"] = mean_over(dist, {"x": float(dist.rank)})
 seen["sum"] = all_sum(dist, torch.tensor([1.0])).tolist()
 seen["any"] = [any_rank(dist, dist.rank == 1), any_rank(dist, False)]
+
+# a SIGTERM that reaches rank 1 alone, during step 3, stops both processes after that step
+batches = batch_fn(32, 8)
+
+
+def terminated_batches(step: int) -> dict:
+    if step == 2 and dist.rank == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return batches(step)
+
+
+try:
+    fit(char_model(), terminated_batches, OptimConfig(lr=1e-2, warmup_steps=1), LoopConfig(steps=6, batch_size=8),
+        dist=dist, progress=False)
+except Interrupted as e:
+    seen["stopped"] = str(e)
 
 # the stages; every PPO update leaves a checksum of this process's policy
 from nexttoken.instruct import ppo  # noqa: E402

@@ -21,7 +21,7 @@ def torchrun(*args, env_vars=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1",
            **(env_vars or {})}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *map(str, args)]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
 
 
 def test_two_processes_agree_and_run_the_instruct_stages_with_one_writer(tmp_path):
@@ -33,6 +33,7 @@ def test_two_processes_agree_and_run_the_instruct_stages_with_one_writer(tmp_pat
         assert s["grad"] == [1.5, 3.0, 4.5]  # the mean of rank 0's (1, 2, 3) and rank 1's (2, 4, 6)
         assert s["mean"] == {"x": 0.5} and s["sum"] == [2.0] and s["any"] == [True, False]
     assert [s["marker_there"] for s in seen] == [False, True]  # rank 1 ran the block after rank 0 wrote the file
+    assert [s["stopped"] for s in seen] == ["stopped at step 3"] * 2  # a SIGTERM to rank 1 alone stops both
     # rank 0 reports and writes, the others return nothing; the replicas took the same PPO steps
     assert seen[0]["pretrain"]["steps"] == 3 and seen[1]["pretrain"] == {}
     assert seen[0]["ppo"]["processes"] == 2 and seen[1]["ppo"] == {}
