@@ -48,6 +48,9 @@ def demo_section(out: Path, device: torch.device) -> Section:
     section.table([{"size": r["size"], "model": r["method"], "direct": r["cot_direct"],
                     "Let's think step by step": r["cot_step_by_step"]} for r in rows if "cot_direct" in r],
                   "Zero-shot chain of thought on held-out word problems (greedy)")
+    section.text("Models this small, this briefly trained, rarely get a 2-4 step word problem right either way; at the "
+                 "cpu preset's size (nexttoken instruct pipeline --preset cpu) the 0.79 M-parameter base model goes "
+                 "from 5% direct to 50% with \"Let's think step by step\" (docs/instruct.md).")
     largest = sizes[-1]
     section.image(folder / f"ppo-{largest}" / "ppo_health.png", f"PPO health ({largest})")
     answers = []
