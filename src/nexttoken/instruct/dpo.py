@@ -22,13 +22,13 @@ import torch
 from torch import Tensor
 
 from nexttoken.config import option
+from nexttoken.distributed import Dist
 from nexttoken.errors import UserError
 from nexttoken.instruct.policy import POLICY_FILE, Policy, load_policy, save_model, token_logprobs
 from nexttoken.instruct.rankings import split_rankings
 from nexttoken.instruct.reward import RankingBatches, pairwise_loss, ranking_rows
 from nexttoken.plots import plot_metrics
 from nexttoken.runs import Run
-from nexttoken.distributed import Dist
 from nexttoken.training import LoopConfig, OptimConfig, count_rows, fit, seed_everything
 
 

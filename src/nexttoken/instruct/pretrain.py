@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from nexttoken.config import option
+from nexttoken.distributed import Dist, main_first
 from nexttoken.errors import UserError
 from nexttoken.instruct.corpus import make_corpus
 from nexttoken.instruct.evaluate import heldout_nll
@@ -31,7 +32,6 @@ from nexttoken.instruct.world import make_world
 from nexttoken.model import GPT, GPTConfig
 from nexttoken.plots import plot_metrics
 from nexttoken.runs import Run
-from nexttoken.distributed import Dist, main_first
 from nexttoken.training import LoopConfig, OptimConfig, fit, seed_everything
 
 # name -> (layers, heads, width, peak LR). The first three train on a 2-core CPU in tens of minutes in all; the

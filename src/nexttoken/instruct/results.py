@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from nexttoken.distributed import Dist
 from nexttoken.config import option
+from nexttoken.distributed import Dist
 from nexttoken.errors import UserError
 from nexttoken.instruct.corpus import make_corpus
 from nexttoken.instruct.evaluate import (EvalConfig, answer, chain_of_thought, eval_tasks, heldout_nll, judge,

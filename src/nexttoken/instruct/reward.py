@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from nexttoken.config import option
+from nexttoken.distributed import Dist
 from nexttoken.errors import UserError
 from nexttoken.instruct.corpus import demonstrations
 from nexttoken.instruct.policy import REWARD_FILE, Policy, RewardModel, load_policy, response_rows, save_model
@@ -31,7 +32,6 @@ from nexttoken.instruct.rankings import Ranking, split_rankings
 from nexttoken.instruct.world import make_world
 from nexttoken.plots import plot_metrics
 from nexttoken.runs import Run
-from nexttoken.distributed import Dist
 from nexttoken.training import LoopConfig, OptimConfig, count_rows, fit, seed_everything
 
 

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from nexttoken.config import option
+from nexttoken.distributed import Dist
 from nexttoken.errors import UserError
 from nexttoken.instruct.corpus import Demonstration, demonstrations
 from nexttoken.instruct.policy import POLICY_FILE, Policy, lm_loss_sum, load_policy, response_rows, save_model
 from nexttoken.instruct.world import make_world
 from nexttoken.plots import plot_metrics
 from nexttoken.runs import Run
-from nexttoken.distributed import Dist
 from nexttoken.training import LoopConfig, OptimConfig, fit, seed_everything
 
 

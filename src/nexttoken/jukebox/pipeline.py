@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from nexttoken.config import load, option, resumed
+from nexttoken.distributed import Dist, barrier, init_distributed, main_first
 from nexttoken.errors import UserError
 from nexttoken.jukebox.codes import CodeSet, encode_clips
 from nexttoken.jukebox.data import DataConfig, load_data, resolved
@@ -29,7 +30,6 @@ from nexttoken.jukebox.train import (PRIOR_DEFAULTS, PRIOR_KIND, PRIOR_LOOP, PRI
                                      VQVAE_KIND, VQVAEOptions, train_prior, train_vqvae)
 from nexttoken.jukebox.vqvae import VQVAE, VQVAEConfig
 from nexttoken.runs import Run, read_json
-from nexttoken.distributed import Dist, barrier, init_distributed, main_first
 from nexttoken.training import LoopConfig, OptimConfig, seed_everything
 
 KIND = "jukebox.pipeline"
@@ -182,10 +182,11 @@ def vqvae_stage(path: Path, opts: VQVAEOptions, optim: OptimConfig, loop: LoopCo
         return path
     data = data_config(open_pipeline(path))
     vq = opts.vqvae_config()
+    started = (stage / "config.json").is_file()  # looked at by every process before rank 0 can write it
     with main_first(dist):
         clips = load_data(data, vq.sample_rate, vq.clip_samples)
     with claimed(path, {}, new=False, dist=dist):
-        train_vqvae(stage, clips, opts, optim, loop, dist, resume=(stage / "config.json").is_file())
+        train_vqvae(stage, clips, opts, optim, loop, dist, resume=started)
     return path
 
 
