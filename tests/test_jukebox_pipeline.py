@@ -93,7 +93,7 @@ def test_a_killed_sampling_resumes_to_the_same_codes(tiny_pipeline, tmp_path, mo
         assert np.array_equal(whole.codes[level], resumed.codes[level])
 
 
-def test_a_killed_prior_training_resumes_to_the_same_weights_and_metrics(tiny_pipeline, tmp_path, monkeypatch):
+def test_a_killed_prior_training_resumes_to_the_same_weights_and_metrics(tiny_pipeline, tmp_path, monkeypatch, capsys):
     import os
     import signal
 
@@ -115,6 +115,9 @@ def test_a_killed_prior_training_resumes_to_the_same_weights_and_metrics(tiny_pi
 
     monkeypatch.setattr(train_module.Windows, "__call__", interrupted_at_step_3)
     assert run_cli([runs["killed"] if a is None else a for a in argv]) == 130
+    said = capsys.readouterr().err.strip().splitlines()[-1]  # the command that continues it, whole
+    continued = f"nexttoken jukebox train-prior {runs['killed']} --level top --resume"
+    assert said.endswith(f"stopped at step 4; continue with: {continued}"), said
     monkeypatch.setattr(train_module.Windows, "__call__", real)
     assert run_cli(["jukebox", "train-prior", runs["killed"], "--level", "top", "--resume"]) == 0
     drop = ("tokens_per_s",)

@@ -1,9 +1,35 @@
 """The exceptions the CLI turns into one line on stderr instead of a traceback."""
 
+import contextlib
+from typing import Iterator
+
 
 class UserError(Exception):
     """Bad input (missing file, wrong option, corrupt data): the CLI prints the message on one line, exit code 2."""
 
 
 class Interrupted(KeyboardInterrupt):
-    """Work stopped by Ctrl-C or SIGTERM after saving what it had; the message says how to continue (exit code 130)."""
+    """Work stopped by Ctrl-C or SIGTERM after saving what it had; the message says how to continue (exit code 130).
+
+    ``where`` says where it stopped, ``how`` what continues it. A loop knows the first; the command that ran it knows
+    the whole command line, so it re-raises with ``resumed_by``.
+
+    >>> str(Interrupted("stopped at step 7", "--resume runs/x").resumed_by("nexttoken jukebox train --resume runs"))
+    'stopped at step 7; continue with: nexttoken jukebox train --resume runs'
+    """
+
+    def __init__(self, where: str, how: str = "") -> None:
+        super().__init__(f"{where}; continue with{':' if how.startswith('nexttoken') else ''} {how}" if how else where)
+        self.where, self.how = where, how
+
+    def resumed_by(self, how: str) -> "Interrupted":
+        return Interrupted(self.where, how)
+
+
+@contextlib.contextmanager
+def continue_with(how: str) -> Iterator[None]:
+    """An ``Interrupted`` raised inside leaves with ``how`` as what continues it (the command that ran the loop)."""
+    try:
+        yield
+    except Interrupted as e:
+        raise e.resumed_by(how) from None

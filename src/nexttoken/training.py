@@ -394,5 +394,5 @@ def _loop(model, ddp, forward, optimizer, batch_fn, optim, loop, run, dist, eval
             save(done)
             last_save = clock()
         if stopping:
-            raise Interrupted(f"stopped at step {done:,}" + (f"; continue with --resume {run.path}" if run else ""))
+            raise Interrupted(f"stopped at step {done:,}", f"--resume {run.path}" if run else "")
     return record

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from nexttoken.cli import add_device_option
 from nexttoken.config import add_options, from_args, given
-from nexttoken.errors import UserError
+from nexttoken.errors import UserError, continue_with
 from nexttoken.runs import default_run_dir
 
 HELP = "InstructGPT (base -> SFT -> reward model -> PPO) and zero-shot chain of thought, in miniature"
@@ -119,7 +119,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
                 raise UserError(f"{args.stage} needs --{field.replace('_', '-')}")
         run, configs = open_stage(args.out or default_run_dir("instruct", args.stage), args.stage, configs, False,
                                   enabled=dist.is_main)
-    with run:
+    with run, continue_with(f"nexttoken instruct {args.stage} --resume {run.path}"):
         summary = module.run_stage(configs, run, dist, args.resume is not None)
     _print_summary(summary)
     print(f"run folder: {run.path}")
@@ -135,7 +135,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / f"instruct-{cfg.preset}"
     only = [s.strip() for s in args.stages.split(",") if s.strip()]
     t0 = time.time()
-    summary = run_pipeline(out, cfg, dist, only, given(args, PipelineConfig))
+    with continue_with(f"nexttoken instruct pipeline --out {out} (the finished stages are kept)"):
+        summary = run_pipeline(out, cfg, dist, only, given(args, PipelineConfig))
     if (out / "evaluate" / "results.md").is_file():
         print((out / "evaluate" / "results.md").read_text())
     _print_summary({k: v for k, v in summary.items() if k != "rows"})

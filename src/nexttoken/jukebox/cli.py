@@ -22,7 +22,7 @@ from pathlib import Path
 
 from nexttoken.cli import add_device_option
 from nexttoken.config import add_options, check, from_args, given
-from nexttoken.errors import UserError
+from nexttoken.errors import UserError, continue_with
 from nexttoken.sampling import SamplingConfig
 from nexttoken.training import LoopConfig, OptimConfig, pick_device
 
@@ -151,11 +151,13 @@ def cmd_train(args) -> None:
     if args.resume is not None:
         if given(args, DataConfig) or given(args, VQVAEOptions) or given(args, Plan):
             raise UserError("--resume RUN continues RUN with its own settings; leave out the other flags")
-        train_everything(args.resume, Plan(), VQVAEOptions(), args.device, None)
+        with continue_with(f"nexttoken jukebox train --resume {args.resume}"):
+            train_everything(args.resume, Plan(), VQVAEOptions(), args.device, None)
         path = args.resume
     else:
-        train_everything(path, from_args(args, Plan), from_args(args, VQVAEOptions), args.device,
-                         from_args(args, DataConfig).validate())
+        with continue_with(f"nexttoken jukebox train --resume {path}"):
+            train_everything(path, from_args(args, Plan), from_args(args, VQVAEOptions), args.device,
+                             from_args(args, DataConfig).validate())
     _print_summaries(path)
 
 
@@ -176,11 +178,13 @@ def cmd_train_vqvae(args) -> None:
         else:
             opts, optim, loop = (from_args(args, VQVAEOptions), from_args(args, OptimConfig, base=VQ_OPTIM),
                                  from_args(args, LoopConfig, base=VQ_LOOP))
-        vqvae_stage(path, opts, optim, check(budget.apply(loop)), args.device)
+        with continue_with(f"nexttoken jukebox train-vqvae --resume {path}"):
+            vqvae_stage(path, opts, optim, check(budget.apply(loop)), args.device)
     else:
-        vqvae_stage(path, from_args(args, VQVAEOptions), from_args(args, OptimConfig, base=VQ_OPTIM),
-                    check(budget.apply(from_args(args, LoopConfig, base=VQ_LOOP))), args.device,
-                    from_args(args, DataConfig).validate())
+        with continue_with(f"nexttoken jukebox train-vqvae --resume {path}"):
+            vqvae_stage(path, from_args(args, VQVAEOptions), from_args(args, OptimConfig, base=VQ_OPTIM),
+                        check(budget.apply(from_args(args, LoopConfig, base=VQ_LOOP))), args.device,
+                        from_args(args, DataConfig).validate())
     _print_summaries(path)
 
 
@@ -199,7 +203,8 @@ def cmd_train_prior(args) -> None:
         cfg = replace(cfg, level=args.level).validate()
         optim = from_args(args, OptimConfig, base=PRIOR_OPTIM)
         loop = check(budget.apply(from_args(args, LoopConfig, base=PRIOR_LOOP)))
-    prior_stage(args.run, args.level, cfg, optim, loop, args.device, args.resume)
+    with continue_with(f"nexttoken jukebox train-prior {args.run} --level {args.level} --resume"):
+        prior_stage(args.run, args.level, cfg, optim, loop, args.device, args.resume)
     _print_summaries(args.run)
 
 
