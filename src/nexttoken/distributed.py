@@ -8,8 +8,8 @@ domain runs under torchrun the same way:
 - ``main_first``: rank 0 does a piece of work that leaves files (a rendered corpus, encoded codes) while the others
   wait, then they read what it wrote instead of doing it again at the same time;
 - ``gather``: work shared out by rank (``items[dist.rank::dist.world_size]``) comes back whole and in order;
-- ``average_gradients`` and ``mean_over``: what a loop outside ``fit`` (PPO) needs to keep its replicas equal and to
-  log the statistics of all processes;
+- ``average_gradients``, ``all_sum`` and ``mean_over``: what a loop outside ``fit`` (PPO) needs to keep its replicas
+  equal, to normalise over every process's batch and to log the statistics of all processes;
 - ``any_rank``: a stop request that reached one process stops all of them at the same step.
 
 Everything is torch.distributed (NCCL on CUDA, gloo on CPU); with one process every helper is a no-op.
