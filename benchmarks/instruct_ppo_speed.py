@@ -107,9 +107,10 @@ def main() -> None:
               f"uncached {row['episodes_per_s_uncached']:6.2f}  rollout {row['rollout_s_cached']:.2f} s vs "
               f"{row['rollout_s_uncached']:.2f} s ({row['rollout_speedup']:.2f}x), iteration {row['iteration_speedup']:.2f}x",
               flush=True)
-    out = Path(__file__).parent / "results" / f"instruct_ppo_speed-{device.type}.json"
-    out.write_text(json.dumps({"device": device.type, "threads": torch.get_num_threads(),
-                               "models": str(args.pipeline or "random"), "rows": rows}, indent=2) + "\n")
+        # written after every size: a run stopped by a time limit keeps the sizes it finished
+        out = Path(__file__).parent / "results" / f"instruct_ppo_speed-{device.type}.json"
+        out.write_text(json.dumps({"device": device.type, "threads": torch.get_num_threads(),
+                                   "models": str(args.pipeline or "random"), "rows": rows}, indent=2) + "\n")
     print(f"wrote {out}")
 
 
