@@ -53,6 +53,14 @@ class Dist:
         """
         return list(items[self.rank :: self.world_size])
 
+    def own_seed(self, seed: int) -> int:
+        """A seed of this process's own for random work it does on its share (``seed`` itself with one process).
+
+        >>> Dist().own_seed(7), Dist(rank=1, world_size=2).own_seed(7) != 7
+        (7, True)
+        """
+        return seed + (self.rank << 40)
+
 
 def init_distributed(device_name: str = "auto") -> Dist:
     """Read torchrun's environment; start the process group when there is more than one process."""

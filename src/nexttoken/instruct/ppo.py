@@ -310,7 +310,7 @@ def reward_norm(policy: Policy, reward_model: RewardModel | LabelerReward, promp
     mine, local = dist.share(prompts), []
     if mine:
         out = respond(policy, mine, cfg.max_new_tokens, temperature=cfg.temperature,
-                      generator=torch.Generator().manual_seed(cfg.seed + 5 + (dist.rank << 40)))
+                      generator=torch.Generator().manual_seed(dist.own_seed(cfg.seed + 5)))
         local = scores(reward_model, mine, out).float().tolist()
     score = torch.tensor(gather(dist, local))
     return float(score.mean()), float(score.std().clamp(min=1e-3))
@@ -378,7 +378,7 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, dist: Dist, resume: 
             t_it = time.time()
             drawn = random.Random(f"ppo:{cfg.seed}:{it}").choices(pool, k=cfg.rollouts // cfg.group)
             prompts = [p for p in dist.share(drawn) for _ in range(cfg.group)]
-            generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it + (dist.rank << 40))
+            generator = torch.Generator().manual_seed(dist.own_seed(cfg.seed * 1_000_003 + it))
             with autocast(device, cfg.precision):
                 exp = experience(policy, ref, reward_model, value, prompts, cfg, beta, norm, generator, dist)
             t_roll = time.time() - t_it

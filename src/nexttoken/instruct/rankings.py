@@ -107,7 +107,7 @@ def collect(cfg: RankConfig, run: Run, dist: Dist, progress: bool = True) -> dic
                    unit="prompt")
     for start in range(len(done), len(tasks), cfg.chunk):
         chunk = tasks[start : start + cfg.chunk]
-        seed = cfg.seed * 1_000_003 + start + (dist.rank << 40)  # each process its own samples
+        seed = dist.own_seed(cfg.seed * 1_000_003 + start)
         outputs, ended, writers = zip(*gather(dist, sample_outputs(policies, dist.share(chunk), cfg, seed)))
         for i, task in enumerate(chunk):
             labeler = panel[(start + i) % len(panel)]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from nexttoken.config import option
+from nexttoken.distributed import Dist
 from nexttoken.jukebox.audio import ClipSet, clip_summary
 from nexttoken.jukebox.codes import CodeSet
 from nexttoken.jukebox.evaluate import evaluate_codec
@@ -25,7 +26,6 @@ from nexttoken.jukebox.prior import Prior, PriorConfig, chars_batch, position_se
 from nexttoken.jukebox.vqvae import PRESETS, VQVAE, VQVAEConfig, vqvae_loss
 from nexttoken.plots import plot_metrics
 from nexttoken.runs import Run, read_json
-from nexttoken.distributed import Dist
 from nexttoken.training import LoopConfig, OptimConfig, count_rows, count_targets, fit, say_finished
 
 VQVAE_KIND, PRIOR_KIND = "jukebox.vqvae", "jukebox.prior"

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from nexttoken.config import check, load, option, resumed
+from nexttoken.distributed import Dist, init_distributed, main_first
 from nexttoken.errors import UserError
 from nexttoken.midi.corpus import Corpus, load_corpus
 from nexttoken.model import GPTConfig
@@ -33,7 +34,6 @@ from nexttoken.muse.evaluate import score_pieces
 from nexttoken.muse.model import MuseModel, build_model
 from nexttoken.plots import plot_metrics
 from nexttoken.runs import Run, default_run_dir, read_json
-from nexttoken.distributed import Dist, init_distributed, main_first
 from nexttoken.training import LoopConfig, OptimConfig, fit, say_finished, seed_everything
 
 KIND = "muse.train"
