@@ -155,9 +155,11 @@ def test_evaluate_and_report(tiny_pipeline, tmp_path, capsys):
                     "0.3", "--lines", "2", "--windows", "4", "--val-clips", "4"]) == 0
     printed = capsys.readouterr().out
     for expected in ("spectral convergence", "bits per second", "artist recognised in 4 sampled clips",
-                     "lyrics alignment"):
+                     "each level's sampled codes decoded alone", "lyrics alignment"):
         assert expected in printed
-    assert (tiny_pipeline / "evaluation.json").is_file() and (tiny_pipeline / "alignment.png").is_file()
+    assert (tiny_pipeline / "alignment.png").is_file()
+    levels = read_json(tiny_pipeline / "evaluation.json")["recognition"]["levels"]
+    assert list(levels) == ["bottom", "middle", "top"] and all(v["clips"] == 4 for v in levels.values())
     assert run_cli(["jukebox", "report", tiny_pipeline, "--out", tmp_path / "report"]) == 0
     html = (tmp_path / "report" / "report.html").read_text()
     assert "<audio" in html and "reconstruction.png" in html and "lyrics alignment" in html

@@ -90,35 +90,48 @@ def codec_metrics(path: Path, val: torch.Tensor, device: torch.device) -> dict:
 
 
 @torch.no_grad()
-def sample_clips(path: Path, conds: torch.Tensor, lyrics: list[str], seconds: float, seed: int,
-                 device: torch.device) -> torch.Tensor:
-    """(B, samples) audio sampled through every level for the condition rows ``conds`` (B, 2), one prior at a time."""
+def sample_codes(path: Path, conds: torch.Tensor, lyrics: list[str], seconds: float, seed: int,
+                 device: torch.device) -> list[torch.Tensor]:
+    """Every level's codes (indexed like the VQ-VAE's levels, bottom first) sampled top down for the condition rows
+    ``conds`` (B, 2), one prior in memory at a time."""
     vq = vqvae_config(path)
     samples = math.ceil(seconds * vq.sample_rate / vq.hops[-1]) * vq.hops[-1]
-    codes = None
+    codes: list[torch.Tensor] = [torch.empty(0)] * len(vq.levels)
     for i in reversed(range(len(vq.levels))):
         prior = load_prior(path, vq.levels[i], device)
         conditioning = top_conditioning(prior, conds, seconds, lyrics) if prior.cfg.is_top else \
-            upsampler_conditioning(prior, conds, codes)
-        codes = sample_level(prior, torch.zeros(len(conds), 0, dtype=torch.long), samples // vq.hops[i],
-                             conditioning, JUKEBOX_SAMPLING, torch.Generator(device).manual_seed(seed * 1009 + i),
-                             prior.cfg.context // 2)
+            upsampler_conditioning(prior, conds, codes[i + 1])
+        codes[i] = sample_level(prior, torch.zeros(len(conds), 0, dtype=torch.long), samples // vq.hops[i],
+                                conditioning, JUKEBOX_SAMPLING, torch.Generator(device).manual_seed(seed * 1009 + i),
+                                prior.cfg.context // 2)
         del prior
-    vqvae = load_vqvae(path, device)
-    return vqvae.decode(codes.to(device), 0).cpu()
+    return codes
+
+
+@torch.no_grad()
+def through_level(vqvae, audio: torch.Tensor, level: int, device: torch.device, batch: int = 32) -> torch.Tensor:
+    """(B, T) audio passed through one level's encoder, codebook and decoder: what that level keeps of it."""
+    return torch.cat([vqvae.decode(vqvae.encode(audio[i:i + batch].to(device))[level], level)[:, :audio.shape[1]]
+                      .cpu() for i in range(0, len(audio), batch)])
 
 
 def artist_recognition(path: Path, clips, cfg: EvaluateConfig, device: torch.device) -> dict:
-    top = load_prior(path, vqvae_config(path).levels[-1], device).cfg
-    x, y, xv, yv = [], [], [], []
-    for artist in top.artists:  # up to 64 real clips per artist, to train on and to check the classifier
-        for split, xs, ys in (("train", x, y), ("val", xv, yv)):
+    """The artist classifier on clips sampled through all three levels (``accuracy``), and per level (``levels``):
+    a classifier trained on real clips passed through that level of the VQ-VAE, applied to that level's sampled codes
+    decoded, so a level's recognition compares like with like and shows where on the way down the artist is lost."""
+    vq = vqvae_config(path)
+    top = load_prior(path, vq.levels[-1], device).cfg
+    real = {}  # split -> (audio, labels): up to 64 real clips per artist, to train on and to check the classifier
+    for split in ("train", "val"):
+        audio, labels = [], []
+        for artist in top.artists:
             rows = [r for r in clips.rows(split).tolist() if clips.tracks[int(clips.track[r])].artist == artist]
             rows = rows[:: max(1, len(rows) // 64)][:64]
             if rows:
-                xs.append(features(clips.audio(rows), clips.sample_rate))
-                ys += [artist] * len(rows)
-    classifier = fit_artist_classifier(torch.cat(x), y)
+                audio.append(clips.audio(rows))
+                labels += [artist] * len(rows)
+        real[split] = (torch.cat(audio), labels) if audio else None
+    real["val"] = real["val"] or real["train"]
     asked, conds, lyrics = [], [], []
     lines = {}
     for t in clips.tracks:
@@ -130,10 +143,22 @@ def artist_recognition(path: Path, clips, cfg: EvaluateConfig, device: torch.dev
             asked.append(artist)
             conds.append([top.artists.index(artist), len(top.artists) + top.genres.index(genre)])
             lyrics.append(lines.get(artist, ""))  # the sung voices sing a line of their own
-    audio = sample_clips(path, torch.tensor(conds), lyrics, cfg.seconds, cfg.seed, device)
-    result = recognition(classifier, features(audio, clips.sample_rate), asked,
-                         torch.cat(xv) if xv else torch.cat(x), yv if xv else y)
-    return asdict(result)
+    codes = sample_codes(path, torch.tensor(conds), lyrics, cfg.seconds, cfg.seed, device)
+    vqvae = load_vqvae(path, device)
+
+    def recognised(view, heard: torch.Tensor) -> dict:
+        """The classifier trained on ``view`` of the real training clips, scored on ``heard`` and on ``view`` of the
+        real held-out clips."""
+        (x, y), (xv, yv) = real["train"], real["val"]
+        classifier = fit_artist_classifier(features(view(x), clips.sample_rate), y)
+        return asdict(recognition(classifier, features(heard, clips.sample_rate), asked,
+                                  features(view(xv), clips.sample_rate), yv))
+
+    decoded = [vqvae.decode(c.to(device), i).cpu() for i, c in enumerate(codes)]
+    result = recognised(lambda audio: audio, decoded[0])
+    result["levels"] = {level: recognised(lambda audio, i=i: through_level(vqvae, audio, i, device), decoded[i])
+                        for i, level in enumerate(vq.levels)}
+    return result
 
 
 def lyrics_alignment(path: Path, codes, cfg: EvaluateConfig, device: torch.device) -> tuple[dict | None, Path | None]:
@@ -210,6 +235,10 @@ def format_report(ev: Evaluation) -> str:
         out.append(f"artist recognised in {r['clips']} sampled clips: {100 * r['accuracy']:.0f}% (chance "
                    f"{100 * r['chance']:.0f}%; the classifier on held-out real clips {100 * r['real_accuracy']:.0f}%)")
         out.append("  " + ", ".join(f"{a} {100 * v:.0f}%" for a, v in r["per_artist"].items()))
+        if r.get("levels"):
+            out.append("  each level's sampled codes decoded alone, against real clips through the same level: " + ", ".join(
+                f"{level} {100 * v['accuracy']:.0f}% (real {100 * v['real_accuracy']:.0f}%)"
+                for level, v in reversed(r["levels"].items())))
     if ev.alignment:
         a = ev.alignment
         out.append(f"lyrics alignment on {a['lines']} held-out lines ({a['positions']:,} sung positions): attention "
