@@ -12,7 +12,7 @@ import pytest
 
 from jukebox_fixtures import jukebox_cache, run_cli, tiny_audio  # noqa: F401
 from muse_fixtures import toy_corpus
-from nexttoken.runs import read_metrics
+from nexttoken.runs import read_json, read_metrics
 
 HERE = Path(__file__).parent
 
@@ -67,6 +67,22 @@ def test_a_muse_model_trains_under_two_processes_from_a_cache_rank_0_prepares(tm
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [r["step"] for r in read_metrics(tmp_path / "run")] == [2, 4]
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_a_grok_sweep_shares_its_ensembles_out_and_one_process_can_redo_it(tmp_path):
+    argv = ["grok", "sweep", "--op", "x+y", "--p", "7", "--n-embd", "16", "--n-head", "2", "--mlp-hidden", "32",
+            "--steps", "30", "--fracs", "0.4,0.6", "--seeds", "2", "--device", "cpu"]
+    proc = torchrun("-m", "nexttoken", *argv, "--out", tmp_path / "two")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = read_json(tmp_path / "two" / "summary.json")
+    assert two["runs"] == 4 and two["processes"] == 2
+    # one ensemble per process, each trained and written once
+    assert [read_json(g / "summary.json")["ensemble_size"] for g in sorted((tmp_path / "two").glob("group-*"))] == [2, 2]
+    assert proc.stdout.count("sweep folder:") == 1
+    # the same ensembles in one process give the same results, in the same order
+    assert run_cli([*argv, "--max-ensemble", "2", "--out", tmp_path / "one"]) == 0
+    one = read_json(tmp_path / "one" / "summary.json")
+    assert one["rows"] == two["rows"]
 
 
 @pytest.mark.parametrize("argv", [["jukebox", "report", "x"], ["instruct", "evaluate", "x"], ["grok", "table"]])

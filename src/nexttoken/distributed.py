@@ -8,6 +8,7 @@ domain runs under torchrun the same way:
 - ``main_first``: rank 0 does a piece of work that leaves files (a rendered corpus, encoded codes) while the others
   wait, then they read what it wrote instead of doing it again at the same time;
 - ``gather``: work shared out by rank (``items[dist.rank::dist.world_size]``) comes back whole and in order;
+  ``broadcast``: what rank 0 decided (a folder named by its clock, a plan read from its files) reaches every process;
 - ``average_gradients``, ``all_sum`` and ``mean_over``: what a loop outside ``fit`` (PPO) needs to keep its replicas
   equal, to normalise over every process's batch and to log the statistics of all processes;
 - ``any_rank``: a stop request that reached one process stops all of them at the same step.
@@ -122,6 +123,19 @@ def gather(dist: Dist, mine: list[T]) -> list[T]:
     for i in range(max(len(s) for s in shares)):
         out += [s[i] for s in shares if i < len(s)]
     return out
+
+
+def broadcast(dist: Dist, value: T) -> T:
+    """Rank 0's ``value`` on every process (what the others pass is ignored).
+
+    >>> broadcast(Dist(), "runs/sweep")
+    'runs/sweep'
+    """
+    if not dist.enabled:
+        return value
+    box = [value]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def average_gradients(dist: Dist, params: Sequence[torch.nn.Parameter]) -> None:

@@ -35,7 +35,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     config.add_options(sweep, SweepConfig)
     sweep.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
                        help="also sweep a training option, e.g. --grid weight_decay=0,1 (repeatable)")
-    sweep.set_defaults(func=cmd_sweep)
+    sweep.set_defaults(func=cmd_sweep, distributed=True)
 
     analyze = sub.add_parser("analyze", help="curves, embedding maps, Fourier spectrum and progress measures of a run")
     analyze.add_argument("run", type=Path, help="a run folder written by `grok train` (or a sweep's group-NNN folder)")
@@ -118,36 +118,52 @@ def summary_line(s: dict) -> str:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    """Under torchrun rank 0 plans the sweep and claims its folder, and every process trains its share of the
+    ensembles on its own GPU (``run_sweep``); rank 0 writes the results."""
+    import contextlib
     import time
+    from dataclasses import replace
 
+    from nexttoken.distributed import broadcast, init_distributed
     from nexttoken.grok.sweep import make_grid, resume_sweep, run_sweep, start_sweep, write_results
 
-    device = _device(args)
+    dist = init_distributed(args.device)
+    device = dist.device
     given = config.given(args, SweepConfig)
     shape = config.from_args(args, SweepConfig)
+    sweep = None
     if args.resume:
         grid = make_grid(shape, args.op or GrokConfig.op, args.grid)
         asked = {"op": "ops" in given or args.op is not None, "frac": "fracs" in given, "seed": "seeds" in given}
         grid = {k: v for k, v in grid.items() if asked.get(k, True)}
-        sweep = resume_sweep(_resume_target(args), requested(args), grid, given.get("max_ensemble"),
-                             config.given(args, TrainOptions))
+        if dist.is_main:
+            sweep = resume_sweep(_resume_target(args), requested(args), grid, given.get("max_ensemble"),
+                                 config.given(args, TrainOptions))
     else:
         base = base_config(args)
-        sweep = start_sweep(base, make_grid(shape, base.op, args.grid), shape.max_ensemble,
-                            config.from_args(args, TrainOptions), args.out or default_run_dir("grok", "sweep"), device)
-    out = sweep.folder.path
+        grid = make_grid(shape, base.op, args.grid)
+        if dist.is_main:
+            sweep = start_sweep(base, grid, shape.max_ensemble, config.from_args(args, TrainOptions),
+                                args.out or default_run_dir("grok", "sweep"), device, processes=dist.world_size)
+    plan, out = broadcast(dist, sweep and (replace(sweep, folder=None), sweep.folder.path))
     if args.resume and (out / "summary.json").exists():
-        sweep.folder.close()
+        if sweep:
+            sweep.folder.close()
         print(f"grok: {out} has already finished; nothing to train", file=sys.stderr)
         print(f"sweep folder: {out}")
         return 0
-    print(f"grok sweep: {len(sweep.configs)} runs on {device.type} -> {out}", file=sys.stderr)
+    if dist.is_main:
+        where = f"{dist.world_size} processes" if dist.enabled else device.type
+        print(f"grok sweep: {len(plan.configs)} runs on {where} -> {out}", file=sys.stderr)
     t0 = time.perf_counter()
-    with sweep.folder:
-        rows = run_sweep(sweep.configs, sweep.grid, out, device, resume=bool(args.resume),
-                         max_ensemble=sweep.max_ensemble, options=sweep.options)
+    with sweep.folder if sweep else contextlib.nullcontext():
+        rows = run_sweep(plan.configs, plan.grid, out, device, resume=bool(args.resume),
+                         max_ensemble=plan.max_ensemble, options=plan.options, progress=dist.is_main, dist=dist,
+                         processes=plan.processes)
         wall = time.perf_counter() - t0
-        write_results(rows, out, max(c.steps for c in sweep.configs), {"wall_s": round(wall, 2), "device": device.type})
+        if sweep:
+            write_results(rows, out, max(c.steps for c in plan.configs),
+                          {"wall_s": round(wall, 2), "device": device.type, "processes": dist.world_size})
     reached = sum(r["steps_to_val_99"] is not None for r in rows)
     print(f"{len(rows)} runs in {wall:.1f} s; {reached} reached 99% validation accuracy")
     print(f"sweep folder: {out}")

@@ -23,6 +23,7 @@ import torch
 
 from nexttoken import config
 from nexttoken.config import option
+from nexttoken.distributed import Dist, gather
 from nexttoken.errors import Interrupted, UserError
 from nexttoken.grok.ensemble import Ensemble
 from nexttoken.grok.loop import default_eval_ratio, train_ensemble
@@ -98,12 +99,21 @@ def label(cfg: GrokConfig, grid: dict[str, list]) -> str:
     return " ".join(parts)
 
 
-def groups(configs: list[GrokConfig], max_size: int) -> list[list[int]]:
-    """Indices of configs that can share an ensemble, at most ``max_size`` per group, in first-seen order."""
+def groups(configs: list[GrokConfig], max_size: int, processes: int = 1) -> list[list[int]]:
+    """Indices of configs that can share an ensemble, at most ``max_size`` per group, in first-seen order; runs of one
+    shape are split into at least ``processes`` groups (when there are that many), so each process gets one.
+
+    >>> groups([GrokConfig(seed=s) for s in range(5)], 4), groups([GrokConfig(seed=s) for s in range(5)], 4, 2)
+    ([[0, 1, 2, 3], [4]], [[0, 1, 2], [3, 4]])
+    """
     by_key: dict[tuple, list[int]] = {}
     for i, c in enumerate(configs):
         by_key.setdefault(c.shape_key(), []).append(i)
-    return [idx[j : j + max_size] for idx in by_key.values() for j in range(0, len(idx), max_size)]
+    out = []
+    for idx in by_key.values():
+        size = min(max_size, -(-len(idx) // processes))
+        out += [idx[j : j + size] for j in range(0, len(idx), size)]
+    return out
 
 
 # ---- the sweep folder -------------------------------------------------------------------------------------------
@@ -122,17 +132,19 @@ class Sweep:
     grid: dict[str, list]
     max_ensemble: int
     options: TrainOptions
+    processes: int = 1  # the processes its groups were planned for (``groups``); any number can resume it
 
 
 def start_sweep(base: GrokConfig, grid: dict[str, list], max_ensemble: int, options: TrainOptions, out: Path,
-                device: torch.device) -> Sweep:
+                device: torch.device, processes: int = 1) -> Sweep:
     """Check every run of the grid and that each ensemble fits in memory, then claim the sweep's folder (a context
     manager, like a run)."""
     configs = [c.validate() for c in expand(base, grid)]
-    for members in groups(configs, max_ensemble):
+    for members in groups(configs, max_ensemble, processes):
         check_memory([configs[i] for i in members], device)
-    saved = {"grid": grid, "configs": [asdict(c) for c in configs], "max_ensemble": max_ensemble, **asdict(options)}
-    return Sweep(SweepFolder.create(out, saved, kind=KIND), configs, grid, max_ensemble, options)
+    saved = {"grid": grid, "configs": [asdict(c) for c in configs], "max_ensemble": max_ensemble,
+             "processes": processes, **asdict(options)}
+    return Sweep(SweepFolder.create(out, saved, kind=KIND), configs, grid, max_ensemble, options, processes)
 
 
 def resume_sweep(path: Path, requested: dict, grid: dict[str, list], max_ensemble: int | None,
@@ -165,7 +177,7 @@ def resume_sweep(path: Path, requested: dict, grid: dict[str, list], max_ensembl
     except BaseException:
         folder.close()
         raise
-    return Sweep(folder, configs, saved["grid"], size, options)
+    return Sweep(folder, configs, saved["grid"], size, options, saved.get("processes", 1))
 
 
 def _flag(name: str, values: list, bare: bool = False) -> str:
@@ -186,53 +198,64 @@ def run_sweep(
     options: TrainOptions | None = None,
     progress: bool = True,
     retire: bool = True,
+    dist: Dist | None = None,
+    processes: int = 1,
 ) -> list[dict]:
     """Train every config (grouped into ensembles by model shape) in group folders under ``out``; one result row per
-    config, in the order given. With ``resume``, finished groups are read back and a killed one continues."""
+    config, in the order given. With ``resume``, finished groups are read back and a killed one continues. Under
+    torchrun (``dist``) each process trains every ``world_size``-th group on its own GPU and every process gets all
+    the rows."""
     options = options or TrainOptions()
+    dist = dist or Dist(device=device)
     use_tf32(device, options.tf32)
     out.mkdir(parents=True, exist_ok=True)
     rows: dict[int, dict] = {}
-    for g, members in enumerate(groups(configs, max_ensemble)):
-        folder = out / f"group-{g:03d}"
-        if resume and (folder / "summary.json").exists():
-            done = read_json(folder / "summary.json")
-            if not isinstance(done, dict) or len(done.get("members") or []) != len(members):
-                raise UserError(f"{folder / 'summary.json'} is damaged; delete it to finish the group again")
-            rows.update(zip(members, done["members"]))
-            continue
-        member_cfgs = [configs[i] for i in members]
-        if resume and (folder / "config.json").exists():
-            run = open_run(folder, kinds=(GROUP_KIND,), resume=True)
-            group_options = saved_options(run, device)
-            if member_configs(run) != member_cfgs:
-                run.close()
-                raise UserError(f"{folder} holds other runs than the sweep plans for it (was --max-ensemble changed?)")
-        else:
-            group_options = replace(options, eval_ratio=options.eval_ratio or default_eval_ratio(device, len(members)))
-            run = Run.create(folder, run_config(member_cfgs, group_options), kind=GROUP_KIND)
-        with run:
-            try:
-                result = train_ensemble(
-                    Ensemble(member_cfgs, device), run, resume=resume, eval_ratio=group_options.eval_ratio,
-                    checkpoint_every_s=options.checkpoint_seconds, checkpoint_every=options.checkpoint_steps,
-                    use_cuda_graph=group_options.cuda_graph, progress=progress, retire=retire)
-            except Interrupted as e:
-                raise e.resumed_by(f"--resume {out}") from None
-            group_rows = [{
-                "label": label(cfg, grid), "op": cfg.op, "frac": cfg.frac, "seed": cfg.seed,
-                **{k: getattr(cfg, k) for k in grid if k not in ("op", "frac", "seed")},
-                "steps_to_train_99": result.milestones.steps_to_train_99[m],
-                "steps_to_val_99": result.milestones.steps_to_val_99[m],
-                "best_val_acc": round(result.milestones.best_val_acc[m], 4),
-                "final_val_acc": round(float(result.final.val_acc[m]), 4),
-                "steps": result.member_steps[m],
-            } for m, cfg in enumerate(member_cfgs)]
-            times = {k: round(getattr(result, k), 3) for k in ("wall_s", "capture_s", "eval_s", "save_s")}
-            run.write_summary({"members": group_rows, **times, "ensemble_size": len(members),
-                               "device": device_name(device)})
-        rows.update(zip(members, group_rows))
+    for g, members in enumerate(groups(configs, max_ensemble, processes)):
+        if g % dist.world_size == dist.rank:
+            rows.update(zip(members, train_group([configs[i] for i in members], grid, out, out / f"group-{g:03d}",
+                                                 device, resume, options, progress, retire)))
+    rows = dict(gather(dist, list(rows.items())))
     return [rows[i] for i in range(len(configs))]
+
+
+def train_group(member_cfgs: list[GrokConfig], grid: dict[str, list], out: Path, folder: Path, device: torch.device,
+                resume: bool, options: TrainOptions, progress: bool, retire: bool) -> list[dict]:
+    """One ensemble of the sweep in its own run folder: its result rows, read back when it has finished before."""
+    if resume and (folder / "summary.json").exists():
+        done = read_json(folder / "summary.json")
+        if not isinstance(done, dict) or len(done.get("members") or []) != len(member_cfgs):
+            raise UserError(f"{folder / 'summary.json'} is damaged; delete it to finish the group again")
+        return done["members"]
+    if resume and (folder / "config.json").exists():
+        run = open_run(folder, kinds=(GROUP_KIND,), resume=True)
+        group_options = saved_options(run, device)
+        if member_configs(run) != member_cfgs:
+            run.close()
+            raise UserError(f"{folder} holds other runs than the sweep plans for it (was --max-ensemble changed?)")
+    else:
+        group_options = replace(options, eval_ratio=options.eval_ratio or default_eval_ratio(device, len(member_cfgs)))
+        run = Run.create(folder, run_config(member_cfgs, group_options), kind=GROUP_KIND)
+    with run:
+        try:
+            result = train_ensemble(
+                Ensemble(member_cfgs, device), run, resume=resume, eval_ratio=group_options.eval_ratio,
+                checkpoint_every_s=options.checkpoint_seconds, checkpoint_every=options.checkpoint_steps,
+                use_cuda_graph=group_options.cuda_graph, progress=progress, retire=retire)
+        except Interrupted as e:
+            raise e.resumed_by(f"--resume {out}") from None
+        group_rows = [{
+            "label": label(cfg, grid), "op": cfg.op, "frac": cfg.frac, "seed": cfg.seed,
+            **{k: getattr(cfg, k) for k in grid if k not in ("op", "frac", "seed")},
+            "steps_to_train_99": result.milestones.steps_to_train_99[m],
+            "steps_to_val_99": result.milestones.steps_to_val_99[m],
+            "best_val_acc": round(result.milestones.best_val_acc[m], 4),
+            "final_val_acc": round(float(result.final.val_acc[m]), 4),
+            "steps": result.member_steps[m],
+        } for m, cfg in enumerate(member_cfgs)]
+        times = {k: round(getattr(result, k), 3) for k in ("wall_s", "capture_s", "eval_s", "save_s")}
+        run.write_summary({"members": group_rows, **times, "ensemble_size": len(member_cfgs),
+                           "device": device_name(device)})
+    return group_rows
 
 
 def median_steps(steps: list[int | None]) -> float | None:
