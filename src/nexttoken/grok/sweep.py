@@ -242,7 +242,7 @@ def train_group(member_cfgs: list[GrokConfig], grid: dict[str, list], out: Path,
                 checkpoint_every_s=options.checkpoint_seconds, checkpoint_every=options.checkpoint_steps,
                 use_cuda_graph=group_options.cuda_graph, progress=progress, retire=retire)
         except Interrupted as e:
-            raise e.resumed_by(f"--resume {out}") from None
+            raise e.resumed_by(f"nexttoken grok sweep --resume {out}") from None
         group_rows = [{
             "label": label(cfg, grid), "op": cfg.op, "frac": cfg.frac, "seed": cfg.seed,
             **{k: getattr(cfg, k) for k in grid if k not in ("op", "frac", "seed")},

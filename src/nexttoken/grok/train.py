@@ -213,7 +213,7 @@ def train(cfg: GrokConfig, run: Run, device: torch.device, *, resume: bool = Fal
             eval_ratio=options.eval_ratio or default_eval_ratio(device), checkpoint_every_s=options.checkpoint_seconds,
             checkpoint_every=options.checkpoint_steps, use_cuda_graph=options.cuda_graph, progress=progress)
     except Interrupted as e:
-        raise e.resumed_by(f"--resume {run.path}") from None
+        raise e.resumed_by(f"nexttoken grok train --resume {run.path}") from None
     done = run.path / "summary.json"
     if result.finished_before and done.exists():
         return read_json(done)  # a finished run keeps the summary (and timings) it ended with

@@ -25,7 +25,7 @@ import torch
 
 from nexttoken.config import check, load, option, resumed
 from nexttoken.distributed import Dist, init_distributed, main_first
-from nexttoken.errors import UserError
+from nexttoken.errors import UserError, continue_with
 from nexttoken.midi.corpus import Corpus, load_corpus
 from nexttoken.model import GPTConfig
 from nexttoken.muse.data import Batches, tokens_per_second, validation_set
@@ -219,7 +219,8 @@ def _fit(model: MuseModel, encoding, corpus: Corpus, cfg: MuseConfig, optim: Opt
 
     t0 = time.time()
     batches = Batches(corpus, encoding, cfg, loop.batch_size, loop.seed)
-    result = fit(model, batches, optim, loop, run, dist=dist, eval_fn=eval_fn, resume=resume)
+    with continue_with(f"nexttoken muse train --resume {run.path}"):
+        result = fit(model, batches, optim, loop, run, dist=dist, eval_fn=eval_fn, resume=resume)
     record = result.record
     if not dist.is_main:
         return
