@@ -77,7 +77,8 @@ def test_a_grok_sweep_shares_its_ensembles_out_and_one_process_can_redo_it(tmp_p
     two = read_json(tmp_path / "two" / "summary.json")
     assert two["runs"] == 4 and two["processes"] == 2
     # one ensemble per process, each trained and written once
-    assert [read_json(g / "summary.json")["ensemble_size"] for g in sorted((tmp_path / "two").glob("group-*"))] == [2, 2]
+    groups = sorted((tmp_path / "two").glob("group-*"))
+    assert [read_json(g / "summary.json")["ensemble_size"] for g in groups] == [2, 2]
     assert proc.stdout.count("sweep folder:") == 1
     # the same ensembles in one process give the same results, in the same order
     assert run_cli([*argv, "--max-ensemble", "2", "--out", tmp_path / "one"]) == 0

@@ -128,7 +128,8 @@ def test_ctrl_c_and_sigterm_save_and_resume_continues_exactly(reference, tmp_pat
         proc.send_signal(sig)
         code, err = finish(proc)
         assert code == 130, err
-        assert err.strip().splitlines()[-1].endswith(f"with a checkpoint; continue with: nexttoken grok train --resume {run}"), err
+        said = err.strip().splitlines()[-1]
+        assert said.endswith(f"with a checkpoint; continue with: nexttoken grok train --resume {run}"), err
         proc = start("--resume", str(run), "--device", "cpu")
     code, err = finish(proc)
     assert code == 0, err

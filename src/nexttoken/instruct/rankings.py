@@ -93,7 +93,8 @@ def prompts_of(cfg: RankConfig) -> list[Task]:
 
 def collect(cfg: RankConfig, run: Run, dist: Dist, progress: bool = True) -> dict:
     """Sample and rank outputs for ``cfg.prompts`` prompts into RUN/rankings.jsonl; returns the summary. Under torchrun
-    every process samples its share of each chunk's prompts, all rank the gathered outputs alike and rank 0 writes them."""
+    every process samples its share of each chunk's prompts, all rank the gathered outputs alike, and rank 0 writes
+    them."""
     if not cfg.models:
         raise UserError("rank needs --models: the policies whose outputs are ranked")
     policies = [load_policy(m, dist.device) for m in cfg.models]

@@ -236,9 +236,9 @@ def format_report(ev: Evaluation) -> str:
                    f"{100 * r['chance']:.0f}%; the classifier on held-out real clips {100 * r['real_accuracy']:.0f}%)")
         out.append("  " + ", ".join(f"{a} {100 * v:.0f}%" for a, v in r["per_artist"].items()))
         if r.get("levels"):
-            out.append("  each level's sampled codes decoded alone, against real clips through the same level: " + ", ".join(
-                f"{level} {100 * v['accuracy']:.0f}% (real {100 * v['real_accuracy']:.0f}%)"
-                for level, v in reversed(r["levels"].items())))
+            out.append("  each level's sampled codes decoded alone, against real clips through the same level: "
+                       + ", ".join(f"{level} {100 * v['accuracy']:.0f}% (real {100 * v['real_accuracy']:.0f}%)"
+                                   for level, v in reversed(r["levels"].items())))
     if ev.alignment:
         a = ev.alignment
         out.append(f"lyrics alignment on {a['lines']} held-out lines ({a['positions']:,} sung positions): attention "
