@@ -69,7 +69,7 @@ def test_a_muse_model_trains_under_two_processes_from_a_cache_rank_0_prepares(tm
     assert (tmp_path / "run" / "summary.json").is_file()
 
 
-def test_a_grok_sweep_shares_its_ensembles_out_and_one_process_can_redo_it(tmp_path):
+def test_a_grok_sweep_shares_its_ensembles_out_and_one_process_redoes_and_resumes_it(tmp_path):
     argv = ["grok", "sweep", "--op", "x+y", "--p", "7", "--n-embd", "16", "--n-head", "2", "--mlp-hidden", "32",
             "--steps", "30", "--fracs", "0.4,0.6", "--seeds", "2", "--device", "cpu"]
     proc = torchrun("-m", "nexttoken", *argv, "--out", tmp_path / "two")
@@ -84,6 +84,12 @@ def test_a_grok_sweep_shares_its_ensembles_out_and_one_process_can_redo_it(tmp_p
     assert run_cli([*argv, "--max-ensemble", "2", "--out", tmp_path / "one"]) == 0
     one = read_json(tmp_path / "one" / "summary.json")
     assert one["rows"] == two["rows"]
+    # one process continues the two-process sweep with its plan: a group left unfinished is resumed in its folder
+    (tmp_path / "two" / "summary.json").unlink()
+    (groups[1] / "summary.json").unlink()
+    assert run_cli(["grok", "sweep", "--resume", tmp_path / "two"]) == 0
+    assert read_json(tmp_path / "two" / "summary.json")["rows"] == two["rows"]
+    assert sorted((tmp_path / "two").glob("group-*")) == groups
 
 
 @pytest.mark.parametrize("argv", [["jukebox", "report", "x"], ["instruct", "evaluate", "x"], ["grok", "table"]])
