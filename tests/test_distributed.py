@@ -1,6 +1,6 @@
 """Several processes under torchrun (two gloo processes on the CPU): the collective helpers agree; the instruct
-stages, a whole Jukebox pipeline and a muse model train with one writer and replicas that stay equal; a verb that runs
-in one process is refused. (The core loop's DDP gradient equals one process's: test_ddp.py.)"""
+stages, a whole Jukebox pipeline and a muse model train with one writer and replicas that stay equal; a grok sweep
+shares its ensembles out; a verb that runs in one process is refused. (The core loop's DDP gradient equals one process's: test_ddp.py.)"""
 
 import json
 import os
