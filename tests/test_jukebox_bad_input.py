@@ -32,8 +32,11 @@ def refused(argv, capsys, match: str) -> None:
     (["train-vqvae", "--piece-seconds", "0"], "--piece-seconds must be > 0"),
     (["train", "--prior-steps", "-3"], "--prior-steps must be >= 1"),
     (["prepare", "--lyrics-lines", "-1"], "--lyrics-lines must be >= 0"),
+    (["prepare", "--voices", "low,alto"], "--voices takes distinct names among low, high, espeak, not low,alto"),
+    (["train-vqvae", "--voices", "low,espeak"], "--voices espeak needs espeak-ng on the PATH"),
 ])
-def test_out_of_range_flags_are_refused_before_any_folder(argv, match, tmp_path, capsys):
+def test_out_of_range_flags_are_refused_before_any_folder(argv, match, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "no-programs"))  # no espeak-ng, wherever it is installed
     refused(["jukebox", *argv, "--out", tmp_path / "run"] if argv[0] != "prepare" else ["jukebox", *argv], capsys,
             match)
     assert not (tmp_path / "run").exists()

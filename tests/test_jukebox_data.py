@@ -2,6 +2,9 @@
 their timings, segments encoded once and cached, the alignment measure on hand-made attention, and the artist
 classifier on sounds that differ."""
 
+import json
+import os
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -10,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from nexttoken.errors import UserError
 from nexttoken.jukebox import alignment
 from nexttoken.jukebox.codes import CodeSet, encode_clips, segments_of
 from nexttoken.jukebox.data import (DataConfig, corpus_clips, load_data, lyrics_clips, merge, render_corpus, resolved,
@@ -137,6 +141,77 @@ def test_sung_lines_keep_their_words_and_timings_and_merge_with_other_audio():
     only = select(both, [t.artist == "low_voice" for t in both.tracks])
     assert only.artists() == ["low_voice"] and set(only.timings) == {t.id for t in only.tracks}
     assert all(only.tracks[int(i)].artist == "low_voice" for i in only.track)
+
+
+FAKE_ESPEAK = """#!{python}
+import io, json, sys
+import numpy as np, soundfile
+args = sys.argv[1:]
+with open({log!r}, "a") as log:
+    log.write(json.dumps(args) + "\\n")
+pitch = int(args[args.index("-p") + 1])
+t = np.arange(int(0.05 * 22050)) / 22050
+tone = np.concatenate([np.zeros(2205), 0.5 * np.sin(2 * np.pi * (100 + pitch) * t).repeat(6), np.zeros(2205)])
+buf = io.BytesIO()
+soundfile.write(buf, tone.astype(np.float32), 22050, format="WAV", subtype="PCM_16")
+sys.stdout.buffer.write(buf.getvalue())
+"""
+
+
+@pytest.fixture
+def fake_espeak(tmp_path, monkeypatch):
+    """An espeak-ng on the PATH that speaks every syllable as 0.3 s of a tone whose pitch follows -p, between 0.1 s of
+    silence, and logs its arguments."""
+    from nexttoken.jukebox import espeak
+
+    bin_dir, log = tmp_path / "bin", tmp_path / "espeak.log"
+    bin_dir.mkdir()
+    program = bin_dir / "espeak-ng"
+    program.write_text(FAKE_ESPEAK.format(python=sys.executable, log=str(log)))
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    espeak.spoken.cache_clear()
+    yield log
+    espeak.spoken.cache_clear()
+
+
+def test_espeak_speaks_each_syllable_on_its_note_and_keeps_when_it_sounds(fake_espeak):
+    from nexttoken.jukebox.lyrics import lyrics_example
+
+    ex = lyrics_example(3, 8000, voice="espeak")
+    calls = [json.loads(line) for line in fake_espeak.read_text().splitlines()]
+    assert {c[c.index("-v") + 1] for c in calls} == {"es"}
+    # every syllable spoken at the espeak pitch of its note: 4 steps a semitone above the tune's lowest note
+    spoken_at = {(c[-1], int(c[c.index("-p") + 1])) for c in calls}
+    assert spoken_at == {(syl, 30 + 4 * int(p - ex.pitches.min())) for syl, p in zip(ex.syllables, ex.pitches)}
+    # each syllable sounds from its note's onset for the tone's 0.3 s, or less where its note is shorter
+    notes = ex.ends - ex.starts
+    assert np.all(notes < 0.31) and np.all(notes > 0.1)
+    for a, b in zip(ex.starts, ex.ends):
+        inside = ex.audio[int(a * 8000) + 40 : int(b * 8000) - 40]
+        assert np.abs(inside).max() > 0.2
+    assert np.all(ex.ends[:-1] <= ex.starts[1:] + 1e-9)  # never two at once
+
+
+def test_espeak_lines_are_a_voice_of_their_own_and_a_missing_espeak_is_one_error(fake_espeak, monkeypatch):
+    lines = lyrics_clips(9, 8000, 2048, voices=("low", "high", "espeak"))
+    assert "espeak_voice" in lines.artists()
+    default = lyrics_clips(9, 8000, 2048)
+    assert "espeak_voice" not in default.artists()  # the default set is its own, cached apart
+    assert DataConfig(voices=["low", "espeak"]).validate().voices == ["low", "espeak"]
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(UserError, match="--voices espeak needs espeak-ng on the PATH"):
+        DataConfig(voices=["espeak"]).validate()
+    with pytest.raises(UserError, match="--voices takes distinct names"):
+        DataConfig(voices=["low", "low"]).validate()
+
+
+@pytest.mark.skipif(not shutil.which("espeak-ng"), reason="espeak-ng is not installed")
+def test_the_real_espeak_speaks_a_syllable():
+    from nexttoken.jukebox.espeak import spoken
+
+    audio = spoken("da", 50, 120, 16000)
+    assert 0.05 < len(audio) / 16000 < 1.0 and np.abs(audio).max() == pytest.approx(1.0)
 
 
 def test_segments_are_runs_of_consecutive_clips_and_their_codes_are_cached(tmp_path):

@@ -6,9 +6,10 @@ lyrics. The embedded default needs no network: each piece of the music21 corpus 
 (``nexttoken.midi.corpus``) is rendered to audio (``nexttoken.midi.render``: a General MIDI soundfont when one is
 installed, else the built-in synthesizer), its first ``piece_seconds`` only; the artist is the composer (or the folk
 collection) and the genre the instrument family that plays most of its notes. The lyrics set (``lyrics.py``) adds
-lines of made-up words sung one syllable per note, artist ``low_voice`` or ``high_voice``, genre ``song``, with the
-time each syllable is sung: the ground truth of the lyrics-alignment measure. Both are rendered once and cached under
-``$NEXTTOKEN_CACHE/jukebox`` (default ``~/.cache/nexttoken/jukebox``).
+lines of made-up words sung one syllable per note, artist ``low_voice`` or ``high_voice`` (``espeak_voice`` with
+``--voices low,high,espeak`` where espeak-ng is installed), genre ``song``, with the time each syllable is sung: the
+ground truth of the lyrics-alignment measure. Both are rendered once and cached under ``$NEXTTOKEN_CACHE/jukebox``
+(default ``~/.cache/nexttoken/jukebox``).
 
     nexttoken jukebox prepare                                  # the default: corpus + 200 sung lines
     nexttoken jukebox prepare --audio ~/music --lyrics-lines 0 # your folder (artist = sub-folder), no sung lines
@@ -29,6 +30,8 @@ from nexttoken.errors import UserError
 from nexttoken.isolate import map_isolated
 from nexttoken.jukebox.audio import (MIN_DB, ClipSet, Track, cache_root, extract_clips, load_clips, split_tracks,
                                      warn)
+from nexttoken.jukebox.espeak import require as require_espeak
+from nexttoken.jukebox.lyrics import DEFAULT_VOICES, VOICES
 from nexttoken.progress import Progress
 from nexttoken.runs import load_tensors, save_tensors
 
@@ -50,11 +53,19 @@ class DataConfig:
                             "what it chose)")
     lyrics_lines: int = option(200, "lines of the built-in sung lyrics set added to the audio (0: none)", ge=0,
                                le=100_000)
+    voices: list[str] = option(default_factory=lambda: list(DEFAULT_VOICES), help="who sings the lines: low and high "
+                               "(the built-in formant voice), espeak (espeak-ng, where it is installed)")
     val_fraction: float = option(0.1, "share of each artist's tracks held out (user audio and sung lines)", ge=0,
                                  lt=1)
     jobs: int = option(2, "processes reading audio files or converting the corpus", ge=1, le=64)
 
     def validate(self) -> "DataConfig":
+        unknown = [v for v in self.voices if v not in (*VOICES, "espeak")]
+        if unknown or not self.voices or len(set(self.voices)) < len(self.voices):
+            raise UserError(f"--voices takes distinct names among {', '.join((*VOICES, 'espeak'))}, not "
+                            f"{','.join(self.voices) or 'nothing'}")
+        if "espeak" in self.voices and self.lyrics_lines:
+            require_espeak()
         return check(self)
 
 
@@ -78,7 +89,8 @@ def load_data(cfg: DataConfig, sample_rate: int, clip_samples: int) -> ClipSet:
         clips = load_clips(cfg.audio, sample_rate, clip_samples / sample_rate, val_fraction=cfg.val_fraction,
                            jobs=cfg.jobs)
     if cfg.lyrics_lines:
-        clips = merge(clips, lyrics_clips(cfg.lyrics_lines, sample_rate, clip_samples, cfg.val_fraction))
+        clips = merge(clips, lyrics_clips(cfg.lyrics_lines, sample_rate, clip_samples, cfg.val_fraction,
+                                          voices=tuple(cfg.voices)))
     if cfg.artists:
         missing = sorted(set(cfg.artists) - set(clips.artists()))
         if missing:
@@ -186,14 +198,17 @@ def _pcm(clips: np.ndarray) -> torch.Tensor:
 
 
 # ---- the sung lyrics set ---------------------------------------------------------------------------------------------
-def lyrics_clips(n: int, sample_rate: int, clip_samples: int, val_fraction: float = 0.1, seed: int = 0) -> ClipSet:
+def lyrics_clips(n: int, sample_rate: int, clip_samples: int, val_fraction: float = 0.1, seed: int = 0,
+                 voices: tuple[str, ...] = DEFAULT_VOICES) -> ClipSet:
     """``n`` sung lines as tracks whose audio is padded with silence to whole clips, with their syllable timings."""
     from nexttoken.jukebox.lyrics import lyrics_set
 
-    path = cache_root() / "lyrics" / f"n{n}-seed{seed}-sr{sample_rate}-clip{clip_samples}-r{RENDERER}.safetensors"
+    sung_by = "" if voices == DEFAULT_VOICES else "-" + "+".join(voices)
+    name = f"n{n}-seed{seed}-sr{sample_rate}-clip{clip_samples}{sung_by}-r{RENDERER}"
+    path = cache_root() / "lyrics" / f"{name}.safetensors"
     if not path.is_file():
         clips, track, starts, lines = [], [], [], []
-        for i, ex in enumerate(lyrics_set(n, seed, sample_rate)):
+        for i, ex in enumerate(lyrics_set(n, seed, sample_rate, voices)):
             audio = np.pad(ex.audio, (0, -len(ex.audio) % clip_samples))
             clips.append(_pcm(audio.reshape(-1, clip_samples)))
             starts.append(torch.arange(len(clips[-1])) * clip_samples)

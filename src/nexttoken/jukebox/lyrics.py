@@ -11,7 +11,8 @@ pitch with vibrato, its harmonics shaped by the vowel's formants (``midi.synth.f
 1952 vowels through cascade resonators); nasals and liquids (m, n, l, r) are voiced murmurs with their own formants
 that glide into the vowel; s is band-limited hiss before the voice starts; t, k and d are a short closure, a burst of
 band-limited noise, then the vowel. Two voices, "low" and "high", differ in pitch range and formant scale (a shorter
-vocal tract raises every formant). The accompaniment is one soft chord per bar from the built-in synthesizer.
+vocal tract raises every formant); a third, "espeak", is espeak-ng where it is installed (``espeak.py``). The
+accompaniment is one soft chord per bar from the built-in synthesizer.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ NOISE_BAND = {"s": (4000, 7500), "t": (3000, 6000), "k": (1500, 3500), "d": (250
 NOISE_LEVEL = {"s": 0.12, "t": 0.25, "k": 0.25, "d": 0.12}  # RMS against a vowel peak of 0.8
 CONSONANT_SECONDS = {"s": 0.08, "t": 0.045, "k": 0.05, "d": 0.03, "m": 0.06, "n": 0.06, "l": 0.05, "r": 0.05}
 VOICES = {"low": (45, 52, 1.0), "high": (55, 62, 1.15)}  # lowest tonic, highest tonic, formant scale
+TUNE_RANGE = {**VOICES, "espeak": VOICES["low"]}  # espeak-ng (espeak.py) speaks where the low voice sings
+DEFAULT_VOICES = ("low", "high")
 MAJOR = (0, 2, 4, 5, 7, 9, 11, 12, 14)  # scale degrees -> semitones above the tonic
 TAIL = 0.3  # seconds of accompaniment after the last syllable
 
@@ -77,7 +80,7 @@ def layout(words: list[list[str]]) -> tuple[str, list[str], np.ndarray]:
 def simple_melody(n: int, rng: np.random.Generator, voice: str = "low", tempo: float | None = None
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """A stepwise major-key tune of ``n`` notes ending on the tonic: (pitches, onsets s, durations s, tonic)."""
-    low, high, _ = VOICES[voice]
+    low, high, _ = TUNE_RANGE[voice]
     tonic = int(rng.integers(low, high + 1))
     beat = 60.0 / (tempo or rng.uniform(90, 130))
     degree, degrees = int(rng.choice([0, 2, 4])), []
@@ -162,14 +165,21 @@ def accompaniment(tonic: int, seconds: float, beat: float, sample_rate: int) -> 
 
 
 def lyrics_example(seed: int, sample_rate: int = 16000, voice: str | None = None,
-                   accompaniment_db: float = -14.0) -> LyricsExample:
-    """One sung line, made from ``seed`` alone: the same seed always gives the same example."""
+                   accompaniment_db: float = -14.0, voices: tuple[str, ...] = DEFAULT_VOICES) -> LyricsExample:
+    """One sung line, made from ``seed`` alone (by ``voice``, or one drawn from ``voices``): the same seed always
+    gives the same example."""
     rng = np.random.default_rng(seed)
-    voice = voice or ("low", "high")[int(rng.integers(2))]
+    voice = voice or voices[int(rng.integers(len(voices)))]
     text, syllables, chars = layout(make_line(rng))
     tempo = float(rng.uniform(90, 130))
     pitches, onsets, durations, tonic = simple_melody(len(syllables), rng, voice, tempo)
-    sung = sing(syllables, pitches, onsets, durations, sample_rate, voice, seed=int(rng.integers(2**31)))
+    sing_seed = int(rng.integers(2**31))
+    if voice == "espeak":
+        from nexttoken.jukebox.espeak import speak
+
+        sung, ends = speak(syllables, pitches, onsets, durations, sample_rate)
+    else:
+        sung, ends = sing(syllables, pitches, onsets, durations, sample_rate, voice, seed=sing_seed), onsets + durations
     total = len(sung) + int(TAIL * sample_rate)  # the last chord dies away after the last syllable
     backing = accompaniment(tonic, total / sample_rate, 60.0 / tempo, sample_rate)
     mix = np.pad(sung / max(float(np.abs(sung).max()), 1e-9), (0, total - len(sung)))
@@ -177,11 +187,12 @@ def lyrics_example(seed: int, sample_rate: int = 16000, voice: str | None = None
     fade = int(0.05 * sample_rate)
     mix[-fade:] *= np.linspace(1, 0, fade)
     mix *= HEADROOM / max(float(np.abs(mix).max()), 1e-9)
-    return LyricsExample(text, mix.astype(np.float32), sample_rate, syllables, onsets, onsets + durations, chars,
-                         pitches, voice)
+    return LyricsExample(text, mix.astype(np.float32), sample_rate, syllables, onsets, ends, chars, pitches, voice)
 
 
-def lyrics_set(n: int, seed: int = 0, sample_rate: int = 16000) -> list[LyricsExample]:
-    """``n`` sung lines; example i depends on (seed, i) only, so a longer set starts with the shorter one."""
-    return [lyrics_example(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]), sample_rate)
+def lyrics_set(n: int, seed: int = 0, sample_rate: int = 16000, voices: tuple[str, ...] = DEFAULT_VOICES
+               ) -> list[LyricsExample]:
+    """``n`` sung lines, each by one of ``voices``; example i depends on (seed, i, voices) only, so a longer set starts
+    with the shorter one."""
+    return [lyrics_example(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]), sample_rate, voices=voices)
             for i in range(n)]
