@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from nexttoken.jukebox.espeak import speak
 from nexttoken.midi.synth import (HEADROOM, VOWEL_FORMANTS, formant_amplitudes, harmonic_sum, midi_to_hz, synthesize,
                                   tone_phase)
 
@@ -173,10 +174,8 @@ def lyrics_example(seed: int, sample_rate: int = 16000, voice: str | None = None
     text, syllables, chars = layout(make_line(rng))
     tempo = float(rng.uniform(90, 130))
     pitches, onsets, durations, tonic = simple_melody(len(syllables), rng, voice, tempo)
-    sing_seed = int(rng.integers(2**31))
+    sing_seed = int(rng.integers(2**31))  # drawn whoever sings, so the random stream is the same for every voice
     if voice == "espeak":
-        from nexttoken.jukebox.espeak import speak
-
         sung, ends = speak(syllables, pitches, onsets, durations, sample_rate)
     else:
         sung, ends = sing(syllables, pitches, onsets, durations, sample_rate, voice, seed=sing_seed), onsets + durations
