@@ -149,7 +149,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.resume and (out / "summary.json").exists():
         if sweep:
             sweep.folder.close()
-        print(f"grok: {out} has already finished; nothing to train", file=sys.stderr)
+            print(f"grok: {out} has already finished; nothing to train", file=sys.stderr)
         print(f"sweep folder: {out}")
         return 0
     if dist.is_main:
