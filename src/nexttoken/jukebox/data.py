@@ -31,7 +31,7 @@ from nexttoken.isolate import map_isolated
 from nexttoken.jukebox.audio import (MIN_DB, ClipSet, Track, cache_root, extract_clips, load_clips, split_tracks,
                                      warn)
 from nexttoken.jukebox.espeak import require as require_espeak
-from nexttoken.jukebox.lyrics import DEFAULT_VOICES, VOICES
+from nexttoken.jukebox.lyrics import DEFAULT_VOICES, TUNE_RANGE, lyrics_set
 from nexttoken.progress import Progress
 from nexttoken.runs import load_tensors, save_tensors
 
@@ -60,9 +60,8 @@ class DataConfig:
     jobs: int = option(2, "processes reading audio files or converting the corpus", ge=1, le=64)
 
     def validate(self) -> "DataConfig":
-        unknown = [v for v in self.voices if v not in (*VOICES, "espeak")]
-        if unknown or not self.voices or len(set(self.voices)) < len(self.voices):
-            raise UserError(f"--voices takes distinct names among {', '.join((*VOICES, 'espeak'))}, not "
+        if not self.voices or len(set(self.voices)) < len(self.voices) or not set(self.voices) <= set(TUNE_RANGE):
+            raise UserError(f"--voices takes distinct names among {', '.join(TUNE_RANGE)}, not "
                             f"{','.join(self.voices) or 'nothing'}")
         if "espeak" in self.voices and self.lyrics_lines:
             require_espeak()
@@ -201,8 +200,6 @@ def _pcm(clips: np.ndarray) -> torch.Tensor:
 def lyrics_clips(n: int, sample_rate: int, clip_samples: int, val_fraction: float = 0.1, seed: int = 0,
                  voices: tuple[str, ...] = DEFAULT_VOICES) -> ClipSet:
     """``n`` sung lines as tracks whose audio is padded with silence to whole clips, with their syllable timings."""
-    from nexttoken.jukebox.lyrics import lyrics_set
-
     sung_by = "" if voices == DEFAULT_VOICES else "-" + "+".join(voices)
     name = f"n{n}-seed{seed}-sr{sample_rate}-clip{clip_samples}{sung_by}-r{RENDERER}"
     path = cache_root() / "lyrics" / f"{name}.safetensors"

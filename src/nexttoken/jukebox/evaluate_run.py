@@ -109,10 +109,12 @@ def sample_codes(path: Path, conds: torch.Tensor, lyrics: list[str], seconds: fl
 
 
 @torch.no_grad()
-def through_level(vqvae, audio: torch.Tensor, level: int, device: torch.device, batch: int = 32) -> torch.Tensor:
-    """(B, T) audio passed through one level's encoder, codebook and decoder: what that level keeps of it."""
-    return torch.cat([vqvae.decode(vqvae.encode(audio[i:i + batch].to(device))[level], level)[:, :audio.shape[1]]
-                      .cpu() for i in range(0, len(audio), batch)])
+def through_levels(vqvae, audio: torch.Tensor, batch: int = 32) -> list[torch.Tensor]:
+    """(B, T) audio passed through each level's encoder, codebook and decoder in one forward pass of an eval-mode
+    VQ-VAE (its codebooks stay): per level, what that level keeps of it."""
+    device = next(vqvae.parameters()).device
+    outs = [vqvae(part.to(device)).recons for part in audio.split(batch)]
+    return [torch.cat([o[i].cpu() for o in outs]) for i in range(len(outs[0]))]
 
 
 def artist_recognition(path: Path, clips, cfg: EvaluateConfig, device: torch.device) -> dict:
@@ -146,17 +148,18 @@ def artist_recognition(path: Path, clips, cfg: EvaluateConfig, device: torch.dev
     codes = sample_codes(path, torch.tensor(conds), lyrics, cfg.seconds, cfg.seed, device)
     vqvae = load_vqvae(path, device)
 
-    def recognised(view, heard: torch.Tensor) -> dict:
-        """The classifier trained on ``view`` of the real training clips, scored on ``heard`` and on ``view`` of the
-        real held-out clips."""
-        (x, y), (xv, yv) = real["train"], real["val"]
-        classifier = fit_artist_classifier(features(view(x), clips.sample_rate), y)
+    coded = {split: through_levels(vqvae, audio) for split, (audio, _) in real.items()}
+
+    def recognised(x: torch.Tensor, xv: torch.Tensor, heard: torch.Tensor) -> dict:
+        """The classifier trained on the real training clips ``x``, scored on ``heard`` and on the real held-out
+        clips ``xv``."""
+        classifier = fit_artist_classifier(features(x, clips.sample_rate), real["train"][1])
         return asdict(recognition(classifier, features(heard, clips.sample_rate), asked,
-                                  features(view(xv), clips.sample_rate), yv))
+                                  features(xv, clips.sample_rate), real["val"][1]))
 
     decoded = [vqvae.decode(c.to(device), i).cpu() for i, c in enumerate(codes)]
-    result = recognised(lambda audio: audio, decoded[0])
-    result["levels"] = {level: recognised(lambda audio, i=i: through_level(vqvae, audio, i, device), decoded[i])
+    result = recognised(real["train"][0], real["val"][0], decoded[0])
+    result["levels"] = {level: recognised(coded["train"][i], coded["val"][i], decoded[i])
                         for i, level in enumerate(vq.levels)}
     return result
 
