@@ -29,13 +29,9 @@ SYLLABLE_WPM_SECONDS = 38.0  # a syllable spoken at 120 words per minute lasts a
 FADE_SECONDS = 0.01  # the fade where a syllable is cut at its note's end (no click)
 
 
-def available() -> bool:
-    return shutil.which(PROGRAM) is not None
-
-
 def require() -> None:
     """One clear error when espeak-ng is asked for and not installed."""
-    if not available():
+    if shutil.which(PROGRAM) is None:
         raise UserError(f"--voices espeak needs {PROGRAM} on the PATH (e.g. apt-get install espeak-ng); the built-in "
                         f"voices low and high need nothing installed")
 
