@@ -102,6 +102,8 @@ def test_a_context_that_the_hop_ratio_does_not_divide_is_refused():
         PriorConfig(level="middle", context=18, ratio=4, **LABELS).validate()
     with pytest.raises(UserError, match="--cross-every 3"):
         PriorConfig(level="top", n_layer=2, cross_every=3, **LABELS).validate()
+    # an upsampler has no lyrics: one block is enough, whatever --cross-every says (checked before its ratio is known)
+    assert PriorConfig(level="middle", n_layer=1, cross_every=2, **LABELS).validate().n_layer == 1
 
 
 def test_an_upsampler_sampled_in_stretches_side_by_side_samples_each_stretch_from_its_level_above():

@@ -82,7 +82,7 @@ class PriorConfig:
 
     @property
     def is_top(self) -> bool:
-        return self.ratio == 1
+        return self.level == "top"
 
     def validate(self) -> "PriorConfig":
         check(self)
