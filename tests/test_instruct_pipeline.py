@@ -175,6 +175,20 @@ def test_a_killed_ppo_stage_resumes_to_the_uninterrupted_result(tiny, tmp_path, 
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
 
+def test_more_iterations_asked_for_on_resume_stay_the_plan_of_the_next_resume(tmp_path):
+    """A resume that asks for more (then is killed) leaves the new plan in config.json: `--resume` alone, the line a
+    Ctrl-C prints, continues to it instead of finding the run finished at the old count."""
+    configs = pipeline.stage_configs("ppo", TINY, ppo={"init": "sft", "reward_model": "rm", "iterations": 3})
+    with open_stage(tmp_path / "ppo", "ppo", configs, False)[0]:
+        pass
+    run, c = open_stage(tmp_path / "ppo", "ppo", configs, True, {"ppo": {"iterations": 8}}, ("iterations",))
+    with run:
+        assert c["ppo"].iterations == 8
+    run, c = open_stage(tmp_path / "ppo", "ppo", configs, True, {}, ("iterations",))
+    with run:
+        assert c["ppo"].iterations == 8 and Run.open(tmp_path / "ppo").config["ppo"]["iterations"] == 8
+
+
 def test_a_killed_pipeline_continues_where_it_stopped(tiny, monkeypatch):
     """As if killed during DPO: finished stages are skipped, the interrupted one resumes, the rest run."""
     folder, _ = tiny

@@ -138,6 +138,36 @@ def test_a_finished_top_prior_trains_on_when_resumed_with_more_steps_and_a_time_
     assert read_json(folder / "top" / "summary.json")["steps"] == 4
 
 
+def test_a_run_asked_for_more_steps_and_killed_continues_to_them_when_resumed_as_it_says(tiny_pipeline, tmp_path,
+                                                                                         monkeypatch, capsys):
+    """The extended plan is saved: `--resume` alone (the line a Ctrl-C prints) trains on to the new step count."""
+    import os
+    import signal
+
+    from nexttoken.jukebox import train as train_module
+
+    folder = tmp_path / "more"
+    shutil.copytree(tiny_pipeline, folder, ignore=shutil.ignore_patterns("top", "samples", "report"))
+    assert run_cli(["jukebox", "train-prior", folder, "--level", "top", "--steps", "2", *TINY_PRIOR]) == 0
+    real = train_module.Windows.__call__
+
+    def interrupted_at_step_3(self, step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, step)
+
+    monkeypatch.setattr(train_module.Windows, "__call__", interrupted_at_step_3)
+    assert run_cli(["jukebox", "train-prior", folder, "--level", "top", "--steps", "6", "--resume"]) == 130
+    monkeypatch.setattr(train_module.Windows, "__call__", real)
+    capsys.readouterr()
+    assert run_cli(["jukebox", "train-prior", folder, "--level", "top", "--resume"]) == 0
+    assert "training" in capsys.readouterr().err
+    assert read_json(folder / "top" / "summary.json")["steps"] == 6
+    assert [r["step"] for r in read_metrics(folder / "top") if "val_loss" in r][-1] == 6
+    assert run_cli(["jukebox", "train-prior", folder, "--level", "top", "--resume"]) == 0
+    assert "has finished its 6 steps" in capsys.readouterr().err
+
+
 def test_encode_then_decode_gives_the_files_length_from_every_level(tiny_pipeline, tiny_audio, tmp_path):
     wav = tiny_audio / "alice" / "tune1.wav"
     assert run_cli(["jukebox", "encode", tiny_pipeline, wav, "-o", tmp_path / "c.npz"]) == 0

@@ -253,6 +253,14 @@ class Run:
             run._lock = _claim(run.path)
         return run
 
+    def amend(self, sections: dict) -> None:
+        """Save what a resume changed (more steps, a time budget) in config.json, so that the next resume, the
+        summary and whoever reads the folder see the run's plan as it now stands."""
+        updated = {**self.config, **sections}
+        if updated != self.config and self.enabled:
+            atomic_write_json(self.path / "config.json", updated)
+        self.config = updated
+
     def __enter__(self) -> "Run":
         return self
 

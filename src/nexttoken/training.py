@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -34,7 +35,7 @@ from nexttoken.distributed import Dist, any_rank
 from nexttoken.errors import Interrupted, UserError
 from nexttoken.prefetch import Prefetch
 from nexttoken.progress import Progress
-from nexttoken.runs import Run, unwrap
+from nexttoken.runs import Run, read_json, unwrap
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -224,6 +225,19 @@ def say_finished(path, steps: int, budgeted: bool = False) -> None:
     within = " (all its time budget allowed)" if budgeted else ""
     print(f"nexttoken: {path} has finished its {steps:,} steps{within}; nothing to train (pass --steps N to train "
           f"further)", file=sys.stderr)
+
+
+def nothing_to_train(path, loop: "LoopConfig") -> bool:
+    """A finished run (its summary written) asked for no more steps than it trained: say so, so that it is left as
+    it is. Under a time budget ``fit`` decides, from the checkpoint's plan."""
+    summary = Path(path) / "summary.json"
+    if summary.is_file() and loop.max_seconds <= 0:
+        steps = read_json(summary).get("steps", 0)
+        if steps >= loop.steps:
+            say_finished(path, steps)
+            return True
+        print(f"nexttoken: training {path} on to {loop.steps:,} steps", file=sys.stderr)
+    return False
 
 
 @dataclass

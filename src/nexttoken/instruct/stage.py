@@ -38,6 +38,7 @@ def open_stage(path: str | Path, stage: str, configs: dict, resume: bool, given:
              for name, cfg in configs.items()}
     if given:
         saved = {name: resumed(cfg, given.get(name, {}), adjustable) for name, cfg in saved.items()}
+        run.amend({name: asdict(cfg) for name, cfg in saved.items()})
     return run, saved
 
 

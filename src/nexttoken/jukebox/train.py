@@ -25,8 +25,8 @@ from nexttoken.jukebox.evaluate import evaluate_codec
 from nexttoken.jukebox.prior import Prior, PriorConfig, chars_batch, position_seconds, window_tokens
 from nexttoken.jukebox.vqvae import PRESETS, VQVAE, VQVAEConfig, vqvae_loss
 from nexttoken.plots import plot_metrics
-from nexttoken.runs import Run, read_json
-from nexttoken.training import LoopConfig, OptimConfig, count_rows, count_targets, fit, say_finished
+from nexttoken.runs import Run
+from nexttoken.training import LoopConfig, OptimConfig, count_rows, count_targets, fit, nothing_to_train
 
 VQVAE_KIND, PRIOR_KIND = "jukebox.vqvae", "jukebox.prior"
 
@@ -72,15 +72,6 @@ def trained_seconds(run: Run) -> float:
         return float(json.loads(f.metadata()["meta"])["loop_state"]["elapsed_s"])
 
 
-def nothing_to_train(stage: Path, loop: LoopConfig) -> bool:
-    """A finished stage asked for no more steps than it trained: say so and leave it as it is."""
-    summary = stage / "summary.json"
-    if summary.is_file() and read_json(summary).get("steps", 0) >= loop.steps and loop.max_seconds <= 0:
-        say_finished(stage, read_json(summary)["steps"])
-        return True
-    return False
-
-
 # ---- the VQ-VAE ------------------------------------------------------------------------------------------------------
 def held_out(clips: ClipSet, n: int) -> torch.Tensor:
     """Up to ``n`` held-out clips spread evenly over the held-out tracks (all of them when fewer), as audio."""
@@ -123,6 +114,7 @@ def train_vqvae(stage: Path, clips: ClipSet, opts: VQVAEOptions, optim: OptimCon
     settings = {"vqvae": asdict(cfg), "options": asdict(opts), "optim": asdict(optim), "loop": asdict(loop)}
     run = Run.resume(stage, VQVAE_KIND, dist.is_main) if resume else \
         Run.create(stage, settings, VQVAE_KIND, dist.is_main)
+    run.amend({"loop": settings["loop"]})
     with run:
         result = fit(model, clip_batches(clips, loop.batch_size, loop.seed), optim, loop, run, dist=dist,
                      eval_fn=lambda m: flat_levels(evaluate_codec(m, val)), resume=resume, loss_fn=summed_vqvae_loss,
@@ -255,6 +247,7 @@ def train_prior(stage: Path, codes: CodeSet, cfg: PriorConfig, optim: OptimConfi
                 "codes_step": codes.step}
     run = Run.resume(stage, PRIOR_KIND, dist.is_main) if resume else \
         Run.create(stage, settings, PRIOR_KIND, dist.is_main)
+    run.amend({"loop": settings["loop"]})
 
     def eval_fn(m: Prior) -> dict:
         s = score_level(m, codes, most=val_windows)

@@ -16,7 +16,6 @@ counted once) divided by their number of notes: it does not depend on the vocabu
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -33,8 +32,8 @@ from nexttoken.muse.encoding import ENCODINGS, Encoded, make_encoding
 from nexttoken.muse.evaluate import score_pieces
 from nexttoken.muse.model import MuseModel, build_model
 from nexttoken.plots import plot_metrics
-from nexttoken.runs import Run, default_run_dir, read_json
-from nexttoken.training import LoopConfig, OptimConfig, fit, say_finished, seed_everything
+from nexttoken.runs import Run, default_run_dir
+from nexttoken.training import LoopConfig, OptimConfig, fit, nothing_to_train, seed_everything
 
 KIND = "muse.train"
 
@@ -184,11 +183,7 @@ def resume(path: Path, device: str = "auto", jobs: int = 2, changes: dict | None
     """Continue a run from its last checkpoint with its own settings; ``changes`` (flag name -> value) may only ask
     for more steps (or another number of batch workers). A finished run is left as it is."""
     cfg, optim, loop = saved_configs(open_run(path), changes)
-    summary = Path(path) / "summary.json"
-    if summary.is_file() and "steps" in (changes or {}) and read_json(summary).get("steps", 0) < loop.steps:
-        print(f"nexttoken: training {path} on to {loop.steps:,} steps", file=sys.stderr)
-    elif summary.is_file():
-        say_finished(path, read_json(summary).get("steps", loop.steps))
+    if nothing_to_train(path, loop):
         return Path(path)
     dist = init_distributed(device)
     loop.validate(dist.world_size)
@@ -198,6 +193,7 @@ def resume(path: Path, device: str = "auto", jobs: int = 2, changes: dict | None
     encoding = make_encoding(cfg.encoding, cfg.composers, cfg.families)
     model = build_model(cfg, encoding.vocab_size).to(dist.device)
     with Run.resume(path, enabled=dist.is_main) as run:
+        run.amend({"loop": asdict(loop)})
         _fit(model, encoding, corpus, cfg, optim, loop, run, dist, resume=True)
     return run.path
 
