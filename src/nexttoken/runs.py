@@ -38,6 +38,8 @@ os.umask(_UMASK)
 # ---- atomic writes -----------------------------------------------------------------------------------------------
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; name a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -68,6 +70,27 @@ def _jsonable(x: Any) -> Any:
     if hasattr(x, "item"):
         return x.item()
     raise TypeError(f"cannot write {type(x).__name__} as JSON")
+
+
+def read_text(path: str | Path) -> str:
+    """A text file a user gave, as UTF-8 (a byte-order mark dropped, as spreadsheets write one); a missing file, a
+    folder or other bytes are a UserError that names it.
+
+    >>> import tempfile; p = Path(tempfile.mkdtemp()) / "bad.txt"; _ = p.write_bytes(b"caf\\xe9")
+    >>> read_text(p)
+    Traceback (most recent call last):
+    nexttoken.errors.UserError: ... is not UTF-8 text (byte 3 is 0xe9); save it as UTF-8
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a text file")
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (byte {e.start} is {e.object[e.start]:#04x}); save it as UTF-8") \
+            from None
 
 
 def read_json(path: str | Path) -> Any:
