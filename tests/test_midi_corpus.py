@@ -96,7 +96,7 @@ def test_maestro_style_csv(tmp_path):
         rows.append(f"Frédéric Chopin,Piece {k},{split},2004,chords/chords-{k}.mid,x.wav,10")
     rows.append("Frédéric Chopin,Missing,train,2004,chords/nope.mid,x.wav,10")
     csv = root / "maestro.csv"
-    csv.write_text("\n".join(rows) + "\n")
+    csv.write_text("\n".join(rows) + "\n", encoding="utf-8-sig")  # as a spreadsheet's "CSV UTF-8" saves it
     corpus = load_corpus(str(csv))
     assert sorted(set(corpus.labels)) == ["frederic_chopin", "johann_sebastian_bach"]
     assert corpus.splits.count("val") == 2 and corpus.skipped == 1
@@ -111,6 +111,9 @@ def test_bad_corpus_is_a_user_error(tmp_path):
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(UserError, match="needs a path column"):
         load_corpus(str(tmp_path / "bad.csv"))
+    (tmp_path / "latin1.csv").write_bytes("path,composer\na.mid,Chopin Frédéric\n".encode("latin-1"))
+    with pytest.raises(UserError, match="not UTF-8 text"):
+        load_corpus(str(tmp_path / "latin1.csv"))
 
 
 def test_split_is_by_piece_stable_and_per_label():

@@ -33,7 +33,7 @@ import numpy as np
 from nexttoken.errors import UserError
 from nexttoken.midi.notes import FAMILIES, MIDI_SUFFIXES, Notes, read_midi_files
 from nexttoken.progress import Progress
-from nexttoken.runs import atomic_write_bytes, atomic_write_json, read_json
+from nexttoken.runs import atomic_write_bytes, atomic_write_json, read_json, read_text
 
 # Bumped whenever the reader's verdicts can change, so no table built by another reader is reused.
 READER = 1
@@ -199,9 +199,8 @@ def csv_pieces(csv_path: Path) -> tuple[list[tuple[str, str, Path]], list[str] |
     """(id, label, path) rows of a CSV with a path column and a composer column (paths relative to the CSV), and the
     split when the CSV has a ``split`` column (MAESTRO: train / validation / test; the last two are held out)."""
     try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    except (UnicodeDecodeError, csv.Error) as e:
+        rows = list(csv.DictReader(io.StringIO(read_text(csv_path), newline="")))
+    except csv.Error as e:
         raise UserError(f"{csv_path}: not a readable CSV ({e})") from None
     if not rows:
         raise UserError(f"{csv_path}: no rows")
