@@ -104,6 +104,11 @@ def test_a_context_that_the_hop_ratio_does_not_divide_is_refused():
         PriorConfig(level="top", n_layer=2, cross_every=3, **LABELS).validate()
     # an upsampler has no lyrics: one block is enough, whatever --cross-every says (checked before its ratio is known)
     assert PriorConfig(level="middle", n_layer=1, cross_every=2, **LABELS).validate().n_layer == 1
+    # --lyrics-width is the lyrics encoder's: checked only where there is one
+    with pytest.raises(UserError, match="--lyrics-width 10"):
+        PriorConfig(level="top", lyrics_width=10, **LABELS).validate()
+    assert PriorConfig(level="middle", ratio=4, lyrics_width=10, **LABELS).validate().lyrics_width == 10
+    assert not PriorConfig(level="top", lyrics=False, lyrics_width=10, **LABELS).validate().lyrics
 
 
 def test_an_upsampler_sampled_in_stretches_side_by_side_samples_each_stretch_from_its_level_above():

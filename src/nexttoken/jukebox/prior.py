@@ -88,7 +88,7 @@ class PriorConfig:
         check(self)
         if self.n_embd % self.n_head:
             raise UserError(f"--n-embd {self.n_embd} must be a multiple of --n-head {self.n_head}")
-        if self.lyrics_width % 4:
+        if self.is_top and self.lyrics and self.lyrics_width % 4:  # only a top prior with lyrics has the encoder
             raise UserError(f"--lyrics-width {self.lyrics_width} must be a multiple of 4 (the encoder's 4 heads)")
         if self.is_top and self.lyrics and self.cross_every > self.n_layer:
             raise UserError(f"--cross-every {self.cross_every} leaves no block of the {self.n_layer} attending to the "
