@@ -93,6 +93,9 @@ def test_windows_keep_their_prompt_and_upsampler_windows_start_on_a_code_above()
     for start, pos, end in plan_windows(5, 40, 16, 7, 4):
         assert start % 4 == 0 and 0 < end - start <= 16 and pos - start >= min(7, pos)
     assert plan_windows(40, 40, 16, 8, 4) == []
+    # a prompt of a whole context would add no code: each window still samples at least one (or a code above's)
+    assert plan_windows(0, 6, 4, 4, 1) == [(0, 0, 4), (1, 4, 5), (2, 5, 6)]
+    assert plan_windows(0, 24, 16, 16, 4) == [(0, 0, 16), (4, 16, 20), (8, 20, 24)]
 
 
 def test_a_context_that_the_hop_ratio_does_not_divide_is_refused():

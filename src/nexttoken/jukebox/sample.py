@@ -72,6 +72,7 @@ def plan_windows(done: int, total: int, context: int, keep: int, align: int) -> 
     >>> plan_windows(0, 10, 4, 2, 1)
     [(0, 0, 4), (2, 4, 6), (4, 6, 8), (6, 8, 10)]
     """
+    keep = min(keep, context - align)  # a window that kept a whole context would add no code: at least ``align``
     out, pos = [], done
     while pos < total:
         start = max(0, (pos - keep) // align * align)
@@ -174,10 +175,10 @@ def labels_of(pipeline: Path, cfg: SampleConfig, vq) -> dict:
 
     header = codes_header(pipeline)
     top = open_prior_config(pipeline, vq.levels[-1])
-    for level in reversed(vq.levels[vq.levels.index(cfg.stop_at) :]) if cfg.stop_at in vq.levels else ():
-        open_prior_config(pipeline, level)
     if cfg.stop_at not in vq.levels:
         raise UserError(f"--stop-at {cfg.stop_at}: this VQ-VAE's levels are {', '.join(vq.levels)}")
+    check_overlap(cfg.overlap, [open_prior_config(pipeline, lv) for lv in reversed(vq.levels[vq.levels.index(
+        cfg.stop_at) :])])
     artist = cfg.artist or top.artists[0]
     if artist not in top.artists:
         raise UserError(f"--artist {artist}: not one of the run's artists ({', '.join(top.artists)})")
@@ -204,6 +205,16 @@ def labels_of(pipeline: Path, cfg: SampleConfig, vq) -> dict:
     return {"cond": [top.artists.index(artist), len(top.artists) + top.genres.index(genre)], "artist": artist,
             "genre": genre, "codes": [samples // h for h in vq.hops], "samples": round(total * vq.sample_rate),
             "prime_seconds": prime_seconds}
+
+
+def check_overlap(overlap: float, priors: list) -> None:
+    """Refuse an ``--overlap`` that keeps so much of a window that the next adds no code (``plan_windows`` would
+    then advance by a single code, or an upsampler's ratio, per window: a full window's compute for each)."""
+    p = min(priors, key=lambda p: (p.context - p.ratio) / p.context)
+    if round(overlap * p.context) > p.context - p.ratio:
+        raise UserError(f"--overlap {overlap:g} keeps the whole {p.context}-code context of the {p.level} prior as "
+                        f"the prompt, leaving no code to sample; at most {(p.context - p.ratio) / p.context:g} works "
+                        "with this run's priors")
 
 
 def prime_codes(pipeline: Path, cfg: SampleConfig, vq, device: torch.device) -> list[torch.Tensor]:
