@@ -130,3 +130,6 @@ def test_an_upsampler_sampled_in_stretches_side_by_side_samples_each_stretch_fro
                              torch.Generator(), keep=8)
         assert torch.equal(both[:, 24 * k : 24 * k + 24], alone)
     assert upsample_in_spans(prior, cond, upper[:, :5], 2, greedy, torch.Generator(), keep=8).shape == (1, 20)
+    counted = []  # 3 stretches of 20 codes for a piece of 52: the padding past its end is not progress
+    upsample_in_spans(prior, cond, torch.randint(16, (1, 13)), 3, greedy, torch.Generator(), 8, counted.append)
+    assert sum(counted) == 52

@@ -147,9 +147,15 @@ def upsample_in_spans(prior: Prior, cond: torch.Tensor, upper: torch.Tensor, spa
     length = math.ceil(total / spans / r) * r  # codes per stretch, on a code of the level above
     spans = math.ceil(total / length)
     rows = torch.nn.functional.pad(upper, (0, spans * length // r - upper.shape[1])).reshape(B * spans, length // r)
+    last, step = total - (spans - 1) * length, [0]  # the last stretch's real codes; past them it samples padding
+
+    def count(n: int) -> None:  # the codes of the piece sampled by this step, the padding not counted
+        step[0] += 1
+        progress(spans - (step[0] > last))
+
     codes = sample_level(prior, torch.zeros(B * spans, 0, dtype=torch.long), length,
                          upsampler_conditioning(prior, cond.repeat_interleave(spans, 0), rows), sampling, generator,
-                         keep, progress=(lambda n: progress(n * spans)) if progress else None, use_cache=use_cache)
+                         keep, progress=count if progress else None, use_cache=use_cache)
     return codes.reshape(B, spans * length)[:, :total]
 
 
