@@ -222,6 +222,12 @@ def test_chat_answers_one_prompt_a_file_and_stdin(tiny, tmp_path, capsys, monkey
 @pytest.mark.parametrize("args, message", [
     (["chat", "{sft}", "--prompts", "{empty}"], "holds no prompts"),
     (["chat", "{sft}", "--prompt", "  "], "--prompt is empty"),
+    (["chat", "{sft}", "--prompts", "{bad}"], "bad.txt is not UTF-8 text (byte 8 is 0xff)"),
+    (["chat", "{sft}", "--prompts", "{tmp}"], "is a folder, not a text file"),
+    (["chat", "{sft}", "--prompt", "bad \udcff"], "--prompt is not UTF-8 text"),  # how Python decodes argv's bytes
+    (["chat", "{sft}", "--prompts", "{bad}", "--prompt", "hi"], "not allowed with argument"),
+    (["reward", "--init", "{sft}", "--rankings", "{bad}", "--out", "{out}"], "bad.txt is not UTF-8 text"),
+    (["dpo", "--init", "{sft}", "--rankings", "{bad}", "--out", "{out}"], "bad.txt is not UTF-8 text"),
     (["chat", "{tmp}/nowhere", "--prompt", "hi"], "is not a model"),
     (["ppo", "--resume", "{sft}"], "instruct.sft run, not a instruct.ppo run"),
     (["reward", "--init", "{sft}", "--rankings", "{sft}", "--out", "{out}"], "instruct.sft run, not an instruct.rank"),
@@ -241,8 +247,9 @@ def test_chat_answers_one_prompt_a_file_and_stdin(tiny, tmp_path, capsys, monkey
 def test_bad_input_is_one_line_and_exit_code_2_with_no_folder_left(tiny, tmp_path, capsys, args, message):
     folder, _ = tiny
     (tmp_path / "empty.txt").write_text("\n \n")
+    (tmp_path / "bad.txt").write_bytes(b"What is \xff 2?\n")
     fill = {"sft": folder / "sft-tiny", "rm": folder / "reward", "empty": tmp_path / "empty.txt",
-            "tmp": tmp_path, "out": tmp_path / "out"}
+            "bad": tmp_path / "bad.txt", "tmp": tmp_path, "out": tmp_path / "out"}
     try:
         code = main(["instruct", *(a.format(**fill) for a in args)])
     except SystemExit as e:  # argparse refuses a bad choice itself, with the same one line and code
@@ -251,3 +258,15 @@ def test_bad_input_is_one_line_and_exit_code_2_with_no_folder_left(tiny, tmp_pat
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
     assert (folder / "sft-tiny" / "summary.json").is_file()  # a refused folder is left as it was
+
+
+def test_stdin_that_is_not_utf8_is_one_line_and_exit_code_2(tiny, capsys, monkeypatch):
+    folder, _ = tiny
+    monkeypatch.setattr("sys.stdin", io.StringIO("What is 2 + 3?\nWhat is \udcff 2?\n"))  # a byte decoded leniently
+    assert main(["instruct", "chat", str(folder / "sft-tiny"), "--max-new-tokens", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "line 2 of the standard input is not UTF-8 text" in err and len(err.strip().splitlines()) == 1, err
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"What is \xff 2?\n"), encoding="utf-8"))  # strict
+    assert main(["instruct", "chat", str(folder / "sft-tiny"), "--max-new-tokens", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "the standard input is not UTF-8 text" in err and len(err.strip().splitlines()) == 1, err

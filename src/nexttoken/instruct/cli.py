@@ -25,7 +25,7 @@ from pathlib import Path
 from nexttoken.cli import add_device_option
 from nexttoken.config import add_options, from_args, given
 from nexttoken.errors import UserError, continue_with
-from nexttoken.runs import default_run_dir
+from nexttoken.runs import default_run_dir, read_text
 
 HELP = "InstructGPT (base -> SFT -> reward model -> PPO) and zero-shot chain of thought, in miniature"
 
@@ -88,8 +88,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("chat", help="answer prompts: one per line on stdin, --prompt, or --prompts FILE")
     p.add_argument("run", help="a run folder, Hugging Face folder, .gguf or smollm2")
-    p.add_argument("--prompt", default=None, help="answer this one prompt and exit")
-    p.add_argument("--prompts", type=Path, default=None, help="answer every line of this file")
+    one_or_file = p.add_mutually_exclusive_group()
+    one_or_file.add_argument("--prompt", default=None, help="answer this one prompt and exit")
+    one_or_file.add_argument("--prompts", type=Path, default=None, help="answer every line of this file")
     p.add_argument("--style", choices=STYLES, default=None, help="default: bare for a pretrain run, chat otherwise")
     p.add_argument("--max-new-tokens", type=int, default=96)
     add_options(p, SamplingConfig, defaults={"temperature": 0.7})
@@ -200,10 +201,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
         raise UserError(f"--max-new-tokens must be >= 1, not {args.max_new_tokens}")
     if args.prompt is not None and not args.prompt.strip():
         raise UserError("--prompt is empty")
+    if args.prompt is not None:
+        _utf8(args.prompt, "--prompt")
     if args.prompts is not None:
-        if not args.prompts.is_file():
-            raise UserError(f"{args.prompts}: no such file")
-        lines = [ln for ln in args.prompts.read_text().splitlines() if ln.strip()]
+        lines = [ln for ln in read_text(args.prompts).splitlines() if ln.strip()]
         if not lines:
             raise UserError(f"{args.prompts} holds no prompts (one per line)")
     device = pick_device(args.device)
@@ -226,10 +227,23 @@ def cmd_chat(args: argparse.Namespace) -> int:
         interactive = sys.stdin.isatty()
         if interactive:
             print("Type an instruction and press Enter (Ctrl-D to quit).", file=sys.stderr)
-        for line in sys.stdin:
-            if line.strip():
-                print(reply(line), flush=True)
+        try:
+            for number, line in enumerate(sys.stdin, 1):
+                if line.strip():
+                    print(reply(_utf8(line, f"line {number} of the standard input")), flush=True)
+        except UnicodeDecodeError:  # a stdin decoded strictly fails while reading, before a line is seen
+            raise UserError("the standard input is not UTF-8 text; type or pipe UTF-8") from None
     return 0
+
+
+def _utf8(text: str, where: str) -> str:
+    """``text`` if it is Unicode: arguments and stdin decode stray bytes to lone surrogates, which the tokenizer
+    refuses."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"{where} is not UTF-8 text; type or pipe UTF-8") from None
+    return text
 
 
 def _print_summary(summary: dict) -> None:

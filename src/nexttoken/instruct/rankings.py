@@ -31,7 +31,7 @@ from nexttoken.instruct.tasks import TRAIN_FAMILIES, make_tasks
 from nexttoken.instruct.world import Task, make_world
 from nexttoken.progress import Progress
 from nexttoken.training import LoopConfig
-from nexttoken.runs import Run, atomic_write_text, read_json
+from nexttoken.runs import Run, atomic_write_text, read_json, read_text
 
 RANKINGS_FILE = "rankings.jsonl"
 
@@ -172,7 +172,7 @@ def read_rankings(source: str | Path) -> list[Ranking]:
     if not path.is_file():
         raise UserError(f"{source} holds no rankings (make them with `nexttoken instruct rank`)")
     out = []
-    for line in path.read_text().splitlines():
+    for line in read_text(path).splitlines():
         try:
             out.append(Ranking.from_json(line))
         except (json.JSONDecodeError, TypeError, KeyError):
