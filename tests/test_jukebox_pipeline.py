@@ -60,6 +60,25 @@ def test_a_primed_sample_keeps_the_recordings_codes_and_continues_it(tiny_pipeli
         assert np.array_equal(sampled[level][0, : kept // hop], whole[level])
 
 
+def test_a_primed_sample_upsampled_in_stretches_keeps_the_prime_and_shares_out_the_rest(tiny_pipeline, tiny_audio,
+                                                                                         tmp_path):
+    from nexttoken.jukebox.pipeline import load_prior
+
+    out = tmp_path / "primed"
+    assert run_cli(["jukebox", "sample", tiny_pipeline, "--artist", "bob", "--prime", tiny_audio / "bob" / "tune0.wav",
+                    "--prime-seconds", "0.32", "--seconds", "0.5", "--parallel", "2", "--stop-at", "middle",
+                    "--out", out]) == 0
+    codes = {k: torch.from_numpy(v).long() for k, v in read_npz(out / "codes.npz").codes.items()}
+    kept = load_tensors(out / "prime.safetensors")[0]["middle"]
+    assert torch.equal(codes["middle"][:, : kept.shape[1]], kept)
+    rest = sample_module.upsample_in_spans(
+        load_prior(tiny_pipeline, "middle", torch.device("cpu")), torch.tensor([read_json(out / "config.json")
+                                                                                 ["labels"]["cond"]]),
+        codes["top"][:, kept.shape[1] // 4 :], 2, sample_module.JUKEBOX_SAMPLING,
+        torch.Generator().manual_seed(sample_module.JUKEBOX_SAMPLING.seed * 1009 + 1), keep=16)
+    assert torch.equal(codes["middle"][:, kept.shape[1] :], rest)
+
+
 def test_top_codes_saved_now_are_upsampled_later_as_in_one_go(tiny_pipeline, tmp_path):
     args = ["--artist", "bob", "--seconds", "0.6", "--seed", "3"]
     assert run_cli(["jukebox", "sample", tiny_pipeline, *args, "--out", tmp_path / "once"]) == 0

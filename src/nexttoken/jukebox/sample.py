@@ -50,8 +50,9 @@ class SampleConfig:
     stop_at: str = option("bottom", "the last level to sample (upsample the rest later with --resume)",
                           choices=LEVELS)
     overlap: float = option(0.5, "share of each window's codes carried into the next as its prompt", ge=0, lt=1)
-    parallel: int = option(1, "upsamplers: stretches of the piece sampled side by side in one batch (faster; each "
-                           "starts without the codes before it, so a seam every 1/N of the piece)", ge=1, le=4096)
+    parallel: int = option(1, "upsamplers: stretches of the piece (after a prime) sampled side by side in one batch "
+                           "(faster; each starts without the codes before it, so a seam every 1/N of it)", ge=1,
+                           le=4096)
 
 
 @dataclass
@@ -338,8 +339,10 @@ def _sample_one_level(pipeline, out, run, level, i, known, labels, cond, above, 
     t0 = time.time()
     with Progress(total - known.shape[1], f"sample {level}", unit="code", log=run.log_path) as bar:
         keep = round(cfg.overlap * prior.cfg.context)
-        if cfg.parallel > 1 and not prior.cfg.is_top and not known.shape[1]:  # saved once the level is whole
-            codes = upsample_in_spans(prior, cond, above, cfg.parallel, sampling, generator, keep, bar.update)
+        if cfg.parallel > 1 and not prior.cfg.is_top:  # saved once the level is whole
+            rest = above[:, known.shape[1] // prior.cfg.ratio :]  # a prime's codes stay; the stretches share the rest
+            codes = torch.cat([known, upsample_in_spans(prior, cond, rest, cfg.parallel, sampling, generator, keep,
+                                                        bar.update)], dim=1)
             save(codes)
         else:
             codes = sample_level(prior, known, total, conditioning, sampling, generator, keep, save, bar.update)
