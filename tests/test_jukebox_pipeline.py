@@ -2,6 +2,7 @@
 primed sample continues its recording, saved top codes are upsampled later, a killed sampling and a killed training
 resume to the result of an uninterrupted one, encode/decode, evaluate and report."""
 
+import json
 import shutil
 
 import numpy as np
@@ -88,6 +89,21 @@ def test_top_codes_saved_now_are_upsampled_later_as_in_one_go(tiny_pipeline, tmp
     once, later = read_npz(tmp_path / "once" / "codes.npz"), read_npz(tmp_path / "later" / "codes.npz")
     for level in ("top", "middle", "bottom"):
         assert np.array_equal(once.codes[level], later.codes[level])
+
+
+def test_a_sampling_resumes_only_from_the_pipeline_it_was_sampled_from(tiny_pipeline, tmp_path, monkeypatch, capsys):
+    other = shutil.copytree(tiny_pipeline, tmp_path / "other", ignore=shutil.ignore_patterns("samples", "report"))
+    out = tmp_path / "s"
+    assert run_cli(["jukebox", "sample", other, "--seconds", "0.3", "--stop-at", "top", "--out", out]) == 0
+    capsys.readouterr()
+    assert run_cli(["jukebox", "sample", tiny_pipeline, "--resume", out]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"was sampled from {other.resolve()}, not {tiny_pipeline};" in err[0], err
+    config = read_json(out / "config.json")
+    (out / "config.json").write_text(json.dumps({**config, "pipeline": "other"}))  # as folders held it before
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(["jukebox", "sample", "other", "--resume", "s", "--stop-at", "middle"]) == 0
+    assert sorted(read_npz(out / "codes.npz").codes) == ["middle", "top"]
 
 
 def test_a_killed_sampling_resumes_to_the_same_codes(tiny_pipeline, tmp_path, monkeypatch):

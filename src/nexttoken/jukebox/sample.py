@@ -273,6 +273,10 @@ def sample_run(pipeline: Path, out: Path, cfg: SampleConfig, sampling: SamplingC
     open_pipeline(pipeline)
     vq = vqvae_config(pipeline)
     if resume:
+        source = Run.open(out, KIND).config.get("pipeline")  # a relative path (older folders) resolves from here
+        if source is not None and Path(source).resolve() != pipeline.resolve():
+            raise UserError(f"{out} was sampled from {source}, not {pipeline}; continue it with: nexttoken jukebox "
+                            f"sample {source} --resume {out}")
         run = Run.resume(out, KIND)
         saved = load(SampleConfig, run.config.get("request"), str(out / "config.json"))
         saved.stop_at = cfg.stop_at
@@ -281,7 +285,7 @@ def sample_run(pipeline: Path, out: Path, cfg: SampleConfig, sampling: SamplingC
     else:
         labels = labels_of(pipeline, cfg, vq)  # checks the request against the run before any folder is made
         prime = prime_codes(pipeline, cfg, vq, device) if cfg.prime else None
-        run = Run.create(out, {"request": asdict(cfg), "sampling": asdict(sampling), "pipeline": str(pipeline),
+        run = Run.create(out, {"request": asdict(cfg), "sampling": asdict(sampling), "pipeline": str(pipeline.resolve()),
                                "labels": labels}, KIND)
     with run:
         if not resume and prime is not None:
