@@ -67,3 +67,15 @@ def test_saved_tokenizer_loads_the_same(tok, tmp_path):
         BPETokenizer.load(tmp_path / "missing.json")
     with pytest.raises(UserError, match="256 bytes"):
         train_tokenizer(["a"], vocab_size=100)
+
+
+@pytest.mark.parametrize("content, message", [(b"{not json", r"is not a tokenizer.json \(key must be a string"),
+                                              (b"{}", "is not a tokenizer.json"),
+                                              (b"\xff", "is not UTF-8 text"),
+                                              (None, "is a folder")])
+def test_a_damaged_tokenizer_file_is_a_user_error_naming_it(tmp_path, content, message):
+    path = tmp_path / "tokenizer.json"
+    path.mkdir() if content is None else path.write_bytes(content)
+    with pytest.raises(UserError, match=message) as e:
+        BPETokenizer.load(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)

@@ -26,6 +26,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import Tensor
 
 from nexttoken.errors import UserError
+from nexttoken.runs import read_text
 from nexttoken.instruct.corpus import INSTRUCTION, RESPONSE
 
 PAD = "<|pad|>"
@@ -70,9 +71,14 @@ class BPETokenizer:
     @classmethod
     def load(cls, path: str | Path) -> BPETokenizer:
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise UserError(f"no tokenizer at {path}")
-        return cls(Tokenizer.from_file(str(path)))
+        text = read_text(path)
+        try:
+            tokenizer = Tokenizer.from_str(text)
+        except Exception as e:  # the tokenizers library raises a bare Exception for damaged JSON or a wrong layout
+            raise UserError(f"{path} is not a tokenizer.json ({str(e).splitlines()[0][:120]})") from None
+        return cls(tokenizer)
 
     def save(self, path: str | Path) -> None:
         """Written as tokenizer.json (the ``tokenizers`` format), atomically: a killed run leaves no half file."""

@@ -285,8 +285,8 @@ def sample_run(pipeline: Path, out: Path, cfg: SampleConfig, sampling: SamplingC
     else:
         labels = labels_of(pipeline, cfg, vq)  # checks the request against the run before any folder is made
         prime = prime_codes(pipeline, cfg, vq, device) if cfg.prime else None
-        run = Run.create(out, {"request": asdict(cfg), "sampling": asdict(sampling), "pipeline": str(pipeline.resolve()),
-                               "labels": labels}, KIND)
+        run = Run.create(out, {"request": asdict(cfg), "sampling": asdict(sampling),
+                               "pipeline": str(pipeline.resolve()), "labels": labels}, KIND)
     with run:
         if not resume and prime is not None:
             save_tensors(out / "prime.safetensors", {n: c for n, c in zip(vq.levels, prime)})
