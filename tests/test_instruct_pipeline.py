@@ -236,6 +236,8 @@ def test_chat_answers_one_prompt_a_file_and_stdin(tiny, tmp_path, capsys, monkey
     (["ppo", "--init", "{sft}", "--reward-model", "{rm}", "--clip", "0", "--out", "{out}"], "--clip must be > 0"),
     (["ppo", "--init", "{sft}", "--reward-model", "{rm}", "--rollouts", "10", "--minibatch", "4", "--out", "{out}"],
      "multiple of --minibatch"),
+    (["ppo", "--init", "{sft}", "--reward-model", "{rm}", "--ptx-coef", "1", "--ptx-context", "65", "--out", "{out}"],
+     "--ptx-context 65 is longer than the context of"),  # the tiny model's context is 64
     (["ppo", "--init", "{sft}", "--reward-model", "{sft}", "--out", "{out}"], "instruct.sft run, not a reward model"),
     (["ppo", "--init", "{rm}", "--reward-model", "{rm}", "--out", "{out}"], "instruct.reward run, not a policy"),
     (["sft", "--init", "{sft}", "--lr", "-1", "--out", "{out}"], "--lr must be > 0"),

@@ -329,6 +329,9 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, dist: Dist, resume: 
     device = dist.device
     seed_everything(cfg.seed)
     policy = load_policy(cfg.init, device)
+    if cfg.ptx_coef > 0 and cfg.ptx_context > policy.context:
+        raise UserError(f"--ptx-context {cfg.ptx_context} is longer than the context of {cfg.init} "
+                        f"({policy.context} tokens); give --ptx-context {policy.context} or less")
     ref = load_policy(cfg.init, device).requires_grad_(False)
     world = make_world(cfg.world_seed)
     train_tasks = make_tasks(world, cfg.prompts, cfg.seed + 99, TRAIN_FAMILIES, unique=False)
