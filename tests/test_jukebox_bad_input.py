@@ -102,3 +102,23 @@ def test_a_second_training_into_a_pipeline_folder_is_refused(tiny_pipeline, tiny
     refused(["jukebox", "train-vqvae", "--audio", tiny_audio, "--out", tiny_pipeline, *TINY_VQVAE], capsys,
             "already holds a run")
     assert (tiny_pipeline / "vqvae" / "summary.json").is_file()
+
+
+def test_a_malformed_codes_file_is_one_line(tiny_pipeline, tmp_path, capsys):  # noqa: F811
+    import numpy as np
+
+    good = dict(top=np.zeros(4, np.int32), hops=np.array([8, 32, 128]), sample_rate=np.array(8000),
+                samples=np.array(512))
+    cases = {"hops.npz": {**good, "hops": np.array(8)}, "rate.npz": {**good, "sample_rate": np.array([8000, 8000])},
+             "text.npz": {**good, "top": np.array(["a", "b"])}, "cube.npz": {**good, "top": np.zeros((1, 2, 4), int)},
+             "empty.npz": {**good, "top": np.zeros(0, int)}, "no-rows.npz": {**good, "top": np.zeros((0, 4), int)}}
+    np.save(tmp_path / "one.npy", good["top"])
+    for name, arrays in cases.items():
+        np.savez(tmp_path / name, **arrays)
+    for name in ["one.npy", *cases]:
+        refused(["jukebox", "decode", tiny_pipeline, tmp_path / name, "--level", "top", "-o", tmp_path / "x.wav"],
+                capsys, "not a codes file of `nexttoken jukebox encode`")
+    assert not (tmp_path / "x.wav").exists()
+    np.savez(tmp_path / "good.npz", **good)
+    assert run_cli(["jukebox", "decode", tiny_pipeline, tmp_path / "good.npz", "--level", "top", "-o",
+                    tmp_path / "x.wav"]) == 0

@@ -134,12 +134,30 @@ class CodesFile:
 
 def read_npz(path: str | Path) -> CodesFile:
     """A file ``write_npz`` wrote; anything else is one clear error."""
+
+    def refused(why: str) -> UserError:
+        return UserError(f"{path}: not a codes file of `nexttoken jukebox encode` ({why})")
+
     try:
-        with np.load(path) as z:
+        z = np.load(path)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # an .npy file: one array, no levels
+            raise refused("one array, not named levels")
+        with z:
             arrays = {k: z[k] for k in z.files}
-        meta = (tuple(int(h) for h in arrays.pop("hops")), int(arrays.pop("sample_rate")), int(arrays.pop("samples")))
     except FileNotFoundError:
         raise UserError(f"{path} does not exist") from None
     except (OSError, ValueError, KeyError, EOFError) as e:
-        raise UserError(f"{path}: not a codes file of `nexttoken jukebox encode` ({type(e).__name__})") from None
+        raise refused(type(e).__name__) from None
+    meta = []
+    for name, dims in (("hops", 1), ("sample_rate", 0), ("samples", 0)):
+        a = arrays.pop(name, None)
+        if a is None or a.dtype.kind not in "iu" or a.ndim != dims or (a <= 0).any():
+            raise refused(f"{name} is not " + ("a list of positive whole numbers" if dims else "one positive whole "
+                                                  "number"))
+        meta.append(tuple(int(h) for h in a) if dims else int(a))
+    for level, c in arrays.items():
+        if c.dtype.kind not in "iu" or c.ndim not in (1, 2):
+            raise refused(f"{level} is not a row, or rows, of whole numbers")
+        if not c.size:
+            raise refused(f"{level} holds no codes")
     return CodesFile(arrays, *meta)
