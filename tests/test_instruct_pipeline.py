@@ -238,6 +238,8 @@ def test_chat_answers_one_prompt_a_file_and_stdin(tiny, tmp_path, capsys, monkey
      "multiple of --minibatch"),
     (["ppo", "--init", "{sft}", "--reward-model", "{rm}", "--ptx-coef", "1", "--ptx-context", "65", "--out", "{out}"],
      "--ptx-context 65 is longer than the context of"),  # the tiny model's context is 64
+    (["ppo", "--init", "{sft}", "--reward-model", "{rm}", "--kl-coef", "0", "--target-kl", "1", "--out", "{out}"],
+     "--target-kl needs a --kl-coef above 0"),
     (["ppo", "--init", "{sft}", "--reward-model", "{sft}", "--out", "{out}"], "instruct.sft run, not a reward model"),
     (["ppo", "--init", "{rm}", "--reward-model", "{rm}", "--out", "{out}"], "instruct.reward run, not a policy"),
     (["sft", "--init", "{sft}", "--lr", "-1", "--out", "{out}"], "--lr must be > 0"),

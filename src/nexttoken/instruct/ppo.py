@@ -90,6 +90,8 @@ class PPOConfig:
             raise UserError(f"--rollouts {self.rollouts} must be a multiple of --minibatch {self.minibatch}")
         if self.rollouts % self.group:
             raise UserError(f"--rollouts {self.rollouts} must be a multiple of --group {self.group}")
+        if self.target_kl > 0 and self.kl_coef == 0:  # the adaptive controller scales beta, so 0 stays 0
+            raise UserError("--target-kl needs a --kl-coef above 0 to start from (the controller multiplies it)")
 
 
 # ---- pure pieces ----------------------------------------------------------------------------------------------------
