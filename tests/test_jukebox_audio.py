@@ -112,6 +112,12 @@ def test_a_csv_gives_artist_genre_and_lyrics(tmp_path):
     (tmp_path / "bad.csv").write_text("file,composer\nalice/one.wav,x\n")
     with pytest.raises(UserError, match="missing path, artist, genre"):
         find_tracks(tmp_path / "bad.csv")
+    # Excel's "CSV UTF-8" starts with a byte-order mark; a file in another encoding is one line naming it
+    (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbfpath,artist,genre\r\nalice/one.wav,Ren\xc3\xa9e,Rock\r\n")
+    assert [(t.id, t.artist) for t in find_tracks(tmp_path / "excel.csv")] == [("alice/one.wav", "renee")]
+    (tmp_path / "latin.csv").write_bytes(b"path,artist,genre\nalice/one.wav,Ren\xe9e,Rock\n")
+    with pytest.raises(UserError, match="latin.csv is not UTF-8 text"):
+        find_tracks(tmp_path / "latin.csv")
 
 
 def test_clips_are_cached_once_per_file_and_a_changed_file_is_read_again(tmp_path, monkeypatch):

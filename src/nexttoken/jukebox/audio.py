@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import math
 import os
 import sys
@@ -34,7 +35,7 @@ import torch
 from nexttoken.errors import UserError
 from nexttoken.isolate import Outcome, map_isolated
 from nexttoken.midi.corpus import label_of
-from nexttoken.runs import atomic_write_bytes, atomic_write_json, load_tensors, read_json, save_tensors
+from nexttoken.runs import atomic_write_bytes, atomic_write_json, load_tensors, read_json, read_text, save_tensors
 from nexttoken.progress import Progress
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")
@@ -141,8 +142,7 @@ def folder_tracks(root: Path) -> list[Track]:
 
 def csv_tracks(csv_path: Path) -> list[Track]:
     """Rows of a CSV with columns path, artist, genre and optionally lyrics; paths are relative to the CSV."""
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(io.StringIO(read_text(csv_path), newline="")))  # Excel's "CSV UTF-8" has a BOM
     if not rows:
         raise UserError(f"{csv_path}: no rows")
     cols = {c.lower().strip(): c for c in rows[0] if c}
