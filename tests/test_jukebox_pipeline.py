@@ -249,3 +249,16 @@ def test_train_resume_keeps_every_finished_stage(tiny_pipeline):
     assert len(stamps) == 4
     assert run_cli(["jukebox", "train", "--resume", tiny_pipeline]) == 0
     assert {p: p.stat().st_mtime_ns for p in sorted(tiny_pipeline.glob("*/checkpoint.safetensors"))} == stamps
+
+
+def test_priors_of_codes_the_vqvae_has_trained_past_are_refused_not_resumed(tiny_pipeline, tmp_path, capsys):
+    folder = shutil.copytree(tiny_pipeline, tmp_path / "run", ignore=shutil.ignore_patterns("samples", "report"))
+    assert run_cli(["jukebox", "train-vqvae", "--resume", folder, "--steps", "4"]) == 0
+    said = {"train": f"{folder / 'top'}, {folder / 'middle'}, {folder / 'bottom'}: learned the codes",
+            "train-prior": "the top prior learned the codes"}
+    for argv in (["train", "--resume", folder], ["train-prior", folder, "--level", "top", "--resume", "--steps", "4"]):
+        capsys.readouterr()
+        assert run_cli(["jukebox", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and said[argv[0]] in err[0] and "trained on to step 4; delete" in err[0], err
+    assert read_json(folder / "top" / "summary.json")["steps"] == 2  # nothing trained on the new codes

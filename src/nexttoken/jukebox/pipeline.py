@@ -146,16 +146,26 @@ def load_prior(path: Path, level: str, device: torch.device) -> Prior:
     """A trained prior of a pipeline folder, in eval mode on ``device``."""
     cfg = open_prior_config(path, level)
     run = Run.open(path / level, PRIOR_KIND)
-    learned, now = run.config.get("codes_step"), _vqvae_step(path)
-    if learned != now:  # its codes no longer mean what they meant when it learned them
-        raise UserError(f"the {level} prior learned the codes of the VQ-VAE at step {learned}, which has trained on to "
-                        f"step {now}; train the prior again (delete {run.path})")
+    check_codes_step(path, level)
     if not run.has_checkpoint():
         raise UserError(f"{run.path} has no checkpoint yet; continue it with: nexttoken jukebox train-prior {path} "
                         f"--level {level} --resume")
     model = Prior(cfg)
     run.load_checkpoint(model, restore_rng_state=False)
     return model.to(device).eval()
+
+
+def stale_priors(path: Path, levels) -> list[Path]:
+    """The started priors among ``levels`` that learned the codes of an earlier VQ-VAE: its codes no longer mean what
+    they meant to them, so they can neither sample nor train on (the new codes would mix with the old)."""
+    now, started = _vqvae_step(path), [lv for lv in levels if (path / lv / "config.json").is_file()]
+    return [path / lv for lv in started if Run.open(path / lv, PRIOR_KIND).config.get("codes_step") != now]
+
+
+def check_codes_step(path: Path, level: str) -> None:
+    if stale_priors(path, [level]):
+        raise UserError(f"the {level} prior learned the codes of the VQ-VAE before it trained on to step "
+                        f"{_vqvae_step(path)}; delete {path / level} and train it again")
 
 
 def finished(stage: Path) -> bool:
@@ -229,6 +239,8 @@ def prior_stage(path: Path, level: str, base: PriorConfig, optim: OptimConfig, l
         raise UserError(f"{stage} already holds a prior; pass --resume to continue it, or delete the folder")
     if resume and not exists:
         raise UserError(f"{stage} holds no prior to resume; leave out --resume to start it")
+    if resume:
+        check_codes_step(path, level)
     dist = init_distributed(device)
     loop.validate(dist.world_size)
     seed_everything(loop.seed)
@@ -254,7 +266,13 @@ def train_everything(path: Path, plan: Plan, opts: VQVAEOptions, device: str, da
             optim, loop = VQ_OPTIM, replace(VQ_LOOP, steps=plan.vqvae_steps)
         if not finished(path / "vqvae"):
             vqvae_stage(path, opts, optim, loop, device)
-    for level in reversed(vqvae_config(path).levels):
+    levels = list(reversed(vqvae_config(path).levels))
+    stale = stale_priors(path, levels)
+    if stale:
+        raise UserError(f"{', '.join(map(str, stale))}: learned the codes of the VQ-VAE before it trained on to step "
+                        f"{_vqvae_step(path)}; delete {'them' if len(stale) > 1 else 'it'} and resume again to train "
+                        "on the new codes")
+    for level in levels:
         stage = path / level
         if finished(stage):
             continue
