@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from nexttoken.config import option
+from nexttoken.config import check, option
 from nexttoken.distributed import Dist, all_sum, any_rank, average_gradients, gather, mean_over
 from nexttoken.errors import Interrupted, UserError
 from nexttoken.instruct.corpus import make_corpus
@@ -86,6 +86,7 @@ class PPOConfig:
     seed: int = option(0, "seed of prompts, samples and minibatches", ge=0)
 
     def __post_init__(self) -> None:
+        check(self)  # the ranges first: the checks below divide by and compare with them
         if self.rollouts % self.minibatch:
             raise UserError(f"--rollouts {self.rollouts} must be a multiple of --minibatch {self.minibatch}")
         if self.rollouts % self.group:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from nexttoken.config import option
+from nexttoken.config import check, option
 from nexttoken.distributed import Dist, gather
 from nexttoken.errors import UserError
 from nexttoken.instruct.labeler import labeler_panel
@@ -53,6 +53,12 @@ class RankConfig:
     chunk: int = option(64, "prompts sampled at once (and saved together)", ge=1, le=4096)
     world_seed: int = option(0, "seed of the generated world", ge=0)
     seed: int = option(0, "seed of the prompts, samples and judgements", ge=0)
+
+    def __post_init__(self) -> None:
+        check(self)  # the ranges first: the checks below divide by and compare with them
+        if len(self.models) > self.k:  # output j is written by model j mod the models: the rest would never write
+            raise UserError(f"--k {self.k} must be at least the number of --models ({len(self.models)}): every model "
+                            f"writes one of the K outputs of a prompt")
 
 
 @dataclass
