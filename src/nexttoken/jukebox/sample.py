@@ -150,7 +150,7 @@ def upsample_in_spans(prior: Prior, cond: torch.Tensor, upper: torch.Tensor, spa
     rows = torch.nn.functional.pad(upper, (0, spans * length // r - upper.shape[1])).reshape(B * spans, length // r)
     last, step = total - (spans - 1) * length, [0]  # the last stretch's real codes; past them it samples padding
 
-    def count(n: int) -> None:  # the codes of the piece sampled by this step, the padding not counted
+    def count(_: int) -> None:  # one code per stretch a step; the padding past the last stretch's end not counted
         step[0] += 1
         progress(spans - (step[0] > last))
 
