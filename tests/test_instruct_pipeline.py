@@ -233,6 +233,12 @@ def test_chat_answers_one_prompt_a_file_and_stdin(tiny, tmp_path, capsys, monkey
     (["reward", "--init", "{sft}", "--rankings", "{sft}", "--out", "{out}"], "instruct.sft run, not an instruct.rank"),
     (["pipeline", "--preset", "demo", "--stages", "sft-tiny,polish", "--out", "{out}"], "unknown stage 'polish'"),
     (["pipeline", "--sizes", "huge", "--out", "{out}"], "unknown size 'huge'"),
+    (["pipeline", "--sizes", "small,tiny", "--out", "{out}"], "give each size once, smallest first"),
+    (["pipeline", "--sizes", "tiny,tiny", "--out", "{out}"], "give each size once, smallest first"),
+    (["pipeline", "--preset", "demo", "--sizes", "tiny,small,medium,large,xl", "--out", "{out}"],
+     "the demo preset ranks 4 outputs a prompt"),
+    (["pipeline", "--preset", "demo", "--sizes", "xl", "--stages", "sft-tiny", "--out", "{out}"],
+     "the stages of {out} are: pretrain-xl, sft-xl,"),
     (["ppo", "--init", "{sft}", "--reward-model", "{rm}", "--clip", "0", "--out", "{out}"], "--clip must be > 0"),
     (["ppo", "--init", "{sft}", "--reward-model", "{rm}", "--rollouts", "10", "--minibatch", "4", "--out", "{out}"],
      "multiple of --minibatch"),
@@ -263,6 +269,7 @@ def test_bad_input_is_one_line_and_exit_code_2_with_no_folder_left(tiny, tmp_pat
     except SystemExit as e:  # argparse refuses a bad choice itself, with the same one line and code
         code = e.code
     err = capsys.readouterr().err
+    message = message.format(**fill)
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
     assert (folder / "sft-tiny" / "summary.json").is_file()  # a refused folder is left as it was
@@ -278,3 +285,25 @@ def test_stdin_that_is_not_utf8_is_one_line_and_exit_code_2(tiny, capsys, monkey
     assert main(["instruct", "chat", str(folder / "sft-tiny"), "--max-new-tokens", "4"]) == 2
     err = capsys.readouterr().err
     assert "the standard input is not UTF-8 text" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_pipeline_started_again_is_judged_by_its_saved_settings(tmp_path, capsys, monkeypatch):
+    """--stages names the saved sizes' stages, and the preset's sizes named again are no change."""
+    ran = []
+    for module in pipeline.MODULES.values():
+        monkeypatch.setattr(module, "run_stage", lambda c, run, *a: ran.append(run.path.name) or {})
+    xl, demo = tmp_path / "xl", tmp_path / "demo"
+    assert main(["instruct", "pipeline", "--preset", "demo", "--sizes", "xl", "--out", str(xl), "--stages",
+                 "pretrain-xl"]) == 0
+    assert main(["instruct", "pipeline", "--out", str(xl), "--stages", "sft-xl"]) == 0 and ran == ["pretrain-xl",
+                                                                                                 "sft-xl"]
+    assert main(["instruct", "pipeline", "--out", str(xl), "--stages", "pretrain-medium"]) == 2
+    assert "unknown stage 'pretrain-medium'; the stages of" in capsys.readouterr().err
+    demo.mkdir()  # saved as earlier versions did: the preset's sizes as []
+    (demo / "pipeline.json").write_text(json.dumps({"preset": "demo", "sizes": []}))
+    assert main(["instruct", "pipeline", "--out", str(demo), "--sizes", ",".join(PRESETS["demo"]["sizes"]),
+                 "--stages", "rank"]) == 0 and ran[-1] == "rank"
+    assert main(["instruct", "pipeline", "--out", str(demo), "--sizes", "xl", "--stages", "rank"]) == 2
+    err = capsys.readouterr().err
+    assert f"differs from the resumed run's {PRESETS['demo']['sizes']}" in err and "[]" not in err, err
+

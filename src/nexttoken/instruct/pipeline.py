@@ -26,7 +26,7 @@ from types import ModuleType
 
 
 from nexttoken.config import check, load, option, resumed
-from nexttoken.distributed import Dist, barrier, main_first
+from nexttoken.distributed import Dist, barrier
 from nexttoken.errors import UserError
 from nexttoken.instruct import dpo, ppo, pretrain, rankings, results, reward, sft
 from nexttoken.instruct.stage import finished, open_stage
@@ -86,9 +86,20 @@ class PipelineConfig:
                                "baseline per prompt (RLOO)", ge=1, le=64)
 
     def __post_init__(self) -> None:
-        unknown = [s for s in self.sizes if s not in pretrain.SIZES]
+        check(self)
+        order = list(pretrain.SIZES)
+        unknown = [s for s in self.sizes if s not in order]
         if unknown:
-            raise UserError(f"unknown size {unknown[0]!r}; choose from {', '.join(pretrain.SIZES)}")
+            raise UserError(f"unknown size {unknown[0]!r}; choose from {', '.join(order)}")
+        # the reward model and the tokenizer come from the ends of the list, so its order has a meaning
+        places = [order.index(s) for s in self.sizes]
+        if places != sorted(set(places)):
+            raise UserError(f"--sizes {','.join(self.sizes)}: give each size once, smallest first "
+                            f"({', '.join(order)})")
+        k = rankings.RankConfig(**PRESETS[self.preset].get("rank", {}).get("rank", {})).k
+        if len(self.model_sizes) > k:
+            raise UserError(f"--sizes names {len(self.model_sizes)} sizes, but the {self.preset} preset ranks {k} "
+                            f"outputs a prompt and each model writes one; give at most {k} sizes")
 
     @property
     def model_sizes(self) -> list[str]:
@@ -142,17 +153,15 @@ def plan(folder: Path, cfg: PipelineConfig) -> list[Stage]:
     return stages
 
 
-def settings(folder: Path, cfg: PipelineConfig, given: dict, write: bool = True) -> PipelineConfig:
-    """The pipeline's settings: saved in FOLDER/pipeline.json by the first start (unless not ``write``); a later
-    start keeps them (a flag that would change them is refused)."""
+def settings(folder: Path, cfg: PipelineConfig, given: dict) -> PipelineConfig:
+    """The pipeline's settings: those saved in FOLDER/pipeline.json by its first start, which a later start keeps (a
+    flag that would change them is refused), else ``cfg``. The sizes are spelled out, so that naming the preset's
+    sizes again changes nothing."""
     saved_file = folder / "pipeline.json"
-    if saved_file.is_file():
-        saved = load(PipelineConfig, read_json(saved_file), str(saved_file))
-        return resumed(saved, given)
-    if write:
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(saved_file, asdict(cfg))
-    return cfg
+    if not saved_file.is_file():
+        return replace(cfg, sizes=cfg.model_sizes)
+    saved = load(PipelineConfig, read_json(saved_file), str(saved_file))
+    return resumed(replace(saved, sizes=saved.model_sizes), given)
 
 
 def run_pipeline(folder: str | Path, cfg: PipelineConfig, dist: Dist, only: list[str] | None = None,
@@ -163,14 +172,15 @@ def run_pipeline(folder: str | Path, cfg: PipelineConfig, dist: Dist, only: list
     and evaluates, and all of them look at a stage's folder before rank 0 writes in it and wait for each other after
     it, so they agree on what is done."""
     folder = Path(folder)
+    cfg = settings(folder, cfg, given or {})
     stages = plan(folder, cfg)
     names = [s.name for s in stages]
     unknown = [n for n in only or [] if n not in names]
     if unknown:
-        raise UserError(f"unknown stage {unknown[0]!r}; the stages are: {', '.join(names)}")
-    with main_first(dist):
-        cfg = settings(folder, cfg, given or {}, write=dist.is_main)
-    stages = plan(folder, cfg)
+        raise UserError(f"unknown stage {unknown[0]!r}; the stages of {folder} are: {', '.join(names)}")
+    if dist.is_main and not (folder / "pipeline.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(folder / "pipeline.json", asdict(cfg))
     summary: dict = {}
     for stage in stages:
         path = folder / stage.name
