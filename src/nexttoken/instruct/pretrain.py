@@ -6,7 +6,7 @@ InstructGPT sets out to fix: asked something, a base model continues the list.
 
     nexttoken instruct pretrain --size tiny --out runs/base-tiny
     nexttoken instruct pretrain --size small --tokenizer runs/base-tiny/tokenizer.json   # one vocabulary for all
-    nexttoken instruct pretrain --init smollm2 --steps 20      # or continue a real model on the corpus
+    nexttoken instruct pretrain --init smollm2 --steps 20 --lr 1e-5   # or continue a real model on the corpus
 
 Pages are joined with EOS into one token stream; each row is a window at a place drawn from the step alone, so a
 resumed run sees exactly the rows of an uninterrupted one. The held-out pages' loss (nats per token) is logged; it is
@@ -16,7 +16,8 @@ the likelihood that the alignment tax is measured on.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,12 +27,13 @@ from nexttoken.distributed import Dist, main_first
 from nexttoken.errors import UserError
 from nexttoken.instruct.corpus import make_corpus
 from nexttoken.instruct.evaluate import heldout_nll
-from nexttoken.instruct.policy import POLICY_FILE, GPTPolicy, Policy, lm_loss_sum, load_policy, save_model
+from nexttoken.instruct.policy import (POLICY_FILE, GPTPolicy, Policy, lm_loss_sum, load_policy, save_model,
+                                      weights_file)
 from nexttoken.instruct.tokenizer import BPETokenizer, train_tokenizer
 from nexttoken.instruct.world import make_world
 from nexttoken.model import GPT, GPTConfig
 from nexttoken.plots import plot_metrics
-from nexttoken.runs import Run
+from nexttoken.runs import Run, load_tensors
 from nexttoken.training import LoopConfig, OptimConfig, fit, seed_everything
 
 # name -> (layers, heads, width, peak LR). The first three train on a 2-core CPU in tens of minutes in all; the
@@ -52,7 +54,8 @@ class PretrainConfig:
                            "smollm2)")
     tokenizer: str = option("", "a tokenizer.json to use (default: train one on the corpus)")
     vocab_size: int = option(2048, "the most entries of a newly trained tokenizer", ge=260, le=65536)
-    context: int = option(256, "tokens per training row (the model's context)", ge=16, le=8192)
+    context: int = option(256, "tokens per training row (the model's context; with --init, at most the model's own)",
+                          ge=16, le=8192)
     corpus_chars: int = option(3_000_000, "characters of training pages", ge=1000, le=10**9)
     heldout_pages: int = option(200, "held-out pages scored at each evaluation", ge=1)
     world_seed: int = option(0, "seed of the generated world", ge=0)
@@ -67,6 +70,35 @@ def build_gpt(cfg: PretrainConfig, vocab_size: int) -> GPT:
 
 def default_lr(size: str) -> float:
     return SIZES[size][3]
+
+
+FIXED_BY_INIT = ("size", "vocab_size", "tokenizer")  # a model to continue brings its own
+
+
+def new_run_configs(configs: dict, given: dict[str, dict]) -> dict:
+    """The configs of a new pretrain run, ``given`` the flags the user set ({config name: {field: value}}): --init
+    refuses the flags its model fixes, and the peak LR defaults to that of the model's size."""
+    cfg = configs["pretrain"]
+    fixed = [k for k in FIXED_BY_INIT if k in given.get("pretrain", {})] if cfg.init else []
+    if fixed:
+        raise UserError(f"--{fixed[0].replace('_', '-')} cannot go with --init: the model to continue brings its own "
+                        f"size and tokenizer")
+    if "lr" in given.get("optim", {}):
+        return configs
+    size = init_size(cfg.init) if cfg.init else cfg.size
+    if size is None:
+        raise UserError(f"pretrain --init {cfg.init} needs --lr: the model is none of the sizes "
+                        f"({', '.join(SIZES)}) whose peak LR is known")
+    return {**configs, "optim": replace(configs["optim"], lr=default_lr(size))}
+
+
+def init_size(source: str) -> str | None:
+    """The size whose architecture a model to continue has (a run folder or policy file of our GPT), else None."""
+    weights = weights_file(Path(source), POLICY_FILE)
+    spec = load_tensors(weights)[1].get("spec", {}) if weights is not None else {}
+    gpt = spec.get("gpt", {}) if spec.get("type") == "gpt" else {}
+    shape = (gpt.get("n_layer"), gpt.get("n_head"), gpt.get("n_embd"))
+    return next((name for name, (*arch, _) in SIZES.items() if tuple(arch) == shape), None)
 
 
 def token_stream(tokenizer, pages) -> np.ndarray:
@@ -121,7 +153,8 @@ def pretrain(cfg: PretrainConfig, optim: OptimConfig, loop: LoopConfig, run: Run
     stream = token_stream(policy.tokenizer, corpus.train)
     heldout = corpus.heldout[: cfg.heldout_pages]
     t0 = time.time()
-    result = fit(policy, Windows(stream, min(cfg.context, policy.context - 1), loop.batch_size, loop.seed), optim,
+    window = min(cfg.context, policy.context - 1)  # a model to continue may have a shorter context
+    result = fit(policy, Windows(stream, window, loop.batch_size, loop.seed), optim,
                  loop, run, eval_fn=lambda m: {"heldout_nll": heldout_nll(m, heldout)}, resume=resume,
                  loss_fn=lm_loss_sum, dist=dist, progress=progress)
     if not dist.is_main:
@@ -137,7 +170,7 @@ def pretrain(cfg: PretrainConfig, optim: OptimConfig, loop: LoopConfig, run: Run
         "vocab_size": policy.tokenizer.vocab_size,
         "corpus_tokens": int(len(stream)),
         "steps": result.steps,
-        "tokens_seen": result.steps * loop.batch_size * cfg.context,
+        "tokens_seen": result.steps * loop.batch_size * window,
         "train_loss": result.record.get("train_loss"),
         "heldout_nll": heldout_nll(policy, heldout),
         "seconds": round(time.time() - t0, 1),
