@@ -96,3 +96,17 @@ def test_every_stage_runs_on_a_hugging_face_model(llama, tmp_path):
     # The trained weights differ from the model it started from (the stages trained, not merely copied).
     start, after = load_policy(llama), load_policy(folder / "sft")
     assert any(not torch.equal(a, b) for a, b in zip(start.parameters(), after.parameters()))
+
+
+def test_a_fine_tuned_model_whose_base_folder_is_gone_says_so(llama, tmp_path):
+    import shutil
+
+    from nexttoken.errors import UserError
+    from nexttoken.instruct.policy import save_model
+
+    base = tmp_path / "base"
+    shutil.copytree(llama, base)
+    save_model(load_policy(base), tmp_path / "policy.safetensors")
+    shutil.rmtree(base)
+    with pytest.raises(UserError, match=f"the base model folder {base.resolve()} of .*policy.safetensors is gone"):
+        load_policy(tmp_path / "policy.safetensors")

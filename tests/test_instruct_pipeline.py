@@ -230,7 +230,7 @@ def test_chat_answers_one_prompt_a_file_and_stdin(tiny, tmp_path, capsys, monkey
     (["dpo", "--init", "{sft}", "--rankings", "{bad}", "--out", "{out}"], "bad.txt is not UTF-8 text"),
     (["chat", "{tmp}/nowhere", "--prompt", "hi"], "is not a model"),
     (["ppo", "--resume", "{sft}"], "instruct.sft run, not a instruct.ppo run"),
-    (["reward", "--init", "{sft}", "--rankings", "{sft}", "--out", "{out}"], "instruct.sft run, not an instruct.rank"),
+    (["reward", "--init", "{sft}", "--rankings", "{sft}", "--out", "{out}"], "is an instruct.sft run, not an instruct.rank run"),
     (["pipeline", "--preset", "demo", "--stages", "sft-tiny,polish", "--out", "{out}"], "unknown stage 'polish'"),
     (["pipeline", "--sizes", "huge", "--out", "{out}"], "unknown size 'huge'"),
     (["pipeline", "--sizes", "small,tiny", "--out", "{out}"], "give each size once, smallest first"),
@@ -248,8 +248,8 @@ def test_chat_answers_one_prompt_a_file_and_stdin(tiny, tmp_path, capsys, monkey
      "--target-kl needs a --kl-coef above 0"),
     (["ppo", "--init", "{sft}", "--reward-model", "{rm}", "--minibatch", "0", "--out", "{out}"],
      "--minibatch must be >= 1"),
-    (["ppo", "--init", "{sft}", "--reward-model", "{sft}", "--out", "{out}"], "instruct.sft run, not a reward model"),
-    (["ppo", "--init", "{rm}", "--reward-model", "{rm}", "--out", "{out}"], "instruct.reward run, not a policy"),
+    (["ppo", "--init", "{sft}", "--reward-model", "{sft}", "--out", "{out}"], "is an instruct.sft run, not a reward model"),
+    (["ppo", "--init", "{rm}", "--reward-model", "{rm}", "--out", "{out}"], "is an instruct.reward run, not a policy"),
     (["sft", "--init", "{sft}", "--lr", "-1", "--out", "{out}"], "--lr must be > 0"),
     (["sft", "--out", "{out}"], "sft needs --init"),
     (["rank", "--models", "{sft},{sft},{sft}", "--k", "2", "--out", "{out}"],
@@ -261,6 +261,10 @@ def test_chat_answers_one_prompt_a_file_and_stdin(tiny, tmp_path, capsys, monkey
     (["pretrain", "--init", "{sft}", "--tokenizer", "{empty}", "--out", "{out}"], "--tokenizer cannot go with --init"),
     (["pretrain", "--init", "smollm2", "--out", "{out}"], "pretrain --init smollm2 needs --lr"),
     (["evaluate", "{tmp}/nowhere"], "is not a model"),
+    (["evaluate", "{sft}", "--reference-style", "few_shot"], "--reference-style needs --reference"),
+    (["evaluate", "{sft}", "--heldout-pages", "-3"], "--heldout-pages must be >= 0"),
+    (["chat", "{sft}", "--prompt", "hi", "--max-new-tokens", "64"],
+     "--max-new-tokens 64 leaves no room for a prompt in the model's context of 64 tokens"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2_with_no_folder_left(tiny, tmp_path, capsys, args, message):
     folder, _ = tiny
@@ -323,3 +327,20 @@ def test_continued_pretraining_takes_the_lr_of_the_models_size_and_counts_its_ow
     assert Run.open(out).config["optim"]["lr"] == 1e-3
     context = load_policy(folder / "sft-tiny").context
     assert json.loads((out / "summary.json").read_text())["tokens_seen"] == 2 * 2 * (context - 1)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--reference", "{tmp}/nowhere"], "is not a model"),
+    (["--cot-tokens", "64", "--max-new-tokens", "8"], "--cot-tokens 64 leaves no room for a prompt in the model's context of 64"),
+    (["--reference", "{sft}", "--max-new-tokens", "64"], "--max-new-tokens 64 leaves no room"),
+])
+def test_evaluate_refuses_a_bad_reference_or_length_before_sampling_anything(tiny, tmp_path, capsys, monkeypatch,
+                                                                            args, message):
+    from nexttoken.instruct import evaluate
+
+    folder, _ = tiny
+    monkeypatch.setattr(evaluate, "respond_all", lambda *a, **k: pytest.fail("sampled before refusing"))
+    fill = {"sft": folder / "sft-tiny", "tmp": tmp_path}
+    assert main(["instruct", "evaluate", str(folder / "sft-tiny"), *(a.format(**fill) for a in args)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err

@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nexttoken.cli import add_device_option
-from nexttoken.config import add_options, from_args, given
+from nexttoken.config import add_options, from_args, given, option
 from nexttoken.errors import UserError, continue_with
 from nexttoken.runs import default_run_dir, read_text
 
@@ -78,8 +78,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--style", choices=STYLES, default=None, help="how to ask it (default: bare for a pretrain run, "
                                                                   "chat otherwise)")
     p.add_argument("--reference", default="", help="a model to compare against (win rate by the held-out labeler)")
-    p.add_argument("--reference-style", choices=STYLES, default=None)
-    p.add_argument("--heldout-pages", type=int, default=200, help="held-out pretraining pages to score (0: skip)")
+    p.add_argument("--reference-style", choices=STYLES, default=None, help="how to ask the reference (default: as "
+                                                                           "--style chooses)")
+    add_options(p, HeldoutConfig)
     add_options(p, EvalConfig)
     add_device_option(p)
     p.set_defaults(func=cmd_evaluate)
@@ -96,6 +97,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_options(p, SamplingConfig, defaults={"temperature": 0.7})
     add_device_option(p)
     p.set_defaults(func=cmd_chat)
+
+
+@dataclass
+class HeldoutConfig:
+    """The option of `evaluate` that the pipeline's evaluation sets in its own config."""
+
+    heldout_pages: int = option(200, "held-out pretraining pages to score (0: skip)", ge=0, le=100_000)
 
 
 # ---- verbs ----------------------------------------------------------------------------------------------------------
@@ -159,27 +167,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from nexttoken.instruct.evaluate import (EvalConfig, answer, answer_stats, chain_of_thought, eval_tasks,
                                              heldout_nll, judge, multi_step_tasks)
     from nexttoken.instruct.corpus import make_corpus
-    from nexttoken.instruct.policy import load_policy
+    from nexttoken.instruct.policy import check_room, load_policy
     from nexttoken.instruct.world import make_world
     from nexttoken.training import pick_device
 
     cfg = from_args(args, EvalConfig)
+    heldout_pages = from_args(args, HeldoutConfig).heldout_pages
+    if args.reference_style and not args.reference:
+        raise UserError("--reference-style needs --reference (the model it asks)")
     device = pick_device(args.device)
     world = make_world(cfg.world_seed)
     tasks = eval_tasks(world, cfg)
     policy = load_policy(args.model, device)
+    ref = load_policy(args.reference, device) if args.reference else None  # a bad one fails before the long work
+    for model in (policy, ref) if ref is not None else (policy,):
+        check_room(model, cfg.max_new_tokens)
+    if cfg.cot_tasks:
+        check_room(policy, cfg.cot_tokens, "--cot-tokens")
     style = _style(args.model, args.style)
     outputs = answer(policy, tasks, style, cfg, world, seed=1)
     stats = answer_stats(tasks, outputs)
     print(f"{args.model} ({style}), {len(tasks)} held-out instructions: mean checker score {stats['score']:.3f}, "
           f"held-out labeler's utility {stats['utility']:.3f}, asks back {stats['asks_back']:.0%}")
-    if args.reference:
-        ref = load_policy(args.reference, device)
+    if ref is not None:
         ref_out = answer(ref, tasks, _style(args.reference, args.reference_style), cfg, world, seed=1)
         w = judge(tasks, outputs, ref_out)
         print(f"win rate against {args.reference}: {w.rate:.3f} +- {w.ci95:.3f} (held-out labeler)")
-    if args.heldout_pages > 0:
-        pages = make_corpus(world, 40 * 270 * args.heldout_pages).heldout[: args.heldout_pages]
+    if heldout_pages > 0:
+        pages = make_corpus(world, 40 * 270 * heldout_pages).heldout[: heldout_pages]
         print(f"held-out pretraining loss: {heldout_nll(policy, pages):.3f} nats per token ({len(pages)} pages)")
     if cfg.cot_tasks:
         cot = chain_of_thought(policy, multi_step_tasks(world, cfg), cfg)

@@ -189,7 +189,8 @@ def chain_of_thought(policy: Policy, tasks: Sequence[Task], cfg: EvalConfig) -> 
     direct_prompts = [qa_prompt(t.instruction, DIRECT_TRIGGER) for t in tasks]
     direct = _greedy(policy, direct_prompts, 8, cfg.batch_size)
     stage1_prompts = [qa_prompt(t.instruction, COT_TRIGGER) for t in tasks]
-    reasons = [cut("few_shot", r) for r in _greedy(policy, stage1_prompts, cfg.cot_tokens, cfg.batch_size)]
+    reasons = [cut("few_shot", r) for r in _greedy(policy, stage1_prompts, cfg.cot_tokens, cfg.batch_size,
+                                                   "--cot-tokens")]
     stage2_prompts = [f"{p} {r} {ANSWER_TRIGGER}" for p, r in zip(stage1_prompts, reasons)]
     finals = _greedy(policy, stage2_prompts, 8, cfg.batch_size)
     n = len(tasks)
@@ -199,8 +200,9 @@ def chain_of_thought(policy: Policy, tasks: Sequence[Task], cfg: EvalConfig) -> 
     return ChainOfThought(acc_direct, acc_cot, n, example)
 
 
-def _greedy(policy: Policy, prompts: Sequence[str], max_new_tokens: int, batch_size: int) -> list[str]:
+def _greedy(policy: Policy, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
+            flag: str = "--max-new-tokens") -> list[str]:
     out: list[str] = []
     for i in range(0, len(prompts), batch_size):
-        out += respond(policy, prompts[i : i + batch_size], max_new_tokens, temperature=0.0).texts
+        out += respond(policy, prompts[i : i + batch_size], max_new_tokens, temperature=0.0, flag=flag).texts
     return out

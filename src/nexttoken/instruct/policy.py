@@ -231,16 +231,21 @@ class Responses:
         return self.mask[:, self.prompt_len :]
 
 
+def check_room(policy: Policy, max_new_tokens: int, flag: str = "--max-new-tokens") -> None:
+    """Refuse a response length that leaves no room for a prompt; ``flag`` is the option that set it."""
+    if policy.context <= max_new_tokens:
+        raise UserError(f"{flag} {max_new_tokens} leaves no room for a prompt in the model's context of "
+                        f"{policy.context} tokens; give {flag} {policy.context - 1} or less")
+
+
 @torch.no_grad()
 def respond(policy: Policy, prompts: Sequence[str], max_new_tokens: int, *, temperature: float = 1.0,
             top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
-            use_cache: bool = True) -> Responses:
+            use_cache: bool = True, flag: str = "--max-new-tokens") -> Responses:
     """Sample one response per prompt in one batch (prompts left-padded; a prompt too long for the context keeps its
-    end)."""
+    end). ``flag`` names the option that set ``max_new_tokens``, for the message when it is too long."""
     tok = policy.tokenizer
-    if policy.context <= max_new_tokens:
-        raise UserError(f"max_new_tokens {max_new_tokens} leaves no room for a prompt in a context of "
-                        f"{policy.context}")
+    check_room(policy, max_new_tokens, flag)
     batch = left_pad([tok.encode(p) for p in prompts], tok.pad_id, policy.context - max_new_tokens)
     device = policy.device
     ids, mask = batch.ids.to(device), batch.mask.to(device)
@@ -270,16 +275,20 @@ def save_model(model: Policy | RewardModel, path: str | Path, extra: dict | None
     save_tensors(path, model.state_dict(), {"spec": model.spec(), **(extra or {})})
 
 
-def build_policy(spec: dict) -> Policy:
-    """An untrained policy of the architecture ``spec`` describes (the weights are loaded after)."""
+def build_policy(spec: dict, where: str | Path = "a saved model") -> Policy:
+    """An untrained policy of the architecture ``spec`` describes (the weights, from ``where``, are loaded after)."""
     if spec.get("type") == "gpt":
         from tokenizers import Tokenizer
 
         return GPTPolicy(GPT(GPTConfig.from_dict(spec["gpt"])), BPETokenizer(Tokenizer.from_str(spec["tokenizer"])))
     if spec.get("type") == "hf":
-        from nexttoken.instruct.hf import load_hf
+        from nexttoken.instruct.hf import SMOLLM2, load_hf
 
-        return load_hf(spec["source"])
+        base = spec["source"]
+        if base != SMOLLM2 and not Path(base).exists():  # a fine-tuned model reads its architecture from its base
+            raise UserError(f"the base model folder {base} of {where} is gone; the run holds only the weights, so put "
+                            f"that folder back")
+        return load_hf(base)
     raise UserError(f"unknown model type {spec.get('type')!r} in a saved model")
 
 
@@ -297,7 +306,7 @@ def weights_file(source: Path, name: str) -> Path | None:
         if kind.startswith("instruct."):
             what = "a policy" if name == POLICY_FILE else "a reward model"
             if kind.removeprefix("instruct.") not in MAKERS[name]:
-                raise UserError(f"{source} is a {kind} run, not {what}")
+                raise UserError(f"{source} is an {kind} run, not {what}")  # every kind here starts "instruct."
             if not (source / name).is_file():
                 raise UserError(f"{source} holds no {name} yet: its stage has not finished (resume it)")
             return source / name
@@ -317,7 +326,7 @@ def load_policy(source: str | Path, device: torch.device | str = "cpu") -> Polic
     spec = meta.get("spec", {})
     if spec.get("type") == "reward":
         raise UserError(f"{weights} is a reward model, not a policy")
-    policy = build_policy(spec)
+    policy = build_policy(spec, source)
     _load_state(policy, tensors, weights)
     return policy.to(device)
 
@@ -332,7 +341,7 @@ def load_reward_model(source: str | Path, device: torch.device | str = "cpu") ->
     spec = meta.get("spec", {})
     if spec.get("type") != "reward":
         raise UserError(f"{weights} is not a reward model")
-    model = RewardModel(build_policy(spec["backbone"]))
+    model = RewardModel(build_policy(spec["backbone"], source))
     _load_state(model, tensors, weights)
     return model.to(device), {k: v for k, v in meta.items() if k != "spec"}
 

@@ -173,7 +173,8 @@ def read_rankings(source: str | Path) -> list[Ranking]:
         config = path / "config.json"
         kind = read_json(config).get("kind") if config.is_file() else "instruct.rank"
         if kind != "instruct.rank":
-            raise UserError(f"{path} is {f'a {kind}' if kind else 'an unnamed'} run, not an instruct.rank run")
+            found = "an unnamed" if not kind else f"an {kind}" if kind[0].lower() in "aeiou" else f"a {kind}"
+            raise UserError(f"{path} is {found} run, not an instruct.rank run")
         path = path / RANKINGS_FILE
     if not path.is_file():
         raise UserError(f"{source} holds no rankings (make them with `nexttoken instruct rank`)")
