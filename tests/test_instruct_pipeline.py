@@ -230,7 +230,8 @@ def test_chat_answers_one_prompt_a_file_and_stdin(tiny, tmp_path, capsys, monkey
     (["dpo", "--init", "{sft}", "--rankings", "{bad}", "--out", "{out}"], "bad.txt is not UTF-8 text"),
     (["chat", "{tmp}/nowhere", "--prompt", "hi"], "is not a model"),
     (["ppo", "--resume", "{sft}"], "instruct.sft run, not a instruct.ppo run"),
-    (["reward", "--init", "{sft}", "--rankings", "{sft}", "--out", "{out}"], "is an instruct.sft run, not an instruct.rank run"),
+    (["reward", "--init", "{sft}", "--rankings", "{sft}", "--out", "{out}"],
+     "is an instruct.sft run, not an instruct.rank run"),
     (["pipeline", "--preset", "demo", "--stages", "sft-tiny,polish", "--out", "{out}"], "unknown stage 'polish'"),
     (["pipeline", "--sizes", "huge", "--out", "{out}"], "unknown size 'huge'"),
     (["pipeline", "--sizes", "small,tiny", "--out", "{out}"], "give each size once, smallest first"),
@@ -248,7 +249,8 @@ def test_chat_answers_one_prompt_a_file_and_stdin(tiny, tmp_path, capsys, monkey
      "--target-kl needs a --kl-coef above 0"),
     (["ppo", "--init", "{sft}", "--reward-model", "{rm}", "--minibatch", "0", "--out", "{out}"],
      "--minibatch must be >= 1"),
-    (["ppo", "--init", "{sft}", "--reward-model", "{sft}", "--out", "{out}"], "is an instruct.sft run, not a reward model"),
+    (["ppo", "--init", "{sft}", "--reward-model", "{sft}", "--out", "{out}"],
+     "is an instruct.sft run, not a reward model"),
     (["ppo", "--init", "{rm}", "--reward-model", "{rm}", "--out", "{out}"], "is an instruct.reward run, not a policy"),
     (["sft", "--init", "{sft}", "--lr", "-1", "--out", "{out}"], "--lr must be > 0"),
     (["sft", "--out", "{out}"], "sft needs --init"),
@@ -331,7 +333,8 @@ def test_continued_pretraining_takes_the_lr_of_the_models_size_and_counts_its_ow
 
 @pytest.mark.parametrize("args, message", [
     (["--reference", "{tmp}/nowhere"], "is not a model"),
-    (["--cot-tokens", "64", "--max-new-tokens", "8"], "--cot-tokens 64 leaves no room for a prompt in the model's context of 64"),
+    (["--cot-tokens", "64", "--max-new-tokens", "8"],
+     "--cot-tokens 64 leaves no room for a prompt in the model's context of 64"),
     (["--reference", "{sft}", "--max-new-tokens", "64"], "--max-new-tokens 64 leaves no room"),
 ])
 def test_evaluate_refuses_a_bad_reference_or_length_before_sampling_anything(tiny, tmp_path, capsys, monkeypatch,
