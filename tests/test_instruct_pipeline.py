@@ -229,7 +229,7 @@ def test_chat_answers_one_prompt_a_file_and_stdin(tiny, tmp_path, capsys, monkey
     (["reward", "--init", "{sft}", "--rankings", "{bad}", "--out", "{out}"], "bad.txt is not UTF-8 text"),
     (["dpo", "--init", "{sft}", "--rankings", "{bad}", "--out", "{out}"], "bad.txt is not UTF-8 text"),
     (["chat", "{tmp}/nowhere", "--prompt", "hi"], "is not a model"),
-    (["ppo", "--resume", "{sft}"], "instruct.sft run, not a instruct.ppo run"),
+    (["ppo", "--resume", "{sft}"], "is an instruct.sft run, not an instruct.ppo run"),
     (["reward", "--init", "{sft}", "--rankings", "{sft}", "--out", "{out}"],
      "is an instruct.sft run, not an instruct.rank run"),
     (["pipeline", "--preset", "demo", "--stages", "sft-tiny,polish", "--out", "{out}"], "unknown stage 'polish'"),

@@ -218,6 +218,11 @@ def _writable_dir(path: Path) -> None:
         raise UserError(f"{path} is not writable; choose another --out")
 
 
+def _a(word: str) -> str:
+    """The word with its indefinite article: 'a grok.train', 'an instruct.sft'."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 class Run:
     """A run folder. ``Run.create`` claims a new one, ``Run.resume`` reclaims a run to continue it, ``Run.open`` reads
     one (to analyse, evaluate or sample from it).
@@ -264,8 +269,8 @@ class Run:
             raise UserError(f"{path / 'config.json'} is damaged (not a JSON object)")
         kinds = (kind,) if isinstance(kind, str) else kind
         if kinds and config.get("kind") not in kinds:
-            found = f"a {config['kind']}" if config.get("kind") else "an unnamed"
-            raise UserError(f"{path} is {found} run, not a {' or '.join(kinds)} run")
+            found = _a(config["kind"]) if config.get("kind") else "an unnamed"
+            raise UserError(f"{path} is {found} run, not {' or '.join(map(_a, kinds))} run")
         return cls(path, config, enabled)
 
     @classmethod
