@@ -79,6 +79,8 @@ def test_a_resumed_run_keeps_its_course():
     assert resumed(saved, {"steps": 200, "lr": 0.1}, adjustable=("steps",)) == Demo(lr=0.1, steps=200)
     with pytest.raises(UserError, match="--lr 0.2 differs from the resumed run's 0.1"):
         resumed(saved, {"lr": 0.2}, adjustable=("steps",))
+    with pytest.raises(UserError, match="--labels b,a differs from the resumed run's a,b;"):  # as typed, not a repr
+        resumed(Demo(labels=["a", "b"]), {"labels": ["b", "a"]})
 
 
 class FakeClock:

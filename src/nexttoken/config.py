@@ -229,6 +229,9 @@ def resumed(saved: T, requested: dict, adjustable: tuple[str, ...] = ()) -> T:
             asked = flag_name(k) if requested[k] else "--no-" + flag_name(k)[2:]
             raise UserError(f"{asked} differs from the resumed run; a resumed run keeps its settings (start a new "
                             f"run to change it)")
-        raise UserError(f"{flag_name(k)} {requested[k]} differs from the resumed run's {getattr(saved, k)}; a resumed "
-                        f"run keeps its settings (start a new run to change it)")
+        def shown(v) -> str:  # as it is typed on the command line
+            return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+        raise UserError(f"{flag_name(k)} {shown(requested[k])} differs from the resumed run's "
+                        f"{shown(getattr(saved, k))}; a resumed run keeps its settings (start a new run to change it)")
     return check(replace(saved, **changes))
