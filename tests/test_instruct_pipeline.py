@@ -315,7 +315,7 @@ def test_a_pipeline_started_again_is_judged_by_its_saved_settings(tmp_path, caps
                  "--stages", "rank"]) == 0 and ran[-1] == "rank"
     assert main(["instruct", "pipeline", "--out", str(demo), "--sizes", "xl", "--stages", "rank"]) == 2
     err = capsys.readouterr().err
-    assert f"differs from the resumed run's {PRESETS['demo']['sizes']}" in err and "[]" not in err, err
+    assert f"differs from the resumed run's {','.join(PRESETS['demo']['sizes'])};" in err and "[]" not in err, err
 
 
 def test_continued_pretraining_takes_the_lr_of_the_models_size_and_counts_its_own_rows(tiny, tmp_path, capsys,
