@@ -46,6 +46,16 @@ def test_a_sung_line_with_lyrics(tiny_pipeline, tmp_path):
     assert seconds_of(out / "top.wav") == pytest.approx(0.5) and not (out / "middle.wav").exists()
 
 
+def test_a_recording_shorter_than_the_default_prime_is_kept_whole(tiny_pipeline, tiny_audio, tmp_path):
+    """No --prime-seconds: up to 2 s of the recording, all of a shorter one (cut to whole top-level codes)."""
+    audio, _ = soundfile.read(str(tiny_audio / "bob" / "tune0.wav"), dtype="float32")
+    write_wav(tmp_path / "short.wav", audio[: int(0.7 * RATE)], RATE)
+    out = tmp_path / "short"
+    assert run_cli(["jukebox", "sample", tiny_pipeline, "--artist", "bob", "--prime", tmp_path / "short.wav",
+                    "--seconds", "0.5", "--stop-at", "top", "--out", out]) == 0
+    assert seconds_of(out / "top.wav") == pytest.approx(int(0.7 * RATE) // 128 * 128 / RATE + 0.5)
+
+
 def test_a_primed_sample_keeps_the_recordings_codes_and_continues_it(tiny_pipeline, tiny_audio, tmp_path):
     out = tmp_path / "primed"
     prime = tiny_audio / "bob" / "tune0.wav"

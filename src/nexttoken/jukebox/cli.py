@@ -241,7 +241,7 @@ def cmd_sample(args) -> None:
         from nexttoken.runs import default_run_dir
 
         cfg = from_args(args, SampleConfig)
-        if "prime_seconds" in given(args, SampleConfig) and not cfg.prime:
+        if cfg.prime_seconds is not None and not cfg.prime:
             raise UserError("--prime-seconds is the length of --prime's recording kept; give --prime too")
         out = args.out or default_run_dir("sample", cfg.artist or "first", args.run / "samples")
         results = sample_run(args.run, out, cfg, from_args(args, SamplingConfig, base=JUKEBOX_SAMPLING), device)

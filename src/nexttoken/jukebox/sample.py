@@ -38,6 +38,9 @@ KIND = "jukebox.sample"
 JUKEBOX_SAMPLING = SamplingConfig(temperature=0.98)
 
 
+PRIME_SECONDS = 2.0  # what a prime keeps unless --prime-seconds says
+
+
 @dataclass
 class SampleConfig:
     artist: str = option("", "the artist to sample (default: the run's first)")
@@ -45,7 +48,8 @@ class SampleConfig:
     lyrics: str = option("", "words to sing (a top prior trained with lyrics)")
     seconds: float = option(4.0, "seconds to sample after the prime", gt=0, le=3600)
     prime: str = option("", "a recording whose start the sample continues")
-    prime_seconds: float = option(2.0, "seconds of the recording kept as the prime", gt=0, le=3600)
+    prime_seconds: float | None = option(None, f"seconds of the recording kept as the prime (default "
+                                         f"{PRIME_SECONDS:g}, or all of a shorter one)", gt=0, le=3600)
     n: int = option(1, "samples drawn together (a batch)", ge=1, le=256)
     stop_at: str = option("bottom", "the last level to sample (upsample the rest later with --resume)",
                           choices=LEVELS)
@@ -199,11 +203,12 @@ def labels_of(pipeline: Path, cfg: SampleConfig, vq) -> dict:
     prime_seconds = 0.0
     if cfg.prime:
         length = len(read_audio(cfg.prime, vq.sample_rate)) / vq.sample_rate
-        if cfg.prime_seconds > length:
-            raise UserError(f"--prime-seconds {cfg.prime_seconds:g}: {cfg.prime} lasts {length:.2f} s")
-        prime_seconds = int(cfg.prime_seconds * vq.sample_rate) // top_hop * top_hop / vq.sample_rate
+        asked = min(PRIME_SECONDS, length) if cfg.prime_seconds is None else cfg.prime_seconds
+        if asked > length:
+            raise UserError(f"--prime-seconds {asked:g}: {cfg.prime} lasts {length:.2f} s")
+        prime_seconds = int(asked * vq.sample_rate) // top_hop * top_hop / vq.sample_rate
         if prime_seconds <= 0:
-            raise UserError(f"--prime-seconds {cfg.prime_seconds:g} holds no top-level code ({top_hop} samples)")
+            raise UserError(f"--prime-seconds {asked:g} of {cfg.prime} holds no top-level code ({top_hop} samples)")
     total = prime_seconds + cfg.seconds
     if total > top.max_seconds:
         raise UserError(f"--seconds {cfg.seconds:g}{' + --prime-seconds' if cfg.prime else ''}: at most "
@@ -224,12 +229,13 @@ def check_overlap(overlap: float, priors: list) -> None:
                         "with this run's priors")
 
 
-def prime_codes(pipeline: Path, cfg: SampleConfig, vq, device: torch.device) -> list[torch.Tensor]:
-    """Every level's codes (1, N) of the prime's first seconds (whole top-level codes)."""
+def prime_codes(pipeline: Path, prime: str, seconds: float, vq, device: torch.device) -> list[torch.Tensor]:
+    """Every level's codes (1, N) of the recording's first ``seconds`` (whole top-level codes, as ``labels_of``
+    cut them)."""
     from nexttoken.jukebox.pipeline import load_vqvae
 
-    samples = int(cfg.prime_seconds * vq.sample_rate) // vq.hops[-1] * vq.hops[-1]
-    audio = torch.from_numpy(read_audio(cfg.prime, vq.sample_rate)[:samples])[None]
+    samples = round(seconds * vq.sample_rate) // vq.hops[-1] * vq.hops[-1]
+    audio = torch.from_numpy(read_audio(prime, vq.sample_rate)[:samples])[None]
     vqvae = load_vqvae(pipeline, device)
     codes = [c.cpu() for c in vqvae.encode(audio.to(device))]
     del vqvae
@@ -284,7 +290,7 @@ def sample_run(pipeline: Path, out: Path, cfg: SampleConfig, sampling: SamplingC
         labels = run.config["labels"]
     else:
         labels = labels_of(pipeline, cfg, vq)  # checks the request against the run before any folder is made
-        prime = prime_codes(pipeline, cfg, vq, device) if cfg.prime else None
+        prime = prime_codes(pipeline, cfg.prime, labels["prime_seconds"], vq, device) if cfg.prime else None
         run = Run.create(out, {"request": asdict(cfg), "sampling": asdict(sampling),
                                "pipeline": str(pipeline.resolve()), "labels": labels}, KIND)
     with run:
