@@ -47,6 +47,9 @@ def zoo(tmp_path_factory):
     (z / "random.mid").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x01\x01\xe0MTrk\x00\x00\x01\x00" + bytes(range(97)))
     (z / "silent.mid").write_bytes(silent_midi())
     (z / "good.mid").write_bytes(midi_bytes("chords"))
+    (z / "good.tokens").write_text("composer:bach\ninst:piano\nstart\ntempo:120\npiano:v72:C4\nwait:50\n"
+                                   "piano:v0:C4\nend\n")
+    (z / "other.tokens").write_bytes(midi_bytes("chords"))
     (z / "empty.tokens").write_text("\n\n")
     (z / "header.tokens").write_text("composer:bach\ninst:piano\nstart\ntempo:120\nend\n")
     (z / "unknown.tokens").write_text("composer:bach\nstart\npiano:v72:H4\n")
@@ -158,6 +161,14 @@ CASES = [
     (["encode", "ZOO/good.mid", "-o", "ZOO/a-file/x.tokens"], "a-file is a file, not a folder"),
     (["decode", "ZOO/header.tokens", "-o", "ZOO/a-file/x.mid"], "a-file is a file, not a folder"),
     (["decode", "ZOO/good.mid"], "is a MIDI file; decode reads tokens"),
+    # an output is never the input, and a default output name never replaces an existing file
+    (["encode", "ZOO/good.mid", "-o", "ZOO/good.mid"], "good.mid is the input file"),
+    (["encode", "ZOO/good.mid", "-o", "ZOO/../ZOONAME/good.mid"], "good.mid is the input file"),
+    (["encode", "ZOO/other.tokens"], "other.tokens is the input file"),
+    (["encode", "ZOO/good.mid"], "good.tokens already exists; to replace it, name it with -o"),
+    (["encode", "ZOO/good.mid", "-o", "ZOO"], "is a folder; name a file to write"),
+    (["decode", "ZOO/good.tokens", "-o", "ZOO/good.tokens"], "good.tokens is the input file"),
+    (["decode", "ZOO/good.tokens"], "good.mid already exists; to replace it, name it with -o"),
     (["decode", "ZOO/empty.tokens"], "holds no tokens"),
     (["decode", "ZOO/header.tokens"], "the tokens hold no notes"),
     (["decode", "ZOO/unknown.tokens"], "unknown token 'piano:v72:H4'"),
@@ -179,6 +190,7 @@ def test_bad_input_is_one_line_exit_code_2_and_leaves_nothing_behind(zoo, tmp_pa
     monkeypatch.setenv("NEXTTOKEN_CACHE", str(zoo["cache"]))
     names = {"RUN": str(zoo["run"]), "CORPUS": zoo["corpus"], "ZOO": str(zoo["zoo"])}
     argv = [next((a.replace(k, v, 1) for k, v in names.items() if a.startswith(k)), a) for a in args]
+    argv = [a.replace("ZOONAME", zoo["zoo"].name) for a in argv]
     before = _listing(tmp_path, zoo["run"], zoo["zoo"])
     try:
         code = main(["muse", *argv])
@@ -188,6 +200,16 @@ def test_bad_input_is_one_line_exit_code_2_and_leaves_nothing_behind(zoo, tmp_pa
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
     assert _listing(tmp_path, zoo["run"], zoo["zoo"]) == before
+
+
+def test_an_output_named_with_o_is_replaced(zoo, tmp_path, capsys):
+    """-o names the file to write, so an existing one there is replaced (atomically); only defaults are guarded."""
+    tokens, midi = tmp_path / "x.tokens", tmp_path / "x.mid"
+    tokens.write_text("old"), midi.write_text("old")
+    assert main(["muse", "encode", str(zoo["zoo"] / "good.mid"), "-o", str(tokens)]) == 0
+    assert tokens.read_text().startswith("composer:unknown\n")
+    assert main(["muse", "decode", str(tokens), "-o", str(midi)]) == 0
+    assert midi.read_bytes().startswith(b"MThd")
 
 
 def test_a_corpus_of_unreadable_files_is_refused_after_a_warning_for_each(zoo, tmp_path, monkeypatch, capsys):

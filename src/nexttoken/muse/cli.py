@@ -49,13 +49,15 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("encode", help="MIDI file -> tokens, one readable token per line")
     p.add_argument("midi", type=Path)
-    p.add_argument("-o", "--out", type=Path, default=None, help="default: the MIDI path with .tokens")
+    p.add_argument("-o", "--out", type=Path, default=None, help="default: the MIDI path with .tokens, "
+                   "which must not exist yet; an existing file is replaced only when -o names it (never the input)")
     p.add_argument("--composer", default="unknown", help="the composer token of the header")
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="tokens (one per line) -> MIDI file")
     p.add_argument("tokens", type=Path)
-    p.add_argument("-o", "--out", type=Path, default=None, help="default: the tokens path with .mid")
+    p.add_argument("-o", "--out", type=Path, default=None, help="default: the tokens path with .mid, "
+                   "which must not exist yet; an existing file is replaced only when -o names it (never the input)")
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("train", help="train a model on a corpus; writes a run folder")

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,26 @@ from nexttoken.muse.train import check_out
 from nexttoken.runs import atomic_write_text
 
 
+def check_output(source: Path, out: Path | None, suffix: str) -> Path:
+    """The file a conversion of ``source`` writes: ``out`` if given, else ``source`` with ``suffix``. Writing over
+    the source is refused, and so is replacing an existing file the user did not name: a default name may collide
+    with a file made earlier (a piece's own .mid beside its .tokens)."""
+    target = out or source.with_suffix(suffix)
+    check_out(target.parent)
+    if target.is_dir():
+        raise UserError(f"{target} is a folder; name a file to write")
+    if target.exists() and source.exists() and os.path.samefile(target, source):
+        raise UserError(f"{target} is the input file; name another output with -o")
+    if out is None and target.exists():
+        raise UserError(f"{target} already exists; to replace it, name it with -o {target}")
+    return target
+
+
 def encode_file(midi: Path, out: Path | None = None, composer: str = "unknown") -> tuple[Path, np.ndarray, Notes]:
-    """Write the tokens of ``midi`` (default: beside it, as .tokens); returns the file, the ids and the notes."""
-    out = out or midi.with_suffix(".tokens")
-    check_out(out.parent)
+    """Write the tokens of ``midi`` (default: beside it, as .tokens; an existing file is replaced only when ``out``
+    names it); returns the file, the ids and the notes."""
     notes = read_user_midi(midi)
+    out = check_output(midi, out, ".tokens")
     label = label_of(composer)
     vocab = Vocab([label])
     ids = encode(notes, vocab, label)
@@ -57,10 +73,10 @@ def read_tokens(path: Path) -> tuple[np.ndarray, Vocab]:
 
 
 def decode_file(tokens: Path, out: Path | None = None) -> tuple[Path, Notes]:
-    """Write the MIDI file of a tokens file (default: beside it, as .mid); tokens that hold no note are refused."""
-    out = out or tokens.with_suffix(".mid")
-    check_out(out.parent)
+    """Write the MIDI file of a tokens file (default: beside it, as .mid; an existing file is replaced only when
+    ``out`` names it); tokens that hold no note are refused."""
     ids, vocab = read_tokens(tokens)
+    out = check_output(tokens, out, ".mid")
     notes = decode(ids, vocab)
     if not len(notes):
         raise UserError(f"{tokens}: the tokens hold no notes")
