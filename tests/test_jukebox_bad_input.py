@@ -34,6 +34,8 @@ def refused(argv, capsys, match: str) -> None:
     (["prepare", "--lyrics-lines", "-1"], "--lyrics-lines must be >= 0"),
     (["prepare", "--voices", "low,alto"], "--voices takes distinct names among low, high, espeak, not low,alto"),
     (["train-vqvae", "--voices", "low,espeak"], "--voices espeak needs espeak-ng on the PATH"),
+    (["prepare", "--audio", ".", "--pieces", "3"], "--pieces applies to rendered notes"),  # silently unused before
+    (["train-vqvae", "--audio", ".", "--soundfont", "synth"], "--soundfont applies to rendered notes"),
 ])
 def test_out_of_range_flags_are_refused_before_any_folder(argv, match, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "no-programs"))  # no espeak-ng, wherever it is installed

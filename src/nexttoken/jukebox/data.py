@@ -65,7 +65,14 @@ class DataConfig:
                             f"{','.join(self.voices) or 'nothing'}")
         if "espeak" in self.voices and self.lyrics_lines:
             require_espeak()
-        return check(self)
+        check(self)
+        if not rendered(self.audio):  # the user's recordings: nothing to render, every file is used
+            unused = [name for name in ("pieces", "piece_seconds", "soundfont")
+                      if getattr(self, name) != getattr(DataConfig, name)]
+            if unused:
+                raise UserError(f"--{unused[0].replace('_', '-')} applies to rendered notes (music21-small or a note "
+                                f"table), not to the recordings of --audio {self.audio}")
+        return self
 
 
 def resolved(cfg: DataConfig) -> DataConfig:
