@@ -286,11 +286,20 @@ def train_everything(path: Path, plan: Plan, opts: VQVAEOptions, device: str, da
 
 
 # ---- encode and decode files -----------------------------------------------------------------------------------------
+def written_as(out: Path | None, suffix: str) -> Path | None:
+    """``-o`` checked against the kind of file the command writes, so that it can never name the file it reads (an
+    audio file for encode, a codes file for decode) nor write one kind under another's name."""
+    if out is not None and out.suffix.lower() != suffix:
+        raise UserError(f"-o {out}: this writes a {suffix} file; give a name ending in {suffix}")
+    return out
+
+
 def encode_file(path: Path, audio_path: Path, out: Path | None, device: torch.device) -> tuple[Path, list[str]]:
     """An audio file's codes at every level into a .npz (``codes.write_npz``), and a line per level."""
     from nexttoken.jukebox.audio import read_audio
     from nexttoken.jukebox.codes import write_npz
 
+    out = written_as(out, ".npz")
     open_pipeline(path)
     vq = vqvae_config(path)
     audio = torch.from_numpy(read_audio(audio_path, vq.sample_rate))[None]  # (1, samples)
@@ -309,6 +318,7 @@ def decode_file(path: Path, codes_path: Path, level: str, out: Path | None, devi
     from nexttoken.jukebox.audio import write_wav
     from nexttoken.jukebox.codes import read_npz
 
+    out = written_as(out, ".wav")
     open_pipeline(path)
     vq = vqvae_config(path)
     f = read_npz(codes_path)
