@@ -59,6 +59,8 @@ def _decode(path: str | Path, sample_rate: int, block_seconds: float = 10.0) -> 
     import soundfile
     import soxr
 
+    if not Path(path).is_file():  # libsndfile would call it a "System error"
+        raise UserError("no such file" if not Path(path).exists() else "not a file")
     parts = []
     try:
         with soundfile.SoundFile(str(path)) as f:
