@@ -148,6 +148,33 @@ def test_evaluation_reports_fidelity_and_distances(env):
     assert "nan" not in json.dumps(few.to_dict()).lower()
 
 
+def test_evaluation_samples_with_the_given_temperature_top_p_and_seed(env, monkeypatch):
+    import nexttoken.muse.generate as generate
+    from nexttoken.muse.evaluate import evaluate
+
+    model, enc, cfg, _ = load_run(env["run"], torch.device("cpu"))
+    corpus = load_corpus(env["corpus"])
+    drawn = []
+
+    def recording(*args, **kwargs):
+        pieces = generate_pieces(*args, **kwargs)
+        drawn[-1].append([p.ids.tolist() for p in pieces])
+        return pieces
+
+    monkeypatch.setattr(generate, "generate_pieces", recording)
+
+    def samples(**sampling):
+        drawn.append([])
+        evaluate(model, enc, cfg, corpus, torch.device("cpu"), n_per_composer=2, seconds=3, min_pieces=2,
+                 sampling=SamplingConfig(**sampling))
+        return drawn[-1]
+
+    greedy, hot = samples(temperature=0.0), samples(temperature=3.0, seed=5)
+    assert len(hot) == 2 and greedy != hot
+    assert samples(temperature=3.0, seed=5) == hot and samples(temperature=3.0, seed=6) != hot
+    assert samples(temperature=3.0, top_p=0.3, seed=5) != hot
+
+
 def test_cached_generation_equals_recomputing_every_window(env):
     """The KV cache, refilled window after window, with the timing inputs computed from the tokens in the cache."""
     model, enc, cfg, _ = load_run(env["run"], torch.device("cpu"))

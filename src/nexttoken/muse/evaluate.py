@@ -238,9 +238,8 @@ def evaluate(model, encoding, cfg, corpus: Corpus, device: torch.device, n_per_c
         hits, total = 0, 0
         for k, composer in enumerate(classes):
             gen_cfg = GenerateConfig(composer=composer, instruments=[corpus.main_family(composer)], seconds=seconds,
-                                     n=n_per_composer)
-            pieces = generate_pieces(model, encoding, gen_cfg, device, cfg.tokens_per_second,
-                                     replace(sampling, seed=sampling.seed + k))
+                                     n=n_per_composer, sampling=replace(sampling, seed=sampling.seed + k))
+            pieces = generate_pieces(model, encoding, gen_cfg, device, cfg.tokens_per_second)
             generated = [histograms(p.notes) for p in pieces if len(p.notes) >= 4]
             if generated:
                 pred = clf.predict(np.stack([h.vector() for h in generated]))
