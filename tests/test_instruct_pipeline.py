@@ -66,6 +66,18 @@ def test_the_demo_section_shows_figure_1_the_chain_of_thought_table_and_answers(
     assert [a["prompt"] for a in answers] == demo_prompts() * 3
 
 
+def test_a_few_shot_prompt_too_long_for_the_context_loses_whole_examples(tiny):
+    from nexttoken.instruct.evaluate import example_pool, prompt_for
+
+    folder, _ = tiny
+    policy = load_policy(folder / "pretrain-tiny", CPU)  # a 64-token context
+    pool, question = example_pool(make_world(0)), "What is 12 + 30?"
+    whole = prompt_for(policy, "few_shot", question, pool, shots=3)
+    fitted = prompt_for(policy, "few_shot", question, pool, shots=3, answer_tokens=24)
+    assert len(policy.tokenizer.encode(whole)) > 40 >= len(policy.tokenizer.encode(fitted))
+    assert fitted.startswith("Q: ") and whole.endswith(fitted)  # the first examples dropped whole, not cut
+
+
 def test_every_stage_finishes_and_the_evaluation_draws_figure_1(tiny):
     folder, _ = tiny
     for stage in plan(folder, PipelineConfig(preset="demo")):

@@ -230,7 +230,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     pool = example_pool(make_world(0)) if style == "few_shot" else ()
 
     def reply(text: str) -> str:
-        prompt = prompt_for(policy, style, text.strip(), pool)
+        prompt = prompt_for(policy, style, text.strip(), pool, answer_tokens=args.max_new_tokens)
         return cut(style, respond(policy, [prompt], args.max_new_tokens, **kwargs).texts[0])
 
     if args.prompt is not None:

@@ -68,12 +68,20 @@ def few_shot_prompt(instruction: str, examples: Sequence[Demonstration]) -> str:
     return "".join(f"{qa_prompt(e.task.instruction)} {e.response}\n\n" for e in examples) + qa_prompt(instruction)
 
 
-def prompt_for(policy: Policy, style: str, instruction: str, pool: Sequence[Demonstration] = (), shots: int = 3) -> str:
+def prompt_for(policy: Policy, style: str, instruction: str, pool: Sequence[Demonstration] = (), shots: int = 3,
+               answer_tokens: int = 0) -> str:
+    """The prompt that asks ``instruction`` in ``style``. A few-shot prompt that would leave fewer than
+    ``answer_tokens`` of the context for the answer loses whole examples, the first first: cut from the left, as an
+    over-long prompt is, it would open on half an example."""
     if style == "bare":
         return instruction + "\n"
     if style == "few_shot":
         rng = random.Random(f"shots:{instruction}")  # the same examples for a question whatever the model
-        return few_shot_prompt(instruction, rng.sample(list(pool), shots))
+        examples = rng.sample(list(pool), shots)
+        room = policy.context - answer_tokens
+        while examples and len(policy.tokenizer.encode(few_shot_prompt(instruction, examples))) > room:
+            examples = examples[1:]
+        return few_shot_prompt(instruction, examples)
     return policy.chat_prompt(instruction)
 
 
@@ -93,7 +101,7 @@ def answer(policy: Policy, tasks: Sequence[Task], style: str, cfg: EvalConfig, w
            seed: int = 0) -> list[str]:
     """One sampled answer per task, asked in ``style``."""
     pool = example_pool(world) if style == "few_shot" else ()
-    prompts = [prompt_for(policy, style, t.instruction, pool, cfg.shots) for t in tasks]
+    prompts = [prompt_for(policy, style, t.instruction, pool, cfg.shots, cfg.max_new_tokens) for t in tasks]
     texts = respond_all(policy, prompts, cfg.max_new_tokens, cfg.batch_size, seed, temperature=cfg.temperature)
     return [cut(style, t) for t in texts]
 
