@@ -58,3 +58,13 @@ def test_a_soundfont_is_checked_whole_before_it_is_used(tmp_path, monkeypatch):
     monkeypatch.setenv("NEXTTOKEN_SOUNDFONT", str(tmp_path / "notes.txt"))  # a wrong default is named too
     with pytest.raises(UserError, match="notes.txt is not a SoundFont 2 file"):
         find_soundfont()
+
+
+def test_no_notes_render_as_an_empty_wav_with_or_without_a_soundfont(tmp_path):
+    empty = Notes(np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64),
+                  np.zeros(0, dtype=np.int8))
+    sf = find_soundfont() or tmp_path / "never-opened.sf2"
+    for soundfont, channels in ((None, 1), (sf, 2)):
+        assert render(empty, 16000, soundfont, channels).shape == (0, 2)[:channels]
+        with wave.open(str(render_wav(empty, tmp_path / "x.wav", soundfont, sample_rate=16000))) as w:
+            assert (w.getnchannels(), w.getnframes()) == (channels, 0)

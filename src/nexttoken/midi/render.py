@@ -84,9 +84,12 @@ def find_soundfont(path: str | Path | None = None) -> Path | None:
 
 def render(notes: Notes, sample_rate: int = 22050, soundfont: Path | None = None, channels: int = 1) -> np.ndarray:
     """float32 audio of the notes, (samples,) for one channel or (samples, 2) for two: through ``soundfont`` if one
-    is given, else through the built-in synthesizer (each family played by its ``FAMILY_PROGRAM``, drums as drums)."""
+    is given, else through the built-in synthesizer (each family played by its ``FAMILY_PROGRAM``, drums as drums).
+    No notes are no samples."""
     if channels not in (1, 2):
         raise ValueError("channels must be 1 or 2")
+    if not len(notes):  # a greedy sample can hold no note; symusic's synthesizer refuses a score without one
+        return np.zeros((0,) if channels == 1 else (0, 2), dtype=np.float32)
     if soundfont is None:
         family = notes.family.astype(np.int64)
         audio = synthesize(notes.start, notes.end - notes.start, notes.pitch, notes.velocity,

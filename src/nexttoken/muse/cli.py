@@ -182,6 +182,10 @@ def cmd_generate(args) -> None:
     for s in written:
         critic = f"  critic {s['critic_real']:.2f}" if "critic_real" in s else ""
         print(f"{s['midi']}  {s['seconds']:.1f} s  {s['notes']} notes  {s['tokens']} tokens{critic}")
+    silent = sum(s["notes"] == 0 for s in written)
+    if silent:
+        print(f"nexttoken: warning: {silent} of the {len(written)} samples hold no notes (silent files); a higher "
+              f"--temperature or a --prime gives the model notes to continue", file=sys.stderr)
     if soundfont is None:
         print("nexttoken: no General MIDI soundfont found, so the WAV files are the built-in synthesizer's "
               "(apt-get install timgm6mb-soundfont, or --soundfont FILE.sf2, for sampled instruments)", file=sys.stderr)
