@@ -100,6 +100,10 @@ def test_maestro_style_csv(tmp_path):
     corpus = load_corpus(str(csv))
     assert sorted(set(corpus.labels)) == ["frederic_chopin", "johann_sebastian_bach"]
     assert corpus.splits.count("val") == 2 and corpus.skipped == 1
+    # An edited composer or split is a new corpus, though its files have not changed.
+    csv.write_text("\n".join(rows).replace("Frédéric Chopin", "Chopin").replace(",validation,", ",train,") + "\n")
+    edited = load_corpus(str(csv))
+    assert sorted(set(edited.labels)) == ["chopin", "johann_sebastian_bach"] and edited.splits.count("val") == 0
 
 
 def test_bad_corpus_is_a_user_error(tmp_path):

@@ -228,8 +228,10 @@ def prepare_user(source: Path, jobs: int = 2, val_fraction: float = 0.1) -> Corp
         raise UserError(f"{source}: not a folder of MIDI files, a CSV, or one of {', '.join(MUSIC21_NAMES)}")
     if not pieces:
         raise UserError(f"{source}: no MIDI files ({', '.join(MIDI_SUFFIXES)}) found")
-    # The cache is keyed by the source, the reader and every file's size and time, so changed files are read again.
-    listing = [READER] + [[p, str(f), *_stat(f)] for p, _, f in pieces]
+    # The cache is keyed by the source, the reader, every file's size and time (changed files are read again) and
+    # every piece's label and split (an edited CSV row is a different corpus though its files are the same).
+    listing = [READER, val_fraction if splits is None else splits] + [[p, label, str(f), *_stat(f)]
+                                                                       for p, label, f in pieces]
     fingerprint = hashlib.sha1(json.dumps(listing).encode()).hexdigest()[:16]
     table_dir = cache_root() / f"user-{hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:12]}" / fingerprint
     if (table_dir / "pieces.json").is_file():
