@@ -182,10 +182,15 @@ def run_pipeline(folder: str | Path, cfg: PipelineConfig, dist: Dist, only: list
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(folder / "pipeline.json", asdict(cfg))
     summary: dict = {}
+    made = []  # the stages this call trained
     for stage in stages:
         path = folder / stage.name
         if (only and stage.name not in only) or finished(path):
+            if stage.kind == "evaluate" and made and finished(path) and dist.is_main:
+                print(f"nexttoken: warning: {path} judged the models before {', '.join(made)} was made again; delete "
+                      f"it and run the pipeline again to judge the new ones", file=sys.stderr)
             continue
+        made.append(stage.name)
         resume = (path / "config.json").is_file()
         barrier(dist)  # every process has looked before rank 0 writes
         if dist.is_main:
