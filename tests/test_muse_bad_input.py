@@ -123,6 +123,8 @@ CASES = [
     ([*G, "--soundfont", "ZOO/cut.sf2"], "a truncated soundfont"),
     ([*G, "--soundfont", "missing.sf2"], "not found"),
     ([*G, "--out", "ZOO/a-file"], "is a file, not a folder"),
+    ([*G, "--out", "ZOO", "--seconds", "1"], "already holds files; choose a new or empty --out"),
+    ([*G, "--composer", "J. S. Bach"], "unknown composer 'j_s_bach'"),
     ([*G, "--out", "ZOO/a-file/samples"], "is a file, not a folder"),
     (["generate", "ZOO/bad-ckpt"], "checkpoint.safetensors is damaged"),
     (["generate", "ZOO/garbled-ckpt"], "checkpoint.safetensors is damaged"),

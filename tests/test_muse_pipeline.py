@@ -377,3 +377,18 @@ def test_two_generations_in_the_same_second_write_two_folders(env, tmp_path, mon
     assert all((run / f / "sample-00.wav").is_file() for f in folders)
     err = capsys.readouterr().err
     assert err.count("compose 1 piece: second 2/2 (100%)") == 2  # progress, also without a terminal
+
+
+def test_generate_names_a_composer_as_the_corpus_does_and_writes_into_a_new_or_empty_folder(env, tmp_path, capsys):
+    from nexttoken.cli import main
+
+    out = tmp_path / "samples"
+    out.mkdir()  # empty: fine
+    assert main(["muse", "generate", str(env["run"]), "--composer", " Scales", "--seconds", "1", "--n", "1",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    assert json.loads((out / "samples.json").read_text())["config"]["composer"] == "scales"
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
+    assert main(["muse", "generate", str(env["run"]), "--seconds", "1", "--n", "1", "--device", "cpu",
+                 "--out", str(out)]) == 2
+    assert "already holds files" in capsys.readouterr().err
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before

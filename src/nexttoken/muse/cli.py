@@ -80,7 +80,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_options(p, SamplingConfig, defaults=asdict(MUSE_SAMPLING))
     p.add_argument("--soundfont", default=None, help="General MIDI .sf2 (default: a system soundfont, else the "
                                                      "built-in synthesizer)")
-    p.add_argument("--out", type=Path, default=None, help="folder (default RUN/samples-<time>)")
+    p.add_argument("--out", type=Path, default=None, help="a new or empty folder (default RUN/samples-<time>)")
     add_device_option(p)
     p.set_defaults(func=cmd_generate)
 

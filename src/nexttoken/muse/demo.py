@@ -129,7 +129,8 @@ def run_section(run_dir: Path, out: Path, device, requests: list[tuple], candida
             prime = str(write_midi(prime, out / "prime.mid"))
         cfg = GenerateConfig(composer=composer, instruments=[inst], prime=prime, prime_notes=6, seconds=seconds, n=1,
                              candidates=candidates, sampling=replace(sampling, seed=k))
-        for rec in write_samples(run_dir, cfg, out / f"sample-{k:02d}-{composer}", device, title=caption):
+        for rec in write_samples(run_dir, cfg, out / f"sample-{k:02d}-{composer}", device, title=caption,
+                                 rewrite=True):
             section.audio(rec["wav"], caption)
             section.image(rec["png"], caption)
     if len(summary["composers"]) >= 2:

@@ -30,6 +30,7 @@ import torch
 
 from nexttoken.config import check, option
 from nexttoken.errors import UserError
+from nexttoken.midi.corpus import label_of
 from nexttoken.midi.notes import FAMILIES, Notes, read_user_midi, write_midi
 from nexttoken.muse.encoding import MAX_WAIT, QUANTUM, Encoded, MuseNetEncoding, encode_events, header, token_times
 from nexttoken.muse.model import MuseModel, timing_features
@@ -46,7 +47,8 @@ MUSE_SAMPLING = SamplingConfig(top_p=0.95)
 class GenerateConfig:
     """What to compose; how to draw each token is ``sampling``."""
 
-    composer: str = option("", "a composer of the run (default: its first)")
+    composer: str = option("", "a composer of the run, as `muse prepare` lists it or as the corpus names it "
+                               "('J. S. Bach' is j_s_bach; default: the run's first)")
     instruments: list[str] = option(default_factory=lambda: ["piano"],
                                     help="comma-separated instrument families, e.g. piano,strings")
     strict: bool = option(False, "mask every other instrument (default: a strong suggestion)")
@@ -62,6 +64,8 @@ class GenerateConfig:
     def validate(self) -> "GenerateConfig":
         check(self)
         check(self.sampling)
+        if self.composer:  # the corpus's labels went through label_of, so 'Bach' names the label 'bach'
+            self.composer = label_of(self.composer)
         if not self.instruments:
             raise UserError("--instruments needs at least one instrument")
         for name in self.instruments:
@@ -249,9 +253,11 @@ def _timing(row: np.ndarray, vocab, H: int, offset_q: int, total_q: int, start: 
 
 # ---- samples on disk ------------------------------------------------------------------------------------------------
 def write_samples(run_dir: Path, cfg: GenerateConfig, out: Path | None, device: torch.device,
-                  soundfont: str | Path | None = None, title: str = "", progress: bool = True) -> list[dict]:
+                  soundfont: str | Path | None = None, title: str = "", progress: bool = True,
+                  rewrite: bool = False) -> list[dict]:
     """Generate, then write sample-NN.mid/.wav/.png and samples.json into ``out`` (default: a new
-    ``RUN/samples-<time>`` folder); returns one record per sample. With ``cfg.candidates`` > 1, ``candidates * n``
+    ``RUN/samples-<time>`` folder), which must be new or empty unless ``rewrite`` (a report's own folders, always
+    written with the same names); returns one record per sample. With ``cfg.candidates`` > 1, ``candidates * n``
     pieces are sampled and the critic keeps the ``n`` best. Nothing is written until every piece is ready."""
     from nexttoken.midi.render import find_soundfont, render_wav
     from nexttoken.muse.critic import CRITIC_FILE, Critic, keep_best, score_pieces_real
@@ -260,6 +266,9 @@ def write_samples(run_dir: Path, cfg: GenerateConfig, out: Path | None, device: 
 
     cfg.validate()
     check_out(out)
+    if out is not None and not rewrite and out.is_dir() and any(out.iterdir()):
+        # Earlier samples would stay beside the new ones, and samples.json would list only the new.
+        raise UserError(f"{out} already holds files; choose a new or empty --out")
     model, encoding, muse_cfg, run = load_run(run_dir, device)
     if cfg.composer and cfg.composer not in muse_cfg.composers:
         raise UserError(f"unknown composer {cfg.composer!r}; this run knows: {', '.join(muse_cfg.composers)}")
