@@ -392,3 +392,23 @@ def test_generate_names_a_composer_as_the_corpus_does_and_writes_into_a_new_or_e
                  "--out", str(out)]) == 2
     assert "already holds files" in capsys.readouterr().err
     assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before
+
+
+def test_a_corpus_without_held_out_pieces_reports_no_bits_per_note(tmp_path, monkeypatch, capsys):
+    """One piece per composer: nothing is held out, which train, evaluate and report say instead of a 0."""
+    from muse_fixtures import toy_corpus
+    from nexttoken.cli import main
+
+    monkeypatch.setenv("NEXTTOKEN_CACHE", str(tmp_path / "cache"))
+    corpus, run = toy_corpus(tmp_path / "midi", per_style=1), tmp_path / "run"
+    assert main(["muse", "train", "--corpus", str(corpus), "--context", "32", "--n-layer", "1", "--n-head", "2",
+                 "--n-embd", "16", "--steps", "2", "--batch-size", "2", "--device", "cpu", "--out", str(run)]) == 0
+    assert "no validation pieces, so no bits per note" in capsys.readouterr().out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["bits_per_note"] is None and summary["tokens_per_note"] is None and summary["val_pieces"] == 0
+    assert main(["muse", "evaluate", str(run), "--n-per-composer", "1", "--seconds", "1", "--device", "cpu"]) == 0
+    assert "bits per note: not measured; the corpus holds no held-out pieces" in capsys.readouterr().out
+    assert json.loads((run / "evaluation.json").read_text())["bits_per_note"] is None
+    assert main(["muse", "report", str(run), "--candidates", "1", "--composers", "1", "--seconds", "1",
+                 "--device", "cpu"]) == 0
+    assert "no held-out pieces, so there are no bits per note" in (run / "report" / "report.html").read_text()

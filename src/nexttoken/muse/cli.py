@@ -166,8 +166,12 @@ def cmd_train(args) -> None:
         path = train(cfg, optim, loop, args.out, args.device, jobs)
     if (path / "summary.json").is_file():
         s = read_json(path / "summary.json")
-        print(f"{path}: bits per note {s['bits_per_note']:.3f} on validation pieces, "
-              f"{s['tokens_per_note']:.2f} tokens per note, {s['params']:,} parameters")
+        if s.get("bits_per_note") is None:
+            print(f"{path}: no validation pieces, so no bits per note (a composer's pieces are held out from two "
+                  f"on, or by a CSV's split column), {s['params']:,} parameters")
+        else:
+            print(f"{path}: bits per note {s['bits_per_note']:.3f} on validation pieces, "
+                  f"{s['tokens_per_note']:.2f} tokens per note, {s['params']:,} parameters")
 
 
 def cmd_generate(args) -> None:

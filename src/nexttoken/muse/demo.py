@@ -108,14 +108,18 @@ def run_section(run_dir: Path, out: Path, device, requests: list[tuple], candida
     section = Section(title)
     by_kind = ", ".join(f"{k} {v:.2f}" for k, v in sorted(summary.get("bits_per_note_by_kind", {}).items(),
                                                           key=lambda kv: -kv[1]))
-    section.text(
-        f"{intro} As MuseNet tokens: {summary['tokens_per_note']:.2f} tokens per note. A "
-        f"{summary['params'] / 1e6:.1f} M-parameter GPT with MuseNet's timing, structural and countdown embeddings "
-        f"trained {summary['steps']} steps in {summary['train_seconds']:.0f} s on {summary['device']}: "
-        f"{summary['bits_per_note']:.2f} bits per note on held-out pieces" + (f" ({by_kind})" if by_kind else "")
-        + (f"; {summary['masked_bits_per_note']:.2f} under the rules the sampler enforces (a note-off only for a "
-           f"sounding note)." if summary.get("masked_bits_per_note") else "."))
-    section.image(run_dir / "bits_per_note.png", "validation bits per note")
+    trained = (f"A {summary['params'] / 1e6:.1f} M-parameter GPT with MuseNet's timing, structural and countdown "
+               f"embeddings trained {summary['steps']} steps in {summary['train_seconds']:.0f} s on "
+               f"{summary['device']}")
+    if summary.get("bits_per_note") is None:
+        section.text(f"{intro} {trained}; the corpus holds no held-out pieces, so there are no bits per note.")
+    else:
+        section.text(
+            f"{intro} As MuseNet tokens: {summary['tokens_per_note']:.2f} tokens per note. {trained}: "
+            f"{summary['bits_per_note']:.2f} bits per note on held-out pieces" + (f" ({by_kind})" if by_kind else "")
+            + (f"; {summary['masked_bits_per_note']:.2f} under the rules the sampler enforces (a note-off only for "
+               f"a sounding note)." if summary.get("masked_bits_per_note") else "."))
+        section.image(run_dir / "bits_per_note.png", "validation bits per note")
     if candidates > 1:
         critic = _critic(run_dir, device, seconds, sampling)
         section.text(f"MuseNet's inner critic (`nexttoken muse critic RUN`), fitted on {critic.train_real} real "

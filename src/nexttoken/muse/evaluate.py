@@ -181,10 +181,10 @@ class EvaluationReport:
     """What ``nexttoken muse evaluate`` measures. The classifier's fields are None when fewer than two composers have
     enough pieces to train it (``min_pieces`` training pieces and a held-out one)."""
 
-    bits_per_note: float
+    bits_per_note: float | None  # None (as the two below) when the corpus holds no held-out piece
     bits_per_note_by_kind: dict[str, float]  # how the bits per note split over the kinds of predicted token
     masked_bits_per_note: float | None  # under the rules the sampler enforces (MuseNet encoding)
-    tokens_per_note: float
+    tokens_per_note: float | None
     held_out_pieces: int
     classifier_classes: list[str]
     chance: float | None
@@ -255,6 +255,8 @@ def evaluate(model, encoding, cfg, corpus: Corpus, device: torch.device, n_per_c
                 row.update({f"real_{k2}": v for k2, v in distances(a, b).items()})
             rows.append(row)
         gen_acc = hits / total if total else None
+    if not val:
+        score = replace(score, bits_per_note=None, masked_bits_per_note=None, tokens_per_note=None)
     return EvaluationReport(score.bits_per_note, score.by_kind, score.masked_bits_per_note, score.tokens_per_note,
                             len(val), classes, 1 / len(classes) if len(classes) >= 2 else None, real_acc, gen_acc,
                             rows, min_pieces)
@@ -281,9 +283,13 @@ def format_report(ev: EvaluationReport) -> str:
         return f"{'-' if v is None else f'{v:.{digits}f}':{width}}"
 
     masked = "" if ev.masked_bits_per_note is None else f", {ev.masked_bits_per_note:.3f} under the sampler's rules"
-    lines = [f"bits per note on {ev.held_out_pieces} held-out pieces: {ev.bits_per_note:.3f}{masked} "
-             f"({ev.tokens_per_note:.2f} tokens per note): "
-             + ", ".join(f"{k} {v:.2f}" for k, v in sorted(ev.bits_per_note_by_kind.items(), key=lambda kv: -kv[1]))]
+    if ev.bits_per_note is None:
+        lines = ["bits per note: not measured; the corpus holds no held-out pieces"]
+    else:
+        lines = [f"bits per note on {ev.held_out_pieces} held-out piece{'s' if ev.held_out_pieces > 1 else ''}: "
+                 f"{ev.bits_per_note:.3f}{masked} ({ev.tokens_per_note:.2f} tokens per note): "
+                 + ", ".join(f"{k} {v:.2f}" for k, v in sorted(ev.bits_per_note_by_kind.items(),
+                                                               key=lambda kv: -kv[1]))]
     if len(ev.classifier_classes) < 2:
         lines.append(f"composer classifier: not measured; it needs two composers with {ev.min_pieces} or more "
                      f"training pieces and a held-out one (this run has {len(ev.classifier_classes)})")

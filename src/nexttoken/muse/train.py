@@ -207,6 +207,8 @@ def _fit(model: MuseModel, encoding, corpus: Corpus, cfg: MuseConfig, optim: Opt
     by_kind: dict[str, float] = {}
 
     def eval_fn(m: MuseModel) -> dict:
+        if not val_encoded:  # nothing held out: no validation metrics, rather than a 0 that reads as perfect
+            return {}
         s = score_pieces(m, val_encoded, val_notes, cfg.context, kinds=kinds, allowed_next=rules)
         by_kind.clear()
         by_kind.update(s.by_kind)
@@ -230,7 +232,7 @@ def _fit(model: MuseModel, encoding, corpus: Corpus, cfg: MuseConfig, optim: Opt
         "val_loss": record.get("val_loss"),
         "train_loss": record.get("train_loss"), "steps": result.steps, "encoding": cfg.encoding,
         "params": sum(p.numel() for p in model.parameters()), "vocab_size": encoding.vocab_size,
-        "tokens_per_note": score_tokens_per_note(val_encoded, val_notes), "train_seconds": time.time() - t0,
+        "tokens_per_note": score_tokens_per_note(val_encoded, val_notes) if val_encoded else None, "train_seconds": time.time() - t0,
         "device": str(dist.device), "corpus": cfg.corpus, "composers": cfg.composers,
         "train_pieces": len(corpus.indices("train")), "val_pieces": len(corpus.indices("val")),
         "skipped_files": corpus.skipped,
