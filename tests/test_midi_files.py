@@ -113,7 +113,7 @@ def test_a_user_file_is_read_in_a_worker_and_refused_with_one_reason(tmp_path):
 
 
 @pytest.mark.parametrize("data, reason", [
-    (b"RIFF....", "not a MIDI file"),
+    (b"RIFF....", "it does not start with MThd, as a MIDI file does"),
     (b"MThd\x00\x00\x00\x08\x00\x00\x00\x01\x01\xe0\x00\x00", "a header of 8 bytes"),
     (b"MThd\x00\x00\x00\x06\x00\x03\x00\x01\x01\xe0", "MIDI format 3"),
     (b"MThd\x00\x00\x00\x06\x00\x01\x00\x00\x01\xe0", "declares no tracks"),

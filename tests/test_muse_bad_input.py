@@ -160,6 +160,7 @@ CASES = [
     (["encode", "ZOO"], "is a folder, not a MIDI file"),
     (["encode", "ZOO/cut.mid"], "not a readable MIDI file (truncated"),
     (["encode", "ZOO/silent.mid"], "the MIDI file holds no notes"),
+    (["encode", "ZOO/a-file"], "a-file: not a readable MIDI file (it does not start with MThd, as a MIDI file does)"),
     (["encode", "ZOO/good.mid", "-o", "ZOO/a-file/x.tokens"], "a-file is a file, not a folder"),
     (["decode", "ZOO/header.tokens", "-o", "ZOO/a-file/x.mid"], "a-file is a file, not a folder"),
     (["decode", "ZOO/good.mid"], "is a MIDI file; decode reads tokens"),
@@ -214,6 +215,16 @@ def test_an_output_named_with_o_is_replaced(zoo, tmp_path, capsys):
     assert midi.read_bytes().startswith(b"MThd")
 
 
+def test_one_note_is_counted_as_one_note(tmp_path, capsys):
+    from muse_fixtures import score
+
+    score([(0, False, [(0, 1, 60, 80)])]).dump_midi(str(tmp_path / "one.mid"))
+    assert main(["muse", "encode", str(tmp_path / "one.mid"), "-o", str(tmp_path / "one.tokens")]) == 0
+    assert main(["muse", "decode", str(tmp_path / "one.tokens"), "-o", str(tmp_path / "back.mid")]) == 0
+    out = capsys.readouterr().out
+    assert "tokens for 1 note (" in out and "back.mid: 1 note, 0.5 s" in out
+
+
 def test_a_corpus_of_unreadable_files_is_refused_after_a_warning_for_each(zoo, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("NEXTTOKEN_CACHE", str(tmp_path / "cache"))
@@ -221,3 +232,7 @@ def test_a_corpus_of_unreadable_files_is_refused_after_a_warning_for_each(zoo, t
     lines = capsys.readouterr().err.strip().splitlines()
     assert "a.mid: not a readable MIDI file (truncated" in lines[-3] and "b.mid: no notes" in lines[-2]
     assert lines[-1].endswith("bad-corpus: none of the 2 MIDI files could be read") and not (tmp_path / "run").exists()
+    (tmp_path / "one-bad").mkdir()
+    shutil.copy(zoo["zoo"] / "bad-corpus" / "x" / "a.mid", tmp_path / "one-bad")
+    assert main(["muse", "train", "--corpus", str(tmp_path / "one-bad"), "--out", "run"]) == 2
+    assert capsys.readouterr().err.strip().endswith("one-bad: its only MIDI file could not be read")

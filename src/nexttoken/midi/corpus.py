@@ -240,7 +240,8 @@ def prepare_user(source: Path, jobs: int = 2, val_fraction: float = 0.1) -> Corp
     if splits is None:
         corpus.splits = split_by_piece(corpus.ids, corpus.labels, val_fraction)
     if not len(corpus):
-        raise UserError(f"{source}: none of the {len(pieces)} MIDI files could be read")
+        raise UserError(f"{source}: its only MIDI file could not be read" if len(pieces) == 1 else
+                        f"{source}: none of the {len(pieces)} MIDI files could be read")
     corpus.save(table_dir)
     return corpus
 

@@ -44,7 +44,7 @@ class Header(NamedTuple):
 def check(data: bytes) -> Header:
     """The header of a well-formed Standard MIDI File; a UserError that says what is wrong with any other bytes."""
     if len(data) < 14 or data[:4] != b"MThd":
-        raise UserError("not a MIDI file (it does not start with an MThd header)" if data[:4] != b"MThd" else
+        raise UserError("it does not start with MThd, as a MIDI file does" if data[:4] != b"MThd" else
                         f"truncated: the file ends {len(data)} bytes into its header")
     size = int.from_bytes(data[4:8], "big")
     if size != 6:

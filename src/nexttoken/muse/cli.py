@@ -131,14 +131,19 @@ def cmd_encode(args) -> None:
     from nexttoken.muse.token_files import encode_file
 
     out, ids, notes = encode_file(args.midi, args.out, args.composer)
-    print(f"{out}: {len(ids)} tokens for {len(notes)} notes ({len(ids) / len(notes):.2f} tokens per note)")
+    print(f"{out}: {len(ids)} tokens for {_count(len(notes), 'note')} ({len(ids) / len(notes):.2f} tokens per "
+          f"note)")
 
 
 def cmd_decode(args) -> None:
     from nexttoken.muse.token_files import decode_file
 
     out, notes = decode_file(args.tokens, args.out)
-    print(f"{out}: {len(notes)} notes, {notes.seconds:.1f} s")
+    print(f"{out}: {_count(len(notes), 'note')}, {notes.seconds:.1f} s")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def cmd_train(args) -> None:
@@ -185,7 +190,7 @@ def cmd_generate(args) -> None:
     written = write_samples(args.run, cfg, args.out, pick_device(args.device), soundfont)
     for s in written:
         critic = f"  critic {s['critic_real']:.2f}" if "critic_real" in s else ""
-        print(f"{s['midi']}  {s['seconds']:.1f} s  {s['notes']} notes  {s['tokens']} tokens{critic}")
+        print(f"{s['midi']}  {s['seconds']:.1f} s  {_count(s['notes'], 'note')}  {s['tokens']} tokens{critic}")
     silent = sum(s["notes"] == 0 for s in written)
     if silent:
         print(f"nexttoken: warning: {silent} of the {len(written)} samples hold no notes (silent files); a higher "
