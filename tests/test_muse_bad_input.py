@@ -155,6 +155,7 @@ CASES = [
     (["report", "ZOO/unfinished"], "has not finished training"),
     (["report", "ZOO/grok.train"], "is a grok.train run"),
     (["report", "ZOO/bad-config"], "config.json is damaged"),
+    (["report", "ZOO/bad-ckpt", "--out", "new-report"], "checkpoint.safetensors is damaged"),
     # MIDI and tokens files
     (["encode", "missing.mid"], "missing.mid: no such file"),
     (["encode", "ZOO"], "is a folder, not a MIDI file"),

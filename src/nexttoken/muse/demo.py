@@ -11,15 +11,17 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
+
 from nexttoken.config import option
 from nexttoken.errors import UserError
 from nexttoken.midi.corpus import load_corpus
 from nexttoken.midi.notes import write_midi
 from nexttoken.muse.critic import CRITIC_FILE, CriticReport, fit_and_save
 from nexttoken.muse.embeddings import composer_map
+from nexttoken.muse.encoding import MuseNetEncoding
 from nexttoken.muse.generate import GenerateConfig, write_samples
-from nexttoken.muse.train import (MUSE_LOOP, MUSE_OPTIM, MuseConfig, check_out, open_run, resume, saved_configs,
-                                  train)
+from nexttoken.muse.train import MUSE_LOOP, MUSE_OPTIM, MuseConfig, check_out, load_run, open_run, resume, train
 from nexttoken.report import Section, render
 from nexttoken.runs import read_json
 from nexttoken.sampling import SamplingConfig
@@ -71,7 +73,11 @@ def report(run_dir: Path, out: Path | None, device, cfg: ReportConfig, sampling:
     if not (run.path / "summary.json").is_file():
         raise UserError(f"{run_dir} has not finished training (no summary.json); finish it with: nexttoken muse "
                         f"train --resume {run_dir}")
-    muse_cfg, _, _ = saved_configs(run)
+    # Everything the samples need is checked before the report folder is made, so a refusal leaves no folder.
+    _, encoding, muse_cfg, _ = load_run(run.path, torch.device("cpu"))
+    if not isinstance(encoding, MuseNetEncoding):
+        raise UserError(f"a report needs a run trained with --encoding musenet; {run_dir} was trained with "
+                        f"--encoding {muse_cfg.encoding} (see: nexttoken muse evaluate {run_dir})")
     corpus = load_corpus(muse_cfg.corpus, jobs)
     largest = sorted((c for c in muse_cfg.composers if corpus.indices("train", c)),
                      key=lambda c: -len(corpus.indices("train", c)))[: cfg.composers]
