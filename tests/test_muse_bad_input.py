@@ -93,6 +93,8 @@ CASES = [
     # resuming: only runs of this command, undamaged, with their own settings
     (["train", "--resume", "RUN", "--lr", "0.5"], "--lr 0.5 differs from the resumed run's"),
     (["train", "--resume", "RUN", "--out", "elsewhere"], "leave out --out"),
+    (["train", "--resume", "RUN", "--steps", "30"], "--steps 30 is fewer than the 60 steps"),
+    (["train", "--resume", "ZOO/unfinished", "--steps", "30"], "--steps 30 is fewer than the 60 steps"),
     (["train", "--resume", "RUN", "--max-minutes", "5"], "keeps its time budget"),
     (["train", "--resume", "ZOO/grok.train"], "is a grok.train run, not a muse training run"),
     (["train", "--resume", "ZOO/bad-config"], "config.json is damaged"),

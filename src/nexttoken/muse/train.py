@@ -32,7 +32,7 @@ from nexttoken.muse.encoding import ENCODINGS, Encoded, make_encoding
 from nexttoken.muse.evaluate import score_pieces
 from nexttoken.muse.model import MuseModel, build_model
 from nexttoken.plots import plot_metrics
-from nexttoken.runs import Run, default_run_dir
+from nexttoken.runs import Run, default_run_dir, load_tensors
 from nexttoken.training import LoopConfig, OptimConfig, fit, nothing_to_train, seed_everything
 
 KIND = "muse.train"
@@ -182,7 +182,12 @@ def train(cfg: MuseConfig, optim: OptimConfig, loop: LoopConfig, out: Path | Non
 def resume(path: Path, device: str = "auto", jobs: int = 2, changes: dict | None = None) -> Path:
     """Continue a run from its last checkpoint with its own settings; ``changes`` (flag name -> value) may only ask
     for more steps (or another number of batch workers). A finished run is left as it is."""
-    cfg, optim, loop = saved_configs(open_run(path), changes)
+    run = open_run(path)
+    cfg, optim, loop = saved_configs(run, changes)
+    if "steps" in (changes or {}) and run.has_checkpoint():
+        taken = int(load_tensors(run.checkpoint_path)[1].get("step", 0))
+        if taken > loop.steps:
+            raise UserError(f"--steps {loop.steps:,} is fewer than the {taken:,} steps {path} has taken")
     if nothing_to_train(path, loop):
         return Path(path)
     dist = init_distributed(device)
