@@ -288,6 +288,29 @@ def test_critic_cli_fits_saves_and_ranks_candidates(env, tmp_path, capsys):
     assert meta["candidates"] == 3 and len(scores) == 2 and scores == sorted(scores, reverse=True)
 
 
+def test_critic_names_greedy_samples_without_notes_as_the_cause(env, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import nexttoken.muse.critic as critic
+    from nexttoken.cli import main
+    from nexttoken.midi.notes import Notes
+    from nexttoken.muse.generate import Piece
+
+    def silent(model, encoding, cfg, *args, **kwargs):  # what a greedy model that stops at once composes
+        empty = Notes(np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64),
+                      np.zeros(0, dtype=np.int8))
+        return [Piece(np.zeros(5, dtype=np.int64), empty, 0.0, True) for _ in range(cfg.n)]
+
+    monkeypatch.setattr(critic, "generate_pieces", silent)
+    run = shutil.copytree(env["run"], tmp_path / "run")
+    for temperature, cause in (("0", "greedy sampling (--temperature 0)"), ("1", "train the model longer")):
+        assert main(["muse", "critic", str(run), "--per-composer", "2", "--seconds", "4", "--temperature",
+                     temperature, "--device", "cpu"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "none of the 4 samples drawn to fit the critic holds a note" in err[-1] and cause in err[-1]
+    assert not (run / "critic.safetensors").exists()
+
+
 def test_countdown_embedding_counts_down_to_the_end(env):
     from nexttoken.muse.model import MusicalEmbedding, timing_features
     from nexttoken.muse.train import saved_configs

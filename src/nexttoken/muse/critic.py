@@ -198,9 +198,14 @@ def fit_critic(model, encoding, cfg, corpus: Corpus, device, per_class: int = 16
         return features(notes, labels)
 
     real_train = features(*real_excerpts(corpus, "train", classes, seconds, most_real, rng))
+    if not len(real_train):
+        raise UserError(f"no real {seconds:g}-second excerpts of 4 notes or more to fit the critic on; try a "
+                        f"longer --seconds")
     gen_train = sampled(0)
-    if not len(real_train) or not len(gen_train):
-        raise UserError(f"no {seconds:g}-second excerpts to fit the critic on; try a shorter --seconds")
+    if not len(gen_train):
+        why = ("greedy sampling (--temperature 0) draws the likeliest tokens, and here they hold no note; try "
+               "--temperature 1" if temperature == 0 else "train the model longer or try a higher --temperature")
+        raise UserError(f"none of the {len(classes) * per_class} samples drawn to fit the critic holds a note: {why}")
     x = np.concatenate([gen_train, real_train])
     y = np.concatenate([np.zeros(len(gen_train)), np.ones(len(real_train))]).astype(np.int64)
     critic = Critic(fit_classifier(x, y, ["generated", "real"], weight_decay=1e-2), seconds, temperature, top_p)
