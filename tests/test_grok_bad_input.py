@@ -200,3 +200,16 @@ def test_an_output_that_cannot_be_written_is_one_line(verb, where, tmp_path, cap
     code, err = run_main(["grok", verb, *TINY, *seeds, "--out", str(out)], capsys)
     assert code == 2 and len(err) == 1 and str(blocker if where == "an existing file" else out.parent) in err[0], err
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_analyze_refuses_a_checkpoint_its_config_does_not_describe(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    saved = json.loads((run / "config.json").read_text())
+    saved["members"][0]["p"] = 11  # a bigger vocabulary than the checkpoint's
+    (run / "config.json").write_text(json.dumps(saved))
+    before = files(tmp_path)
+    code, err = run_main(["grok", "analyze", str(run), "--device", "cpu"], capsys)
+    assert code == 2 and len(err) == 1 and "checkpoint.safetensors does not fit this run" in err[0], err
+    assert files(tmp_path) == before
+

@@ -49,6 +49,9 @@ def load_member(run: Run, member: int = 0, snapshot: Path | None = None) -> GPT:
             raise UserError(f"{run.checkpoint_path} holds no weights of member {member} (it retired before the last "
                             f"checkpoint, or the file is not a grok checkpoint)")
         flat, offset, weights = tensors["flat"][active.index(member)], 0, {}
+        if flat.ndim != 1 or flat.numel() != sum(p.numel() for p in model.parameters()):
+            raise UserError(f"{run.checkpoint_path} does not fit this run (flat: {tuple(tensors['flat'].shape)}); it "
+                            f"was written by another configuration")
         for name, p in model.named_parameters():
             weights[name] = flat[offset : offset + p.numel()].view_as(p)
             offset += p.numel()
