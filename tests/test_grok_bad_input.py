@@ -35,6 +35,10 @@ def files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+# quick to train, should a refusal be missed
+SMALL = ["--p", "7", "--n-embd", "8", "--n-head", "2", "--mlp-hidden", "8", "--steps", "2", "--device", "cpu"]
+FEW = [*SMALL, "--seeds", "1"]
+
 BAD_VALUES = [
     (["train", "--dropout", "2"], "--dropout must be >= 0 and < 1"),
     (["train", "--steps", "inf"], "expected a finite number"),
@@ -73,6 +77,24 @@ BAD_VALUES = [
     (["sweep", "--grid", "bias=maybe"], "--grid bias takes true or false"),
     (["sweep", "--grid", "n_head=3"], "is not divisible by --n-head 3"),
     (["sweep", "--op", "x+y", "--p", "1000000", "--fracs", "0.5", "--seeds", "1"], "the largest p that fits is about"),
+    (["sweep", *FEW, "--ops", ","], "--ops needs at least one value"),
+    (["sweep", *FEW, "--fracs", ","], "--fracs needs at least one value"),
+    (["sweep", *FEW, "--grid", "lr=,"], "--grid lr needs at least one value"),
+    (["sweep", *FEW, "--fracs", "0.5,0.50"], "--fracs lists 0.5 twice"),
+    (["sweep", *FEW, "--ops", "x+y,x-y,x+y"], "--ops lists x+y twice"),
+    (["sweep", *FEW, "--grid", "bias=true,yes"], "--grid bias lists True twice"),
+    (["sweep", *FEW, "--grid", "weight_decay=1", "--grid", "weight-decay=2"], "--grid weight_decay is given twice"),
+    (["sweep", *FEW, "--frac", "0.3"], "--frac is not used by a sweep; give its training fractions with --fracs"),
+    (["sweep", *FEW, "--seed", "5"], "--seed is not used by a sweep; --seeds N"),
+    (["sweep", *FEW, "--op", "x+y", "--ops", "x-y"], "--op and --ops both given"),
+    (["sweep", *FEW, "--weight-decay", "0", "--grid", "weight_decay=1,2"],
+     "--weight-decay and --grid weight_decay both"),
+    (["train", *SMALL, "--grokfast-alpha", "0.9"], "--grokfast-alpha is used only with --grokfast ema, not none"),
+    (["train", *SMALL, "--grokfast", "ema", "--grokfast-window", "10"],
+     "--grokfast-window is used only with --grokfast ma"),
+    (["train", *SMALL, "--grokfast-lambda", "3"],
+     "--grokfast-lambda is used only with --grokfast ema or ma, not none"),
+    (["train", *SMALL, "--init-std", "0.1"], "--init-std is used only with --init gpt2, not torch"),
     (["table", "--op", "x/y", "--p", "10"], "10 is not prime"),
     (["table", "--p", "0"], "--p must be >= 2"),
     (["table", "--op", "nope"], "invalid choice: 'nope'"),
@@ -151,7 +173,8 @@ def test_a_damaged_or_foreign_run_folder_is_one_line(verb, name, how, message, f
 
 @pytest.mark.parametrize("flags, message", [
     (["--lr", "0.01"], "--lr 0.01 differs from the resumed run's 0.001"),
-    (["--preset", "modern"], "--norm pre differs from the resumed run's post"),
+    (["--preset", "modern"], "--preset modern differs from the resumed run (it sets --norm pre, the run has post)"),
+    (["--preset", "modern", "--norm", "post"], "--preset modern differs from the resumed run (it sets --activation"),
     (["--eval-ratio", "1.5"], "--eval-ratio 1.5 differs from the resumed run's 1.1"),
     (["--no-cuda-graph"], "--no-cuda-graph differs from the resumed run"),
     (["--steps", "20"], "--steps 20 is fewer than the 30 steps"),
@@ -213,3 +236,40 @@ def test_analyze_refuses_a_checkpoint_its_config_does_not_describe(finished_run,
     assert code == 2 and len(err) == 1 and "checkpoint.safetensors does not fit this run" in err[0], err
     assert files(tmp_path) == before
 
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("grok") / "sweep"
+    assert main(["grok", "sweep", *TINY, "--fracs", "0.5", "--seeds", "1", "--grid", "weight_decay=0,1", "--out",
+                 str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--grid", "lr=1"], "--grid lr=1.0: the resumed sweep has no lr grid"),
+    (["--grid", "weight_decay=0"], "--grid weight_decay=0.0 differs from the resumed sweep's 0.0,1.0"),
+    (["--op", "x-y"], "--op x-y differs from the resumed sweep's x+y"),
+    (["--ops", "x-y"], "--ops x-y differs from the resumed sweep's x+y"),
+    (["--weight-decay", "0"], "--weight-decay is swept by the resumed sweep (--grid weight_decay=0.0,1.0)"),
+    (["--frac", "0.5"], "--frac is not used by a sweep"),
+    (["--preset", "modern"], "--preset modern differs from the resumed run (it sets --norm pre"),
+])
+def test_a_flag_that_would_change_a_resumed_sweep_is_refused_by_the_flag_typed(flags, message, finished_sweep,
+                                                                              capsys):
+    before = files(finished_sweep)
+    code, err = run_main(["grok", "sweep", "--resume", str(finished_sweep), *flags], capsys)
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert files(finished_sweep) == before
+
+
+def test_analyze_given_a_sweep_folder_points_to_its_groups(finished_sweep, capsys):
+    code, err = run_main(["grok", "analyze", str(finished_sweep)], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert f"analyze one of its group-NNN folders instead, e.g. {finished_sweep / 'group-000'}" in err[0]
+
+
+def test_an_s5_run_is_announced_without_a_modulus(tmp_path, capsys):
+    code = main(["grok", "train", "--op", "s5:x*y", "--n-embd", "8", "--n-head", "2", "--mlp-hidden", "8", "--n-layer",
+                 "1", "--steps", "1", "--frac", "0.01", "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert code == 0
+    assert capsys.readouterr().err.startswith("grok: s5:x*y, 1% training data")

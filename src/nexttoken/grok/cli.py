@@ -59,6 +59,14 @@ def requested(args: argparse.Namespace) -> dict:
     return {**PRESETS[args.preset or "paper"], **config.given(args, GrokConfig)}
 
 
+def preset_settings(args: argparse.Namespace) -> tuple[str, dict] | None:
+    """The preset given and the settings it decides (those no typed flag overrides), to name it when they differ."""
+    if not args.preset:
+        return None
+    typed = config.given(args, GrokConfig)
+    return args.preset, {k: v for k, v in PRESETS[args.preset].items() if k not in typed}
+
+
 def base_config(args: argparse.Namespace) -> GrokConfig:
     return GrokConfig(**requested(args)).validate()
 
@@ -92,14 +100,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     device = _device(args)
     if args.resume:
-        resumed = resume(_resume_target(args), device, requested(args), config.given(args, TrainOptions))
+        resumed = resume(_resume_target(args), device, requested(args), config.given(args, TrainOptions),
+                         preset=preset_settings(args))
         run, cfg, options = resumed.run, resumed.config, resumed.options
         if resumed.finished:
             print(f"grok: {run.path} has already finished; nothing to train", file=sys.stderr)
     else:
         cfg, options = base_config(args), config.from_args(args, TrainOptions)
+        refuse_unused(cfg, config.given(args, GrokConfig))
         run = start(cfg, options, args.out or default_run_dir("grok", "train"), device)
-        print(f"grok: {cfg.op} mod {cfg.p}, {cfg.frac:.0%} training data, up to {cfg.steps:,} steps on {device.type} "
+        task = cfg.op if cfg.op.startswith("s5:") else f"{cfg.op} mod {cfg.p}"  # S5 has no modulus
+        print(f"grok: {task}, {cfg.frac:.0%} training data, up to {cfg.steps:,} steps on {device.type} "
               f"-> {run.path}", file=sys.stderr)
     with run:
         summary = train(cfg, run, device, resume=bool(args.resume), options=options)
@@ -107,6 +118,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(summary_line(summary))
     print(f"run folder: {run.path}")
     return 0
+
+
+# settings that only matter under another one: typed without it, they would be silently ignored
+USED_ONLY_WITH = {"grokfast_alpha": ("grokfast", ("ema",)), "grokfast_window": ("grokfast", ("ma",)),
+                  "grokfast_lambda": ("grokfast", ("ema", "ma")), "init_std": ("init", ("gpt2",))}
+
+
+def refuse_unused(cfg: GrokConfig, typed: dict) -> None:
+    for name, (needs, values) in USED_ONLY_WITH.items():
+        if name in typed and getattr(cfg, needs) not in values:
+            raise UserError(f"{config.flag_name(name)} is used only with {config.flag_name(needs)} "
+                            f"{' or '.join(values)}, not {getattr(cfg, needs)}")
 
 
 def summary_line(s: dict) -> str:
@@ -130,18 +153,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     dist = init_distributed(args.device)
     device = dist.device
     given = config.given(args, SweepConfig)
+    typed = config.given(args, GrokConfig)
     shape = config.from_args(args, SweepConfig)
     sweep = None
     if args.resume:
         grid = make_grid(shape, args.op or GrokConfig.op, args.grid)
+        refuse_unswept(typed, given, grid)
         asked = {"op": "ops" in given or args.op is not None, "frac": "fracs" in given, "seed": "seeds" in given}
         grid = {k: v for k, v in grid.items() if asked.get(k, True)}
         if dist.is_main:
             sweep = resume_sweep(_resume_target(args), requested(args), grid, given.get("max_ensemble"),
-                                 config.given(args, TrainOptions))
+                                 config.given(args, TrainOptions), typed=typed, preset=preset_settings(args))
     else:
         base = base_config(args)
         grid = make_grid(shape, base.op, args.grid)
+        refuse_unswept(typed, given, grid)
         if dist.is_main:
             sweep = start_sweep(base, grid, shape.max_ensemble, config.from_args(args, TrainOptions),
                                 args.out or default_run_dir("grok", "sweep"), device, processes=dist.world_size)
@@ -170,11 +196,29 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def refuse_unswept(typed: dict, given: dict, grid: dict) -> None:
+    """A flag the sweep would ignore or override is refused, naming the flag that sets it in a sweep."""
+    if "frac" in typed:
+        raise UserError("--frac is not used by a sweep; give its training fractions with --fracs")
+    if "seed" in typed:
+        raise UserError("--seed is not used by a sweep; --seeds N trains seeds 0..N-1")
+    if "op" in typed and "ops" in given:
+        raise UserError("--op and --ops both given; give the sweep's operations with --ops alone")
+    for name in typed:
+        if name in grid and name not in ("op", "frac", "seed"):
+            raise UserError(f"{config.flag_name(name)} and --grid {name} both given; give its values with "
+                            f"--grid {name}=V1,V2 alone")
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from nexttoken.grok.evaluate import analyze
     from nexttoken.grok.train import GROUP_KIND, KIND, open_run
 
-    run = open_run(args.run, kinds=(KIND, GROUP_KIND))
+    from nexttoken.grok.sweep import KIND as SWEEP_KIND
+
+    group = next(iter(sorted(args.run.glob("group-*"))), args.run / "group-000")
+    hint = f"analyze one of its group-NNN folders instead, e.g. {group} (the group's first run)"
+    run = open_run(args.run, kinds=(KIND, GROUP_KIND), hints={SWEEP_KIND: hint})
     for path in analyze(run, _device(args)):
         print(path)
     return 0

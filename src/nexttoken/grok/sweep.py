@@ -28,8 +28,8 @@ from nexttoken.errors import Interrupted, UserError
 from nexttoken.grok.ensemble import Ensemble
 from nexttoken.grok.loop import default_eval_ratio, train_ensemble
 from nexttoken.grok.memory import check_memory
-from nexttoken.grok.train import (ADJUSTABLE, GROUP_KIND, GrokConfig, TrainOptions, device_name, member_configs,
-                                  open_run, run_config, saved_options, use_tf32)
+from nexttoken.grok.train import (ADJUSTABLE, GROUP_KIND, GrokConfig, TrainOptions, check_preset, device_name,
+                                  member_configs, open_run, run_config, saved_options, use_tf32)
 from nexttoken.runs import Run, atomic_write_json, read_json
 
 KIND = "grok.sweep"
@@ -53,18 +53,30 @@ def make_grid(sweep: SweepConfig, op: str, items: list[str]) -> dict[str, list]:
     {'op': ['x+y'], 'frac': [0.3, 0.5], 'seed': [0, 1], 'weight_decay': [0.0, 1.0]}
     """
     known = {f.name: f for f in fields(GrokConfig)}
-    grid = {"op": [o.strip() for o in (sweep.ops or op).split(",") if o.strip()],
-            "frac": [_value(known["frac"], v, "--fracs") for v in sweep.fracs.split(",")],
+    grid = {"op": _values(known["op"], sweep.ops or op, "--ops"),
+            "frac": _values(known["frac"], sweep.fracs, "--fracs"),
             "seed": list(range(sweep.seeds))}
     for item in items:
         name, _, values = item.partition("=")
         name = name.strip().replace("-", "_")
         if name not in known or name in ("op", "frac", "seed") or not values:
             raise UserError(f"--grid expects NAME=V1,V2 with NAME a training option, not {item!r}")
-        grid[name] = [_value(known[name], v, f"--grid {name}") for v in values.split(",")]
-    for op_name in grid["op"]:
-        config.check_field(GrokConfig, known["op"], op_name, where="--ops")
+        if name in grid:
+            raise UserError(f"--grid {name} is given twice; give all its values once, e.g. --grid {name}=V1,V2")
+        grid[name] = _values(known[name], values, f"--grid {name}")
     return grid
+
+
+def _values(f, text: str, where: str) -> list:
+    """The comma-separated values of one swept option, converted and checked; each value once, since a repeated one
+    would train the same runs twice and count them twice in the medians."""
+    values = [_value(f, v, where) for v in text.split(",") if v.strip()]
+    if not values:
+        raise UserError(f"{where} needs at least one value, not {text!r}")
+    for i, v in enumerate(values):
+        if v in values[:i]:
+            raise UserError(f"{where} lists {v} twice; give each value once")
+    return values
 
 
 def _value(f, text: str, where: str):
@@ -148,9 +160,11 @@ def start_sweep(base: GrokConfig, grid: dict[str, list], max_ensemble: int, opti
 
 
 def resume_sweep(path: Path, requested: dict, grid: dict[str, list], max_ensemble: int | None,
-                 requested_options: dict) -> Sweep:
+                 requested_options: dict, typed: dict | None = None, preset: tuple[str, dict] | None = None) -> Sweep:
     """Claim a killed sweep to continue it. Settings given again must equal the saved ones: ``requested`` training
-    options, the ``grid`` entries given, ``max_ensemble``; only the checkpoint intervals may change."""
+    options, the ``grid`` entries given, ``max_ensemble``; only the checkpoint intervals may change. ``typed``: the
+    training options typed as flags, so that a swept one is refused and ``--op`` is named as typed."""
+    typed = typed or {}
     if not (path / "config.json").exists() and (path / "sweep.json").is_file():  # saved before sweeps named their kind
         atomic_write_json(path / "config.json", {"kind": KIND, **read_json(path / "sweep.json")})
     folder = SweepFolder.resume(path, kind=KIND)
@@ -161,10 +175,19 @@ def resume_sweep(path: Path, requested: dict, grid: dict[str, list], max_ensembl
             raise UserError(f"{source} is damaged: it lacks the sweep's grid or runs")
         configs = [config.load(GrokConfig, c, source).validate() for c in saved["configs"]]
         for name, values in grid.items():
-            if saved["grid"].get(name) != values:
-                raise UserError(f"{_flag(name, values)} differs from the resumed sweep's "
-                                f"{_flag(name, saved['grid'].get(name) or [], bare=True)}; a resumed sweep keeps its grid "
+            flag = "--op" if name == "op" and "op" in typed else None
+            if name not in saved["grid"]:
+                raise UserError(f"{_flag(name, values)}: the resumed sweep has no {name} grid; a resumed sweep keeps "
+                                f"its grid (start a new sweep to change it)")
+            if saved["grid"][name] != values:
+                raise UserError(f"{_flag(name, values, flag=flag)} differs from the resumed sweep's "
+                                f"{_flag(name, saved['grid'][name], bare=True)}; a resumed sweep keeps its grid "
                                 f"(start a new sweep to change it)")
+        for name in typed:
+            if name in saved["grid"] and name not in grid:
+                raise UserError(f"{config.flag_name(name)} is swept by the resumed sweep "
+                                f"({_flag(name, saved['grid'][name])}); leave it out")
+        check_preset(configs[0], preset, skip=tuple(saved["grid"]))
         swept = {k: v for k, v in requested.items() if k not in saved["grid"]}
         config.resumed(configs[0], swept)  # refuses a setting that differs from the runs'
         size = saved.get("max_ensemble", max_ensemble or SweepConfig.max_ensemble)
@@ -180,9 +203,9 @@ def resume_sweep(path: Path, requested: dict, grid: dict[str, list], max_ensembl
     return Sweep(folder, configs, saved["grid"], size, options, saved.get("processes", 1))
 
 
-def _flag(name: str, values: list, bare: bool = False) -> str:
-    """A grid entry as the flag that sets it, e.g. '--fracs 0.3,0.5' or '--seeds 3'."""
-    flag = {"op": "--ops", "frac": "--fracs", "seed": "--seeds"}.get(name, f"--grid {name}=")
+def _flag(name: str, values: list, bare: bool = False, flag: str | None = None) -> str:
+    """A grid entry as the flag that sets it (or ``flag``), e.g. '--fracs 0.3,0.5' or '--seeds 3'."""
+    flag = flag or {"op": "--ops", "frac": "--fracs", "seed": "--seeds"}.get(name, f"--grid {name}=")
     text = str(len(values)) if name == "seed" else ",".join(map(str, values))
     return text if bare else f"{flag}{'' if flag.endswith('=') else ' '}{text}"
 

@@ -128,14 +128,16 @@ def run_config(configs: list[GrokConfig], options: TrainOptions) -> dict:
     return {"members": [asdict(c) for c in configs], **asdict(options)}
 
 
-def open_run(path: Path, kinds: tuple[str, ...] = (KIND,), resume: bool = False) -> Run:
+def open_run(path: Path, kinds: tuple[str, ...] = (KIND,), resume: bool = False, hints: dict | None = None) -> Run:
     """A grok run folder of one of ``kinds``, claimed when ``resume``. Runs saved before run folders named their kind
-    are recognised by their members."""
+    are recognised by their members. ``hints``: what to do instead with a folder of another kind, by kind."""
     run = Run.resume(path) if resume else Run.open(path)
     found = run.config.get("kind")
     if found not in kinds and not (found is None and "members" in run.config):
         run.close()
-        raise UserError(f"{path} is {f'a {found}' if found else 'an unnamed'} run, not a {' or '.join(kinds)} run")
+        hint = (hints or {}).get(found, "")
+        raise UserError(f"{path} is {f'a {found}' if found else 'an unnamed'} run, not a {' or '.join(kinds)} run"
+                        f"{f'; {hint}' if hint else ''}")
     return run
 
 
@@ -171,7 +173,19 @@ class Resumed:
     finished: bool  # it had already finished: `train` writes what is missing and trains nothing
 
 
-def resume(path: Path, device: torch.device, requested: dict, requested_options: dict) -> Resumed:
+def check_preset(saved: GrokConfig, preset: tuple[str, dict] | None, skip=()) -> None:
+    """A preset given again on resume must agree with the resumed run in the settings it sets (``preset``: its name
+    and the settings no typed flag overrides), so that a refusal names the flag the user typed."""
+    name, settings = preset or ("", {})
+    for k, v in settings.items():
+        if k not in skip and getattr(saved, k) != v:
+            raise UserError(f"--preset {name} differs from the resumed run (it sets {config.flag_name(k)} {v}, the "
+                            f"run has {getattr(saved, k)}); a resumed run keeps its settings (start a new run to "
+                            f"change it)")
+
+
+def resume(path: Path, device: torch.device, requested: dict, requested_options: dict,
+           preset: tuple[str, dict] | None = None) -> Resumed:
     """Claim a killed or finished `grok train` run. A requested setting that differs from the saved run is refused,
     except more (or fewer, not below the steps taken) ``steps`` and the checkpoint intervals, which are saved."""
     run = open_run(path, resume=True)
@@ -180,6 +194,7 @@ def resume(path: Path, device: torch.device, requested: dict, requested_options:
         if len(saved) != 1:
             raise UserError(f"{path} holds a sweep's ensemble of {len(saved)} runs; continue it with `grok sweep "
                             f"--resume` on the sweep's folder")
+        check_preset(saved[0], preset, skip=("steps",))
         cfg = config.resumed(saved[0], requested, adjustable=("steps",)).validate()
         options = config.resumed(saved_options(run, device), requested_options, adjustable=ADJUSTABLE)
         taken, finished = saved_progress(run, [cfg])
