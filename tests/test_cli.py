@@ -15,6 +15,7 @@ def run_cli(*args, cwd=None):
     [
         (["no-such-domain"], "invalid choice"),
         (["demo", "--only", "nope"], "unknown domain 'nope'"),
+        (["demo", "--only", ","], "--only needs at least one domain, not ','; available: grok"),
         (["demo", "--bogus-option"], "unrecognized arguments"),
     ],
 )
@@ -24,6 +25,11 @@ def test_bad_input_gives_one_line_and_exit_code_2(args, message, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_demo_help_names_the_domains_only_takes():
+    proc = run_cli("demo", "--help")
+    assert proc.returncode == 0 and "grok, muse" in " ".join(proc.stdout.split()), proc.stdout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

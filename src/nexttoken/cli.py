@@ -59,7 +59,8 @@ def build_parser() -> ArgumentParser:
         module.register(sub.add_parser(name, help=module.HELP, description=module.HELP))
     demo = sub.add_parser("demo", help="run every pipeline at its CPU-sized default and write one HTML report")
     demo.add_argument("--out", type=Path, default=None, help="report folder (default runs/demo-<time>)")
-    demo.add_argument("--only", default="", help="comma-separated domains to include (default: all)")
+    demo.add_argument("--only", default=None, metavar="A,B",
+                      help=f"comma-separated domains to include: {', '.join(domains()) or 'none'} (default: all)")
     add_device_option(demo)
     demo.set_defaults(func=run_demo)
     return parser
@@ -70,10 +71,13 @@ def run_demo(args: argparse.Namespace) -> int:
     from nexttoken.training import pick_device
 
     found = domains()
-    wanted = [d for d in args.only.split(",") if d] or list(found)
+    wanted = list(found) if args.only is None else [d.strip() for d in args.only.split(",") if d.strip()]
+    if not wanted:
+        raise UserError(f"--only needs at least one domain, not {args.only!r}; available: {', '.join(found) or 'none'}")
     unknown = [d for d in wanted if d not in found]
     if unknown:
         raise UserError(f"unknown domain {unknown[0]!r}; available: {', '.join(found) or 'none'}")
+    wanted = list(dict.fromkeys(wanted))  # a domain named twice runs once
     device = pick_device(args.device)
     out = args.out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
