@@ -247,8 +247,10 @@ def test_lr_schedule():
 
 
 def test_bad_loop_config_is_a_user_error():
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match=r"^--batch-size 10 must divide evenly into --grad-accum 3 micro-batches$"):
         LoopConfig(batch_size=10, grad_accum=3).validate()
+    with pytest.raises(UserError, match=r"^--batch-size 8 must divide evenly into 3 processes x --grad-accum 1 "):
+        LoopConfig(batch_size=8).validate(world_size=3)
 
 
 def test_sigint_saves_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path):

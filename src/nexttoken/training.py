@@ -150,10 +150,10 @@ class LoopConfig:
     def validate(self, world_size: int = 1) -> None:
         check(self)
         if self.batch_size % (world_size * self.grad_accum):
-            raise UserError(
-                f"batch size {self.batch_size} must divide evenly into {world_size} processes x "
-                f"{self.grad_accum} accumulation steps"
-            )
+            parts = [f"{world_size} processes"] if world_size > 1 else []
+            parts.append(f"--grad-accum {self.grad_accum}")
+            raise UserError(f"--batch-size {self.batch_size} must divide evenly into {' x '.join(parts)} "
+                            f"micro-batches")
 
 
 BatchFn = Callable[[int], dict]  # step -> global batch {"idx": (B, T), "targets": (B, T), optional cond/x_add/...}
