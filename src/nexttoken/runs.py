@@ -223,6 +223,15 @@ def _a(word: str) -> str:
     return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
+def wrong_kind(path: str | Path, found: str | None, kinds) -> UserError:
+    """The line for a folder written by another command.
+
+    >>> print(wrong_kind("r", "instruct.sft", ("instruct.ppo", "grok.train")))
+    r is an instruct.sft run, not an instruct.ppo or a grok.train run
+    """
+    return UserError(f"{path} is {_a(found) if found else 'an unnamed'} run, not {' or '.join(map(_a, kinds))} run")
+
+
 class Run:
     """A run folder. ``Run.create`` claims a new one, ``Run.resume`` reclaims a run to continue it, ``Run.open`` reads
     one (to analyse, evaluate or sample from it).
@@ -269,8 +278,7 @@ class Run:
             raise UserError(f"{path / 'config.json'} is damaged (not a JSON object)")
         kinds = (kind,) if isinstance(kind, str) else kind
         if kinds and config.get("kind") not in kinds:
-            found = _a(config["kind"]) if config.get("kind") else "an unnamed"
-            raise UserError(f"{path} is {found} run, not {' or '.join(map(_a, kinds))} run")
+            raise wrong_kind(path, config.get("kind"), kinds)
         return cls(path, config, enabled)
 
     @classmethod

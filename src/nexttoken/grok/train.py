@@ -22,7 +22,7 @@ from nexttoken.grok.data import OPERATIONS, check_op, vocab_size
 from nexttoken.grok.ensemble import Ensemble
 from nexttoken.grok.loop import default_eval_ratio, saved_progress, snapshot_schedule, train_ensemble
 from nexttoken.grok.memory import check_memory
-from nexttoken.runs import Run, atomic_write_json, read_json
+from nexttoken.runs import Run, atomic_write_json, read_json, wrong_kind
 
 KIND = "grok.train"  # the run folders `grok train` writes
 GROUP_KIND = "grok.sweep-group"  # an ensemble of a sweep, in its own run folder
@@ -135,9 +135,9 @@ def open_run(path: Path, kinds: tuple[str, ...] = (KIND,), resume: bool = False,
     found = run.config.get("kind")
     if found not in kinds and not (found is None and "members" in run.config):
         run.close()
-        hint = (hints or {}).get(found, "")
-        raise UserError(f"{path} is {f'a {found}' if found else 'an unnamed'} run, not a {' or '.join(kinds)} run"
-                        f"{f'; {hint}' if hint else ''}")
+        hint = (hints or {}).get(found)
+        error = wrong_kind(path, found, kinds)
+        raise UserError(f"{error}; {hint}") if hint else error
     return run
 
 

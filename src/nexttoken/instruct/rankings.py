@@ -31,7 +31,7 @@ from nexttoken.instruct.tasks import TRAIN_FAMILIES, make_tasks
 from nexttoken.instruct.world import Task, make_world
 from nexttoken.progress import Progress
 from nexttoken.training import LoopConfig
-from nexttoken.runs import Run, atomic_write_text, read_json, read_text
+from nexttoken.runs import Run, atomic_write_text, read_json, read_text, wrong_kind
 
 RANKINGS_FILE = "rankings.jsonl"
 
@@ -173,8 +173,7 @@ def read_rankings(source: str | Path) -> list[Ranking]:
         config = path / "config.json"
         kind = read_json(config).get("kind") if config.is_file() else "instruct.rank"
         if kind != "instruct.rank":
-            found = "an unnamed" if not kind else f"an {kind}" if kind[0].lower() in "aeiou" else f"a {kind}"
-            raise UserError(f"{path} is {found} run, not an instruct.rank run")
+            raise wrong_kind(path, kind, ("instruct.rank",))
         path = path / RANKINGS_FILE
     if not path.is_file():
         raise UserError(f"{source} holds no rankings (make them with `nexttoken instruct rank`)")
