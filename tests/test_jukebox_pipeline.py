@@ -233,6 +233,10 @@ def test_evaluate_and_report(tiny_pipeline, tmp_path, capsys):
                      "each level's sampled codes decoded alone", "lyrics alignment"):
         assert expected in printed
     assert (tiny_pipeline / "alignment.png").is_file()
+    log = (tiny_pipeline / "log.txt").read_text()  # each measure's progress, as long work shows it
+    for phase in ("reconstruction of 4 held-out clips: VQ-VAE 1/1", "held-out bits per second: prior 3/3",
+                  "sampling 4 clips through every level", "real clips through every level"):
+        assert f"evaluate: {phase}" in log
     levels = read_json(tiny_pipeline / "evaluation.json")["recognition"]["levels"]
     assert list(levels) == ["bottom", "middle", "top"] and all(v["clips"] == 4 for v in levels.values())
     assert run_cli(["jukebox", "report", tiny_pipeline, "--out", tmp_path / "report"]) == 0

@@ -31,6 +31,7 @@ from nexttoken.jukebox.pipeline import (clips_of, codes_of, load_prior, load_vqv
 from nexttoken.jukebox.sample import JUKEBOX_SAMPLING, sample_level, top_conditioning, upsampler_conditioning
 from nexttoken.jukebox.train import (clip_batches, flat_levels, held_out, score_level, summed_vqvae_loss,
                                      window_rows)
+from nexttoken.progress import Progress
 from nexttoken.runs import Run, atomic_write_json, read_json
 from nexttoken.training import count_rows, fit
 
@@ -91,33 +92,41 @@ def codec_metrics(path: Path, val: torch.Tensor, device: torch.device) -> dict:
 
 @torch.no_grad()
 def sample_codes(path: Path, conds: torch.Tensor, lyrics: list[str], seconds: float, seed: int,
-                 device: torch.device) -> list[torch.Tensor]:
+                 device: torch.device, progress: bool = True, log: Path | None = None) -> list[torch.Tensor]:
     """Every level's codes (indexed like the VQ-VAE's levels, bottom first) sampled top down for the condition rows
     ``conds`` (B, 2), one prior in memory at a time."""
     vq = vqvae_config(path)
     samples = math.ceil(seconds * vq.sample_rate / vq.hops[-1]) * vq.hops[-1]
     codes: list[torch.Tensor] = [torch.empty(0)] * len(vq.levels)
-    for i in reversed(range(len(vq.levels))):
-        prior = load_prior(path, vq.levels[i], device)
-        conditioning = top_conditioning(prior, conds, seconds, lyrics) if prior.cfg.is_top else \
-            upsampler_conditioning(prior, conds, codes[i + 1])
-        codes[i] = sample_level(prior, torch.zeros(len(conds), 0, dtype=torch.long), samples // vq.hops[i],
-                                conditioning, JUKEBOX_SAMPLING, torch.Generator(device).manual_seed(seed * 1009 + i),
-                                prior.cfg.context // 2)
-        del prior
+    with Progress(sum(samples // hop for hop in vq.hops), f"evaluate: sampling {len(conds)} clips through every level",
+                  unit="code", enabled=progress, log=log) as bar:
+        for i in reversed(range(len(vq.levels))):
+            prior = load_prior(path, vq.levels[i], device)
+            conditioning = top_conditioning(prior, conds, seconds, lyrics) if prior.cfg.is_top else \
+                upsampler_conditioning(prior, conds, codes[i + 1])
+            codes[i] = sample_level(prior, torch.zeros(len(conds), 0, dtype=torch.long), samples // vq.hops[i],
+                                    conditioning, JUKEBOX_SAMPLING,
+                                    torch.Generator(device).manual_seed(seed * 1009 + i), prior.cfg.context // 2,
+                                    progress=bar.update)
+            del prior
     return codes
 
 
 @torch.no_grad()
-def through_levels(vqvae, audio: torch.Tensor, batch: int = 32) -> list[torch.Tensor]:
+def through_levels(vqvae, audio: torch.Tensor, batch: int = 32, progress=None) -> list[torch.Tensor]:
     """(B, T) audio passed through each level's encoder, codebook and decoder in one forward pass of an eval-mode
-    VQ-VAE (its codebooks stay): per level, what that level keeps of it."""
+    VQ-VAE (its codebooks stay): per level, what that level keeps of it. ``progress(n)`` after each batch."""
     device = next(vqvae.parameters()).device
-    outs = [vqvae(part.to(device)).recons for part in audio.split(batch)]
+    outs = []
+    for part in audio.split(batch):
+        outs.append(vqvae(part.to(device)).recons)
+        if progress is not None:
+            progress(len(part))
     return [torch.cat([o[i].cpu() for o in outs]) for i in range(len(outs[0]))]
 
 
-def artist_recognition(path: Path, clips, cfg: EvaluateConfig, device: torch.device) -> dict:
+def artist_recognition(path: Path, clips, cfg: EvaluateConfig, device: torch.device, progress: bool = True,
+                       log: Path | None = None) -> dict:
     """The artist classifier on clips sampled through all three levels (``accuracy``), and per level (``levels``):
     a classifier trained on real clips passed through that level of the VQ-VAE, applied to that level's sampled codes
     decoded, so a level's recognition compares like with like and shows where on the way down the artist is lost."""
@@ -145,10 +154,12 @@ def artist_recognition(path: Path, clips, cfg: EvaluateConfig, device: torch.dev
             asked.append(artist)
             conds.append([top.artists.index(artist), len(top.artists) + top.genres.index(genre)])
             lyrics.append(lines.get(artist, ""))  # the sung voices sing a line of their own
-    codes = sample_codes(path, torch.tensor(conds), lyrics, cfg.seconds, cfg.seed, device)
+    codes = sample_codes(path, torch.tensor(conds), lyrics, cfg.seconds, cfg.seed, device, progress, log)
     vqvae = load_vqvae(path, device)
 
-    coded = {split: through_levels(vqvae, audio) for split, (audio, _) in real.items()}
+    with Progress(sum(len(audio) for audio, _ in real.values()), "evaluate: real clips through every level",
+                  unit="clip", enabled=progress, log=log) as bar:
+        coded = {split: through_levels(vqvae, audio, progress=bar.update) for split, (audio, _) in real.items()}
 
     def recognised(x: torch.Tensor, xv: torch.Tensor, heard: torch.Tensor) -> dict:
         """The classifier trained on the real training clips ``x``, scored on ``heard`` and on the real held-out
@@ -180,8 +191,9 @@ def lyrics_alignment(path: Path, codes, cfg: EvaluateConfig, device: torch.devic
     return asdict(score), png
 
 
-def evaluate_run(path: Path, cfg: EvaluateConfig, device: torch.device) -> Evaluation:
-    open_pipeline(path)
+def evaluate_run(path: Path, cfg: EvaluateConfig, device: torch.device, progress: bool = True) -> Evaluation:
+    """Every measure of a pipeline folder, each with its progress on stderr and in RUN/log.txt."""
+    log = open_pipeline(path).log_path
     if not (path / "top" / "summary.json").is_file():
         raise UserError(f"{path} has no trained top prior yet; finish it with: nexttoken jukebox train --resume {path}")
     vq = vqvae_config(path)
@@ -192,21 +204,31 @@ def evaluate_run(path: Path, cfg: EvaluateConfig, device: torch.device) -> Evalu
         open_pipeline(Path(other))
     clips = clips_of(path)
     val = held_out(clips, cfg.val_clips)
+    # the baselines first: each trains (or is read back) with its own progress
+    baselines = {f"encodec at {level} bitrate": {level: train_baseline(path, level, clips, val, device)}
+                 for level in cfg.baselines}
+    codecs = {f"vqvae ({path.name})": path}
+    for other in map(Path, cfg.compare):
+        restarts = read_json(other / "vqvae" / "summary.json").get("restarts")
+        codecs[f"vqvae ({other.name}, restarts {restarts})"] = other
     ev = Evaluation()
-    ev.reconstruction[f"vqvae ({path.name})"] = codec_metrics(path, val, device)
-    for other in cfg.compare:
-        restarts = read_json(Path(other) / "vqvae" / "summary.json").get("restarts")
-        ev.reconstruction[f"vqvae ({Path(other).name}, restarts {restarts})"] = codec_metrics(Path(other), val, device)
-    for level in cfg.baselines:
-        ev.reconstruction[f"encodec at {level} bitrate"] = {level: train_baseline(path, level, clips, val, device)}
+    with Progress(len(codecs), f"evaluate: reconstruction of {len(val)} held-out clips", unit="VQ-VAE",
+                  enabled=progress, log=log) as bar:
+        for name, codec in codecs.items():
+            ev.reconstruction[name] = codec_metrics(codec, val, device)
+            bar.update(1)
+    ev.reconstruction.update(baselines)
     codes = codes_of(path, device)
-    for level in reversed(vq.levels):
-        if (path / level / "summary.json").is_file():
+    trained = [level for level in reversed(vq.levels) if (path / level / "summary.json").is_file()]
+    with Progress(len(trained), "evaluate: held-out bits per second", unit="prior", enabled=progress,
+                  log=log) as bar:
+        for level in trained:
             s = score_level(load_prior(path, level, device), codes, most=cfg.windows)
             ev.bits_per_second[level] = {"prior": s.bits_per_second, "unigram": s.unigram_bits_per_second,
                                          "nats_per_code": s.nats_per_code, "codes": s.codes}
-    if cfg.clips_per_artist and all((path / lv / "summary.json").is_file() for lv in vq.levels):
-        ev.recognition = artist_recognition(path, clips, cfg, device)
+            bar.update(1)
+    if cfg.clips_per_artist and len(trained) == len(vq.levels):
+        ev.recognition = artist_recognition(path, clips, cfg, device, progress, log)
     ev.alignment, png = lyrics_alignment(path, codes, cfg, device)
     if png is not None:
         ev.files["alignment"] = str(png)
