@@ -119,17 +119,20 @@ def test_strict_mode_masks_other_instruments(env, capsys):
                         torch.device("cpu"), cfg.tokens_per_second)
 
 
-def test_evaluation_reports_fidelity_and_distances(env):
+def test_evaluation_reports_fidelity_and_distances(env, tmp_path):
     from nexttoken.muse.evaluate import evaluate, format_report
 
     model, enc, cfg, _ = load_run(env["run"], torch.device("cpu"))
     corpus = load_corpus(env["corpus"])
 
-    def run(min_pieces):
+    def run(min_pieces, **kw):
         return evaluate(model, enc, cfg, corpus, torch.device("cpu"), n_per_composer=2, seconds=4,
-                        min_pieces=min_pieces)
+                        min_pieces=min_pieces, **kw)
 
-    ev = run(2)
+    ev = run(2, progress=True, log=tmp_path / "log.txt")
+    log = (tmp_path / "log.txt").read_text()  # each part's progress, as long work shows it
+    assert "evaluate: bits per note on 2 held-out pieces: window" in log
+    assert "evaluate: sampling 2 excerpts per composer: excerpt 4/4" in log
     assert ev.classifier_classes == ["chords", "scales"] and ev.chance == 0.5
     assert ev.real_accuracy == 1.0  # the two toy styles are trivially separable on real excerpts
     # Training scored the same held-out pieces (val_pieces=0) with the same weights.

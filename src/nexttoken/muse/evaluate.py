@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from nexttoken.midi.corpus import Corpus
 from nexttoken.midi.notes import DRUMS, Notes
 from nexttoken.muse.data import make_row, piece_windows, row_positions, stack
 from nexttoken.muse.encoding import Encoded
+from nexttoken.progress import Progress
 from nexttoken.sampling import SamplingConfig
 
 IOI_EDGES = np.array([0.0, 0.03, 0.07, 0.12, 0.18, 0.26, 0.37, 0.52, 0.75, 1.05, 1.5, np.inf])  # seconds
@@ -113,12 +115,15 @@ class BitsPerNote:
 
 
 def score_pieces(model, encoded: list[Encoded], n_notes: list[int], context: int,
-                 batch_size: int = 16, kinds: np.ndarray | None = None, allowed_next=None) -> BitsPerNote:
+                 batch_size: int = 16, kinds: np.ndarray | None = None, allowed_next=None,
+                 progress: Progress | None = None) -> BitsPerNote:
     """Total negative log-likelihood of whole pieces, window by window, every token after the composer once; with
     ``kinds`` (the kind of each token id), also split by the kind of the predicted token. With ``allowed_next``
     (``MuseNetEncoding.allowed_next``), ``masked_bits_per_note`` scores the model under the rules its sampler
-    enforces: each prediction renormalised over the tokens those rules allow."""
+    enforces: each prediction renormalised over the tokens those rules allow. ``progress`` counts the windows."""
     windows = piece_windows(encoded, context)
+    if progress is not None:
+        progress.set_total(len(windows))
     device = next(model.parameters()).device
     with_timing = model.uses_timing
     nats = masked_nats = 0.0
@@ -148,6 +153,8 @@ def score_pieces(model, encoded: list[Encoded], n_notes: list[int], context: int
             allowed.scatter_(-1, safe, True)  # a token the rules forbid (none in encoded music) is scored unmasked
             logp = logits.float().masked_fill(~allowed, float("-inf")).log_softmax(-1)
             masked_nats += (-logp.gather(-1, safe)[..., 0] * (targets >= 0)).double().sum().item()
+        if progress is not None:
+            progress.update(len(chunk))
     count = sum(len(e.ids) - 1 for e in encoded)
     notes = max(sum(n_notes), 1)
     by_kind = {name: float(v / math.log(2) / notes) for name, v in zip(names, kind_nats) if v > 0}
@@ -215,17 +222,21 @@ def real_halves(corpus: Corpus, label: str, seconds: float) -> tuple[list[Histog
 
 
 def evaluate(model, encoding, cfg, corpus: Corpus, device: torch.device, n_per_composer: int = 4,
-             seconds: float = 20.0, min_pieces: int = 4, sampling: SamplingConfig | None = None) -> EvaluationReport:
+             seconds: float = 20.0, min_pieces: int = 4, sampling: SamplingConfig | None = None,
+             progress: bool = False, log: Path | None = None) -> EvaluationReport:
     """Bits per note on every held-out piece, the composer classifier on real and generated excerpts, and the
-    histogram distances per composer (``cfg`` is the run's ``MuseConfig``)."""
+    histogram distances per composer (``cfg`` is the run's ``MuseConfig``). ``progress``: each part's progress on
+    stderr and in ``log``."""
     from nexttoken.muse.generate import GenerateConfig, generate_pieces
 
     sampling = sampling or SamplingConfig(top_p=0.95)
     val = corpus.indices("val")
     encoded = [encoding.encode(corpus.notes(p), corpus.labels[p]) for p in val]
-    with torch.no_grad():
+    with torch.no_grad(), Progress(0, f"evaluate: bits per note on {len(val)} held-out pieces", unit="window",
+                                   enabled=progress, log=log) as bar:
         score = score_pieces(model, encoded, [corpus.n_notes(p) for p in val], cfg.context,
-                             kinds=encoding.token_kinds(), allowed_next=getattr(encoding, "allowed_next", None))
+                             kinds=encoding.token_kinds(), allowed_next=getattr(encoding, "allowed_next", None),
+                             progress=bar)
 
     classes = [c for c in cfg.composers if len(corpus.indices("train", c)) >= min_pieces and corpus.indices("val", c)]
     real_acc = gen_acc = None
@@ -236,24 +247,27 @@ def evaluate(model, encoding, cfg, corpus: Corpus, device: torch.device, n_per_c
         xv, yv = real_features(corpus, "val", classes, seconds)
         real_acc = float((clf.predict(xv) == yv).mean()) if len(yv) else None
         hits, total = 0, 0
-        for k, composer in enumerate(classes):
-            gen_cfg = GenerateConfig(composer=composer, instruments=[corpus.main_family(composer)], seconds=seconds,
-                                     n=n_per_composer, sampling=replace(sampling, seed=sampling.seed + k))
-            pieces = generate_pieces(model, encoding, gen_cfg, device, cfg.tokens_per_second)
-            generated = [histograms(p.notes) for p in pieces if len(p.notes) >= 4]
-            if generated:
-                pred = clf.predict(np.stack([h.vector() for h in generated]))
-                hits += int((pred == k).sum())
-                total += len(generated)
-            real = [histograms(ex) for p in range(len(corpus)) if corpus.labels[p] == composer
-                    for ex in excerpts(corpus.notes(p), seconds)]
-            a, b = real_halves(corpus, composer, seconds)
-            row = {"composer": composer, "generated": len(generated)}
-            if generated and real:
-                row.update({f"gen_{k2}": v for k2, v in distances(generated, real).items()})
-            if a and b:
-                row.update({f"real_{k2}": v for k2, v in distances(a, b).items()})
-            rows.append(row)
+        with Progress(len(classes) * n_per_composer, f"evaluate: sampling {n_per_composer} excerpts per composer",
+                      unit="excerpt", enabled=progress, log=log) as bar:
+            for k, composer in enumerate(classes):
+                gen_cfg = GenerateConfig(composer=composer, instruments=[corpus.main_family(composer)], seconds=seconds,
+                                         n=n_per_composer, sampling=replace(sampling, seed=sampling.seed + k))
+                pieces = generate_pieces(model, encoding, gen_cfg, device, cfg.tokens_per_second)
+                bar.update(n_per_composer)
+                generated = [histograms(p.notes) for p in pieces if len(p.notes) >= 4]
+                if generated:
+                    pred = clf.predict(np.stack([h.vector() for h in generated]))
+                    hits += int((pred == k).sum())
+                    total += len(generated)
+                real = [histograms(ex) for p in range(len(corpus)) if corpus.labels[p] == composer
+                        for ex in excerpts(corpus.notes(p), seconds)]
+                a, b = real_halves(corpus, composer, seconds)
+                row = {"composer": composer, "generated": len(generated)}
+                if generated and real:
+                    row.update({f"gen_{k2}": v for k2, v in distances(generated, real).items()})
+                if a and b:
+                    row.update({f"real_{k2}": v for k2, v in distances(a, b).items()})
+                rows.append(row)
         gen_acc = hits / total if total else None
     if not val:
         score = replace(score, bits_per_note=None, masked_bits_per_note=None, tokens_per_note=None)
@@ -272,7 +286,8 @@ def evaluate_run(run_dir, device: torch.device, cfg: EvaluateConfig | None = Non
     cfg = cfg or EvaluateConfig()
     model, encoding, muse_cfg, run = load_run(run_dir, device)
     corpus = load_corpus(muse_cfg.corpus, jobs)
-    ev = evaluate(model, encoding, muse_cfg, corpus, device, cfg.n_per_composer, cfg.seconds, sampling=sampling)
+    ev = evaluate(model, encoding, muse_cfg, corpus, device, cfg.n_per_composer, cfg.seconds, sampling=sampling,
+                  progress=True, log=run.log_path)
     atomic_write_json(run.path / "evaluation.json", ev.to_dict())
     return ev
 
