@@ -30,6 +30,7 @@ from nexttoken.grok.ensemble import model_config
 from nexttoken.grok.train import member_configs
 from nexttoken.model import GPT
 from nexttoken.plots import figure, plot_metrics, principal_components, save
+from nexttoken.progress import Progress
 from nexttoken.runs import Run, atomic_write_json, load_tensors
 
 
@@ -159,20 +160,23 @@ def progress_measures(run: Run, device) -> list[dict]:
     train_mask[tr] = True
     train_mask = train_mask.view(p, p)
     rows = []
-    for step, path in run.snapshots():
-        model = load_member(run, snapshot=path)
-        logits, answers = answer_logits(model, p, cfg.op, device)
-        r_loss, e_loss = restricted_excluded(logits, answers, keys, sign, train_mask)
-        flat, y = logits.reshape(-1, p), answers.flatten()
-        m = train_mask.flatten()
-        rows.append({
-            "step": step,
-            "restricted_loss": r_loss,
-            "excluded_loss": e_loss,
-            "train_loss": F.cross_entropy(flat[m], y[m]).item(),
-            "val_loss": F.cross_entropy(flat[~m], y[~m]).item(),
-            "weight_norm": math.sqrt(sum(float(t.detach().double().pow(2).sum()) for t in model.parameters())),
-        })
+    snapshots = run.snapshots()
+    with Progress(len(snapshots), "analyze: progress measures", unit="snapshot", log=run.log_path) as bar:
+        for step, path in snapshots:
+            model = load_member(run, snapshot=path)
+            logits, answers = answer_logits(model, p, cfg.op, device)
+            r_loss, e_loss = restricted_excluded(logits, answers, keys, sign, train_mask)
+            flat, y = logits.reshape(-1, p), answers.flatten()
+            m = train_mask.flatten()
+            rows.append({
+                "step": step,
+                "restricted_loss": r_loss,
+                "excluded_loss": e_loss,
+                "train_loss": F.cross_entropy(flat[m], y[m]).item(),
+                "val_loss": F.cross_entropy(flat[~m], y[~m]).item(),
+                "weight_norm": math.sqrt(sum(float(t.detach().double().pow(2).sum()) for t in model.parameters())),
+            })
+            bar.update(1)
     return rows
 
 
