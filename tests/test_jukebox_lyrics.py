@@ -26,7 +26,7 @@ def band_ratio(audio, high, low):
 
 
 def test_examples_are_made_from_their_seed_alone():
-    a, b = lyrics_set(3, seed=7), lyrics_set(5, seed=7)
+    a, b = list(lyrics_set(3, seed=7)), list(lyrics_set(5, seed=7))
     assert [e.text for e in a] == [e.text for e in b[:3]]
     assert all(np.array_equal(x.audio, y.audio) for x, y in zip(a, b))
     assert len({e.text for e in lyrics_set(6, seed=1)}) == 6

@@ -237,6 +237,7 @@ def test_evaluate_and_report(tiny_pipeline, tmp_path, capsys):
     for phase in ("reconstruction of 4 held-out clips: VQ-VAE 1/1", "held-out bits per second: prior 3/3",
                   "sampling 4 clips through every level", "real clips through every level"):
         assert f"evaluate: {phase}" in log
+    assert "encode audio: segment" in log  # the codes the priors train on, encoded once by `train`
     levels = read_json(tiny_pipeline / "evaluation.json")["recognition"]["levels"]
     assert list(levels) == ["bottom", "middle", "top"] and all(v["clips"] == 4 for v in levels.values())
     assert run_cli(["jukebox", "report", tiny_pipeline, "--out", tmp_path / "report"]) == 0

@@ -87,15 +87,16 @@ def segments_of(clips: ClipSet) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def encode_clips(vqvae, clips: ClipSet, step: int = 0, progress: bool = True) -> CodeSet:
-    """Every segment of ``clips`` encoded at every level (the model in eval mode, on its device)."""
+def encode_clips(vqvae, clips: ClipSet, step: int = 0, progress: bool = True, log: Path | None = None) -> CodeSet:
+    """Every segment of ``clips`` encoded at every level (the model in eval mode, on its device); progress on stderr
+    and in ``log``."""
     cfg = vqvae.config
     device = next(vqvae.parameters()).device
     vqvae.eval()
     runs = segments_of(clips)
     chunk = max(1, int(CHUNK_SECONDS * cfg.sample_rate) // cfg.hops[-1]) * cfg.hops[-1]
     per_level: list[list[torch.Tensor]] = [[] for _ in cfg.hops]  # per level, one (N,) tensor per segment
-    with Progress(len(runs), "encode audio", unit="segment", enabled=progress) as bar:
+    with Progress(len(runs), "encode audio", unit="segment", enabled=progress, log=log) as bar:
         for rows in runs:
             audio = clips.audio(rows).reshape(1, -1)  # (1, samples) the segment's clips end to end
             pieces = [vqvae.encode(piece.to(device)) for piece in audio.split(chunk, dim=1)]

@@ -212,13 +212,15 @@ def lyrics_clips(n: int, sample_rate: int, clip_samples: int, val_fraction: floa
     path = cache_root() / "lyrics" / f"{name}.safetensors"
     if not path.is_file():
         clips, track, starts, lines = [], [], [], []
-        for i, ex in enumerate(lyrics_set(n, seed, sample_rate, voices)):
-            audio = np.pad(ex.audio, (0, -len(ex.audio) % clip_samples))
-            clips.append(_pcm(audio.reshape(-1, clip_samples)))
-            starts.append(torch.arange(len(clips[-1])) * clip_samples)
-            track.append(torch.full((len(clips[-1]),), i, dtype=torch.long))
-            lines.append({"text": ex.text, "voice": ex.voice, "seconds": len(ex.audio) / sample_rate,
-                          "starts": ex.starts.tolist(), "ends": ex.ends.tolist(), "chars": ex.chars.tolist()})
+        with Progress(n, "sing lyrics", unit="line") as bar:
+            for i, ex in enumerate(lyrics_set(n, seed, sample_rate, voices)):
+                audio = np.pad(ex.audio, (0, -len(ex.audio) % clip_samples))
+                clips.append(_pcm(audio.reshape(-1, clip_samples)))
+                starts.append(torch.arange(len(clips[-1])) * clip_samples)
+                track.append(torch.full((len(clips[-1]),), i, dtype=torch.long))
+                lines.append({"text": ex.text, "voice": ex.voice, "seconds": len(ex.audio) / sample_rate,
+                              "starts": ex.starts.tolist(), "ends": ex.ends.tolist(), "chars": ex.chars.tolist()})
+                bar.update(1)
         save_tensors(path, {"clips": torch.cat(clips), "track": torch.cat(track), "start": torch.cat(starts)},
                      {"lines": lines})
     tensors, meta = load_tensors(path)

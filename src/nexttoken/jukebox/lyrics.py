@@ -17,6 +17,7 @@ accompaniment is one soft chord per bar from the built-in synthesizer.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -190,8 +191,8 @@ def lyrics_example(seed: int, sample_rate: int = 16000, voice: str | None = None
 
 
 def lyrics_set(n: int, seed: int = 0, sample_rate: int = 16000, voices: tuple[str, ...] = DEFAULT_VOICES
-               ) -> list[LyricsExample]:
-    """``n`` sung lines, each by one of ``voices``; example i depends on (seed, i, voices) only, so a longer set starts
-    with the shorter one."""
-    return [lyrics_example(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]), sample_rate, voices=voices)
-            for i in range(n)]
+               ) -> Iterator[LyricsExample]:
+    """``n`` sung lines, each by one of ``voices``, one at a time; example i depends on (seed, i, voices) only, so a
+    longer set starts with the shorter one."""
+    for i in range(n):
+        yield lyrics_example(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]), sample_rate, voices=voices)

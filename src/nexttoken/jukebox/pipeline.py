@@ -109,7 +109,7 @@ def codes_of(path: Path, device: torch.device) -> CodeSet:
     print(f"nexttoken: encoding the audio once with the VQ-VAE of step {step} into {path / CODES}", file=sys.stderr)
     clips = clips_of(path)
     vqvae = load_vqvae(path, device)
-    codes = encode_clips(vqvae, clips, step)
+    codes = encode_clips(vqvae, clips, step, log=open_pipeline(path).log_path)
     del vqvae  # the priors train on the codes alone
     codes.save(path / CODES)
     return codes
