@@ -105,6 +105,8 @@ def test_time_budget_plans_the_steps_and_ends_with_a_checkpoint(tmp_path):
     step, _, _ = run.load_checkpoint(char_model(), restore_rng_state=False)
     assert step == 60
     assert result.record["lr"] < 0.5e-3  # the cosine decayed over the planned steps, not over 10,000
+    # the progress lines name the run folder: a pipeline's stages train one after another in one terminal
+    assert "train r: step 60/60 (100%)" in (run.path / "log.txt").read_text()
 
 
 def test_a_time_budget_of_a_few_slow_steps_ends_on_time_with_the_lr_decayed():

@@ -290,8 +290,9 @@ def fit(
     ddp = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) \
         if dist.enabled else model
     forward = torch.compile(ddp) if loop.compile else ddp
-    bar = Progress(state.planned, "train", initial=state.step, enabled=progress and dist.is_main,
-                   log=run.log_path if run is not None else None, clock=clock)
+    # named by its folder: a pipeline's stages (vqvae, top, sft-small...) train one after another in one terminal
+    bar = Progress(state.planned, f"train {run.path.name}" if run is not None else "train", initial=state.step,
+                   enabled=progress and dist.is_main, log=run.log_path if run is not None else None, clock=clock)
     prefetch = Prefetch(batch_fn, loop.workers) if loop.workers else None
     try:
         with StopRequests() as stop:
