@@ -409,7 +409,8 @@ def test_cli_train_analyze_and_table(tmp_path, capsys):
     assert main(["grok", "analyze", str(out), "--device", "cpu"]) == 0
     for name in ("unembedding_map.png", "fourier_spectrum.png", "key_frequency_circle.png", "progress_measures.png"):
         assert (out / name).exists(), name
-    assert "analyze: progress measures: snapshot 3/3" in (out / "log.txt").read_text()  # long work shows progress
+    log = (out / "log.txt").read_text()  # long work shows progress, named by the run folder
+    assert "train run: step 40/40" in log and "analyze: progress measures: snapshot 3/3" in log
     capsys.readouterr()
     assert main(["grok", "table", "--op", "x-y", "--p", "3"]) == 0
     assert capsys.readouterr().out.splitlines() == ["0 x-y 0 = 0", "0 x-y 1 = 2", "0 x-y 2 = 1", "1 x-y 0 = 1",

@@ -128,7 +128,9 @@ def train_ensemble(
         final = SplitScores(**{k: torch.tensor(v) for k, v in last.items()})
         return TrainResult(prog, final, start, wall, 0.0, 0.0, 0.0, member_steps, finished_before=True)
 
-    bar = Progress(budget, "grok", initial=start, enabled=progress, log=run.log_path if run is not None else None)
+    # named by its folder, as the core loop's: a sweep's groups (group-000, ...) train one after another
+    bar = Progress(budget, f"train {run.path.name}" if run is not None else "train", initial=start, enabled=progress,
+                   log=run.log_path if run is not None else None)
     t0 = time.perf_counter() - wall
     last_save, saved_step = time.perf_counter(), start
     capture_s = eval_s = save_s = 0.0
