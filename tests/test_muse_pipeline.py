@@ -228,7 +228,11 @@ def test_cli_end_to_end(env, tmp_path, capsys):
             "--prime-notes", "3", "--seconds", "4", "--n", "2", "--temperature", "0.9", "--top-p", "0.9",
             "--device", "cpu", "--out", out, cwd=tmp_path, env_vars={"NEXTTOKEN_CACHE": str(env["cache"])})
     assert p.returncode == 0, p.stderr
-    assert "compose 2 pieces: second 4/4 (100%)" in p.stderr  # progress on a stderr that is not a terminal
+    # Progress on a stderr that is not a terminal, naming what is composed, and in the run's log.
+    assert "compose 2 pieces of scales for piano,strings, primed: second 4/4 (100%)" in p.stderr
+    log = (env["run"] / "log.txt").read_text()
+    assert "compose 2 pieces of scales for piano,strings, primed: second 4/4 (100%)" in log
+    assert "write 2 samples: piece 2/2 (100%)" in p.stderr and "write 2 samples: piece 2/2 (100%)" in log
     for k in range(2):
         assert symusic.Score(str(out / f"sample-{k:02d}.mid")).note_num() > 0
         assert (out / f"sample-{k:02d}.png").stat().st_size > 1000
@@ -282,6 +286,9 @@ def test_critic_cli_fits_saves_and_ranks_candidates(env, tmp_path, capsys):
     assert report["balanced_accuracy"] == pytest.approx((report["accuracy_real"] + report["accuracy_generated"]) / 2)
     critic = Critic.load(run / CRITIC_FILE)
     assert critic.seconds == 4.0 and critic.classifier.weight.shape == (32 + 5, 2)
+    log = (run / "log.txt").read_text()  # each part's progress, in the run's log
+    assert f"critic: features of {report['train_real']} real excerpts: window" in log
+    assert "critic: sampling: piece 6/6 (100%)" in log and "critic: features of 6 samples: window" in log
 
     out = tmp_path / "ranked"
     assert main(["muse", "generate", str(run), "--composer", "scales", "--n", "2", "--candidates", "3",
@@ -347,6 +354,11 @@ def test_report_of_a_run_has_samples_critic_and_map(env, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["muse", "report", str(run), "--seconds", "3", "--candidates", "2", "--device", "cpu",
                  "--out", str(out)]) == 0
+    err = capsys.readouterr().err  # each piece's progress names the piece
+    for piece in ("2 pieces of chords for strings:", "2 pieces of scales for piano:",
+                  "2 pieces of scales for piano, primed:"):
+        assert f"compose {piece} second 3/3" in err, err
+    assert "critic: sampling: piece" in (run / "log.txt").read_text()
     page = (out / "report.html").read_text()
     assert "inner critic" in page and "primed with the first 6 notes" in page and "composer_map.png" in page
     import re
@@ -402,7 +414,7 @@ def test_two_generations_in_the_same_second_write_two_folders(env, tmp_path, mon
     assert folders == ["samples-20260101-000000", "samples-20260101-000000-2"]
     assert all((run / f / "sample-00.wav").is_file() for f in folders)
     err = capsys.readouterr().err
-    assert err.count("compose 1 piece: second 2/2 (100%)") == 2  # progress, also without a terminal
+    assert err.count("compose 1 piece of chords for piano: second 2/2 (100%)") == 2  # progress, also without a terminal
 
 
 def test_generate_names_a_composer_as_the_corpus_does_and_writes_into_a_new_or_empty_folder(env, tmp_path, capsys):

@@ -207,7 +207,7 @@ def cmd_critic(args) -> None:
     cfg, sampling = from_args(args, CriticConfig), from_args(args, SamplingConfig, base=MUSE_SAMPLING)
     report = fit_and_save(args.run, pick_device(args.device), from_args(args, CorpusJobs).jobs,
                           per_class=cfg.per_composer, seconds=cfg.seconds, temperature=sampling.temperature,
-                          top_p=sampling.top_p, seed=sampling.seed)
+                          top_p=sampling.top_p, seed=sampling.seed, progress=True)
     print(format_report(report))
     print(f"wrote {args.run / CRITIC_FILE}; use it with: nexttoken muse generate {args.run} --candidates 4")
 

@@ -52,10 +52,14 @@ class CriticConfig:
 
 # ---- features: what the model itself makes of a piece -----------------------------------------------------------------
 @torch.no_grad()
-def piece_features(model, encoded: list[Encoded], context: int, batch_size: int = 16) -> np.ndarray:
+def piece_features(model, encoded: list[Encoded], context: int, batch_size: int = 16,
+                   progress: Progress | None = None) -> np.ndarray:
     """(pieces, n_embd + 5): the mean final residual stream over each piece's tokens after the header, then the mean,
-    standard deviation and 10/50/90% quantiles of the model's per-token negative log-likelihood (nats)."""
+    standard deviation and 10/50/90% quantiles of the model's per-token negative log-likelihood (nats).
+    ``progress`` counts the windows."""
     windows = piece_windows(encoded, context)
+    if progress is not None:
+        progress.set_total(len(windows))
     rows = [make_row(encoded[k], s, context, count_header=False) for k, s in windows]  # targets: body tokens only
     owner = [k for k, _ in windows]
     device = next(model.parameters()).device
@@ -73,6 +77,8 @@ def piece_features(model, encoded: list[Encoded], context: int, batch_size: int 
             hidden_sum[k] += h[j]
             counts[k] += float(mask[j].sum())
             nll[k].append(loss[j][mask[j]].float().cpu().numpy())
+        if progress is not None:
+            progress.update(len(owner[i : i + batch_size]))
     feats = []
     for k in range(len(encoded)):
         x = np.concatenate(nll[k]) if nll[k] else np.zeros(1)
@@ -115,10 +121,10 @@ class Critic:
 
 
 def score_pieces_real(critic: Critic, model, encoding, notes: list[Notes], composers: list[str],
-                      context: int) -> np.ndarray:
-    """The critic's probability that each piece is real."""
+                      context: int, progress: Progress | None = None) -> np.ndarray:
+    """The critic's probability that each piece is real (``progress`` counts the windows read)."""
     encoded = [encoding.encode(n, c) for n, c in zip(notes, composers)]
-    return critic.prob_real(piece_features(model, encoded, context))
+    return critic.prob_real(piece_features(model, encoded, context, progress=progress))
 
 
 # ---- fitting ---------------------------------------------------------------------------------------------------------------
@@ -139,9 +145,9 @@ def real_excerpts(corpus: Corpus, split: str, classes: list[str], seconds: float
 
 def sampled_excerpts(model, encoding, corpus: Corpus, classes: list[str], per_class: int, seconds: float,
                      temperature: float, top_p: float, device, tokens_per_second: float,
-                     seed: int) -> tuple[list[Notes], list[str]]:
+                     seed: int, log: Path | None = None) -> tuple[list[Notes], list[str]]:
     notes, labels = [], []
-    with Progress(len(classes) * per_class, "critic: sampling", unit="piece") as bar:
+    with Progress(len(classes) * per_class, "critic: sampling", unit="piece", log=log) as bar:
         for k, composer in enumerate(classes):
             cfg = GenerateConfig(composer=composer, instruments=[corpus.main_family(composer)], seconds=seconds,
                                  n=per_class, sampling=SamplingConfig(temperature, top_p=top_p, seed=seed + k))
@@ -180,24 +186,28 @@ def auc(real: np.ndarray, generated: np.ndarray) -> float:
 
 def fit_critic(model, encoding, cfg, corpus: Corpus, device, per_class: int = 16, seconds: float = 20.0,
                temperature: float = 1.0, top_p: float = 0.95, most_real: int = 400, seed: int = 0,
-               min_pieces: int = 2) -> tuple[Critic, CriticReport]:
+               min_pieces: int = 2, progress: bool = False, log: Path | None = None) -> tuple[Critic, CriticReport]:
     """Fit the critic on real training excerpts vs the model's samples; report it on held-out excerpts vs fresh
-    samples."""
+    samples. ``progress``: the features' progress too (the sampling's always shows), on stderr and in ``log``."""
     classes = [c for c in cfg.composers if len(corpus.indices("train", c)) >= min_pieces]
     if not classes:
         raise UserError("the critic needs real training pieces of at least one of the run's composers")
     rng = np.random.default_rng(seed)
     context = model.cfg.block_size
 
-    def features(notes: list[Notes], labels: list[str]) -> np.ndarray:
-        return piece_features(model, [encoding.encode(n, c) for n, c in zip(notes, labels)], context)
+    def features(notes: list[Notes], labels: list[str], what: str) -> np.ndarray:
+        # The model reads every excerpt, up to ``most_real`` of them, before the first sample is drawn.
+        with Progress(0, f"critic: features of {len(notes)} {what}", unit="window", enabled=progress,
+                      log=log) as bar:
+            return piece_features(model, [encoding.encode(n, c) for n, c in zip(notes, labels)], context,
+                                  progress=bar)
 
     def sampled(offset: int) -> np.ndarray:
         notes, labels = sampled_excerpts(model, encoding, corpus, classes, per_class, seconds, temperature, top_p,
-                                         device, cfg.tokens_per_second, seed + offset)
-        return features(notes, labels)
+                                         device, cfg.tokens_per_second, seed + offset, log=log)
+        return features(notes, labels, "samples")
 
-    real_train = features(*real_excerpts(corpus, "train", classes, seconds, most_real, rng))
+    real_train = features(*real_excerpts(corpus, "train", classes, seconds, most_real, rng), "real excerpts")
     if not len(real_train):
         raise UserError(f"no real {seconds:g}-second excerpts of 4 notes or more to fit the critic on; try a "
                         f"longer --seconds")
@@ -210,7 +220,7 @@ def fit_critic(model, encoding, cfg, corpus: Corpus, device, per_class: int = 16
     y = np.concatenate([np.zeros(len(gen_train)), np.ones(len(real_train))]).astype(np.int64)
     critic = Critic(fit_classifier(x, y, ["generated", "real"], weight_decay=1e-2), seconds, temperature, top_p)
 
-    real_test = features(*real_excerpts(corpus, "val", classes, seconds, most_real, rng))
+    real_test = features(*real_excerpts(corpus, "val", classes, seconds, most_real, rng), "real excerpts")
     gen_test = sampled(10_000)  # other seeds than the training samples
     p_real, p_gen = critic.prob_real(real_test), critic.prob_real(gen_test)
     acc_real = float((p_real > 0.5).mean()) if len(p_real) else float("nan")
@@ -220,8 +230,9 @@ def fit_critic(model, encoding, cfg, corpus: Corpus, device, per_class: int = 16
     return critic, report
 
 
-def fit_and_save(run_dir: Path, device, jobs: int = 2, **kwargs) -> CriticReport:
-    """``nexttoken muse critic``: fit, then write RUN/critic.safetensors and RUN/critic.json."""
+def fit_and_save(run_dir: Path, device, jobs: int = 2, progress: bool = False, **kwargs) -> CriticReport:
+    """``nexttoken muse critic``: fit, then write RUN/critic.safetensors and RUN/critic.json (``progress``: every
+    part's progress on stderr and in RUN/log.txt)."""
     from nexttoken.midi.corpus import load_corpus
     from nexttoken.muse.train import load_run
 
@@ -229,7 +240,8 @@ def fit_and_save(run_dir: Path, device, jobs: int = 2, **kwargs) -> CriticReport
     if cfg.encoding != "musenet":
         raise UserError("the critic ranks samples, and only runs trained with --encoding musenet generate")
     corpus = load_corpus(cfg.corpus, jobs)
-    critic, report = fit_critic(model, encoding, cfg, corpus, device, **kwargs)
+    critic, report = fit_critic(model, encoding, cfg, corpus, device, progress=progress,
+                                log=run.log_path if progress else None, **kwargs)
     critic.save(run.path / CRITIC_FILE)
     atomic_write_json(run.path / "critic.json", report.to_dict())
     return report

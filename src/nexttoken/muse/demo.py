@@ -103,7 +103,7 @@ def _critic(run_dir: Path, device, seconds: float, sampling: SamplingConfig) -> 
             raise UserError(f"{run_dir / 'critic.json'} is damaged; fit the critic again with: nexttoken muse "
                             f"critic {run_dir}") from None
     return fit_and_save(run_dir, device, per_class=8, seconds=seconds, temperature=sampling.temperature,
-                        top_p=sampling.top_p)
+                        top_p=sampling.top_p, progress=True)
 
 
 def run_section(run_dir: Path, out: Path, device, requests: list[tuple], candidates: int, title: str,

@@ -101,12 +101,19 @@ def prime_events(path: str, n_notes: int, encoding: MuseNetEncoding, fallback: s
 
 
 def generate_pieces(model: MuseModel, encoding, cfg: GenerateConfig, device: torch.device,
-                    tokens_per_second: float = 40.0, use_cache: bool = True, progress: bool = False) -> list[Piece]:
+                    tokens_per_second: float = 40.0, use_cache: bool = True, progress: bool = False,
+                    log: Path | None = None) -> list[Piece]:
     """``cfg.n`` pieces, sampled as one batch (``use_cache=False`` recomputes every window: for tests and
-    benchmarks). ``progress`` shows the seconds of music composed so far and the time left."""
+    benchmarks). ``progress`` shows the seconds of music composed so far and the time left, on stderr and in
+    ``log``."""
     cfg.validate()
-    with Progress(math.ceil(cfg.seconds), f"compose {cfg.n} piece{'s' if cfg.n > 1 else ''}", unit="second",
-                  enabled=progress) as bar:
+    if not isinstance(encoding, MuseNetEncoding):
+        raise UserError("generate needs a run trained with --encoding musenet (MidiTok encodings are for comparing "
+                        "bits per note)")
+    # A report composes several batches one after another: each line says which one it counts.
+    what = (f"compose {cfg.n} piece{'s' if cfg.n > 1 else ''} of {cfg.composer or encoding.vocab.composers[0]} "
+            f"for {','.join(cfg.instruments)}{', primed' if cfg.prime else ''}")
+    with Progress(math.ceil(cfg.seconds), what, unit="second", enabled=progress, log=log) as bar:
         if device.type != "cpu":
             return _generate(model, encoding, cfg, device, tokens_per_second, use_cache, bar)
         # Decoding a few rows at a time is latency-bound: on a CPU one thread beats several, which spend each tiny
@@ -121,9 +128,6 @@ def generate_pieces(model: MuseModel, encoding, cfg: GenerateConfig, device: tor
 
 def _generate(model: MuseModel, encoding, cfg: GenerateConfig, device: torch.device, tokens_per_second: float,
               use_cache: bool, bar: Progress) -> list[Piece]:
-    if not isinstance(encoding, MuseNetEncoding):
-        raise UserError("generate needs a run trained with --encoding musenet (MidiTok encodings are for comparing "
-                        "bits per note)")
     vocab = encoding.vocab
     composer = cfg.composer or vocab.composers[0]
     for inst in cfg.instruments:
@@ -258,7 +262,8 @@ def write_samples(run_dir: Path, cfg: GenerateConfig, out: Path | None, device: 
     """Generate, then write sample-NN.mid/.wav/.png and samples.json into ``out`` (default: a new
     ``RUN/samples-<time>`` folder), which must be new or empty unless ``rewrite`` (a report's own folders, always
     written with the same names); returns one record per sample. With ``cfg.candidates`` > 1, ``candidates * n``
-    pieces are sampled and the critic keeps the ``n`` best. Nothing is written until every piece is ready."""
+    pieces are sampled and the critic keeps the ``n`` best. Nothing is written until every piece is ready.
+    ``progress``: each part's progress on stderr and in the run's log.txt."""
     from nexttoken.midi.render import find_soundfont, render_wav
     from nexttoken.muse.critic import CRITIC_FILE, Critic, keep_best, score_pieces_real
     from nexttoken.muse.train import check_out, load_run
@@ -277,11 +282,13 @@ def write_samples(run_dir: Path, cfg: GenerateConfig, out: Path | None, device: 
     composer = cfg.composer or muse_cfg.composers[0]
     t0 = time.time()
     pieces = generate_pieces(model, encoding, replace(cfg, n=cfg.n * cfg.candidates), device,
-                             muse_cfg.tokens_per_second, progress=progress)
+                             muse_cfg.tokens_per_second, progress=progress, log=run.log_path)
     scores = None
     if critic is not None:
-        scores = score_pieces_real(critic, model, encoding, [p.notes for p in pieces], [composer] * len(pieces),
-                                   muse_cfg.context)
+        with Progress(0, f"critic: ranking {len(pieces)} candidates", unit="window", enabled=progress,
+                      log=run.log_path) as bar:
+            scores = score_pieces_real(critic, model, encoding, [p.notes for p in pieces], [composer] * len(pieces),
+                                       muse_cfg.context, progress=bar)
         best = keep_best(scores, cfg.n)
         pieces, scores = [pieces[i] for i in best], scores[best]
     elapsed = time.time() - t0
@@ -290,18 +297,22 @@ def write_samples(run_dir: Path, cfg: GenerateConfig, out: Path | None, device: 
     else:
         out.mkdir(parents=True, exist_ok=True)
     records = []
-    for k, piece in enumerate(pieces):
-        stem = out / f"sample-{k:02d}"
-        write_midi(piece.notes, stem.with_suffix(".mid"))
-        caption = title or f"{composer} / {','.join(cfg.instruments)} / sample {k}"
-        piano_roll(piece.notes, stem.with_suffix(".png"), caption, piece.prime_seconds)
-        render_wav(piece.notes, stem.with_suffix(".wav"), sf)
-        record = {"midi": str(stem.with_suffix(".mid")), "wav": str(stem.with_suffix(".wav")),
-                  "png": str(stem.with_suffix(".png")), "seconds": piece.notes.seconds, "notes": len(piece.notes),
-                  "tokens": len(piece.ids), "finished": piece.finished}
-        if scores is not None:
-            record["critic_real"] = float(scores[k])
-        records.append(record)
+    # Rendering audio grows with --n and --seconds as sampling does, so it is counted too.
+    with Progress(len(pieces), f"write {len(pieces)} sample{'s' if len(pieces) > 1 else ''}", unit="piece",
+                  enabled=progress, log=run.log_path) as bar:
+        for k, piece in enumerate(pieces):
+            stem = out / f"sample-{k:02d}"
+            write_midi(piece.notes, stem.with_suffix(".mid"))
+            caption = title or f"{composer} / {','.join(cfg.instruments)} / sample {k}"
+            piano_roll(piece.notes, stem.with_suffix(".png"), caption, piece.prime_seconds)
+            render_wav(piece.notes, stem.with_suffix(".wav"), sf)
+            record = {"midi": str(stem.with_suffix(".mid")), "wav": str(stem.with_suffix(".wav")),
+                      "png": str(stem.with_suffix(".png")), "seconds": piece.notes.seconds,
+                      "notes": len(piece.notes), "tokens": len(piece.ids), "finished": piece.finished}
+            if scores is not None:
+                record["critic_real"] = float(scores[k])
+            records.append(record)
+            bar.update(1)
     atomic_write_json(out / "samples.json", {"run": str(run_dir), "config": asdict(cfg), "candidates": cfg.candidates,
                                              "soundfont": str(sf) if sf else "built-in synthesizer",
                                              "sampling_seconds": elapsed, "samples": records})
