@@ -132,7 +132,9 @@ def test_ppo_against_the_labelers_own_utility_scores_every_episode_by_it(tiny, t
                            "iterations": 2})
     optim = ppo.OptimConfig(lr=1e-3, warmup_steps=0)
     with Run.create(tmp_path / "gold", {}, kind="instruct.ppo") as run:
-        summary = ppo.train_ppo(cfg, optim, run, ONE, progress=False)
+        summary = ppo.train_ppo(cfg, optim, run, ONE, progress=True)
+    assert "ppo: sampling the responses that normalise the reward: response 16/16" in (
+        tmp_path / "gold" / "log.txt").read_text()  # before PPO's own bar, the reward norm's sampling shows too
     mean, std = summary["reward_norm"]
     best = HELD_OUT_LABELER.correctness + HELD_OUT_LABELER.instruction_following + HELD_OUT_LABELER.concision
     assert 0 <= mean <= best and std > 0
@@ -206,13 +208,21 @@ def test_a_killed_pipeline_continues_where_it_stopped(tiny, monkeypatch, capsys)
     folder, _ = tiny
     for name in ("dpo-tiny", "evaluate"):
         (folder / name / "summary.json").unlink()
+    for name in ("reference", "ppo-tiny"):  # answered again, and their progress logged
+        (folder / "evaluate" / "models" / f"{name}.json").unlink()
     ran = []
     for kind, module in pipeline.MODULES.items():
         real = module.run_stage
         monkeypatch.setattr(module, "run_stage", lambda c, run, dist, resume, progress, real=real:
                             ran.append((run.path.name, resume)) or real(c, run, dist, resume, progress))
-    run_pipeline(folder, PipelineConfig(preset="demo"), ONE, progress=False)
+    run_pipeline(folder, PipelineConfig(preset="demo"), ONE, progress=True)
     assert ran == [("dpo-tiny", True), ("evaluate", True)]
+    log = (folder / "evaluate" / "log.txt").read_text()
+    for line in ("evaluate: the reference sft-tiny answering 9 instructions: prompt 9/9",
+                 "evaluate: ppo-tiny answering 9 instructions: prompt 9/9",
+                 "evaluate: ppo-tiny scoring 5 held-out pages: page 5/5",
+                 "evaluate: ppo-tiny chain of thought on 3 problems (3 greedy passes): prompt 9/9"):
+        assert line in log, log
     ran.clear()
     run_pipeline(folder, PipelineConfig(preset="demo"), ONE, progress=False)
     assert ran == [] and "warning" not in capsys.readouterr().err
@@ -222,8 +232,19 @@ def test_a_killed_pipeline_continues_where_it_stopped(tiny, monkeypatch, capsys)
     assert "evaluate judged the models before dpo-tiny was made again" in capsys.readouterr().err
 
 
-def test_chat_answers_one_prompt_a_file_and_stdin(tiny, tmp_path, capsys, monkeypatch):
+def test_chat_answers_one_prompt_a_file_and_stdin_and_evaluate_logs_each_phase(tiny, tmp_path, capsys, monkeypatch):
+    import shutil
+
     folder, _ = tiny
+    sft = shutil.copytree(folder / "sft-tiny", tmp_path / "sft-tiny")  # evaluate logs into the run it evaluates
+    assert main(["instruct", "evaluate", str(sft), "--reference", str(folder / "pretrain-tiny"), "--tasks", "3",
+                 "--max-new-tokens", "8", "--heldout-pages", "2", "--cot-tasks", "2", "--cot-tokens", "8"]) == 0
+    log = (sft / "log.txt").read_text()
+    for line in ("evaluate: answering 3 instructions: prompt 3/3", "evaluate: the reference answering 3 instructions",
+                 "evaluate: scoring 2 held-out pages: page 2/2",
+                 "evaluate: chain of thought on 2 problems (3 greedy passes): prompt 6/6"):
+        assert line in log, log
+    assert "evaluate: answering" in capsys.readouterr().err  # and on stderr
     assert main(["instruct", "chat", str(folder / "ppo-tiny"), "--prompt", "What is 2 + 3?",
                  "--max-new-tokens", "8"]) == 0
     assert capsys.readouterr().out.strip() != ""

@@ -20,12 +20,13 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from nexttoken.cli import add_device_option
 from nexttoken.config import add_options, from_args, given, option
 from nexttoken.errors import UserError, continue_with
-from nexttoken.runs import default_run_dir, read_text
+from nexttoken.runs import default_run_dir, read_json, read_text
 
 HELP = "InstructGPT (base -> SFT -> reward model -> PPO) and zero-shot chain of thought, in miniature"
 
@@ -153,14 +154,15 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
-def _style(source: str, style: str | None) -> str:
-    from nexttoken.runs import read_json
-
-    if style:
-        return style
+def _kind(source: str) -> str:
+    """The kind of run ``source`` is ("instruct.sft", ...), or "" for a model that is no run folder of ours."""
     config = Path(source) / "config.json"
-    is_base = config.is_file() and read_json(config).get("kind") == "instruct.pretrain"
-    return "bare" if is_base else "chat"
+    kind = read_json(config).get("kind") if config.is_file() else ""
+    return kind if isinstance(kind, str) else ""
+
+
+def _style(source: str, style: str | None) -> str:
+    return style or ("bare" if _kind(source) == "instruct.pretrain" else "chat")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -169,6 +171,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from nexttoken.instruct.corpus import make_corpus
     from nexttoken.instruct.policy import check_room, load_policy
     from nexttoken.instruct.world import make_world
+    from nexttoken.progress import Progress
     from nexttoken.training import pick_device
 
     cfg = from_args(args, EvalConfig)
@@ -185,19 +188,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if cfg.cot_tasks:
         check_room(policy, cfg.cot_tokens, "--cot-tokens")
     style = _style(args.model, args.style)
-    outputs = answer(policy, tasks, style, cfg, world, seed=1)
+    # evaluate writes no folder of its own: a run folder evaluated keeps the progress lines in its log.txt
+    log = Path(args.model) / "log.txt" if _kind(args.model).startswith("instruct.") else None
+    phase = partial(Progress, 0, log=log)
+    with phase(f"evaluate: answering {len(tasks)} instructions", unit="prompt") as bar:
+        outputs = answer(policy, tasks, style, cfg, world, seed=1, progress=bar)
     stats = answer_stats(tasks, outputs)
     print(f"{args.model} ({style}), {len(tasks)} held-out instructions: mean checker score {stats['score']:.3f}, "
           f"held-out labeler's utility {stats['utility']:.3f}, asks back {stats['asks_back']:.0%}")
     if ref is not None:
-        ref_out = answer(ref, tasks, _style(args.reference, args.reference_style), cfg, world, seed=1)
+        with phase(f"evaluate: the reference answering {len(tasks)} instructions", unit="prompt") as bar:
+            ref_out = answer(ref, tasks, _style(args.reference, args.reference_style), cfg, world, seed=1,
+                             progress=bar)
         w = judge(tasks, outputs, ref_out)
         print(f"win rate against {args.reference}: {w.rate:.3f} +- {w.ci95:.3f} (held-out labeler)")
     if heldout_pages > 0:
         pages = make_corpus(world, 40 * 270 * heldout_pages).heldout[: heldout_pages]
-        print(f"held-out pretraining loss: {heldout_nll(policy, pages):.3f} nats per token ({len(pages)} pages)")
+        with phase(f"evaluate: scoring {len(pages)} held-out pages", unit="page") as bar:
+            nll = heldout_nll(policy, pages, progress=bar)
+        print(f"held-out pretraining loss: {nll:.3f} nats per token ({len(pages)} pages)")
     if cfg.cot_tasks:
-        cot = chain_of_thought(policy, multi_step_tasks(world, cfg), cfg)
+        problems = multi_step_tasks(world, cfg)
+        with phase(f"evaluate: chain of thought on {len(problems)} problems (3 greedy passes)", unit="prompt") as bar:
+            cot = chain_of_thought(policy, problems, cfg, progress=bar)
         print(f"word problems ({cot.n}): direct {cot.direct:.3f}, let's think step by step {cot.step_by_step:.3f}")
     for t, o in list(zip(tasks, outputs))[:5]:
         print(f"\n> {t.instruction}\n{o}")

@@ -28,6 +28,7 @@ from nexttoken.instruct.labeler import HELD_OUT_LABELER, Labeler, following, win
 from nexttoken.instruct.policy import Policy, lm_loss_sum, respond, respond_all
 from nexttoken.instruct.tasks import FAMILIES, make_tasks, score
 from nexttoken.instruct.world import Task, World, looks_like_instruction
+from nexttoken.progress import Progress
 
 STYLES = ("bare", "few_shot", "chat")
 DIRECT_TRIGGER = "The answer (arabic numerals) is"  # Kojima et al.'s zero-shot baseline
@@ -98,18 +99,24 @@ def cut(style: str, text: str) -> str:
 
 
 def answer(policy: Policy, tasks: Sequence[Task], style: str, cfg: EvalConfig, world: World | None = None,
-           seed: int = 0) -> list[str]:
-    """One sampled answer per task, asked in ``style``."""
+           seed: int = 0, progress: Progress | None = None) -> list[str]:
+    """One sampled answer per task, asked in ``style``. ``progress`` (its total set here) counts the prompts."""
     pool = example_pool(world) if style == "few_shot" else ()
     prompts = [prompt_for(policy, style, t.instruction, pool, cfg.shots, cfg.max_new_tokens) for t in tasks]
-    texts = respond_all(policy, prompts, cfg.max_new_tokens, cfg.batch_size, seed, temperature=cfg.temperature)
+    if progress is not None:
+        progress.set_total(len(prompts))
+    texts = respond_all(policy, prompts, cfg.max_new_tokens, cfg.batch_size, seed, progress,
+                        temperature=cfg.temperature)
     return [cut(style, t) for t in texts]
 
 
 # ---- measurements ---------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def heldout_nll(policy: Policy, pages: Sequence[str], batch_size: int = 16) -> float:
-    """Mean negative log-likelihood (nats per token) of held-out pretraining pages, EOS included."""
+def heldout_nll(policy: Policy, pages: Sequence[str], batch_size: int = 16, progress: Progress | None = None) -> float:
+    """Mean negative log-likelihood (nats per token) of held-out pretraining pages, EOS included. ``progress`` (its
+    total set here) counts the pages."""
+    if progress is not None:
+        progress.set_total(len(pages))
     was_training = policy.training
     policy.eval()
     tok, device = policy.tokenizer, policy.device
@@ -127,6 +134,8 @@ def heldout_nll(policy: Policy, pages: Sequence[str], batch_size: int = 16) -> f
         batch = {"ids": ids.to(device), "mask": mask.to(device), "targets": targets.to(device)}
         total += float(lm_loss_sum(policy, batch))
         count += int((targets != -1).sum())
+        if progress is not None:
+            progress.update(len(rows))
     policy.train(was_training)
     return total / max(count, 1)
 
@@ -191,16 +200,19 @@ def multi_step_tasks(world: World, cfg: EvalConfig) -> list[Task]:
     return make_tasks(world, cfg.cot_tasks, cfg.seed, families=("word_problem",), split="eval")
 
 
-def chain_of_thought(policy: Policy, tasks: Sequence[Task], cfg: EvalConfig) -> ChainOfThought:
+def chain_of_thought(policy: Policy, tasks: Sequence[Task], cfg: EvalConfig,
+                     progress: Progress | None = None) -> ChainOfThought:
     """Kojima et al.'s comparison, greedy throughout: direct "The answer (arabic numerals) is" against the two-stage
-    zero-shot chain of thought."""
+    zero-shot chain of thought. ``progress`` (its total set here) counts the prompts of the three passes."""
+    if progress is not None:
+        progress.set_total(3 * len(tasks))
     direct_prompts = [qa_prompt(t.instruction, DIRECT_TRIGGER) for t in tasks]
-    direct = _greedy(policy, direct_prompts, 8, cfg.batch_size)
+    direct = _greedy(policy, direct_prompts, 8, cfg.batch_size, progress=progress)
     stage1_prompts = [qa_prompt(t.instruction, COT_TRIGGER) for t in tasks]
     reasons = [cut("few_shot", r) for r in _greedy(policy, stage1_prompts, cfg.cot_tokens, cfg.batch_size,
-                                                   "--cot-tokens")]
+                                                   "--cot-tokens", progress)]
     stage2_prompts = [f"{p} {r} {ANSWER_TRIGGER}" for p, r in zip(stage1_prompts, reasons)]
-    finals = _greedy(policy, stage2_prompts, 8, cfg.batch_size)
+    finals = _greedy(policy, stage2_prompts, 8, cfg.batch_size, progress=progress)
     n = len(tasks)
     acc_direct = sum(score(t, f"{DIRECT_TRIGGER} {a}") for t, a in zip(tasks, direct)) / max(n, 1)
     acc_cot = sum(score(t, f"{ANSWER_TRIGGER} {a}") for t, a in zip(tasks, finals)) / max(n, 1)
@@ -209,8 +221,10 @@ def chain_of_thought(policy: Policy, tasks: Sequence[Task], cfg: EvalConfig) -> 
 
 
 def _greedy(policy: Policy, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
-            flag: str = "--max-new-tokens") -> list[str]:
+            flag: str = "--max-new-tokens", progress: Progress | None = None) -> list[str]:
     out: list[str] = []
     for i in range(0, len(prompts), batch_size):
         out += respond(policy, prompts[i : i + batch_size], max_new_tokens, temperature=0.0, flag=flag).texts
+        if progress is not None:
+            progress.update(len(prompts[i : i + batch_size]))
     return out

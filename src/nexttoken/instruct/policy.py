@@ -26,6 +26,7 @@ from nexttoken.errors import UserError
 from nexttoken.instruct.corpus import chat_prompt
 from nexttoken.instruct.tokenizer import BPETokenizer, left_pad
 from nexttoken.model import GPT, GPTConfig
+from nexttoken.progress import Progress
 from nexttoken.runs import load_tensors, read_json, save_tensors
 from nexttoken.sampling import Samples, generate
 
@@ -260,12 +261,15 @@ def respond(policy: Policy, prompts: Sequence[str], max_new_tokens: int, *, temp
 
 
 def respond_all(policy: Policy, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 64, seed: int = 0,
-                **sampling) -> list[str]:
-    """Responses to many prompts, ``batch_size`` at a time, with one seeded generator (same seed, same texts)."""
+                progress: Progress | None = None, **sampling) -> list[str]:
+    """Responses to many prompts, ``batch_size`` at a time, with one seeded generator (same seed, same texts);
+    ``progress`` counts the prompts answered."""
     generator = torch.Generator().manual_seed(seed)
     texts: list[str] = []
     for i in range(0, len(prompts), batch_size):
         texts += respond(policy, prompts[i : i + batch_size], max_new_tokens, generator=generator, **sampling).texts
+        if progress is not None:
+            progress.update(len(prompts[i : i + batch_size]))
     return texts
 
 

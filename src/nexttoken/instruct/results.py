@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -59,18 +60,22 @@ def evaluate_pipeline(cfg: ResultsConfig, ev: EvalConfig, run: Run, device: torc
     reference_name = f"sft-{cfg.sizes[-1]}"
     (run.path / "models").mkdir(exist_ok=True)
     ref_file = run.path / "models" / "reference.json"
+    entries = [(size, method) for size in cfg.sizes for method in METHODS]
+    bar = Progress(1 + len(entries), "evaluate", enabled=progress, log=run.log_path, unit="model")  # the reference too
+    phase = partial(Progress, 0, enabled=progress, log=run.log_path)  # each model's phases, finer than models
     if not ref_file.is_file():
         ref = load_policy(folder / reference_name, device)
-        atomic_write_json(ref_file, {"outputs": answer(ref, tasks, "chat", ev, world, seed=1)})
+        with phase(f"evaluate: the reference {reference_name} answering {len(tasks)} instructions",
+                   unit="prompt") as inner:
+            atomic_write_json(ref_file, {"outputs": answer(ref, tasks, "chat", ev, world, seed=1, progress=inner)})
     reference = read_json(ref_file)["outputs"]
-    entries = [(size, method) for size in cfg.sizes for method in METHODS]
-    bar = Progress(len(entries), "evaluate", enabled=progress, log=run.log_path, unit="model")
+    bar.update(1)
     rows = []
     for size, method in entries:
         path = run.path / "models" / f"{method}-{size}.json"
         if not path.is_file():
             atomic_write_json(path, evaluate_model(folder, size, method, tasks, reference, problems, pages, ev,
-                                                   world, device))
+                                                   world, device, phase))
         rows.append(read_json(path))
         bar.update(1)
     bar.close()
@@ -87,16 +92,22 @@ def evaluate_pipeline(cfg: ResultsConfig, ev: EvalConfig, run: Run, device: torc
 
 
 def evaluate_model(folder: Path, size: str, method: str, tasks, reference, problems, pages, ev: EvalConfig, world,
-                   device) -> dict:
+                   device, phase=partial(Progress, 0, enabled=False)) -> dict:
+    """One model's row; ``phase(desc, unit=...)`` makes the Progress of each measurement."""
     prefix, style = METHODS[method]
+    name = f"{method}-{size}"
     t0 = time.time()
     policy = load_policy(folder / f"{prefix}-{size}", device)
-    outputs = answer(policy, tasks, style, ev, world, seed=1)
+    with phase(f"evaluate: {name} answering {len(tasks)} instructions", unit="prompt") as bar:
+        outputs = answer(policy, tasks, style, ev, world, seed=1, progress=bar)
     row = {"size": size, "method": method, **_rename(asdict(judge(tasks, outputs, reference)))}
     if method in TAX_METHODS:
-        row["heldout_nll"] = heldout_nll(policy, pages)
+        with phase(f"evaluate: {name} scoring {len(pages)} held-out pages", unit="page") as bar:
+            row["heldout_nll"] = heldout_nll(policy, pages, progress=bar)
     if method in COT_METHODS and problems:
-        cot = chain_of_thought(policy, problems, ev)
+        with phase(f"evaluate: {name} chain of thought on {len(problems)} problems (3 greedy passes)",
+                   unit="prompt") as bar:
+            cot = chain_of_thought(policy, problems, ev, progress=bar)
         row.update(cot_direct=cot.direct, cot_step_by_step=cot.step_by_step, cot_example=cot.example)
     row["seconds"] = round(time.time() - t0, 1)
     row["outputs"] = outputs
