@@ -99,14 +99,26 @@ def test_progress_without_a_terminal_writes_a_line_every_few_seconds(tmp_path):
             clock.now += 0.5
             bar.update(1, loss=1.5)
     lines = stream.getvalue().splitlines()
-    assert len(lines) == 11  # at 5 s, 10 s, ... 50 s, and the closing line
+    assert len(lines) == 10  # at 5 s, 10 s, ... 50 s: the last is the closing line, not written twice
     assert lines[0] == "train: step 10/100 (10%) loss 1.5 | 5s elapsed, 45s left"
     assert lines[-1].startswith("train: step 100/100 (100%)")
-    assert len(log.read_text().splitlines()) == 11
+    assert len(log.read_text().splitlines()) == 10
+
+
+def test_progress_announced_says_what_the_wait_is_for_before_the_first_update(tmp_path):
+    clock, stream = FakeClock(), io.StringIO()
+    with Progress(128, "sampling", unit="response", log=tmp_path / "log.txt", clock=clock, stream=stream) as bar:
+        bar.announce()
+        assert stream.getvalue() == "sampling: response 0/128 (0%) | 0s elapsed\n"
+        clock.now += 30
+        bar.update(128)
+    assert stream.getvalue().splitlines()[-1].startswith("sampling: response 128/128 (100%) | 30s elapsed")
+    assert len((tmp_path / "log.txt").read_text().splitlines()) == 2
 
 
 def test_progress_that_is_disabled_writes_nothing(tmp_path):
     stream = io.StringIO()
     with Progress(10, "x", enabled=False, clock=FakeClock(), stream=stream) as bar:
+        bar.announce()
         bar.update(10)
     assert stream.getvalue() == ""

@@ -38,7 +38,7 @@ class Progress:
         self.stream = stream or sys.stderr
         self.postfix: dict[str, object] = {}
         self.start_n, self.t0 = initial, clock()
-        self.last_line = self.t0
+        self.last_line, self.lined_n = self.t0, None  # when the last line was written, and at what count
         self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.bar = None
         if self.tty:
@@ -61,7 +61,7 @@ class Progress:
                 self.bar.set_postfix({k: _fmt(v) for k, v in self.postfix.items()}, refresh=False)
         now = self.clock()
         if self.enabled and now - self.last_line >= self.every_s:
-            self.last_line = now
+            self.last_line, self.lined_n = now, self.n
             self.write(self.line(now))
 
     def line(self, now: float | None = None) -> str:
@@ -74,6 +74,11 @@ class Progress:
         extras = "".join(f" {k} {_fmt(v)}" for k, v in self.postfix.items())
         eta = f", {_duration(left)} left" if left == left else ""
         return f"{self.desc}: {self.unit} {self.n:,}/{self.total:,}{pct}{extras} | {_duration(elapsed)} elapsed{eta}"
+
+    def announce(self) -> None:
+        """A line now, for work whose first update comes late (one long batch): what the wait is for."""
+        if self.enabled:
+            self.write(self.line())
 
     def write(self, text: str) -> None:
         """A line for the log file, and for stderr when no bar shows progress there."""
@@ -90,7 +95,7 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        if self.enabled and self.n > self.start_n:
+        if self.enabled and self.n > self.start_n and self.n != self.lined_n:  # not the last line twice
             self.write(self.line())
 
     def __enter__(self) -> "Progress":

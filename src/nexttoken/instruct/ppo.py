@@ -306,20 +306,15 @@ def update(policy: Policy, value: RewardModel | None, optimizer, exp: Experience
 # ---- the loop -------------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def reward_norm(policy: Policy, reward_model: RewardModel | LabelerReward, prompts: list[str], cfg: PPOConfig,
-                dist: Dist = Dist(), progress: Progress | None = None) -> tuple[float, float]:
+                dist: Dist = Dist()) -> tuple[float, float]:
     """(mean, std) of the reward model's score on the initial policy's responses: the gain and bias that make the
     reward model's part of the PPO reward mean 0 and standard deviation 1 on the SFT model's samples (each process
-    samples its share of ``prompts``, a rollout's worth at a time: a batch the rollouts show fits; ``progress``
-    counts the responses)."""
-    mine, local, n = dist.share(prompts), [], max(cfg.rollouts // dist.world_size, 1)
-    generator = torch.Generator().manual_seed(dist.own_seed(cfg.seed + 5))
-    if progress is not None:
-        progress.set_total(len(mine))
-    for batch in (mine[i : i + n] for i in range(0, len(mine), n)):
-        out = respond(policy, batch, cfg.max_new_tokens, temperature=cfg.temperature, generator=generator)
-        local += scores(reward_model, batch, out).float().tolist()
-        if progress is not None:
-            progress.update(len(batch))
+    samples its share of ``prompts``)."""
+    mine, local = dist.share(prompts), []
+    if mine:
+        out = respond(policy, mine, cfg.max_new_tokens, temperature=cfg.temperature,
+                      generator=torch.Generator().manual_seed(dist.own_seed(cfg.seed + 5)))
+        local = scores(reward_model, mine, out).float().tolist()
     score = torch.tensor(gather(dist, local))
     return float(score.mean()), float(score.std().clamp(min=1e-3))
 
@@ -367,10 +362,12 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, dist: Dist, resume: 
         run.rewind_metrics(start)
     if norm is None:
         sample = random.Random(cfg.seed).sample(pool, min(cfg.norm_samples, len(pool)))
-        with autocast(device, cfg.precision), Progress(0, "ppo: sampling the responses that normalise the reward",
-                                                       unit="response", enabled=progress and dist.is_main,
+        with autocast(device, cfg.precision), Progress(len(sample), "ppo: sampling the responses that normalise "
+                                                       "the reward", unit="response", enabled=progress and dist.is_main,
                                                        log=run.log_path) as bar:
-            norm = reward_norm(policy, reward_model, sample, cfg, dist, bar)
+            bar.announce()  # one batch, counted when it ends
+            norm = reward_norm(policy, reward_model, sample, cfg, dist)
+            bar.update(len(sample))
         if value is not None and cfg.reward_model != GOLD:
             with torch.no_grad():  # the value head starts as the reward model on the normalised scale it predicts
                 value.score.weight /= norm[1]
