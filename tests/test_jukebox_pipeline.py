@@ -259,6 +259,19 @@ def test_a_second_evaluation_reuses_the_baseline_the_first_trained(tiny_pipeline
     assert read_json(run / "evaluation.json")["reconstruction"]["encodec at bottom bitrate"] == first
 
 
+def test_the_baseline_trains_the_steps_the_vqvae_took_not_the_steps_it_was_given(tiny_pipeline, tmp_path):
+    """A VQ-VAE stopped by a time budget took fewer steps than its --steps: the baseline matches what it took."""
+    run = shutil.copytree(tiny_pipeline, tmp_path / "run", ignore=shutil.ignore_patterns("baseline-*"))
+    config = read_json(run / "vqvae" / "config.json")
+    taken = read_json(run / "vqvae" / "summary.json")["steps"]
+    config["loop"]["steps"] = taken + 3  # as if --max-minutes had stopped it short
+    (run / "vqvae" / "config.json").write_text(json.dumps(config))
+    assert run_cli(["jukebox", "evaluate", run, "--baselines", "bottom", "--clips-per-artist", "0", "--lines", "1",
+                    "--windows", "2", "--val-clips", "4"]) == 0
+    assert read_json(run / "baseline-bottom" / "summary.json")["steps"] == taken
+    assert read_json(run / "evaluation.json")["reconstruction"]["encodec at bottom bitrate"]["bottom"]["steps"] == taken
+
+
 def test_train_resume_keeps_every_finished_stage(tiny_pipeline):
     stamps = {p: p.stat().st_mtime_ns for p in sorted(tiny_pipeline.glob("*/checkpoint.safetensors"))}
     assert len(stamps) == 4

@@ -27,7 +27,7 @@ from nexttoken.jukebox.alignment import alignment_score, cross_patterns, plot_al
 from nexttoken.jukebox.evaluate import EncodecBaseline, evaluate_codec, matching_baseline, restart_rule
 from nexttoken.jukebox.fidelity import features, fit_artist_classifier, recognition
 from nexttoken.jukebox.pipeline import (clips_of, codes_of, load_prior, load_vqvae, open_pipeline, saved_vqvae_settings,
-                                        vqvae_config)
+                                        vqvae_config, vqvae_step)
 from nexttoken.jukebox.sample import JUKEBOX_SAMPLING, sample_level, top_conditioning, upsampler_conditioning
 from nexttoken.jukebox.train import (clip_batches, flat_levels, held_out, score_level, summed_vqvae_loss,
                                      window_rows)
@@ -67,6 +67,8 @@ def train_baseline(path: Path, level: str, clips, val: torch.Tensor, device: tor
     loss and optimiser) in ``path/baseline-<level>``, or read from there; its held-out metrics."""
     vq = vqvae_config(path)
     opts, optim, loop = saved_vqvae_settings(path, {})
+    # the steps the VQ-VAE took (a time budget may have stopped it short of its --steps); the budget stays a ceiling
+    loop = replace(loop, steps=vqvae_step(path))
     base = matching_baseline(vq, vq.levels.index(level))
     threshold, revive = restart_rule(loop.batch_size * vq.clip_samples / base.hop, base.codebook_size)
     cfg = replace(base, restart_threshold=threshold, revive_count=revive)
@@ -76,14 +78,15 @@ def train_baseline(path: Path, level: str, clips, val: torch.Tensor, device: tor
     resume = (stage / "config.json").is_file()
     with (Run.resume(stage, BASELINE_KIND) if resume else Run.create(stage, settings, BASELINE_KIND)) as run:
         if (stage / "summary.json").is_file():  # trained to the end by an earlier evaluation
-            run.load_checkpoint(model, restore_rng_state=False)
+            steps, _, _ = run.load_checkpoint(model, restore_rng_state=False)
         else:
             steps = fit(model, clip_batches(clips, loop.batch_size, loop.seed), optim, loop, run, resume=resume,
                         eval_fn=lambda m: flat_levels(evaluate_codec(m, val)), loss_fn=summed_vqvae_loss,
                         weight_fn=count_rows).steps
             run.write_summary({"steps": steps})
     metrics = evaluate_codec(model, val)["encodec"]
-    return {**metrics, "stages": cfg.num_quantizers, "params": sum(p.numel() for p in model.parameters())}
+    return {**metrics, "stages": cfg.num_quantizers, "params": sum(p.numel() for p in model.parameters()),
+            "steps": steps}
 
 
 def codec_metrics(path: Path, val: torch.Tensor, device: torch.device) -> dict:

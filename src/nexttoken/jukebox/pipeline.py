@@ -101,7 +101,7 @@ def clips_of(path: Path):
 
 def codes_of(path: Path, device: torch.device) -> CodeSet:
     """The cached codes of the pipeline, encoded now (once) if the VQ-VAE has moved on since, or never encoded."""
-    step = _vqvae_step(path)
+    step = vqvae_step(path)
     if (path / CODES).is_file():
         codes = CodeSet.load(path / CODES)
         if codes.step == step:
@@ -115,7 +115,7 @@ def codes_of(path: Path, device: torch.device) -> CodeSet:
     return codes
 
 
-def _vqvae_step(path: Path) -> int:
+def vqvae_step(path: Path) -> int:
     summary = path / "vqvae" / "summary.json"
     if not summary.is_file():
         raise UserError(f"{path / 'vqvae'} has not finished training; finish it first with: nexttoken jukebox "
@@ -158,14 +158,14 @@ def load_prior(path: Path, level: str, device: torch.device) -> Prior:
 def stale_priors(path: Path, levels) -> list[Path]:
     """The started priors among ``levels`` that learned the codes of an earlier VQ-VAE: its codes no longer mean what
     they meant to them, so they can neither sample nor train on (the new codes would mix with the old)."""
-    now, started = _vqvae_step(path), [lv for lv in levels if (path / lv / "config.json").is_file()]
+    now, started = vqvae_step(path), [lv for lv in levels if (path / lv / "config.json").is_file()]
     return [path / lv for lv in started if Run.open(path / lv, PRIOR_KIND).config.get("codes_step") != now]
 
 
 def check_codes_step(path: Path, level: str) -> None:
     if stale_priors(path, [level]):
         raise UserError(f"the {level} prior learned the codes of the VQ-VAE before it trained on to step "
-                        f"{_vqvae_step(path)}; delete {path / level} and train it again")
+                        f"{vqvae_step(path)}; delete {path / level} and train it again")
 
 
 def finished(stage: Path) -> bool:
@@ -270,7 +270,7 @@ def train_everything(path: Path, plan: Plan, opts: VQVAEOptions, device: str, da
     stale = stale_priors(path, levels)
     if stale:
         raise UserError(f"{', '.join(map(str, stale))}: learned the codes of the VQ-VAE before it trained on to step "
-                        f"{_vqvae_step(path)}; delete {'them' if len(stale) > 1 else 'it'} and resume again to train "
+                        f"{vqvae_step(path)}; delete {'them' if len(stale) > 1 else 'it'} and resume again to train "
                         "on the new codes")
     for level in levels:
         stage = path / level
