@@ -116,9 +116,12 @@ def sample_codes(path: Path, conds: torch.Tensor, lyrics: list[str], seconds: fl
 
 
 @torch.no_grad()
-def through_levels(vqvae, audio: torch.Tensor, batch: int = 32, progress=None) -> list[torch.Tensor]:
+def through_levels(vqvae, audio: torch.Tensor, batch: int = 8, progress=None) -> list[torch.Tensor]:
     """(B, T) audio passed through each level's encoder, codebook and decoder in one forward pass of an eval-mode
-    VQ-VAE (its codebooks stay): per level, what that level keeps of it. ``progress(n)`` after each batch."""
+    VQ-VAE (its codebooks stay): per level, what that level keeps of it. ``progress(n)`` after each batch.
+
+    A few clips at a time, as ``evaluate_codec`` reads them: the full-rate activations of many clips at once outgrow
+    a CPU's caches and run slower per clip."""
     device = next(vqvae.parameters()).device
     outs = []
     for part in audio.split(batch):
