@@ -32,6 +32,22 @@ def test_demo_help_names_the_domains_only_takes():
     assert proc.returncode == 0 and "grok, muse" in " ".join(proc.stdout.split()), proc.stdout
 
 
+def test_top_level_help_lists_every_domain_without_importing_them():
+    code = ("import sys; from nexttoken.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.endswith('.cli')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "['nexttoken.cli']"  # neither torch nor a domain's cli
+    for line in ("grok ", "muse ", "jukebox ", "instruct ", "demo "):
+        assert f"\n    {line}" in proc.stdout, proc.stdout
+
+
+def test_a_domain_gets_its_verbs():
+    proc = run_cli("jukebox", "--help")
+    assert proc.returncode == 0 and "train-prior" in proc.stdout and "sample" in proc.stdout, proc.stdout
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_missing_gpu_is_a_clear_error(tmp_path):
     proc = run_cli("demo", "--device", "cuda", "--out", str(tmp_path / "d"), cwd=tmp_path)

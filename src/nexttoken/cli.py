@@ -1,8 +1,10 @@
 """The `nexttoken` command: `nexttoken <domain> <verb> [options]` and `nexttoken demo`.
 
-The core knows no domain by name. A domain is a sub-package with a ``cli`` module that defines ``HELP``,
-``register(parser)`` (adds its verbs, each with ``set_defaults(func=...)``) and ``demo(out, device) -> Section``;
-this module finds them with pkgutil, so a domain appears in the CLI and the demo as soon as its package exists.
+The core knows no domain by name. A domain is a sub-package whose ``__init__`` defines ``HELP`` (its one line in
+``nexttoken --help``) and whose ``cli`` module defines ``register(parser)`` (adds its verbs, each with
+``set_defaults(func=...)``) and ``demo(out, device) -> Section``; this module finds them with pkgutil, so a domain
+appears in the CLI and the demo as soon as its package exists. A domain's ``cli`` imports torch and its own stages,
+so a command imports only the domain it names (``nexttoken --help`` imports none).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib
+import importlib.util
 import os
 import pkgutil
 import signal
@@ -34,29 +37,35 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 @functools.cache
-def domains() -> dict[str, ModuleType]:
+def domains() -> dict[str, str]:
+    """Every domain package (a sub-package with a ``cli`` module) and its one-line help, in the report's order."""
     found = {}
     for info in pkgutil.iter_modules(nexttoken.__path__):
-        if info.ispkg:
-            try:
-                found[info.name] = importlib.import_module(f"nexttoken.{info.name}.cli")
-            except ModuleNotFoundError as e:
-                if e.name != f"nexttoken.{info.name}.cli":
-                    raise
+        if info.ispkg and importlib.util.find_spec(f"nexttoken.{info.name}.cli") is not None:
+            package = importlib.import_module(f"nexttoken.{info.name}")
+            found[info.name] = getattr(package, "HELP", None) or (package.__doc__ or info.name).strip().split("\n")[0]
     rank = {name: i for i, name in enumerate(ORDER)}
     return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
+
+
+def domain(name: str) -> ModuleType:
+    return importlib.import_module(f"nexttoken.{name}.cli")
 
 
 def add_device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps")
 
 
-def build_parser() -> ArgumentParser:
+def build_parser(argv: list[str]) -> ArgumentParser:
+    """The parser for this command line: every domain is listed, and the one it names gets its verbs."""
+    named = next((a for a in argv if not a.startswith("-")), None)
     parser = ArgumentParser(prog="nexttoken", description=nexttoken.__doc__)
     parser.add_argument("--version", action="version", version=f"nexttoken {nexttoken.__version__}")
     sub = parser.add_subparsers(dest="domain", required=True, metavar="{" + ",".join([*domains(), "demo"]) + "}")
-    for name, module in domains().items():
-        module.register(sub.add_parser(name, help=module.HELP, description=module.HELP))
+    for name, help in domains().items():
+        p = sub.add_parser(name, help=help, description=help)
+        if name == named:
+            domain(name).register(p)
     demo = sub.add_parser("demo", help="run every pipeline at its CPU-sized default and write one HTML report")
     demo.add_argument("--out", type=Path, default=None, help="report folder (default runs/demo-<time>)")
     demo.add_argument("--only", default=None, metavar="A,B",
@@ -86,7 +95,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"[demo] {name} ...", file=sys.stderr, flush=True)
         t0 = time.time()
         try:
-            section = found[name].demo(out / name, device)
+            section = domain(name).demo(out / name, device)
         except Exception:  # one broken pipeline must not hide the others' results
             failed.append(name)
             section = Section(f"{name}: failed").code(traceback.format_exc())
@@ -121,7 +130,8 @@ def _check_processes(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
         else None
     try:

@@ -14,8 +14,6 @@ from nexttoken.grok.sweep import SweepConfig
 from nexttoken.grok.train import PRESETS, GrokConfig, TrainOptions
 from nexttoken.runs import default_run_dir
 
-HELP = "grokking: small transformers on algorithmic tables (Power et al. 2022, Nanda et al. 2023)"
-
 
 def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="verb", required=True)

@@ -8,3 +8,5 @@ The stages, each a run folder: pretrain.py, sft.py, rankings.py, reward.py, ppo.
 runs them in order; evaluate.py and results.py measure what the papers report, figures.py draws it, demo.py and
 cli.py present it.
 """
+
+HELP = "InstructGPT (base -> SFT -> reward model -> PPO) and zero-shot chain of thought, in miniature"

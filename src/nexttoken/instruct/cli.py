@@ -28,8 +28,6 @@ from nexttoken.config import add_options, from_args, given, option
 from nexttoken.errors import UserError, continue_with
 from nexttoken.runs import default_run_dir, read_json, read_text
 
-HELP = "InstructGPT (base -> SFT -> reward model -> PPO) and zero-shot chain of thought, in miniature"
-
 STAGE_HELP = {
     "pretrain": "pretrain a base model on the generated corpus (or continue a real one)",
     "sft": "supervised fine-tuning on demonstrations, loss on the response tokens only",

@@ -9,3 +9,5 @@ folder for every stage), sample.py. Measures: evaluate.py (reconstruction, the E
 fidelity.py (artist recognition), alignment.py (lyrics), evaluate_run.py (all of them for a folder). demo.py and
 figures.py draw them; cli.py is `nexttoken jukebox`.
 """
+
+HELP = "Jukebox: raw audio as three levels of codes, conditioned priors with lyrics, sampling back to sound"

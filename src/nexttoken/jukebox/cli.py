@@ -26,7 +26,6 @@ from nexttoken.errors import UserError, continue_with
 from nexttoken.sampling import SamplingConfig
 from nexttoken.training import LoopConfig, OptimConfig, pick_device
 
-HELP = "Jukebox: raw audio as three levels of codes, conditioned priors with lyrics, sampling back to sound"
 LEVELS = ("top", "middle", "bottom")
 
 

@@ -7,3 +7,5 @@ tokens and back), data.py (training rows from the corpus of ``nexttoken.midi``),
 embeddings), train.py, generate.py, critic.py, evaluate.py, embeddings.py (the composer map), demo.py (the demo
 section and `muse report`), cli.py (`nexttoken muse ...`).
 """
+
+HELP = "MuseNet: MIDI as a language, composer-conditioned training, primed generation"

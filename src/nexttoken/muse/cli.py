@@ -25,8 +25,6 @@ from nexttoken.errors import UserError
 from nexttoken.sampling import SamplingConfig
 from nexttoken.training import LoopConfig, OptimConfig, pick_device
 
-HELP = "MuseNet: MIDI as a language, composer-conditioned training, primed generation"
-
 
 @dataclass
 class CorpusJobs:
