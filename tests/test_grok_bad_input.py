@@ -95,6 +95,13 @@ BAD_VALUES = [
     (["train", *SMALL, "--grokfast-lambda", "3"],
      "--grokfast-lambda is used only with --grokfast ema or ma, not none"),
     (["train", *SMALL, "--init-std", "0.1"], "--init-std is used only with --init gpt2, not torch"),
+    (["sweep", *FEW, "--grid", "grokfast_alpha=0.9,0.98"], "--grid grokfast_alpha is used only with --grokfast ema, "
+                                                            "not none"),
+    (["sweep", *FEW, "--grid", "grokfast=none,ema", "--grid", "grokfast_lambda=1,2"],
+     "--grid grokfast_lambda is used only with --grokfast ema or ma, not none"),
+    (["sweep", *FEW, "--grokfast-window", "5"], "--grokfast-window is used only with --grokfast ma, not none"),
+    (["sweep", *FEW, "--preset", "modern", "--grid", "init_std=0.02,0.04", "--grid", "init=torch,gpt2"],
+     "--grid init_std is used only with --init gpt2, not torch"),
     (["table", "--op", "x/y", "--p", "10"], "10 is not prime"),
     (["table", "--p", "0"], "--p must be >= 2"),
     (["table", "--op", "nope"], "invalid choice: 'nope'"),

@@ -123,11 +123,17 @@ USED_ONLY_WITH = {"grokfast_alpha": ("grokfast", ("ema",)), "grokfast_window": (
                   "grokfast_lambda": ("grokfast", ("ema", "ma")), "init_std": ("init", ("gpt2",))}
 
 
-def refuse_unused(cfg: GrokConfig, typed: dict) -> None:
+def refuse_unused(cfg: GrokConfig, typed: dict, grid: dict | None = None) -> None:
+    """A setting typed, or swept with ``--grid``, where what it depends on ignores it, is refused: a sweep over it
+    would train the same runs under different names."""
+    grid = grid or {}
     for name, (needs, values) in USED_ONLY_WITH.items():
-        if name in typed and getattr(cfg, needs) not in values:
-            raise UserError(f"{config.flag_name(name)} is used only with {config.flag_name(needs)} "
-                            f"{' or '.join(values)}, not {getattr(cfg, needs)}")
+        if name in typed or name in grid:
+            ignored = [v for v in grid.get(needs, [getattr(cfg, needs)]) if v not in values]
+            if ignored:
+                where = f"--grid {name}" if name in grid else config.flag_name(name)
+                raise UserError(f"{where} is used only with {config.flag_name(needs)} {' or '.join(values)}, "
+                                f"not {ignored[0]}")
 
 
 def summary_line(s: dict) -> str:
@@ -166,6 +172,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         base = base_config(args)
         grid = make_grid(shape, base.op, args.grid)
         refuse_unswept(typed, given, grid)
+        refuse_unused(base, typed, grid)
         if dist.is_main:
             sweep = start_sweep(base, grid, shape.max_ensemble, config.from_args(args, TrainOptions),
                                 args.out or default_run_dir("grok", "sweep"), device, processes=dist.world_size)
