@@ -319,18 +319,10 @@ def reward_norm(policy: Policy, reward_model: RewardModel | LabelerReward, promp
     return float(score.mean()), float(score.std().clamp(min=1e-3))
 
 
-def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, dist: Dist, resume: bool = False,
-              progress: bool = True) -> dict:
-    """Run PPO (PPO-ptx when ``cfg.ptx_coef`` > 0) into ``run``; writes RUN/policy.safetensors, returns the summary
-    (on rank 0; the other processes of a torchrun return {}). Under torchrun each process rolls out its share of every
-    iteration's prompts and the replicas step together (``update``)."""
-    if not cfg.init or not cfg.reward_model:
-        raise UserError("ppo needs --init (the SFT policy) and --reward-model (a reward run folder)")
-    if (cfg.rollouts // cfg.group) % dist.world_size or cfg.minibatch % dist.world_size:
-        raise UserError(f"--rollouts {cfg.rollouts} ({cfg.rollouts // cfg.group} prompts) and --minibatch "
-                        f"{cfg.minibatch} must divide evenly into {dist.world_size} processes")
-    device = dist.device
-    seed_everything(cfg.seed)
+def models(cfg: PPOConfig, device: torch.device) -> tuple[Policy, Policy, RewardModel | LabelerReward,
+                                                           RewardModel | None, list[str], object]:
+    """The policy, its frozen KL anchor (both the SFT model), the reward, the value model (None with ``--group`` > 1),
+    the training prompts and the world they come from."""
     policy = load_policy(cfg.init, device)
     if cfg.ptx_coef > 0 and cfg.ptx_context > policy.context:
         raise UserError(f"--ptx-context {cfg.ptx_context} is longer than the context of {cfg.init} "
@@ -352,6 +344,35 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, dist: Dist, resume: 
         nn.init.zeros_(value.score.weight)
     elif cfg.group == 1:
         value = copy.deepcopy(reward_model).trainable()  # InstructGPT: the value function starts as the RM
+    return policy, ref, reward_model, value, pool, world
+
+
+def summarise(cfg: PPOConfig, records: list[dict], norm: tuple[float, float], beta: float, seconds: float,
+              device: torch.device, processes: int) -> dict:
+    """summary.json: the reward and KL over the first and last tenth of the iterations."""
+    tenth = max(1, len(records) // 10)
+    return {"init": cfg.init, "reward_model": cfg.reward_model, "iterations": cfg.iterations,
+            "ptx_coef": cfg.ptx_coef, "reward_norm": list(norm),
+            "reward_first": sum(r["reward"] for r in records[:tenth]) / tenth,
+            "reward_last": sum(r["reward"] for r in records[-tenth:]) / tenth,
+            "kl_last": sum(r["kl"] for r in records[-tenth:]) / tenth, "kl_coef_last": beta,
+            "episodes_per_s": sum(r["episodes_per_s"] for r in records) / len(records),
+            "seconds": round(seconds, 1), "device": str(device), "processes": processes}
+
+
+def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, dist: Dist, resume: bool = False,
+              progress: bool = True) -> dict:
+    """Run PPO (PPO-ptx when ``cfg.ptx_coef`` > 0) into ``run``; writes RUN/policy.safetensors, returns the summary
+    (on rank 0; the other processes of a torchrun return {}). Under torchrun each process rolls out its share of every
+    iteration's prompts and the replicas step together (``update``)."""
+    if not cfg.init or not cfg.reward_model:
+        raise UserError("ppo needs --init (the SFT policy) and --reward-model (a reward run folder)")
+    if (cfg.rollouts // cfg.group) % dist.world_size or cfg.minibatch % dist.world_size:
+        raise UserError(f"--rollouts {cfg.rollouts} ({cfg.rollouts // cfg.group} prompts) and --minibatch "
+                        f"{cfg.minibatch} must divide evenly into {dist.world_size} processes")
+    device = dist.device
+    seed_everything(cfg.seed)
+    policy, ref, reward_model, value, pool, world = models(cfg, device)
     trained = nn.ModuleDict({"policy": policy} if value is None else {"policy": policy, "value": value})
     optimizer = make_optimizer(trained, optim)
     start, beta, norm = 0, cfg.kl_coef, None
@@ -421,15 +442,7 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, dist: Dist, resume: 
     from nexttoken.instruct.figures import plot_ppo_health
 
     plot_ppo_health(run.metrics(), run.path / "ppo_health.png")
-    records = run.metrics()
-    tenth = max(1, len(records) // 10)
-    summary = {"init": cfg.init, "reward_model": cfg.reward_model, "iterations": cfg.iterations,
-               "ptx_coef": cfg.ptx_coef, "reward_norm": list(norm),
-               "reward_first": sum(r["reward"] for r in records[:tenth]) / tenth,
-               "reward_last": sum(r["reward"] for r in records[-tenth:]) / tenth,
-               "kl_last": sum(r["kl"] for r in records[-tenth:]) / tenth, "kl_coef_last": beta,
-               "episodes_per_s": sum(r["episodes_per_s"] for r in records) / len(records),
-               "seconds": round(time.time() - t0, 1), "device": str(device), "processes": dist.world_size}
+    summary = summarise(cfg, run.metrics(), norm, beta, time.time() - t0, device, dist.world_size)
     run.write_summary(summary)
     return summary
 
