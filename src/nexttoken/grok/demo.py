@@ -18,7 +18,7 @@ def section(out: Path, device: torch.device) -> Section:
     2-core CPU (docs/grok.md)."""
     cfg = replace(GrokConfig(), **PRESETS["modern"], op="x+y", p=31, frac=0.5, steps=2000)
     options = TrainOptions(snapshots=12)
-    with start(cfg, options, out / "train", device) as run:
+    with start(cfg, options, out / f"{cfg.op}-mod-{cfg.p}", device) as run:  # named in its progress bar
         summary = train(cfg, run, device, options=options, progress=True)
         paths = analyze(run, device)
     section = Section("Grokking (Power et al. 2022)")

@@ -47,7 +47,7 @@ def demo(out: Path, device) -> Section:
     t0 = time.time()
     corpus = load_corpus("music21-small")
     t_corpus = time.time() - t0
-    run_dir = out / "run"
+    run_dir = out / "musenet"  # named in its progress bar
     if (run_dir / "config.json").exists():
         resume(run_dir, device=device.type)
     else:
