@@ -128,6 +128,46 @@ def test_a_new_pipeline_writes_down_the_renderer_it_chose(tmp_path):
     assert resolved(DataConfig(audio=str(tmp_path))).soundfont == ""  # the user's audio is not rendered
 
 
+def test_your_own_audio_comes_without_the_sung_lines_unless_asked_and_the_corpus_keeps_them(tmp_path):
+    """The sung lines would be most of a small folder's clips (200 lines beside six tunes), and docs/jukebox.md says
+    --audio takes the user's files instead of the embedded data; a note table is rendered like the corpus."""
+    from jukebox_fixtures import audio_folder
+
+    folder = str(audio_folder(tmp_path / "audio"))
+    assert load_data(DataConfig(audio=folder), 8000, 2048).artists() == ["alice", "bob"]
+    asked = load_data(DataConfig(audio=folder, lyrics_lines=2), 8000, 2048).artists()
+    assert "alice" in asked and set(asked) - {"alice", "bob"} <= {"low_voice", "high_voice"} and len(asked) > 2
+    assert resolved(DataConfig(audio=folder)).lyrics_lines == 0  # what the pipeline saves
+    assert resolved(DataConfig(audio=folder, lyrics_lines=3)).lyrics_lines == 3
+    table = tmp_path / "table"
+    table.mkdir()
+    fake_corpus().save(table)
+    for audio in ("music21-small", str(table)):
+        assert resolved(DataConfig(audio=audio, soundfont="synth")).lyrics_lines == 200
+    assert resolved(DataConfig(audio=str(table), soundfont="synth", lyrics_lines=0)).lyrics_lines == 0
+
+
+def test_audio_typed_as_a_relative_path_is_saved_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "audio").mkdir()
+    assert resolved(DataConfig(audio="audio")).audio == str(tmp_path.resolve() / "audio")
+    assert resolved(DataConfig(audio="music21-small", soundfont="synth")).audio == "music21-small"
+
+
+def test_artists_are_kept_by_the_folder_names_the_user_typed(tmp_path, capsys):
+    """A folder 'Artist One' is the artist artist_one (``label_of``); --artists 'Artist One' names it."""
+    from jukebox_fixtures import audio_folder
+
+    root = audio_folder(tmp_path / "audio")
+    (root / "bob").rename(root / "Artist One")
+    clips = load_data(DataConfig(audio=str(root), artists=["Artist One"]), 8000, 2048)
+    assert clips.artists() == ["artist_one"]
+    assert load_data(DataConfig(audio=str(root), artists=["ALICE", "artist_one"]), 8000, 2048).artists() == \
+        ["alice", "artist_one"]
+    with pytest.raises(UserError, match="--artists Nobody Here: not in"):
+        load_data(DataConfig(audio=str(root), artists=["Alice", "Nobody Here"]), 8000, 2048)
+
+
 def test_sung_lines_keep_their_words_and_timings_and_merge_with_other_audio():
     lines = lyrics_clips(6, 8000, 2048, val_fraction=0.34)
     assert set(lines.artists()) <= {"low_voice", "high_voice"} and lines.genres() == ["song"]

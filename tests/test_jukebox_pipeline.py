@@ -10,7 +10,8 @@ import pytest
 import soundfile
 import torch
 
-from jukebox_fixtures import RATE, TINY_PRIOR, jukebox_cache, run_cli, tiny_audio, tiny_pipeline  # noqa: F401
+from jukebox_fixtures import (RATE, TINY_PRIOR, TINY_VQVAE, audio_folder, jukebox_cache, run_cli,  # noqa: F401
+                              tiny_audio, tiny_pipeline)
 from nexttoken.jukebox import sample as sample_module
 from nexttoken.jukebox.audio import write_wav
 from nexttoken.jukebox.codes import read_npz
@@ -290,3 +291,73 @@ def test_priors_of_codes_the_vqvae_has_trained_past_are_refused_not_resumed(tiny
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and said[argv[0]] in err[0] and "trained on to step 4; delete" in err[0], err
     assert read_json(folder / "top" / "summary.json")["steps"] == 2  # nothing trained on the new codes
+
+
+def test_artist_and_genre_are_taken_as_the_folder_names_the_user_has(tiny_pipeline, tmp_path):
+    """Labels are made of folder names by ``label_of`` (the folder 'Artist One' is artist_one): so are typed names."""
+    out = tmp_path / "s"
+    assert run_cli(["jukebox", "sample", tiny_pipeline, "--artist", "Alice", "--genre", "Unknown", "--seconds", "0.3",
+                    "--stop-at", "top", "--out", out]) == 0
+    labels = read_json(out / "config.json")["labels"]
+    assert (labels["artist"], labels["genre"]) == ("alice", "unknown")
+
+
+def test_a_pipeline_trained_on_a_relative_audio_path_reads_the_same_audio_from_anywhere(tiny_audio, tmp_path,
+                                                                                         monkeypatch, capsys):
+    from nexttoken.jukebox.pipeline import clips_of
+
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    shutil.copytree(tiny_audio, work / "audio")
+    audio_folder(elsewhere / "audio")
+    shutil.rmtree(elsewhere / "audio" / "bob")  # another folder by the same name: alice alone
+    monkeypatch.chdir(work)
+    assert run_cli(["jukebox", "train-vqvae", "--audio", "audio", "--steps", "1", "--out", work / "run",
+                    "--device", "cpu", *TINY_VQVAE]) == 0
+    assert read_json(work / "run" / "config.json")["data"]["audio"] == str((work / "audio").resolve())
+    for folder in (elsewhere, tmp_path):
+        monkeypatch.chdir(folder)
+        assert "bob" in clips_of(work / "run").artists()
+        capsys.readouterr()
+        assert run_cli(["jukebox", "report", work / "run", "--out", tmp_path / "report", "--device", "cpu"]) == 0, \
+            capsys.readouterr().err
+
+
+def test_scores_on_training_clips_say_so_when_nothing_is_held_out(tiny_pipeline, tiny_audio, tmp_path, capsys):
+    """One track per artist, or --val-fraction 0: the figures are on clips the model trained on, and read so."""
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert run_cli(["jukebox", "train-vqvae", "--audio", tiny_audio, "--steps", "2", "--out", run, "--device", "cpu",
+                    *TINY_VQVAE, "--val-fraction", "0"]) == 0
+    printed = capsys.readouterr()
+    warnings = [line for line in printed.err.splitlines() if "no track is held out" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("nexttoken: warning: ") and "training clips" in warnings[0]
+    assert "training-clip (none held out) spectral convergence" in printed.out and "held-out" not in printed.out
+    assert read_json(run / "vqvae" / "summary.json")["scored_on"] == "train"
+    assert run_cli(["jukebox", "train-prior", run, "--level", "top", "--steps", "2", "--device", "cpu",
+                    *TINY_PRIOR]) == 0
+    printed = capsys.readouterr()
+    assert "the top prior's bits per second are measured on training clips" in printed.err
+    assert "bits/s on training audio (none held out)" in printed.out
+    assert read_json(run / "top" / "summary.json")["scored_on"] == "train"
+    for stage in ("vqvae", "top", "middle", "bottom"):  # a held-out split: the summaries as they always were
+        assert "scored_on" not in read_json(tiny_pipeline / stage / "summary.json")
+
+
+def test_evaluate_leaves_out_an_artist_whose_audio_is_gone_and_says_so(tiny_pipeline, tiny_audio, tmp_path, capsys):
+    """The classifier cannot learn an artist with no clips left, so the clips asked of that artist would count as
+    the prior's misses: the artist is left out of recognition, with a warning, and every other measure stands."""
+    run = shutil.copytree(tiny_pipeline, tmp_path / "run", ignore=shutil.ignore_patterns("samples", "report"))
+    audio = shutil.copytree(tiny_audio, tmp_path / "audio")
+    shutil.rmtree(audio / "bob")
+    config = read_json(run / "config.json")
+    config["data"]["audio"] = str(audio)
+    (run / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert run_cli(["jukebox", "evaluate", run, "--baselines", "", "--clips-per-artist", "1", "--seconds", "0.3",
+                    "--lines", "1", "--windows", "2", "--val-clips", "4"]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    warned = [line for line in err.splitlines() if "leaves out" in line]
+    assert len(warned) == 1 and warned[0].startswith("nexttoken: warning: artist recognition leaves out bob:")
+    recognition = read_json(run / "evaluation.json")["recognition"]
+    assert "bob" not in recognition["per_artist"] and "alice" in recognition["per_artist"]

@@ -267,15 +267,18 @@ def _print_summaries(path: Path) -> None:
 
     s = path / "vqvae" / "summary.json"
     if s.is_file():
-        levels = read_json(s)["levels"]
-        print(f"{path / 'vqvae'}: held-out spectral convergence "
+        summary = read_json(s)
+        levels = summary["levels"]
+        on = "held-out" if summary.get("scored_on", "val") == "val" else "training-clip (none held out)"
+        print(f"{path / 'vqvae'}: {on} spectral convergence "
               + " / ".join(f"{n} {m['spectral_convergence_db']:.1f} dB" for n, m in levels.items())
               + "; codes in use " + " / ".join(f"{100 * m['usage']:.0f}%" for m in levels.values()))
     for level in LEVELS:
         s = path / level / "summary.json"
         if s.is_file():
             r = read_json(s)
-            print(f"{path / level}: {r['bits_per_second']:.0f} bits/s on held-out audio (unigram "
+            on = "held-out audio" if r.get("scored_on", "val") == "val" else "training audio (none held out)"
+            print(f"{path / level}: {r['bits_per_second']:.0f} bits/s on {on} (unigram "
                   f"{r['unigram_bits_per_second']:.0f}), {r['params']:,} parameters", file=sys.stdout)
 
 

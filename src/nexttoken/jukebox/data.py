@@ -11,8 +11,9 @@ lines of made-up words sung one syllable per note, artist ``low_voice`` or ``hig
 ground truth of the lyrics-alignment measure. Both are rendered once and cached under ``$NEXTTOKEN_CACHE/jukebox``
 (default ``~/.cache/nexttoken/jukebox``).
 
-    nexttoken jukebox prepare                                  # the default: corpus + 200 sung lines
-    nexttoken jukebox prepare --audio ~/music --lyrics-lines 0 # your folder (artist = sub-folder), no sung lines
+    nexttoken jukebox prepare                                    # the default: corpus + 200 sung lines
+    nexttoken jukebox prepare --audio ~/music                    # your folder (artist = sub-folder), no sung lines
+    nexttoken jukebox prepare --audio ~/music --lyrics-lines 200 # your folder and the sung lines
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from nexttoken.runs import load_tensors, save_tensors
 MUSIC21 = ("music21-small", "music21")
 LYRICS_GENRE = "song"
 RENDERER = 1  # bumped whenever rendering changes, so no cache made by another renderer is reused
+SUNG_LINES = 200  # the sung lines the embedded default adds to the rendered corpus
 
 
 @dataclass
@@ -51,19 +53,27 @@ class DataConfig:
     soundfont: str = option("", "the corpus's instruments: a General MIDI .sf2 file, 'synth' for the built-in "
                             "synthesizer, or '' for a system soundfont when one is installed (a new pipeline keeps "
                             "what it chose)")
-    lyrics_lines: int = option(200, "lines of the built-in sung lyrics set added to the audio (0: none)", ge=0,
-                               le=100_000)
+    lyrics_lines: int | None = option(None, f"lines of the built-in sung lyrics set added to the audio (default: "
+                                      f"{SUNG_LINES} with rendered notes, none with your own audio files; 0: none)",
+                                      ge=0, le=100_000)
     voices: list[str] = option(default_factory=lambda: list(DEFAULT_VOICES), help="who sings the lines: low and high "
                                "(the built-in formant voice), espeak (espeak-ng, where it is installed)")
     val_fraction: float = option(0.1, "share of each artist's tracks held out (user audio and sung lines)", ge=0,
                                  lt=1)
     jobs: int = option(2, "processes reading audio files or converting the corpus", ge=1, le=64)
 
+    def sung_lines(self) -> int:
+        """The sung lines added: as asked, else the embedded default's with rendered notes and none with the user's
+        own files (the lines would outnumber a small folder's clips and take over what the priors learn)."""
+        if self.lyrics_lines is not None:
+            return self.lyrics_lines
+        return SUNG_LINES if rendered(self.audio) else 0
+
     def validate(self) -> "DataConfig":
         if not self.voices or len(set(self.voices)) < len(self.voices) or not set(self.voices) <= set(TUNE_RANGE):
             raise UserError(f"--voices takes distinct names among {', '.join(TUNE_RANGE)}, not "
                             f"{','.join(self.voices) or 'nothing'}")
-        if "espeak" in self.voices and self.lyrics_lines:
+        if "espeak" in self.voices and self.sung_lines():
             require_espeak()
         check(self)
         if not rendered(self.audio):  # the user's recordings: nothing to render, every file is used
@@ -76,14 +86,26 @@ class DataConfig:
 
 
 def resolved(cfg: DataConfig) -> DataConfig:
-    """``cfg`` with the renderer it would use now written down ('synth' or a soundfont's path), so that a pipeline
-    reads the same audio later whatever is installed by then."""
+    """``cfg`` as a pipeline saves it, so that it reads the same audio later from any folder and whatever is
+    installed by then: a path made absolute (it was typed relative to the folder the command ran in), the sung lines
+    counted and the renderer written down ('synth' or a soundfont's path)."""
     from nexttoken.midi.render import find_soundfont
 
+    if cfg.audio not in MUSIC21:
+        cfg = replace(cfg, audio=str(Path(cfg.audio).expanduser().resolve()))
+    cfg = replace(cfg, lyrics_lines=cfg.sung_lines())
     if not rendered(cfg.audio) or cfg.soundfont == "synth":
         return cfg
     soundfont = find_soundfont(cfg.soundfont or None)
     return replace(cfg, soundfont=str(soundfont) if soundfont else "synth")
+
+
+def known_label(typed: str, labels: list[str]) -> str:
+    """An artist or genre as typed, or, when it is not among ``labels``, as ``label_of`` makes labels of folder names
+    and CSV cells: the folder 'Artist One' is the artist artist_one, and so is the name typed."""
+    from nexttoken.midi.corpus import label_of
+
+    return typed if typed in labels else label_of(typed)
 
 
 def load_data(cfg: DataConfig, sample_rate: int, clip_samples: int) -> ClipSet:
@@ -94,15 +116,16 @@ def load_data(cfg: DataConfig, sample_rate: int, clip_samples: int) -> ClipSet:
     else:
         clips = load_clips(cfg.audio, sample_rate, clip_samples / sample_rate, val_fraction=cfg.val_fraction,
                            jobs=cfg.jobs)
-    if cfg.lyrics_lines:
-        clips = merge(clips, lyrics_clips(cfg.lyrics_lines, sample_rate, clip_samples, cfg.val_fraction,
+    if cfg.sung_lines():
+        clips = merge(clips, lyrics_clips(cfg.sung_lines(), sample_rate, clip_samples, cfg.val_fraction,
                                           voices=tuple(cfg.voices)))
     if cfg.artists:
-        missing = sorted(set(cfg.artists) - set(clips.artists()))
+        wanted = [known_label(a, clips.artists()) for a in cfg.artists]
+        missing = [typed for typed, label in zip(cfg.artists, wanted) if label not in clips.artists()]
         if missing:
             raise UserError(f"--artists {','.join(missing)}: not in {cfg.audio} (artists: "
                             f"{', '.join(clips.artists())})")
-        clips = select(clips, [t.artist in cfg.artists for t in clips.tracks])
+        clips = select(clips, [t.artist in wanted for t in clips.tracks])
     if not len(clips.rows("train")):
         raise UserError(f"{cfg.audio}: no training audio (every track is held out); add tracks or lower "
                         f"--val-fraction")

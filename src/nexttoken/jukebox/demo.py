@@ -79,7 +79,7 @@ def pipeline_section(run_dir: Path, out: Path, device, sample_dirs: list[Path], 
     section.text(f"{data['tracks']} tracks by {len(data['artists'])} artists ({', '.join(data['artists'])}), "
                  f"{60 * data['hours']:.1f} minutes at {data['sample_rate']} Hz. The three-level VQ-VAE "
                  f"({vq['params'] / 1e6:.2f} M parameters, preset {vq['preset']}) trained {vq['steps']} steps in "
-                 f"{vq['train_seconds']:.0f} s on {vq['device']}; each level alone rebuilds held-out audio:")
+                 f"{vq['train_seconds']:.0f} s on {vq['device']}; each level alone rebuilds {_scored(vq)} audio:")
     section.table([{"level": n, "kbit/s": m["bits_per_second"] / 1000, "spectral convergence dB":
                     m["spectral_convergence_db"], "SI-SDR dB": m["si_sdr_db"], "codes in use %": 100 * m["usage"]}
                    for n, m in vq["levels"].items()])
@@ -89,11 +89,12 @@ def pipeline_section(run_dir: Path, out: Path, device, sample_dirs: list[Path], 
         f = run_dir / level / "summary.json"
         if f.is_file():
             s = read_json(f)
+            on = _scored(s)
             rows.append({"prior": level, "parameters": s["params"], "steps": s["steps"],
-                         "train s": s["train_seconds"], "held-out bits/s": s["bits_per_second"],
+                         "train s": s["train_seconds"], f"{on} bits/s": s["bits_per_second"],
                          "unigram bits/s": s["unigram_bits_per_second"]})
     if rows:
-        section.table(rows, "priors: held-out bits per second of audio, beside a unigram model of the codes")
+        section.table(rows, f"priors: {on} bits per second of audio, beside a unigram model of the codes")
     for folder in sample_dirs:
         _sample(run_dir, folder, device, section)
     evaluation = run_dir / "evaluation.json"
@@ -102,10 +103,15 @@ def pipeline_section(run_dir: Path, out: Path, device, sample_dirs: list[Path], 
 
         data = read_json(evaluation)
         section.code(format_report(Evaluation(**{k: data.get(k) for k in ("reconstruction", "bits_per_second",
-                                                                          "recognition", "alignment", "files")})))
+                                                                          "recognition", "alignment", "files",
+                                                                          "scored_on")})))
         if (run_dir / "alignment.png").is_file():
             section.image(run_dir / "alignment.png", "the top prior's attention over a held-out line (evaluate)")
     return section
+
+
+def _scored(summary: dict) -> str:
+    return "held-out" if summary.get("scored_on", "val") == "val" else "training"  # no track was held out
 
 
 def _reconstruction(run_dir: Path, out: Path, device, section: Section) -> None:

@@ -26,11 +26,12 @@ from nexttoken.errors import UserError
 from nexttoken.jukebox.alignment import alignment_score, cross_patterns, plot_alignment, timed_lines
 from nexttoken.jukebox.evaluate import EncodecBaseline, evaluate_codec, matching_baseline, restart_rule
 from nexttoken.jukebox.fidelity import features, fit_artist_classifier, recognition
-from nexttoken.jukebox.pipeline import (clips_of, codes_of, load_prior, load_vqvae, open_pipeline, saved_vqvae_settings,
-                                        vqvae_config, vqvae_step)
+from nexttoken.jukebox.audio import warn
+from nexttoken.jukebox.pipeline import (clips_of, codes_of, data_config, load_prior, load_vqvae, open_pipeline,
+                                        saved_vqvae_settings, vqvae_config, vqvae_step)
 from nexttoken.jukebox.sample import JUKEBOX_SAMPLING, sample_level, top_conditioning, upsampler_conditioning
-from nexttoken.jukebox.train import (clip_batches, flat_levels, held_out, score_level, summed_vqvae_loss,
-                                     window_rows)
+from nexttoken.jukebox.train import (clip_batches, flat_levels, held_out, score_level, scored_split,
+                                     summed_vqvae_loss, warn_unheld, window_rows)
 from nexttoken.progress import Progress
 from nexttoken.runs import Run, atomic_write_json, read_json
 from nexttoken.training import count_rows, fit
@@ -60,6 +61,7 @@ class Evaluation:
     recognition: dict | None = None
     alignment: dict | None = None
     files: dict = field(default_factory=dict)
+    scored_on: str = "val"  # 'train' when no track is held out, so reconstruction and bits/s are on training audio
 
 
 def train_baseline(path: Path, level: str, clips, val: torch.Tensor, device: torch.device) -> dict:
@@ -138,10 +140,20 @@ def artist_recognition(path: Path, clips, cfg: EvaluateConfig, device: torch.dev
     decoded, so a level's recognition compares like with like and shows where on the way down the artist is lost."""
     vq = vqvae_config(path)
     top = load_prior(path, vq.levels[-1], device).cfg
+    heard = {clips.tracks[int(t)].artist for t in clips.track[clips.rows("train")].unique()}
+    gone = [a for a in top.artists if a not in heard]
+    if len(gone) == len(top.artists):
+        raise UserError(f"artist recognition: none of the run's artists ({', '.join(top.artists)}) has training "
+                        f"audio in {data_config(open_pipeline(path)).audio} now (--clips-per-artist 0 skips it)")
+    if gone:
+        # the classifier cannot name an artist it never heard: its clips would count as misses of the prior's
+        warn(f"artist recognition leaves out {', '.join(gone)}: the run was trained on them, but "
+             f"{data_config(open_pipeline(path)).audio} holds no training audio of theirs now")
+    artists = [a for a in top.artists if a in heard]
     real = {}  # split -> (audio, labels): up to 64 real clips per artist, to train on and to check the classifier
     for split in ("train", "val"):
         audio, labels = [], []
-        for artist in top.artists:
+        for artist in artists:
             rows = [r for r in clips.rows(split).tolist() if clips.tracks[int(clips.track[r])].artist == artist]
             rows = rows[:: max(1, len(rows) // 64)][:64]
             if rows:
@@ -153,7 +165,7 @@ def artist_recognition(path: Path, clips, cfg: EvaluateConfig, device: torch.dev
     lines = {}
     for t in clips.tracks:
         lines.setdefault(t.artist, t.lyrics)
-    for artist in top.artists:
+    for artist in artists:
         genres = [t.genre for t in clips.tracks if t.artist == artist]
         genre = max(set(genres), key=genres.count)
         for _ in range(cfg.clips_per_artist):
@@ -210,6 +222,8 @@ def evaluate_run(path: Path, cfg: EvaluateConfig, device: torch.device, progress
         open_pipeline(Path(other))
     clips = clips_of(path)
     val = held_out(clips, cfg.val_clips)
+    if scored_split(clips) == "train":
+        warn_unheld("the reconstruction and the bits per second are")
     # the baselines first: each trains (or is read back) with its own progress
     baselines = {f"encodec at {level} bitrate": {level: train_baseline(path, level, clips, val, device)}
                  for level in cfg.baselines}
@@ -217,8 +231,9 @@ def evaluate_run(path: Path, cfg: EvaluateConfig, device: torch.device, progress
     for other in map(Path, cfg.compare):
         restarts = read_json(other / "vqvae" / "summary.json").get("restarts")
         codecs[f"vqvae ({other.name}, restarts {restarts})"] = other
-    ev = Evaluation()
-    with Progress(len(codecs), f"evaluate: reconstruction of {len(val)} held-out clips", unit="VQ-VAE",
+    ev = Evaluation(scored_on=scored_split(clips))
+    on = "held-out" if ev.scored_on == "val" else "training"
+    with Progress(len(codecs), f"evaluate: reconstruction of {len(val)} {on} clips", unit="VQ-VAE",
                   enabled=progress, log=log) as bar:
         for name, codec in codecs.items():
             ev.reconstruction[name] = codec_metrics(codec, val, device)
@@ -226,7 +241,7 @@ def evaluate_run(path: Path, cfg: EvaluateConfig, device: torch.device, progress
     ev.reconstruction.update(baselines)
     codes = codes_of(path, device)
     trained = [level for level in reversed(vq.levels) if (path / level / "summary.json").is_file()]
-    with Progress(len(trained), "evaluate: held-out bits per second", unit="prior", enabled=progress,
+    with Progress(len(trained), f"evaluate: {on} bits per second", unit="prior", enabled=progress,
                   log=log) as bar:
         for level in trained:
             s = score_level(load_prior(path, level, device), codes, most=cfg.windows)
@@ -252,13 +267,16 @@ def load_evaluation(path: Path) -> dict | None:
 
 
 def format_report(ev: Evaluation) -> str:
-    out = ["reconstruction of held-out clips (spectral convergence dB, lower is better; SI-SDR dB; codes in use)"]
+    held = ev.scored_on in ("val", None)  # None: an evaluation.json that does not say
+    on = "held-out" if held else "training"
+    out = [f"reconstruction of {on} clips{'' if held else ' (no track is held out)'} (spectral convergence dB, "
+           "lower is better; SI-SDR dB; codes in use)"]
     for codec, levels in ev.reconstruction.items():
         for level, m in levels.items():
             out.append(f"  {codec:42s} {level:7s} {m['bits_per_second'] / 1000:6.2f} kbit/s  SC "
                        f"{m['spectral_convergence_db']:6.1f}  STFT {m['stft_distance']:.4f}  log-mel "
                        f"{m['log_mel_l1']:.3f}  SI-SDR {m['si_sdr_db']:6.1f}  usage {100 * m['usage']:5.1f}%")
-    out.append("held-out bits per second of audio (prior vs unigram of the training codes)")
+    out.append(f"{on} bits per second of audio (prior vs unigram of the training codes)")
     for level, b in ev.bits_per_second.items():
         out.append(f"  {level:7s} {b['prior']:9.0f} vs {b['unigram']:9.0f}  ({b['codes']:,} codes)")
     if ev.recognition:

@@ -24,7 +24,7 @@ from nexttoken.config import load, option, resumed
 from nexttoken.distributed import Dist, barrier, init_distributed, main_first
 from nexttoken.errors import UserError
 from nexttoken.jukebox.codes import CodeSet, encode_clips
-from nexttoken.jukebox.data import DataConfig, load_data, resolved
+from nexttoken.jukebox.data import MUSIC21, DataConfig, load_data, resolved
 from nexttoken.jukebox.prior import LEVELS, Prior, PriorConfig
 from nexttoken.jukebox.train import (PRIOR_DEFAULTS, PRIOR_KIND, PRIOR_LOOP, PRIOR_OPTIM, VQ_LOOP, VQ_OPTIM,
                                      VQVAE_KIND, VQVAEOptions, train_prior, train_vqvae)
@@ -69,7 +69,13 @@ def open_pipeline(path: Path) -> Run:
 
 
 def data_config(run: Run) -> DataConfig:
-    return load(DataConfig, run.config.get("data"), str(run.path / "config.json"))
+    cfg = load(DataConfig, run.config.get("data"), str(run.path / "config.json"))
+    audio = Path(cfg.audio).expanduser()
+    if cfg.audio not in MUSIC21 and not audio.is_absolute() and not audio.exists():
+        # a path saved as typed names the audio only from the folder `train` ran in
+        raise UserError(f"{run.path}: its audio {cfg.audio} was given relative to the folder `train` ran in, and "
+                        f"{Path.cwd()} holds no {cfg.audio}; run this from that folder")
+    return cfg
 
 
 def vqvae_config(path: Path) -> VQVAEConfig:

@@ -28,6 +28,7 @@ from nexttoken.config import check, load, option
 from nexttoken.errors import UserError
 from nexttoken.jukebox.audio import read_audio, write_wav
 from nexttoken.jukebox.codes import write_npz
+from nexttoken.jukebox.data import known_label
 from nexttoken.jukebox.prior import LEVELS, Prior, chars_batch, position_seconds
 from nexttoken.progress import Progress
 from nexttoken.runs import Run, load_tensors, save_tensors
@@ -190,15 +191,20 @@ def labels_of(pipeline: Path, cfg: SampleConfig, vq) -> dict:
         raise UserError(f"--stop-at {cfg.stop_at}: this VQ-VAE's levels are {', '.join(vq.levels)}")
     check_overlap(cfg.overlap, [open_prior_config(pipeline, lv) for lv in reversed(vq.levels[vq.levels.index(
         cfg.stop_at) :])])
-    artist = cfg.artist or top.artists[0]
+    artist = known_label(cfg.artist, top.artists) if cfg.artist else top.artists[0]
     if artist not in top.artists:
-        raise UserError(f"--artist {artist}: not one of the run's artists ({', '.join(top.artists)})")
+        raise UserError(f"--artist {cfg.artist}: not one of the run's artists ({', '.join(top.artists)})")
     genres = [t["genre"] for t in header["tracks"] if t["artist"] == artist]
-    genre = cfg.genre or max(set(genres), key=genres.count)
+    genre = known_label(cfg.genre, top.genres) if cfg.genre else max(set(genres), key=genres.count)
     if genre not in top.genres:
-        raise UserError(f"--genre {genre}: not one of the run's genres ({', '.join(top.genres)})")
+        raise UserError(f"--genre {cfg.genre}: not one of the run's genres ({', '.join(top.genres)})")
     if cfg.lyrics and not top.lyrics:
         raise UserError("--lyrics: this run's top prior was trained without lyrics")
+    if len(cfg.lyrics) > top.max_chars:
+        # the prior reads the first max_chars characters of a piece's lyrics at every window, in training as here:
+        # the words past them would never be sung
+        raise UserError(f"--lyrics: {len(cfg.lyrics)} characters; this run's top prior reads at most "
+                        f"{top.max_chars} (its --max-chars)")
     top_hop = vq.hops[-1]
     prime_seconds = 0.0
     if cfg.prime:

@@ -19,7 +19,7 @@ import torch
 
 from nexttoken.config import option
 from nexttoken.distributed import Dist
-from nexttoken.jukebox.audio import ClipSet, clip_summary
+from nexttoken.jukebox.audio import ClipSet, clip_summary, warn
 from nexttoken.jukebox.codes import CodeSet
 from nexttoken.jukebox.evaluate import evaluate_codec
 from nexttoken.jukebox.prior import Prior, PriorConfig, chars_batch, position_seconds, window_tokens
@@ -73,13 +73,22 @@ def trained_seconds(run: Run) -> float:
 
 
 # ---- the VQ-VAE ------------------------------------------------------------------------------------------------------
+def scored_split(clips: ClipSet) -> str:
+    """The clips a stage is scored on: the held-out ones ('val'), or the training ones ('train') when no track is
+    held out (one track per artist, or --val-fraction 0): a set that small is scored on what it has."""
+    return "val" if len(clips.rows("val")) else "train"
+
+
 def held_out(clips: ClipSet, n: int) -> torch.Tensor:
-    """Up to ``n`` held-out clips spread evenly over the held-out tracks (all of them when fewer), as audio."""
-    rows = clips.rows("val")
-    if not len(rows):
-        rows = clips.rows("train")  # a set too small to hold any track out is scored on what it has
+    """Up to ``n`` clips of the ``scored_split`` spread evenly over its tracks (all of them when fewer), as audio."""
+    rows = clips.rows(scored_split(clips))
     pick = rows[torch.linspace(0, len(rows) - 1, min(n, len(rows))).round().long()]
     return clips.audio(pick)
+
+
+def warn_unheld(what: str) -> None:
+    warn(f"no track is held out (each artist has one, or --val-fraction is 0): {what} measured on training clips, "
+         "not on audio the model has not heard")
 
 
 def clip_batches(clips: ClipSet, batch_size: int, seed: int):
@@ -110,7 +119,9 @@ def train_vqvae(stage: Path, clips: ClipSet, opts: VQVAEOptions, optim: OptimCon
         return stage
     cfg = opts.vqvae_config()
     model = VQVAE(cfg).to(dist.device)
-    val = held_out(clips, opts.val_clips)
+    val, split = held_out(clips, opts.val_clips), scored_split(clips)
+    if split == "train" and dist.is_main:
+        warn_unheld("the VQ-VAE's spectral convergence and codebook use are")
     settings = {"vqvae": asdict(cfg), "options": asdict(opts), "optim": asdict(optim), "loop": asdict(loop)}
     run = Run.resume(stage, VQVAE_KIND, dist.is_main) if resume else \
         Run.create(stage, settings, VQVAE_KIND, dist.is_main)
@@ -121,18 +132,24 @@ def train_vqvae(stage: Path, clips: ClipSet, opts: VQVAEOptions, optim: OptimCon
                      weight_fn=count_rows)
         if dist.is_main:
             levels = cfg.levels
+            on = "held-out" if split == "val" else "training-clip"
             plot_metrics(run.metrics(), [f"{n}_spectral_convergence_db" for n in levels],
                          run.path / "spectral_convergence.png", ylabel="dB (lower is better)",
-                         title="held-out spectral convergence")
+                         title=f"{on} spectral convergence")
             plot_metrics(run.metrics(), [f"{n}_usage" for n in levels], run.path / "usage.png",
-                         ylabel="fraction of codes used", title="held-out codebook usage")
+                         ylabel="fraction of codes used", title=f"{on} codebook usage")
             record = result.record  # the last evaluation: the held-out metrics of the final weights
             held = {n: {k[len(n) + 1 :]: v for k, v in record.items() if k.startswith(n + "_")} for n in levels}
             run.write_summary({"levels": held, "steps": result.steps, "restarts": cfg.restarts, "preset": opts.preset,
                                "train_seconds": trained_seconds(run), "device": str(dist.device),
                                "params": sum(p.numel() for p in model.parameters()), "val_clips": len(val),
-                               "data": {k: v for k, v in clip_summary(clips).items()}})
+                               "data": {k: v for k, v in clip_summary(clips).items()}, **scored_on(split)})
     return stage
+
+
+def scored_on(split: str) -> dict:
+    """What a summary adds when its scores are not held-out ones (a held-out summary stays as it always was)."""
+    return {} if split == "val" else {"scored_on": "train"}
 
 
 # ---- the priors ------------------------------------------------------------------------------------------------------
@@ -196,6 +213,7 @@ class LevelScore:
     bits_per_second: float
     unigram_bits_per_second: float
     codes: int  # held-out codes scored
+    split: str = "val"  # 'train' when no segment is held out, so the training codes were scored
 
 
 def tiled_windows(codes: CodeSet, cfg: PriorConfig, split: str, most: int) -> list[tuple[int, int]]:
@@ -212,7 +230,9 @@ def tiled_windows(codes: CodeSet, cfg: PriorConfig, split: str, most: int) -> li
 def score_level(model: Prior, codes: CodeSet, split: str = "val", most: int = 64, batch_size: int = 16) -> LevelScore:
     """Held-out nats per code and bits per second of the prior, and of a unigram model of the training codes."""
     cfg = model.cfg
-    windows = tiled_windows(codes, cfg, split, most) or tiled_windows(codes, cfg, "train", most)
+    windows = tiled_windows(codes, cfg, split, most)
+    if not windows:  # nothing held out: scored on what there is
+        split, windows = "train", tiled_windows(codes, cfg, "train", most)
     device = next(model.parameters()).device
     total, count, unigram = 0.0, 0, 0.0
     log_p = unigram_log_probs(codes, cfg.level)
@@ -226,7 +246,7 @@ def score_level(model: Prior, codes: CodeSet, split: str = "val", most: int = 64
         unigram -= float(log_p[targets[targets >= 0]].sum())
     per_second = cfg.sample_rate / cfg.hop / math.log(2)
     return LevelScore(total / max(count, 1), total / max(count, 1) * per_second,
-                      unigram / max(count, 1) * per_second, count)
+                      unigram / max(count, 1) * per_second, count, split)
 
 
 def unigram_log_probs(codes: CodeSet, level: str) -> torch.Tensor:
@@ -248,6 +268,9 @@ def train_prior(stage: Path, codes: CodeSet, cfg: PriorConfig, optim: OptimConfi
     run = Run.resume(stage, PRIOR_KIND, dist.is_main) if resume else \
         Run.create(stage, settings, PRIOR_KIND, dist.is_main)
     run.amend({"loop": settings["loop"]})
+    split = "val" if tiled_windows(codes, cfg, "val", 1) else "train"
+    if split == "train" and dist.is_main:
+        warn_unheld(f"the {cfg.level} prior's bits per second are")
 
     def eval_fn(m: Prior) -> dict:
         s = score_level(m, codes, most=val_windows)
@@ -267,5 +290,5 @@ def train_prior(stage: Path, codes: CodeSet, cfg: PriorConfig, optim: OptimConfi
                                "train_loss": record.get("train_loss"), "train_seconds": trained_seconds(run),
                                "params": sum(p.numel() for p in model.parameters()), "device": str(dist.device),
                                "train_codes": sum(len(codes.segment(codes.level(cfg.level), s))
-                                                  for s in codes.segments("train"))})
+                                                  for s in codes.segments("train")), **scored_on(split)})
     return stage
