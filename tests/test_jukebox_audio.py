@@ -99,6 +99,36 @@ def test_a_folder_with_nothing_usable_is_one_clear_error(tmp_path):
         load_clips(tmp_path / "nowhere", SR, clip_seconds=1.0)
 
 
+def test_artists_of_any_script_stay_apart_and_a_merge_is_one_warning(tmp_path, capsys):
+    for name in ["Бьорк", "Мумий Тролль", "unknown", "björk", "bjork"]:
+        (tmp_path / "audio" / name).mkdir(parents=True)
+        for k in range(2):
+            sf.write(tmp_path / "audio" / name / f"{k}.wav", tone(220 + 50 * k, 1.0, SR), SR)
+    clips = load_clips(tmp_path / "audio", SR, clip_seconds=0.5)
+    assert clips.artists() == ["bjork", "unknown", "бьорк", "мумий_тролль"]
+    assert [t.artist for t in clips.tracks].count("bjork") == 4
+    warnings = [l for l in capsys.readouterr().err.splitlines() if "warning" in l]
+    assert warnings == ["nexttoken: warning: folders 'bjork' and 'björk' are both artist 'bjork'; they are treated "
+                        "as one"]
+
+
+def test_csv_rows_without_an_artist_and_merged_names_are_warned_once(tmp_path, capsys):
+    write_good(tmp_path)
+    (tmp_path / "set.csv").write_text("path,artist,genre\n"
+                                      "alice/one.wav,,Rock\n"
+                                      "alice/two.flac\n"
+                                      "bob/three.ogg,Björk,rock\n"
+                                      "bob/three.ogg,BJORK,Rock\n", encoding="utf-8")
+    tracks = find_tracks(tmp_path / "set.csv")
+    assert [(t.artist, t.genre) for t in tracks] == [("unknown", "rock"), ("unknown", "unknown"), ("bjork", "rock"),
+                                                     ("bjork", "rock")]
+    warnings = [l for l in capsys.readouterr().err.splitlines() if "warning" in l]
+    assert [w.split("set.csv: ")[1] for w in warnings] == [
+        "2 row(s) name no artist; they are artist 'unknown'",
+        "artists 'Björk' and 'BJORK' are both artist 'bjork'; they are treated as one",
+        "genres 'Rock' and 'rock' are both genre 'rock'; they are treated as one"]
+
+
 def test_a_csv_gives_artist_genre_and_lyrics(tmp_path):
     write_good(tmp_path)
     (tmp_path / "set.csv").write_text("path,artist,genre,lyrics\n"

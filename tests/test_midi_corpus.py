@@ -7,7 +7,8 @@ import pytest
 from muse_fixtures import toy_corpus, toy_piece
 from nexttoken.errors import UserError
 from nexttoken.midi import music21_corpus as corpus_mod
-from nexttoken.midi.corpus import load_corpus, split_by_piece
+from nexttoken.midi import corpus as corpus_module
+from nexttoken.midi.corpus import label_of, load_corpus, split_by_piece
 
 
 @pytest.fixture(autouse=True)
@@ -104,6 +105,49 @@ def test_maestro_style_csv(tmp_path):
     csv.write_text("\n".join(rows).replace("Frédéric Chopin", "Chopin").replace(",validation,", ",train,") + "\n")
     edited = load_corpus(str(csv))
     assert sorted(set(edited.labels)) == ["chopin", "johann_sebastian_bach"] and edited.splits.count("val") == 0
+
+
+def test_folder_names_of_any_script_are_distinct_composers_and_a_merge_is_one_warning(tmp_path, capsys):
+    root = tmp_path / "midi"
+    names = ["Шостакович", "Мумий Тролль", "unknown", "björk", "bjork", "Чайковский"]
+    for k, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        toy_piece("scales", k).dump_midi(str(root / name / "a.mid"))
+    corpus = load_corpus(str(root))
+    assert corpus.composers() == ["bjork", "unknown", "мумий_тролль", "чайковский", "шостакович"]
+    warnings = [l for l in capsys.readouterr().err.splitlines() if "warning" in l]
+    assert warnings == ["nexttoken: warning: folders 'bjork' and 'björk' are both composer 'bjork'; they are "
+                        "treated as one"]
+    # The music21 corpus's collection names, and every ASCII name, keep the labels they always had.
+    assert [label_of(n) for n in ("ryansMammoth", "nottingham-dataset", "J. S. Bach", "Frédéric Chopin", "!?")] == [
+        "ryansmammoth", "nottingham_dataset", "j_s_bach", "frederic_chopin", "unknown"]
+
+
+def test_a_table_cached_under_other_labels_is_not_reused(tmp_path, monkeypatch):
+    """The cache key holds every piece's label, so a table prepared when names were folded to ASCII (both Cyrillic
+    folders 'unknown') is read again, not served with its old labels."""
+    root = tmp_path / "midi"
+    for k, name in enumerate(["Шостакович", "Прокофьев"]):
+        (root / name).mkdir(parents=True)
+        toy_piece("chords", k).dump_midi(str(root / name / "a.mid"))
+    monkeypatch.setattr(corpus_module, "label_of", lambda name: "unknown")
+    assert load_corpus(str(root)).composers() == ["unknown"]
+    monkeypatch.undo()
+    monkeypatch.setenv("NEXTTOKEN_CACHE", str(tmp_path / "cache"))
+    assert load_corpus(str(root)).composers() == ["прокофьев", "шостакович"]
+
+
+def test_csv_composers_merged_or_missing_are_warned_once(tmp_path, capsys):
+    root = toy_corpus(tmp_path / "midi", per_style=2)
+    (root / "set.csv").write_text("path,composer\nscales/scales-0.mid,Dvořák\nscales/scales-1.mid,Dvorak\n"
+                                  "chords/chords-0.mid,\nchords/chords-1.mid\n", encoding="utf-8")
+    corpus = load_corpus(str(root / "set.csv"))
+    assert corpus.composers() == ["dvorak", "unknown"]
+    warnings = [l for l in capsys.readouterr().err.splitlines() if "warning" in l]
+    assert len(warnings) == 2
+    assert warnings[0].endswith("set.csv: 2 row(s) name no composer (composer); they are composer 'unknown'")
+    assert warnings[1].endswith("set.csv: composer values 'Dvořák' and 'Dvorak' are both composer 'dvorak'; they "
+                                "are treated as one")
 
 
 def test_bad_corpus_is_a_user_error(tmp_path):

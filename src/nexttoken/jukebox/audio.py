@@ -34,7 +34,7 @@ import torch
 
 from nexttoken.errors import UserError
 from nexttoken.isolate import Outcome, map_isolated
-from nexttoken.midi.corpus import label_of
+from nexttoken.midi.corpus import labels_of
 from nexttoken.runs import atomic_write_bytes, atomic_write_json, load_tensors, read_json, read_text, save_tensors
 from nexttoken.progress import Progress
 
@@ -134,12 +134,11 @@ class Track:
 
 def folder_tracks(root: Path) -> list[Track]:
     """Every audio file under ``root``; its artist is the first sub-folder it sits in (files at the top: the root's)."""
-    out = []
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()):
-        rel = path.relative_to(root)
-        artist = label_of(rel.parts[0] if len(rel.parts) > 1 else root.resolve().name)
-        out.append(Track(rel.as_posix(), path, artist))
-    return out
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    rels = [path.relative_to(root) for path in paths]
+    artists = labels_of([rel.parts[0] if len(rel.parts) > 1 else root.resolve().name for rel in rels], "folders",
+                        "artist")
+    return [Track(rel.as_posix(), path, artist) for rel, path, artist in zip(rels, paths, artists)]
 
 
 def csv_tracks(csv_path: Path) -> list[Track]:
@@ -153,8 +152,15 @@ def csv_tracks(csv_path: Path) -> list[Track]:
         raise UserError(f"{csv_path}: needs columns path, artist, genre (lyrics optional); "
                         f"missing {', '.join(missing)}")
     lyrics = cols.get("lyrics")
-    return [Track(r[cols["path"]], csv_path.parent / r[cols["path"]], label_of(r[cols["artist"]] or ""),
-                  label_of(r[cols["genre"]] or ""), (r[lyrics] or "").strip() if lyrics else "") for r in rows]
+    # A row cut short (only a path) holds None in the columns it lacks.
+    names = [(r[cols["artist"]] or "").strip() for r in rows]
+    unnamed = names.count("")
+    if unnamed:
+        warn(f"{csv_path}: {unnamed} row(s) name no artist; they are artist 'unknown'")
+    artists = labels_of(names, f"{csv_path}: artists", "artist")
+    genres = labels_of([r[cols["genre"]] or "" for r in rows], f"{csv_path}: genres", "genre")
+    return [Track(r[cols["path"]], csv_path.parent / r[cols["path"]], artist, genre,
+                  (r[lyrics] or "").strip() if lyrics else "") for r, artist, genre in zip(rows, artists, genres)]
 
 
 def find_tracks(source: str | Path) -> list[Track]:

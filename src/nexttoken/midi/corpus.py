@@ -49,13 +49,41 @@ def slug(text: str) -> str:
 
 
 def label_of(name: str) -> str:
-    """A composer label as a token can hold it: lower case, words joined by underscores.
+    """A composer label as a token can hold it: letters and digits of any script in lower case, words joined by
+    underscores, accents on Latin letters dropped; ``unknown`` for a name with no letter or digit.
 
-    >>> label_of("Frédéric Chopin")
-    'frederic_chopin'
+    >>> label_of("Frédéric Chopin"), label_of("Мумий Тролль"), label_of("?!")
+    ('frederic_chopin', 'мумий_тролль', 'unknown')
     """
-    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    return re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_") or "unknown"
+    kept: list[str] = []
+    for c in unicodedata.normalize("NFKD", name):
+        if unicodedata.category(c).startswith("M"):
+            # An accent on a Latin letter goes (é is e: 'Chopin, Frederic' typed without accents names the label);
+            # a mark of another script is part of its letter (Cyrillic й, Devanagari vowel signs), and dropping it
+            # would merge distinct names.
+            if not (kept and kept[-1].isascii()):
+                kept.append(c)
+        else:
+            kept.append(c.lower() if c.isalnum() else "_")
+    return re.sub(r"_+", "_", unicodedata.normalize("NFC", "".join(kept))).strip("_") or "unknown"
+
+
+def labels_of(names: list[str], what: str, kind: str) -> list[str]:
+    """The label of each name, with one warning per label that different names share (e.g. folders 'björk' and
+    'bjork'): they become one label, which the user would otherwise never learn. ``what`` names the names
+    ("folders"), ``kind`` the label ("artist"). Empty names are not compared: callers warn about those."""
+    labels = [label_of(n) for n in names]
+    merged: dict[str, list[str]] = {}
+    for name, label in zip(names, labels):
+        shown = name.strip()
+        if shown and shown not in merged.setdefault(label, []):
+            merged[label].append(shown)
+    for label, shown in merged.items():
+        if len(shown) > 1:
+            listed = ", ".join(repr(n) for n in shown[:-1]) + f" and {shown[-1]!r}"
+            warn(f"{what} {listed} are {'both' if len(shown) == 2 else 'all'} {kind} {label!r}; they are treated as "
+                 f"one")
+    return labels
 
 
 def warn(message: str) -> None:
@@ -183,12 +211,11 @@ def split_by_piece(ids: list[str], labels: list[str], val_fraction: float) -> li
 # ---- the user's own MIDI ----------------------------------------------------------------------------------------------
 def folder_pieces(root: Path) -> list[tuple[str, str, Path]]:
     """Every MIDI file under ``root``; its label is the first sub-folder it sits in (files at the top: the root's name)."""
-    out = []
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file()):
-        rel = path.relative_to(root)
-        label = label_of(rel.parts[0] if len(rel.parts) > 1 else root.resolve().name)
-        out.append((rel.as_posix(), label, path))
-    return out
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
+    rels = [path.relative_to(root) for path in paths]
+    folders = [rel.parts[0] if len(rel.parts) > 1 else root.resolve().name for rel in rels]
+    labels = labels_of(folders, "folders", "composer")
+    return [(rel.as_posix(), label, path) for rel, label, path in zip(rels, labels, paths)]
 
 
 PATH_COLUMNS = ("midi_filename", "path", "file", "filename", "midi")
@@ -211,7 +238,12 @@ def csv_pieces(csv_path: Path) -> tuple[list[tuple[str, str, Path]], list[str] |
         raise UserError(f"{csv_path}: needs a path column ({'/'.join(PATH_COLUMNS)}) and a composer column "
                         f"({'/'.join(LABEL_COLUMNS)}); found {', '.join(c for c in rows[0] if c)}")
     rows = [r for r in rows if r.get(path_col)]  # a short row (a blank line, a cut-off file) names no file
-    pieces = [(r[path_col], label_of(r[label_col] or ""), (csv_path.parent / r[path_col])) for r in rows]
+    names = [(r[label_col] or "").strip() for r in rows]
+    unnamed = names.count("")
+    if unnamed:
+        warn(f"{csv_path}: {unnamed} row(s) name no composer ({label_col}); they are composer 'unknown'")
+    labels = labels_of(names, f"{csv_path}: {label_col} values", "composer")
+    pieces = [(r[path_col], label, (csv_path.parent / r[path_col])) for r, label in zip(rows, labels)]
     split_col = cols.get("split")
     splits = None if split_col is None else ["train" if (r[split_col] or "").strip() == "train" else "val"
                                              for r in rows]
