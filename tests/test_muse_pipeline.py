@@ -450,3 +450,29 @@ def test_a_corpus_without_held_out_pieces_reports_no_bits_per_note(tmp_path, mon
     assert main(["muse", "report", str(run), "--candidates", "1", "--composers", "1", "--seconds", "1",
                  "--device", "cpu"]) == 0
     assert "no held-out pieces, so there are no bits per note" in (run / "report" / "report.html").read_text()
+
+
+def test_a_run_reads_its_corpus_from_any_working_folder(tmp_path, monkeypatch, capsys):
+    """--corpus typed relative to one folder: the run keeps its absolute path, so evaluate run from another folder
+    (one holding a folder of the same name) reads the corpus it trained on, and a resume may type the path again."""
+    from pathlib import Path
+
+    from muse_fixtures import toy_corpus
+    from nexttoken.cli import main
+
+    monkeypatch.setenv("NEXTTOKEN_CACHE", str(tmp_path / "cache"))
+    toy_corpus(tmp_path / "here" / "midi", per_style=2)
+    (tmp_path / "there" / "midi").mkdir(parents=True)
+    run, cpu = str(tmp_path / "run"), ["--device", "cpu"]
+    monkeypatch.chdir(tmp_path / "here")
+    assert main(["muse", "train", "--corpus", "midi", "--context", "32", "--n-layer", "1", "--n-head", "2",
+                 "--n-embd", "16", "--steps", "2", "--batch-size", "2", "--out", run, *cpu]) == 0
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["muse"]["corpus"]
+    assert Path(saved).is_absolute() and Path(saved).resolve() == (tmp_path / "here" / "midi").resolve()
+    monkeypatch.chdir(tmp_path / "there")
+    assert main(["muse", "evaluate", run, "--n-per-composer", "1", "--seconds", "1", *cpu]) == 0
+    assert main(["muse", "train", "--resume", run, "--corpus", "midi", "--steps", "3", *cpu]) == 2
+    assert "differs from the resumed run's" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path / "here")
+    assert main(["muse", "train", "--resume", run, "--corpus", "midi", "--steps", "3", *cpu]) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 3

@@ -25,7 +25,7 @@ import torch
 from nexttoken.config import check, load, option, resumed
 from nexttoken.distributed import Dist, init_distributed, main_first
 from nexttoken.errors import UserError, continue_with
-from nexttoken.midi.corpus import Corpus, load_corpus
+from nexttoken.midi.corpus import MUSIC21_NAMES, Corpus, load_corpus
 from nexttoken.model import GPTConfig
 from nexttoken.muse.data import Batches, tokens_per_second, validation_set
 from nexttoken.muse.encoding import ENCODINGS, Encoded, make_encoding
@@ -65,6 +65,7 @@ class MuseConfig:
 
     def validate(self) -> "MuseConfig":
         check(self)
+        self.corpus = corpus_source(self.corpus)
         if self.n_embd % self.n_head:
             raise UserError(f"--n-embd {self.n_embd} must be a multiple of --n-head {self.n_head}")
         return self
@@ -72,6 +73,16 @@ class MuseConfig:
     def gpt_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(vocab_size=vocab_size, block_size=self.context, n_layer=self.n_layer, n_head=self.n_head,
                          n_embd=self.n_embd, dropout=self.dropout)
+
+
+def corpus_source(name: str) -> str:
+    """``--corpus`` as a run keeps it: a named corpus as it is, a path made absolute, so that evaluate, generate or a
+    resume run from another working directory read the same folder the run trained on.
+
+    >>> corpus_source("music21-small")
+    'music21-small'
+    """
+    return name if name in MUSIC21_NAMES else str(Path(name).expanduser().resolve())
 
 
 # muse's own defaults of the shared optimiser and loop settings: a small model on a CPU takes a high LR and a short
@@ -134,7 +145,13 @@ def saved_configs(run: Run, changes: dict | None = None) -> tuple[MuseConfig, Op
     # A run saved without a countdown field was trained without the countdown embedding.
     cfg = load(MuseConfig, {"countdown_embedding": False, **saved["muse"]}, source)
     optim, loop = load(OptimConfig, saved.get("optim"), source), load(LoopConfig, saved.get("loop"), source)
-    changes = changes or {}
+    changes = dict(changes or {})
+    if "corpus" in changes:
+        # A path typed relative to the working folder is the run's corpus when both name the same folder (a saved
+        # path may itself be relative: it is read from the working folder, as the run reads it).
+        typed = changes["corpus"]
+        same = typed == cfg.corpus or corpus_source(typed) == corpus_source(cfg.corpus)
+        changes["corpus"] = cfg.corpus if same else corpus_source(typed)
 
     def of(cls) -> dict:
         return {k: v for k, v in changes.items() if k in {f.name for f in fields(cls)}}
