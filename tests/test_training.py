@@ -289,6 +289,36 @@ def test_sigint_saves_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted_o
     assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(model_a.parameters(), model_b.parameters()))
 
 
+def test_fit_reports_the_training_time_of_every_stretch_of_a_resumed_run(tmp_path):
+    """A run stopped by Ctrl-C and resumed (then resumed again, finished) reports the seconds of all its training,
+    not those of the last stretch: the time between the stretches does not count."""
+    import os
+    import signal
+
+    from nexttoken.errors import Interrupted
+
+    clock = FakeClock()
+    base = clock.batches(0.5)
+
+    def interrupted_at_13(step):
+        if step == 13:
+            os.kill(os.getpid(), signal.SIGINT)
+        return base(step)
+
+    optim, loop = OptimConfig(warmup_steps=1), LoopConfig(steps=20, batch_size=8, eval_every=10, ckpt_every=1000)
+    run = Run.create(tmp_path / "r", {"x": 1})
+    with pytest.raises(Interrupted, match="stopped at step 14"):
+        fit(char_model(), interrupted_at_13, optim, loop, run, clock=clock)
+    run.close()
+    clock.now += 3600  # an hour before the resume
+    with Run.resume(run.path) as resumed:
+        result = fit(char_model(), base, optim, loop, resumed, resume=True, clock=clock)
+    assert result.steps == 20 and result.seconds == pytest.approx(20 * 0.5)
+    with Run.resume(run.path) as resumed:
+        again = fit(char_model(), base, optim, loop, resumed, resume=True, clock=clock)
+    assert again.seconds == pytest.approx(20 * 0.5)  # a finished run reports the same
+
+
 def test_resume_before_the_first_checkpoint_starts_over_without_repeating_steps(tmp_path):
     run = Run.create(tmp_path / "r", {"x": 1})
     run.log({"step": 10, "train_loss": 9.0})  # logged by a process killed before it wrote a checkpoint

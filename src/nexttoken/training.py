@@ -220,23 +220,25 @@ def planned_steps(cap: int, done: int, timed_steps: int, timed_s: float, seconds
     return max(done, min(cap, done + int(max(seconds_left, 0.0) / max(pace, 1e-9))))
 
 
-def say_finished(path, steps: int, budgeted: bool = False) -> None:
-    """The line every resumed run that has nothing left to train prints."""
+def say_finished(path, steps: int, budgeted: bool = False, unit: str = "steps") -> None:
+    """The line every resumed run that has nothing left to train prints (``unit``: what its loop counts)."""
     within = " (all its time budget allowed)" if budgeted else ""
-    print(f"nexttoken: {path} has finished its {steps:,} steps{within}; nothing to train (pass --steps N to train "
+    print(f"nexttoken: {path} has finished its {steps:,} {unit}{within}; nothing to train (pass --{unit} N to train "
           f"further)", file=sys.stderr)
 
 
-def nothing_to_train(path, loop: "LoopConfig") -> bool:
+def nothing_to_train(path, loop: "LoopConfig | int", unit: str = "steps") -> bool:
     """A finished run (its summary written) asked for no more steps than it trained: say so, so that it is left as
-    it is. Under a time budget ``fit`` decides, from the checkpoint's plan."""
+    it is. Under a time budget ``fit`` decides, from the checkpoint's plan. ``loop`` may be the count of ``unit``
+    asked for instead, for a loop of its own (PPO's iterations), which the summary saves under that name."""
+    asked, budget = (loop.steps, loop.max_seconds) if isinstance(loop, LoopConfig) else (loop, 0.0)
     summary = Path(path) / "summary.json"
-    if summary.is_file() and loop.max_seconds <= 0:
-        steps = read_json(summary).get("steps", 0)
-        if steps >= loop.steps:
-            say_finished(path, steps)
+    if summary.is_file() and budget <= 0:
+        done = read_json(summary).get(unit, 0)
+        if done >= asked:
+            say_finished(path, done, unit=unit)
             return True
-        print(f"nexttoken: training {path} on to {loop.steps:,} steps", file=sys.stderr)
+        print(f"nexttoken: training {path} on to {asked:,} {unit}", file=sys.stderr)
     return False
 
 
@@ -244,6 +246,7 @@ def nothing_to_train(path, loop: "LoopConfig") -> bool:
 class FitResult:
     record: dict  # the last evaluation record
     steps: int  # the steps the run was planned to (fewer than ``LoopConfig.steps`` under a time budget)
+    seconds: float = 0.0  # training time of the whole run: a resumed run's earlier stretches count, pauses do not
 
 
 def fit(
@@ -286,7 +289,7 @@ def fit(
     if state.step >= state.planned and run is not None:  # a finished run: nothing to train
         if resume and dist.is_main:
             say_finished(run.path, state.step, budgeted=loop.max_seconds > 0)
-        return FitResult((run.metrics() or [{}])[-1], state.planned)
+        return FitResult((run.metrics() or [{}])[-1], state.planned, state.elapsed_s)
     ddp = DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None) \
         if dist.enabled else model
     forward = torch.compile(ddp) if loop.compile else ddp
@@ -298,7 +301,7 @@ def fit(
         with StopRequests() as stop:
             record = _loop(model, ddp, forward, optimizer, prefetch or batch_fn, optim, loop, run, dist, eval_fn,
                            state, bar, loss_fn, weight_fn, clock, stop)
-        return FitResult(record, state.planned)
+        return FitResult(record, state.planned, state.elapsed_s)  # the last save timed the end
     finally:
         if prefetch is not None:
             prefetch.close()

@@ -15,7 +15,6 @@ here over all K(K-1)/2 pairs of a ranking in one batch element, as the reward mo
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +26,7 @@ from nexttoken.errors import UserError
 from nexttoken.instruct.policy import POLICY_FILE, Policy, load_policy, save_model, token_logprobs
 from nexttoken.instruct.rankings import split_rankings
 from nexttoken.instruct.reward import RankingBatches, pairwise_loss, ranking_rows
+from nexttoken.instruct.stage import kept_summary
 from nexttoken.plots import plot_metrics
 from nexttoken.runs import Run
 from nexttoken.training import LoopConfig, OptimConfig, count_rows, fit, seed_everything
@@ -64,6 +64,8 @@ def train_dpo(cfg: DPOConfig, optim: OptimConfig, loop: LoopConfig, run: Run, di
         raise UserError("dpo needs --init (the SFT policy) and --rankings (a rank run folder)")
     seed_everything(loop.seed)
     train, val, loop = split_rankings(cfg.rankings, cfg.val_fraction, cfg.epochs, loop)
+    if (kept := kept_summary(run, resume, loop)) is not None:
+        return kept
     device = dist.device
     policy = load_policy(cfg.init, device)
     ref = copy.deepcopy(policy).requires_grad_(False)
@@ -75,7 +77,6 @@ def train_dpo(cfg: DPOConfig, optim: OptimConfig, loop: LoopConfig, run: Run, di
             right += float(dpo_loss(model, ref, cfg.beta, batch)[1]["accuracy"])
         return {"val_accuracy": right / max(len(val), 1)}
 
-    t0 = time.time()
     result = fit(policy, RankingBatches(policy, train, loop.batch_size, loop.seed), optim, loop, run,
                  eval_fn=val_accuracy if val else None, resume=resume,
                  loss_fn=lambda model, batch: dpo_loss(model, ref, cfg.beta, batch), weight_fn=count_rows,
@@ -87,7 +88,7 @@ def train_dpo(cfg: DPOConfig, optim: OptimConfig, loop: LoopConfig, run: Run, di
                  ylabel="pairs ordered as the labeler did", title="DPO implicit reward")
     summary = {"init": cfg.init, "rankings": len(train) + len(val), "steps": result.steps, "beta": cfg.beta,
                "train_loss": result.record.get("train_loss"), "train_accuracy": result.record.get("train_accuracy"),
-               **(val_accuracy(policy) if val else {}), "seconds": round(time.time() - t0, 1),
+               **(val_accuracy(policy) if val else {}), "seconds": round(result.seconds, 1),
                "device": str(device)}
     run.write_summary(summary)
     return summary

@@ -38,10 +38,12 @@ from nexttoken.config import check, option
 from nexttoken.distributed import Dist, all_sum, any_rank, average_gradients, gather, mean_over
 from nexttoken.errors import Interrupted, UserError
 from nexttoken.instruct.corpus import make_corpus
+from nexttoken.instruct.figures import plot_ppo_health
 from nexttoken.instruct.labeler import HELD_OUT_LABELER
 from nexttoken.instruct.policy import (POLICY_FILE, Policy, RewardModel, lm_loss_sum, load_policy, load_reward_model,
                                        respond, same_tokenizer, save_model, token_logprobs)
 from nexttoken.instruct.pretrain import Windows, token_stream
+from nexttoken.instruct.stage import kept_summary
 from nexttoken.instruct.tasks import TRAIN_FAMILIES, make_tasks
 from nexttoken.instruct.world import Task, make_world
 from nexttoken.progress import Progress
@@ -375,12 +377,11 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, dist: Dist, resume: 
     policy, ref, reward_model, value, pool, world = models(cfg, device)
     trained = nn.ModuleDict({"policy": policy} if value is None else {"policy": policy, "value": value})
     optimizer = make_optimizer(trained, optim)
-    start, beta, norm = 0, cfg.kl_coef, None
+    start, beta, norm, meta = 0, cfg.kl_coef, None, {}
     if resume and run.has_checkpoint():
         start, _, meta = run.load_checkpoint(trained, optimizer)
         beta, norm = meta["kl_coef"], tuple(meta["reward_norm"])
-    if resume:
-        run.rewind_metrics(start)
+    run.rewind_metrics(start)  # a resumed run logs again what came after its checkpoint (a new one has nothing)
     if norm is None:
         sample = random.Random(cfg.seed).sample(pool, min(cfg.norm_samples, len(pool)))
         with autocast(device, cfg.precision), Progress(len(sample), "ppo: sampling the responses that normalise "
@@ -397,11 +398,12 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, dist: Dist, resume: 
     if cfg.ptx_coef > 0:
         pages = make_corpus(world, cfg.ptx_chars, seed=0).train
         windows = Windows(token_stream(policy.tokenizer, pages), cfg.ptx_context, cfg.ptx_rows, cfg.seed + 7)
-    t0 = time.time()
+    t0 = time.time() - meta.get("elapsed_s", 0.0)  # the summary's seconds count the stretches before a resume
     bar = Progress(cfg.iterations, "ppo", initial=start, enabled=progress and dist.is_main, log=run.log_path)
 
     def save(done: int) -> None:
-        run.save_checkpoint(trained, optimizer, done, extra_meta={"kl_coef": beta, "reward_norm": list(norm)})
+        run.save_checkpoint(trained, optimizer, done, extra_meta={"kl_coef": beta, "reward_norm": list(norm),
+                                                                  "elapsed_s": time.time() - t0})
 
     with StopRequests() as stop:
         for it in range(start, cfg.iterations):
@@ -421,13 +423,12 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, dist: Dist, resume: 
                                      "kl": float(exp.kl.mean()), **stats,
                                      "response_length": float(exp.action_mask.sum(1).mean()),
                                      "no_eos": float((~exp.finished).float().mean()), "rollout_s": t_roll})
-            kl = means["kl"]
-            record = {"step": it + 1, **means, "objective": means["reward"] - beta * kl, "kl_coef": beta,
+            record = {"step": it + 1, **means, "objective": means["reward"] - beta * means["kl"], "kl_coef": beta,
                       "episodes_per_s": cfg.rollouts / (time.time() - t_it), "lr": optimizer.param_groups[0]["lr"]}
             run.log(record)
             if cfg.target_kl > 0:
-                beta = adapt_kl(beta, kl, cfg.target_kl, cfg.kl_horizon, cfg.rollouts)
-            bar.update(1, reward=record["reward"], kl=kl)
+                beta = adapt_kl(beta, means["kl"], cfg.target_kl, cfg.kl_horizon, cfg.rollouts)
+            bar.update(1, reward=record["reward"], kl=means["kl"])
             done = it + 1
             stopping = any_rank(dist, stop.requested)
             if done == 1 or done % cfg.ckpt_every == 0 or done == cfg.iterations or stopping:
@@ -439,8 +440,6 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, dist: Dist, resume: 
     if not dist.is_main:
         return {}
     save_model(policy, run.path / POLICY_FILE)
-    from nexttoken.instruct.figures import plot_ppo_health
-
     plot_ppo_health(run.metrics(), run.path / "ppo_health.png")
     summary = summarise(cfg, run.metrics(), norm, beta, time.time() - t0, device, dist.world_size)
     run.write_summary(summary)
@@ -452,4 +451,5 @@ DEFAULTS = {"optim": {"lr": 5e-5, "warmup_steps": 5, "schedule": "constant", "we
 
 
 def run_stage(c: dict, run: Run, dist: Dist, resume: bool = False, progress: bool = True) -> dict:
-    return train_ppo(c["ppo"], c["optim"], run, dist, resume, progress)
+    kept = kept_summary(run, resume, c["ppo"].iterations, "iterations")
+    return kept if kept is not None else train_ppo(c["ppo"], c["optim"], run, dist, resume, progress)

@@ -15,7 +15,6 @@ the likelihood that the alignment tax is measured on.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from nexttoken.instruct.corpus import make_corpus
 from nexttoken.instruct.evaluate import heldout_nll
 from nexttoken.instruct.policy import (POLICY_FILE, GPTPolicy, Policy, lm_loss_sum, load_policy, save_model,
                                       weights_file)
+from nexttoken.instruct.stage import kept_summary
 from nexttoken.instruct.tokenizer import BPETokenizer, train_tokenizer
 from nexttoken.instruct.world import make_world
 from nexttoken.model import GPT, GPTConfig
@@ -146,13 +146,14 @@ def pretrain(cfg: PretrainConfig, optim: OptimConfig, loop: LoopConfig, run: Run
              progress: bool = True) -> dict:
     """Train the base model of ``cfg`` into ``run``; writes RUN/policy.safetensors and returns the summary (on rank 0;
     the other processes of a torchrun return {})."""
+    if (kept := kept_summary(run, resume, loop)) is not None:
+        return kept
     seed_everything(loop.seed)
     corpus = make_corpus(make_world(cfg.world_seed), cfg.corpus_chars, cfg.corpus_seed)
     with main_first(dist):  # rank 0 trains the tokenizer and saves it, the others load it
         policy = base_policy(cfg, corpus, run).to(dist.device)
     stream = token_stream(policy.tokenizer, corpus.train)
     heldout = corpus.heldout[: cfg.heldout_pages]
-    t0 = time.time()
     window = min(cfg.context, policy.context - 1)  # a model to continue may have a shorter context
     result = fit(policy, Windows(stream, window, loop.batch_size, loop.seed), optim,
                  loop, run, eval_fn=lambda m: {"heldout_nll": heldout_nll(m, heldout)}, resume=resume,
@@ -173,7 +174,7 @@ def pretrain(cfg: PretrainConfig, optim: OptimConfig, loop: LoopConfig, run: Run
         "tokens_seen": result.steps * loop.batch_size * window,
         "train_loss": result.record.get("train_loss"),
         "heldout_nll": heldout_nll(policy, heldout),
-        "seconds": round(time.time() - t0, 1),
+        "seconds": round(result.seconds, 1),
         "device": str(dist.device),
     }
     run.write_summary(summary)

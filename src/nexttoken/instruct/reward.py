@@ -15,7 +15,6 @@ as a demonstration" for PPO. The reward sits on the hidden state of the last rea
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +28,7 @@ from nexttoken.errors import UserError
 from nexttoken.instruct.corpus import demonstrations
 from nexttoken.instruct.policy import REWARD_FILE, Policy, RewardModel, load_policy, response_rows, save_model
 from nexttoken.instruct.rankings import Ranking, split_rankings
+from nexttoken.instruct.stage import kept_summary
 from nexttoken.instruct.world import make_world
 from nexttoken.plots import plot_metrics
 from nexttoken.runs import Run
@@ -135,8 +135,9 @@ def train_reward(cfg: RewardConfig, optim: OptimConfig, loop: LoopConfig, run: R
         raise UserError("reward needs --init (the model to start from) and --rankings (a rank run folder)")
     seed_everything(loop.seed)
     train, val, loop = split_rankings(cfg.rankings, cfg.val_fraction, cfg.epochs, loop)
+    if (kept := kept_summary(run, resume, loop)) is not None:
+        return kept
     model = RewardModel(load_policy(cfg.init)).to(dist.device)
-    t0 = time.time()
     result = fit(model, RankingBatches(model.backbone, train, loop.batch_size, loop.seed), optim, loop, run,
                  eval_fn=(lambda m: ranking_accuracy(m, val)) if val else None, resume=resume, loss_fn=reward_loss,
                  weight_fn=count_rows, dist=dist, progress=progress)
@@ -160,7 +161,7 @@ def train_reward(cfg: RewardConfig, optim: OptimConfig, loop: LoopConfig, run: R
                "train_accuracy": result.record.get("train_accuracy"), **final,
                "demo_mean_before_centring": float(demo_scores.mean()),
                "sample_mean": float(sample_scores.mean()), "sample_std": float(sample_scores.std()) if len(sample_scores) > 1 else 0.0,
-               "seconds": round(time.time() - t0, 1), "device": str(dist.device)}
+               "seconds": round(result.seconds, 1), "device": str(dist.device)}
     run.write_summary(summary)
     return summary
 

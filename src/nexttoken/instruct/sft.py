@@ -12,7 +12,6 @@ targets -1: the model is not taught to write prompts.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +22,7 @@ from nexttoken.distributed import Dist
 from nexttoken.errors import UserError
 from nexttoken.instruct.corpus import Demonstration, demonstrations
 from nexttoken.instruct.policy import POLICY_FILE, Policy, lm_loss_sum, load_policy, response_rows, save_model
+from nexttoken.instruct.stage import kept_summary
 from nexttoken.instruct.world import make_world
 from nexttoken.plots import plot_metrics
 from nexttoken.runs import Run
@@ -81,6 +81,8 @@ def sft(cfg: SFTConfig, optim: OptimConfig, loop: LoopConfig, run: Run, dist: Di
     """Fine-tune ``cfg.init`` on demonstrations into ``run``; writes RUN/policy.safetensors, returns the summary."""
     if not cfg.init:
         raise UserError("sft needs --init: the base model to fine-tune")
+    if (kept := kept_summary(run, resume, loop)) is not None:
+        return kept
     seed_everything(loop.seed)
     world = make_world(cfg.world_seed)
     policy = load_policy(cfg.init, dist.device)
@@ -88,7 +90,6 @@ def sft(cfg: SFTConfig, optim: OptimConfig, loop: LoopConfig, run: Run, dist: Di
                            chatty=cfg.chatty)
     val = demonstrations(world, cfg.val_demonstrations, cfg.demo_seed + 10_000, cot_fraction=cfg.cot_fraction,
                          chatty=cfg.chatty)
-    t0 = time.time()
     result = fit(policy, DemonstrationBatches(policy, demos, loop.batch_size, loop.seed), optim, loop, run,
                  eval_fn=lambda m: {"val_response_nll": response_nll(m, val)}, resume=resume, loss_fn=lm_loss_sum,
                  dist=dist, progress=progress)
@@ -98,7 +99,7 @@ def sft(cfg: SFTConfig, optim: OptimConfig, loop: LoopConfig, run: Run, dist: Di
     plot_metrics(run.metrics(), ["train_loss", "val_response_nll"], run.path / "loss.png",
                  ylabel="nats per response token", title="supervised fine-tuning")
     summary = {"init": cfg.init, "steps": result.steps, "train_loss": result.record.get("train_loss"),
-               "val_response_nll": response_nll(policy, val), "seconds": round(time.time() - t0, 1),
+               "val_response_nll": response_nll(policy, val), "seconds": round(result.seconds, 1),
                "device": str(dist.device)}
     run.write_summary(summary)
     return summary

@@ -11,7 +11,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from nexttoken.config import load, resumed
-from nexttoken.runs import Run
+from nexttoken.runs import Run, read_json
+from nexttoken.training import LoopConfig, nothing_to_train
 
 STAGE_KINDS = ("pretrain", "sft", "rank", "reward", "ppo", "dpo", "evaluate")
 
@@ -46,3 +47,11 @@ def finished(path: str | Path) -> bool:
     """A stage's folder that holds its summary: the stage ran to its end."""
     return (Path(path) / "summary.json").is_file()
 
+
+def kept_summary(run: Run, resume: bool, loop: LoopConfig | int, unit: str = "steps") -> dict | None:
+    """The summary of a resumed stage that has already trained all the ``loop`` asks for (a LoopConfig, or a count of
+    ``unit``), left as it is: written again, it would time a stretch that trained nothing. None: there is training to
+    do."""
+    if resume and nothing_to_train(run.path, loop, unit):
+        return read_json(run.path / "summary.json") if run.enabled else {}  # as the other processes' stages do
+    return None
