@@ -223,13 +223,17 @@ def _a(word: str) -> str:
     return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
-def wrong_kind(path: str | Path, found: str | None, kinds) -> UserError:
-    """The line for a folder written by another command.
+def wrong_kind(path: str | Path, found: str | None, kinds, what: str = "") -> UserError:
+    """The line for a folder written by another command; ``what`` names what was expected when that is more than
+    runs of ``kinds`` (a model of several origins, say).
 
     >>> print(wrong_kind("r", "instruct.sft", ("instruct.ppo", "grok.train")))
     r is an instruct.sft run, not an instruct.ppo or a grok.train run
+    >>> print(wrong_kind("r", "jukebox.vqvae", (), what="a policy"))
+    r is a jukebox.vqvae run, not a policy
     """
-    return UserError(f"{path} is {_a(found) if found else 'an unnamed'} run, not {' or '.join(map(_a, kinds))} run")
+    expected = what or f"{' or '.join(map(_a, kinds))} run"
+    return UserError(f"{path} is {_a(found) if found else 'an unnamed'} run, not {expected}")
 
 
 class Run:

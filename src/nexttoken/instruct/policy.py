@@ -27,7 +27,7 @@ from nexttoken.instruct.corpus import chat_prompt
 from nexttoken.instruct.tokenizer import BPETokenizer, left_pad
 from nexttoken.model import GPT, GPTConfig
 from nexttoken.progress import Progress
-from nexttoken.runs import load_tensors, read_json, save_tensors
+from nexttoken.runs import load_tensors, read_json, save_tensors, wrong_kind
 from nexttoken.sampling import Samples, generate
 
 POLICY_FILE = "policy.safetensors"  # what a policy stage leaves for the next one
@@ -293,24 +293,26 @@ def build_policy(spec: dict, where: str | Path = "a saved model") -> Policy:
             raise UserError(f"the base model folder {base} of {where} is gone; the run holds only the weights, so put "
                             f"that folder back")
         return load_hf(base)
-    raise UserError(f"unknown model type {spec.get('type')!r} in a saved model")
+    found = f"model type {spec['type']!r}" if spec.get("type") else "no model type"
+    raise UserError(f"{where} is not a model that an instruct stage saved ({found} in its header)")
 
 
 MAKERS = {POLICY_FILE: ("pretrain", "sft", "ppo", "dpo"), REWARD_FILE: ("reward",)}  # the stages that write each
 
 
 def weights_file(source: Path, name: str) -> Path | None:
-    """RUN/name for a run folder of an instruct stage, the file itself for a .safetensors, else None (not ours)."""
+    """RUN/name for a run folder of an instruct stage, the file itself for a .safetensors, else None (not ours); the
+    run folder of another stage or command is refused by name."""
     if source.is_file() and source.suffix == ".safetensors":
         return source
     config = source / "config.json"
     if config.is_file():
         saved = read_json(config)
-        kind = saved.get("kind", "") if isinstance(saved, dict) else ""
-        if kind.startswith("instruct."):
-            what = "a policy" if name == POLICY_FILE else "a reward model"
-            if kind.removeprefix("instruct.") not in MAKERS[name]:
-                raise UserError(f"{source} is an {kind} run, not {what}")  # every kind here starts "instruct."
+        kind = saved.get("kind") if isinstance(saved, dict) else None
+        # a run folder of ours, of any command (a Hugging Face config.json names a model_type and no kind)
+        if isinstance(kind, str) and kind and "model_type" not in saved:
+            if kind not in [f"instruct.{stage}" for stage in MAKERS[name]]:
+                raise wrong_kind(source, kind, (), "a policy" if name == POLICY_FILE else "a reward model")
             if not (source / name).is_file():
                 raise UserError(f"{source} holds no {name} yet: its stage has not finished (resume it)")
             return source / name
@@ -330,7 +332,7 @@ def load_policy(source: str | Path, device: torch.device | str = "cpu") -> Polic
     spec = meta.get("spec", {})
     if spec.get("type") == "reward":
         raise UserError(f"{weights} is a reward model, not a policy")
-    policy = build_policy(spec, source)
+    policy = build_policy(spec, weights)
     _load_state(policy, tensors, weights)
     return policy.to(device)
 
@@ -345,7 +347,7 @@ def load_reward_model(source: str | Path, device: torch.device | str = "cpu") ->
     spec = meta.get("spec", {})
     if spec.get("type") != "reward":
         raise UserError(f"{weights} is not a reward model")
-    model = RewardModel(build_policy(spec["backbone"], source))
+    model = RewardModel(build_policy(spec["backbone"], weights))
     _load_state(model, tensors, weights)
     return model.to(device), {k: v for k, v in meta.items() if k != "spec"}
 
