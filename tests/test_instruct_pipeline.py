@@ -175,9 +175,11 @@ def test_a_killed_ppo_stage_resumes_to_the_uninterrupted_result(tiny, tmp_path, 
     with pytest.raises(Interrupted, match="iteration 2"), part:
         ppo.run_stage(c, part, ONE, progress=False)
     monkeypatch.setattr(ppo, "experience", real)
+    first = load_tensors(tmp_path / "part" / "checkpoint.safetensors")[1]["elapsed_s"]
     again, c = open_stage(tmp_path / "part", "ppo", configs, True)
     with again:
-        ppo.run_stage(c, again, ONE, resume=True, progress=False)
+        summary = ppo.run_stage(c, again, ONE, resume=True, progress=False)
+    assert summary["seconds"] >= round(first, 1) > 0  # both stretches' time, not the last one's
     a, b = Run.open(tmp_path / "whole").metrics(), Run.open(tmp_path / "part").metrics()
     assert [r["step"] for r in b] == [1, 2, 3]
     assert len({r["kl_coef"] for r in a}) == 3  # the adaptive controller moved beta, and the checkpoint kept it
@@ -187,6 +189,47 @@ def test_a_killed_ppo_stage_resumes_to_the_uninterrupted_result(tiny, tmp_path, 
     wa, _ = load_tensors(tmp_path / "whole" / "policy.safetensors")
     wb, _ = load_tensors(tmp_path / "part" / "policy.safetensors")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+
+def test_a_killed_stage_resumed_counts_the_seconds_of_every_stretch(tiny, tmp_path, monkeypatch):
+    from nexttoken.instruct import sft
+
+    folder, _ = tiny
+    configs = pipeline.stage_configs("sft", TINY, sft={"init": str(folder / "pretrain-tiny")})
+    real = sft.DemonstrationBatches.__call__
+
+    def killed_at_step_25(self, step):
+        if step == 25:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, step)
+
+    monkeypatch.setattr(sft.DemonstrationBatches, "__call__", killed_at_step_25)
+    part, c = open_stage(tmp_path / "sft", "sft", configs, False)
+    with pytest.raises(Interrupted, match="step 26"), part:
+        sft.run_stage(c, part, ONE, progress=False)
+    monkeypatch.setattr(sft.DemonstrationBatches, "__call__", real)
+    first = load_tensors(tmp_path / "sft" / "checkpoint.safetensors")[1]["loop_state"]["elapsed_s"]
+    again, c = open_stage(tmp_path / "sft", "sft", configs, True)
+    with again:
+        summary = sft.run_stage(c, again, ONE, resume=True, progress=False)
+    total = load_tensors(tmp_path / "sft" / "checkpoint.safetensors")[1]["loop_state"]["elapsed_s"]
+    assert total > first and summary["seconds"] == round(total, 1)  # 26 steps, then 4: all 30 counted
+
+
+@pytest.mark.parametrize("stage, verb, unit", [("pretrain-tiny", "pretrain", "steps"), ("sft-tiny", "sft", "steps"),
+                                               ("reward", "reward", "steps"), ("dpo-tiny", "dpo", "steps"),
+                                               ("ppo-tiny", "ppo", "iterations")])
+def test_resuming_a_finished_stage_leaves_its_summary_as_it_was(tiny, tmp_path, capsys, stage, verb, unit):
+    import shutil
+
+    folder, _ = tiny
+    run = shutil.copytree(folder / stage, tmp_path / stage)
+    before = (run / "summary.json").read_text()
+    capsys.readouterr()
+    assert main(["instruct", verb, "--resume", str(run)]) == 0
+    assert (run / "summary.json").read_text() == before
+    err = capsys.readouterr().err
+    assert f"{run} has finished its" in err and f"{unit}; nothing to train (pass --{unit} N" in err, err
 
 
 def test_more_iterations_asked_for_on_resume_stay_the_plan_of_the_next_resume(tmp_path):
@@ -304,13 +347,33 @@ def test_chat_answers_one_prompt_a_file_and_stdin_and_evaluate_logs_each_phase(t
     (["evaluate", "{sft}", "--heldout-pages", "-3"], "--heldout-pages must be >= 0"),
     (["chat", "{sft}", "--prompt", "hi", "--max-new-tokens", "64"],
      "--max-new-tokens 64 leaves no room for a prompt in the model's context of 64 tokens"),
+    # run folders of other commands, refused by name before Hugging Face is asked to read them
+    (["chat", "{jukebox}", "--prompt", "hi"], "{jukebox} is a jukebox.pipeline run, not a policy"),
+    (["chat", "{sample}", "--prompt", "hi"], "{sample} is a jukebox.sample run, not a policy"),
+    (["evaluate", "{muse}"], "{muse} is a muse.train run, not a policy"),
+    (["sft", "--init", "{jukebox}", "--out", "{out}"], "{jukebox} is a jukebox.pipeline run, not a policy"),
+    (["ppo", "--init", "{sft}", "--reward-model", "{muse}", "--out", "{out}"],
+     "{muse} is a muse.train run, not a reward model"),
+    (["chat", "{codes}", "--prompt", "hi"],
+     "{codes} is not a model that an instruct stage saved (no model type in its header)"),
+    (["chat", "{sft}", "--prompt", "What is 2 + 3?", "--max-new-tokens", "63"],
+     "more than the 1 that its context of 64 leaves beside --max-new-tokens 63, and the last 1 hold none of the "
+     "instruction"),
+    (["chat", "{sft}", "--prompt", "hi", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1 and <= 4096, not 0"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2_with_no_folder_left(tiny, tmp_path, capsys, args, message):
+    from nexttoken.runs import save_tensors
+
     folder, _ = tiny
     (tmp_path / "empty.txt").write_text("\n \n")
     (tmp_path / "bad.txt").write_bytes(b"What is \xff 2?\n")
+    for name, kind in (("jukebox", "jukebox.pipeline"), ("sample", "jukebox.sample"), ("muse", "muse.train")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"kind": kind}))
+    save_tensors(tmp_path / "codes.safetensors", {"codes": torch.zeros(4, dtype=torch.long)})
     fill = {"sft": folder / "sft-tiny", "rm": folder / "reward", "empty": tmp_path / "empty.txt",
-            "bad": tmp_path / "bad.txt", "tmp": tmp_path, "out": tmp_path / "out"}
+            "bad": tmp_path / "bad.txt", "tmp": tmp_path, "out": tmp_path / "out", "jukebox": tmp_path / "jukebox",
+            "sample": tmp_path / "sample", "muse": tmp_path / "muse", "codes": tmp_path / "codes.safetensors"}
     try:
         code = main(["instruct", *(a.format(**fill) for a in args)])
     except SystemExit as e:  # argparse refuses a bad choice itself, with the same one line and code
@@ -320,6 +383,31 @@ def test_bad_input_is_one_line_and_exit_code_2_with_no_folder_left(tiny, tmp_pat
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
     assert (folder / "sft-tiny" / "summary.json").is_file()  # a refused folder is left as it was
+
+
+def test_chat_says_when_a_prompt_is_cut_to_fit_the_context(tiny, tmp_path, capsys):
+    """The tiny model's context is 64 tokens: a prompt longer than what --max-new-tokens leaves is cut to its last
+    tokens with one warning, once per prompt that is cut; one that fits is not mentioned."""
+    folder, _ = tiny
+    long = "Tell me about the towns by the river. " * 20 + "What is 2 + 3?"
+    assert main(["instruct", "chat", str(folder / "sft-tiny"), "--prompt", long, "--max-new-tokens", "8"]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("nexttoken: warning: --prompt is ") and "the model reads only its last 56" in err, err
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{long}\nWhat is 2 + 3?\n\n{long}\n")
+    assert main(["instruct", "chat", str(folder / "sft-tiny"), "--prompts", str(prompts), "--max-new-tokens", "8"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("> ") == 3
+    assert [line.split(" is ")[0] for line in err.strip().splitlines()] == [
+        f"nexttoken: warning: line 1 of {prompts}", f"nexttoken: warning: line 4 of {prompts}"], err
+
+
+def test_chat_help_shows_the_default_and_range_of_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["instruct", "chat", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--max-new-tokens MAX_NEW_TOKENS longest answer in tokens (default 96; >= 1 and <= 4096)" in text, text
 
 
 def test_stdin_that_is_not_utf8_is_one_line_and_exit_code_2(tiny, capsys, monkeypatch):

@@ -92,7 +92,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     one_or_file.add_argument("--prompt", default=None, help="answer this one prompt and exit")
     one_or_file.add_argument("--prompts", type=Path, default=None, help="answer every line of this file")
     p.add_argument("--style", choices=STYLES, default=None, help="default: bare for a pretrain run, chat otherwise")
-    p.add_argument("--max-new-tokens", type=int, default=96)
+    add_options(p, ChatConfig)
     add_options(p, SamplingConfig, defaults={"temperature": 0.7})
     add_device_option(p)
     p.set_defaults(func=cmd_chat)
@@ -103,6 +103,13 @@ class HeldoutConfig:
     """The option of `evaluate` that the pipeline's evaluation sets in its own config."""
 
     heldout_pages: int = option(200, "held-out pretraining pages to score (0: skip)", ge=0, le=100_000)
+
+
+@dataclass
+class ChatConfig:
+    """The option of `chat` beside the sampling ones."""
+
+    max_new_tokens: int = option(96, "longest answer in tokens", ge=1, le=4096)
 
 
 # ---- verbs ----------------------------------------------------------------------------------------------------------
@@ -217,38 +224,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     from nexttoken.instruct.evaluate import cut, example_pool, prompt_for
-    from nexttoken.instruct.policy import load_policy, respond
+    from nexttoken.instruct.policy import check_room, load_policy, respond
     from nexttoken.instruct.world import make_world
     from nexttoken.sampling import SamplingConfig
     from nexttoken.training import pick_device
 
     sampling = from_args(args, SamplingConfig, base=SamplingConfig(temperature=0.7))
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max-new-tokens must be >= 1, not {args.max_new_tokens}")
+    max_new_tokens = from_args(args, ChatConfig).max_new_tokens
     if args.prompt is not None and not args.prompt.strip():
         raise UserError("--prompt is empty")
     if args.prompt is not None:
         _utf8(args.prompt, "--prompt")
     if args.prompts is not None:
-        lines = [ln for ln in read_text(args.prompts).splitlines() if ln.strip()]
+        lines = [(n, ln) for n, ln in enumerate(read_text(args.prompts).splitlines(), 1) if ln.strip()]
         if not lines:
             raise UserError(f"{args.prompts} holds no prompts (one per line)")
     device = pick_device(args.device)
     policy = load_policy(args.run, device)
+    check_room(policy, max_new_tokens)
     style = _style(args.run, args.style)
     kwargs = sampling.sample_kwargs()
 
     pool = example_pool(make_world(0)) if style == "few_shot" else ()
 
-    def reply(text: str) -> str:
-        prompt = prompt_for(policy, style, text.strip(), pool, answer_tokens=args.max_new_tokens)
-        return cut(style, respond(policy, [prompt], args.max_new_tokens, **kwargs).texts[0])
+    def ask(text: str, where: str) -> str:
+        instruction = text.strip()
+        return _fitted(policy, prompt_for(policy, style, instruction, pool, answer_tokens=max_new_tokens), instruction,
+                      max_new_tokens, where)
+
+    def reply(prompt: str) -> str:
+        return cut(style, respond(policy, [prompt], max_new_tokens, **kwargs).texts[0])
 
     if args.prompt is not None:
-        print(reply(args.prompt))
+        print(reply(ask(args.prompt, "--prompt")))
     elif args.prompts is not None:
-        for line in lines:
-            print(f"> {line}\n{reply(line)}\n")
+        prompts = [ask(line, f"line {n} of {args.prompts}") for n, line in lines]  # refused before answering any
+        for (_, line), prompt in zip(lines, prompts):
+            print(f"> {line}\n{reply(prompt)}\n")
     else:
         interactive = sys.stdin.isatty()
         if interactive:
@@ -256,10 +268,31 @@ def cmd_chat(args: argparse.Namespace) -> int:
         try:
             for number, line in enumerate(sys.stdin, 1):
                 if line.strip():
-                    print(reply(_utf8(line, f"line {number} of the standard input")), flush=True)
+                    where = f"line {number} of the standard input"
+                    print(reply(ask(_utf8(line, where), where)), flush=True)
         except UnicodeDecodeError:  # a stdin decoded strictly fails while reading, before a line is seen
             raise UserError("the standard input is not UTF-8 text; type or pipe UTF-8") from None
     return 0
+
+
+def _fitted(policy, prompt: str, instruction: str, max_new_tokens: int, where: str) -> str:
+    """``prompt``, said to be cut when it is longer than the context leaves room for. The model then reads its last
+    tokens, as the evaluation does: the question usually ends a long text, and the layout's closing words (the chat
+    format's response header) are what make the model answer. Refused when those tokens hold none of the instruction:
+    the answer would be to the layout alone."""
+    room = policy.context - max_new_tokens
+    n = len(policy.tokenizer.encode(prompt))
+    if n <= room:
+        return prompt
+    at = prompt.rfind(instruction)
+    layout = len(policy.tokenizer.encode(prompt[at + len(instruction) :])) if at >= 0 and instruction else 0
+    longer = (f"{where} is {n:,} tokens as the model reads it, more than the {room} that its context of "
+              f"{policy.context} leaves beside --max-new-tokens {max_new_tokens}")
+    if room <= layout:
+        raise UserError(f"{longer}, and the last {room} hold none of the instruction; give a smaller --max-new-tokens "
+                        f"or a shorter prompt")
+    print(f"nexttoken: warning: {longer}; the model reads only its last {room}", file=sys.stderr)
+    return prompt
 
 
 def _utf8(text: str, where: str) -> str:
