@@ -16,7 +16,6 @@ counted once) divided by their number of notes: it does not depend on the vocabu
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -237,7 +236,6 @@ def _fit(model: MuseModel, encoding, corpus: Corpus, cfg: MuseConfig, optim: Opt
         out = {"val_loss": s.nats_per_token, "bits_per_note": s.bits_per_note}
         return out if s.masked_bits_per_note is None else {**out, "masked_bits_per_note": s.masked_bits_per_note}
 
-    t0 = time.time()
     batches = Batches(corpus, encoding, cfg, loop.batch_size, loop.seed)
     with continue_with(f"nexttoken muse train --resume {run.path}"):
         result = fit(model, batches, optim, loop, run, dist=dist, eval_fn=eval_fn, resume=resume)
@@ -254,7 +252,8 @@ def _fit(model: MuseModel, encoding, corpus: Corpus, cfg: MuseConfig, optim: Opt
         "val_loss": record.get("val_loss"),
         "train_loss": record.get("train_loss"), "steps": result.steps, "encoding": cfg.encoding,
         "params": sum(p.numel() for p in model.parameters()), "vocab_size": encoding.vocab_size,
-        "tokens_per_note": score_tokens_per_note(val_encoded, val_notes) if val_encoded else None, "train_seconds": time.time() - t0,
+        "tokens_per_note": score_tokens_per_note(val_encoded, val_notes) if val_encoded else None,
+        "train_seconds": result.seconds,  # every stretch of a resumed run
         "device": str(dist.device), "corpus": cfg.corpus, "composers": cfg.composers,
         "train_pieces": len(corpus.indices("train")), "val_pieces": len(corpus.indices("val")),
         "skipped_files": corpus.skipped,
