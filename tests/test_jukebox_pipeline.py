@@ -184,6 +184,19 @@ def test_a_finished_top_prior_trains_on_when_resumed_with_more_steps_and_a_time_
     assert read_json(folder / "top" / "summary.json")["steps"] == 4
 
 
+def test_lyrics_longer_than_the_top_priors_window_are_named_in_one_warning(tiny_pipeline, tmp_path, capsys):
+    folder = tmp_path / "short"
+    shutil.copytree(tiny_pipeline, folder, ignore=shutil.ignore_patterns("top", "samples", "report"))
+    capsys.readouterr()
+    argv = ["jukebox", "train-prior", folder, "--level", "top", "--steps", "1", *TINY_PRIOR]
+    assert run_cli([*argv, "--max-chars", "4"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "--max-chars" in line]
+    assert len(warned) == 1 and "have lyrics longer than --max-chars 4" in warned[0], warned
+    shutil.rmtree(folder / "top")
+    assert run_cli(argv) == 0
+    assert "--max-chars" not in capsys.readouterr().err  # the sung lines fit the default window
+
+
 def test_a_run_asked_for_more_steps_and_killed_continues_to_them_when_resumed_as_it_says(tiny_pipeline, tmp_path,
                                                                                          monkeypatch, capsys):
     """The extended plan is saved: `--resume` alone (the line a Ctrl-C prints) trains on to the new step count."""

@@ -271,6 +271,10 @@ def train_prior(stage: Path, codes: CodeSet, cfg: PriorConfig, optim: OptimConfi
     split = "val" if tiled_windows(codes, cfg, "val", 1) else "train"
     if split == "train" and dist.is_main:
         warn_unheld(f"the {cfg.level} prior's bits per second are")
+    long = sum(len(t["lyrics"]) > cfg.max_chars for t in codes.tracks) if cfg.is_top and cfg.lyrics else 0
+    if long and dist.is_main:  # the prior reads the first max_chars characters of a piece's words, as in sampling
+        warn(f"{long} track(s) have lyrics longer than --max-chars {cfg.max_chars}: the top prior reads only their "
+             f"first {cfg.max_chars} characters")
 
     def eval_fn(m: Prior) -> dict:
         s = score_level(m, codes, most=val_windows)
