@@ -409,3 +409,19 @@ def test_a_resume_that_fails_before_training_keeps_the_run(tmp_path):
         with Run.resume(tmp_path / "r"):
             raise RuntimeError("the resumed start failed too")
     assert (tmp_path / "r" / "config.json").exists()
+
+
+def test_a_damaged_metrics_line_is_refused_and_the_file_left_as_it_was(tmp_path):
+    run = Run.create(tmp_path / "r", {"x": 1})
+    for step in (10, 20, 30):
+        run.log({"step": step, "train_loss": 1.0 / step})
+    path = run.path / "metrics.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "garbage{", *lines[1:]]) + "\n")
+    before = path.read_bytes()
+    with pytest.raises(UserError, match=r"metrics.jsonl: line 2 is not a metrics record"):
+        run.rewind_metrics(20)  # what a resume does: it must not drop the damaged line unseen
+    assert path.read_bytes() == before
+    path.write_text("\n".join(lines) + '\n{"step": 40, "train_lo')  # a kill's half-written last line is no damage
+    assert [r["step"] for r in run.metrics()] == [10, 20, 30]
+    run.close()

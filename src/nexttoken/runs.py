@@ -404,18 +404,23 @@ class Run:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """Records of RUN/metrics.jsonl; a half-written last line (a killed process) is skipped."""
+    """Records of RUN/metrics.jsonl; a half-written last line (a killed process) is skipped. Any other line that is
+    not a record is refused: the file was damaged, and a resume, which rewrites it, would drop that line unseen."""
     f = Path(path) / "metrics.jsonl"
     if not f.exists():
         return []
+    lines = f.read_text(errors="replace").splitlines()
     records = []
-    for line in f.read_text().splitlines():
+    for n, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            record = None
         if isinstance(record, dict):
             records.append(record)
+        elif line.strip() and n < len(lines):
+            raise UserError(f"{f}: line {n} is not a metrics record (the file is damaged); restore the file or "
+                            f"delete that line")
     return records
 
 
