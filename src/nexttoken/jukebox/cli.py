@@ -21,7 +21,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from nexttoken.cli import add_device_option
-from nexttoken.config import add_options, check, from_args, given
+from nexttoken.config import add_options, check, flag_name, from_args, given
 from nexttoken.errors import UserError, continue_with
 from nexttoken.sampling import SamplingConfig
 from nexttoken.training import LoopConfig, OptimConfig, pick_device
@@ -148,8 +148,10 @@ def cmd_train(args) -> None:
 
     path = _new_folder(args)
     if args.resume is not None:
-        if given(args, DataConfig) or given(args, VQVAEOptions) or given(args, Plan):
-            raise UserError("--resume RUN continues RUN with its own settings; leave out the other flags")
+        typed = [*given(args, DataConfig), *given(args, VQVAEOptions), *given(args, Plan)]
+        if typed:
+            raise UserError(f"--resume RUN continues RUN with its own settings; leave out {flag_name(typed[0])} (to train "
+                            f"a prior further: nexttoken jukebox train-prior RUN --level L --resume --steps N)")
         with continue_with(f"nexttoken jukebox train --resume {args.resume}"):
             train_everything(args.resume, Plan(), VQVAEOptions(), args.device, None)
         path = args.resume
