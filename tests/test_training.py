@@ -425,3 +425,38 @@ def test_a_damaged_metrics_line_is_refused_and_the_file_left_as_it_was(tmp_path)
     path.write_text("\n".join(lines) + '\n{"step": 40, "train_lo')  # a kill's half-written last line is no damage
     assert [r["step"] for r in run.metrics()] == [10, 20, 30]
     run.close()
+
+
+def test_claiming_a_run_removes_the_temporary_files_a_killed_write_left(tmp_path):
+    run = Run.create(tmp_path / "r", {"x": 1})
+    run.close()
+    (run.path / "checkpoints").mkdir()
+    left = [run.path / ".checkpoint.safetensors.k3j2.tmp", run.path / "checkpoints" / ".step-0000010.safetensors.x.tmp"]
+    for p in left:
+        p.write_bytes(b"half")
+    kept = run.path / "notes.tmp"  # not one of ours: left alone
+    kept.write_text("mine")
+    Run.resume(run.path).close()
+    assert not any(p.exists() for p in left) and kept.exists()
+
+
+@pytest.mark.parametrize("meta", [{}, {"step": "abc"}, {"step": -1}])
+def test_a_checkpoint_with_a_damaged_step_is_one_clear_error(meta, tmp_path):
+    from nexttoken.runs import load_tensors, save_tensors
+
+    run = Run.create(tmp_path / "r", {"x": 1})
+    model = torch.nn.Linear(2, 2)
+    run.save_checkpoint(model, None, 5)
+    tensors, saved = load_tensors(run.checkpoint_path)
+    save_tensors(run.checkpoint_path, tensors, {**{k: v for k, v in saved.items() if k != "step"}, **meta})
+    with pytest.raises(UserError, match="checkpoint.safetensors is damaged"):
+        run.load_checkpoint(model)
+    run.close()
+
+
+@pytest.mark.parametrize("betas", ["x", [0.9], [0.9, "a"], [[0.9], 0.95]])
+def test_a_saved_config_with_a_value_of_the_wrong_shape_is_one_clear_error(betas):
+    from nexttoken.config import load
+
+    with pytest.raises(UserError, match=r"^run/config.json: .*betas must be a tuple\[float, float\], not "):
+        load(OptimConfig, {"betas": betas}, "run/config.json")

@@ -125,6 +125,9 @@ def check_field(cls: type, f: dataclasses.Field, value: Any, where: str = "") ->
             value = float(value)
         elif kind is str and not isinstance(value, str):
             raise TypeError
+        elif typing.get_origin(kind) in (list, tuple) and not _sequence_of(kind, value):
+            # a saved config.json edited by hand or damaged: caught here, not as a traceback deep in the model
+            raise UserError(f"{name} must be a {str(kind).replace('typing.', '')}, not {value!r}")
     except (TypeError, ValueError, OverflowError):
         raise UserError(f"{name} must be a finite {getattr(kind, '__name__', kind)}, not {value!r}") from None
     m = f.metadata
@@ -136,6 +139,28 @@ def check_field(cls: type, f: dataclasses.Field, value: Any, where: str = "") ->
             if k in m and not test(value, m[k]):
                 raise UserError(f"{name} must be {describe(f)}, not {value!r}")
     return value
+
+
+def _sequence_of(kind: Any, value: Any) -> bool:
+    """``value`` is a list or tuple of ``kind``'s items (``list[str]``, ``tuple[float, float]``, ``tuple[int, ...]``).
+
+    >>> _sequence_of(tuple[float, float], (0.9, 0.95)), _sequence_of(tuple[float, float], [0.9])
+    (True, False)
+    >>> _sequence_of(list[str], ["a", 1]), _sequence_of(list[str], 5)
+    (False, False)
+    """
+    if not isinstance(value, (list, tuple)):
+        return False
+    items = typing.get_args(kind)
+    if typing.get_origin(kind) is tuple and items and items[-1] is not Ellipsis:
+        if len(value) != len(items):
+            return False
+    else:
+        items = items[:1] * len(value)
+    numbers = (int, float)
+    return all(item not in (str, int, float) or (isinstance(v, str) if item is str else
+               isinstance(v, numbers) and not isinstance(v, bool) and (item is float or v == int(v)))
+               for item, v in zip(items, value))
 
 
 def check(cfg: T) -> T:
@@ -162,6 +187,8 @@ def load(cls: type[T], data: Any, source: str) -> T:
         cfg = cls(**values)
     except (TypeError, ValueError) as e:
         raise UserError(f"{source} is damaged: {e}") from None
+    except UserError as e:  # a config that checks itself on creation: say which file holds the value
+        raise UserError(f"{source}: {e}") from None
     for f in fields(cfg):
         setattr(cfg, f.name, check_field(cls, f, getattr(cfg, f.name), where=f"{source}: {f.name}"))
     return cfg

@@ -204,6 +204,10 @@ def _claim(path: Path):
     except BlockingIOError:
         os.close(fd)
         raise UserError(f"{path} is in use by another running nexttoken command") from None
+    # Holding the lock, no other process writes here: a temporary file of an atomic write is what a killed process
+    # left half-written, and nothing would ever remove it (a checkpoint's is the size of the model).
+    for stale in [*path.glob(".*.tmp"), *path.glob("checkpoints/.*.tmp")]:
+        stale.unlink(missing_ok=True)
     return fd
 
 
@@ -390,9 +394,12 @@ class Run:
         except (RuntimeError, KeyError, ValueError) as e:
             raise UserError(f"{self.checkpoint_path} does not fit this model ({str(e).splitlines()[0]}); "
                             f"it was written by another configuration") from None
+        step = meta.get("step")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise UserError(f"{self.checkpoint_path} is damaged (its step is {step!r})")
         if restore_rng_state:
             restore_rng(tensors)
-        return meta["step"], tensors, meta
+        return step, tensors, meta
 
     def snapshots(self) -> list[tuple[int, Path]]:
         return sorted((int(p.stem.split("-")[1]), p) for p in (self.path / "checkpoints").glob("step-*.safetensors"))
