@@ -33,6 +33,8 @@ def zoo(tmp_path_factory):
     copy("list-config", lambda p: (p / "config.json").write_text("[1, 2]"))
     copy("bad-value", lambda p: _edit_config(p, lambda c: c["muse"].update(context=-1)))
     copy("no-muse", lambda p: _edit_config(p, lambda c: c.pop("muse")))
+    copy("odd-heads", lambda p: _edit_config(p, lambda c: c["muse"].update(n_head=3)))
+    copy("int-composers", lambda p: _edit_config(p, lambda c: c["muse"].update(composers=5)))
     copy("unfinished", lambda p: (p / "summary.json").unlink())
     copy("killed-bad-ckpt", lambda p: ((p / "summary.json").unlink(), (p / "checkpoint.safetensors").write_bytes(
         (p / "checkpoint.safetensors").read_bytes()[:5000])))
@@ -134,6 +136,9 @@ CASES = [
     (["generate", "ZOO/bad-config"], "config.json is damaged"),
     (["generate", "ZOO/list-config"], "config.json is damaged"),
     (["generate", "ZOO/bad-value"], "config.json: context must be >= 16"),
+    (["generate", "ZOO/odd-heads"], "config.json: n_embd 32 is not a multiple of n_head 3"),
+    (["train", "--resume", "ZOO/odd-heads"], "config.json: n_embd 32 is not a multiple of n_head 3"),
+    (["train", "--resume", "ZOO/int-composers"], "config.json: composers must be a list[str], not 5"),
     (["generate", "ZOO/grok.train"], "is a grok.train run, not a muse training run"),
     (["generate", "ZOO/jukebox.train-vqvae"], "is a jukebox.train-vqvae run"),
     (["generate", "ZOO/bad-critic", "--candidates", "2"], "critic.safetensors is damaged"),

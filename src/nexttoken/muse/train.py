@@ -143,6 +143,8 @@ def saved_configs(run: Run, changes: dict | None = None) -> tuple[MuseConfig, Op
         raise UserError(f"{source} is damaged: it holds no muse settings")
     # A run saved without a countdown field was trained without the countdown embedding.
     cfg = load(MuseConfig, {"countdown_embedding": False, **saved["muse"]}, source)
+    if cfg.n_embd % cfg.n_head:  # a config.json edited by hand: no model can be built from it
+        raise UserError(f"{source}: n_embd {cfg.n_embd} is not a multiple of n_head {cfg.n_head}")
     optim, loop = load(OptimConfig, saved.get("optim"), source), load(LoopConfig, saved.get("loop"), source)
     changes = dict(changes or {})
     if "corpus" in changes:
