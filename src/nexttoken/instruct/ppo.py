@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -39,13 +39,13 @@ from nexttoken.distributed import Dist, all_sum, any_rank, average_gradients, ga
 from nexttoken.errors import Interrupted, UserError
 from nexttoken.instruct.corpus import make_corpus
 from nexttoken.instruct.figures import plot_ppo_health
-from nexttoken.instruct.labeler import HELD_OUT_LABELER
 from nexttoken.instruct.policy import (POLICY_FILE, Policy, RewardModel, lm_loss_sum, load_policy, load_reward_model,
                                        respond, same_tokenizer, save_model, token_logprobs)
 from nexttoken.instruct.pretrain import Windows, token_stream
+from nexttoken.instruct.reward import GOLD, LabelerReward
 from nexttoken.instruct.stage import kept_summary
 from nexttoken.instruct.tasks import TRAIN_FAMILIES, make_tasks
-from nexttoken.instruct.world import Task, make_world
+from nexttoken.instruct.world import make_world
 from nexttoken.progress import Progress
 from nexttoken.runs import Run
 from nexttoken.training import (OptimConfig, StopRequests, autocast, lr_factor, make_optimizer, seed_everything,
@@ -177,22 +177,6 @@ def adapt_kl(beta: float, kl: float, target: float, horizon: int, n: int) -> flo
 
 
 # ---- the reward ------------------------------------------------------------------------------------------------------
-GOLD = "labeler"
-
-
-class LabelerReward:
-    """The gold reward of Gao et al. 2022 (https://arxiv.org/abs/2210.10760): the held-out labeler's noiseless utility
-    of each response, what a perfect reward model would say. PPO against it measures what PPO can do at all, apart
-    from the learnt reward model's errors."""
-
-    def __init__(self, tasks: dict[str, Task]) -> None:
-        self.tasks = tasks  # chat prompt -> its task
-        self.labeler = replace(HELD_OUT_LABELER, noise=0.0, flip=0.0)
-
-    def __call__(self, prompts: list[str], texts: list[str]) -> Tensor:
-        return torch.tensor([self.labeler.utility(self.tasks[p], t) for p, t in zip(prompts, texts)])
-
-
 def scores(reward_model: RewardModel | LabelerReward, prompts: list[str], out) -> Tensor:
     """The reward model's score of each rolled-out response (B,)."""
     if isinstance(reward_model, LabelerReward):

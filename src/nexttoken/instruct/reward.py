@@ -9,13 +9,14 @@ and the K outputs of one prompt form one batch element, so each output is read o
 separate examples makes the model overfit: each output would be seen K - 1 times in an epoch). One epoch. Afterwards
 the head's bias is shifted so that labeler demonstrations score 0 on average, which makes 0 the reward of "as good
 as a demonstration" for PPO. The reward sits on the hidden state of the last real token (EOS when the output ended).
+``LabelerReward`` is the other reward PPO can climb: the held-out labeler's own judgement, the gold standard.
 
     nexttoken instruct reward --init runs/sft-medium --rankings runs/rankings --out runs/rm
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -26,10 +27,11 @@ from nexttoken.config import option
 from nexttoken.distributed import Dist
 from nexttoken.errors import UserError
 from nexttoken.instruct.corpus import demonstrations
+from nexttoken.instruct.labeler import HELD_OUT_LABELER
 from nexttoken.instruct.policy import REWARD_FILE, Policy, RewardModel, load_policy, response_rows, save_model
 from nexttoken.instruct.rankings import Ranking, split_rankings
 from nexttoken.instruct.stage import kept_summary
-from nexttoken.instruct.world import make_world
+from nexttoken.instruct.world import Task, make_world
 from nexttoken.plots import plot_metrics
 from nexttoken.runs import Run
 from nexttoken.training import LoopConfig, OptimConfig, count_rows, fit, seed_everything
@@ -164,6 +166,24 @@ def train_reward(cfg: RewardConfig, optim: OptimConfig, loop: LoopConfig, run: R
                "seconds": round(result.seconds, 1), "device": str(dist.device)}
     run.write_summary(summary)
     return summary
+
+
+
+# ---- the gold reward ------------------------------------------------------------------------------------------------
+GOLD = "labeler"
+
+
+class LabelerReward:
+    """The gold reward of Gao et al. 2022 (https://arxiv.org/abs/2210.10760): the held-out labeler's noiseless utility
+    of each response, what a perfect reward model would say. PPO against it measures what PPO can do at all, apart
+    from the learnt reward model's errors."""
+
+    def __init__(self, tasks: dict[str, Task]) -> None:
+        self.tasks = tasks  # chat prompt -> its task
+        self.labeler = replace(HELD_OUT_LABELER, noise=0.0, flip=0.0)
+
+    def __call__(self, prompts: list[str], texts: list[str]) -> Tensor:
+        return torch.tensor([self.labeler.utility(self.tasks[p], t) for p, t in zip(prompts, texts)])
 
 
 CONFIGS = {"reward": RewardConfig, "optim": OptimConfig, "loop": LoopConfig}
