@@ -33,10 +33,11 @@ from nexttoken.jukebox.audio import (MIN_DB, ClipSet, Track, cache_root, extract
                                      warn)
 from nexttoken.jukebox.espeak import require as require_espeak
 from nexttoken.jukebox.lyrics import DEFAULT_VOICES, TUNE_RANGE, lyrics_set
+from nexttoken.midi.corpus import MUSIC21_NAMES, corpus_source
 from nexttoken.progress import Progress
 from nexttoken.runs import load_tensors, save_tensors
 
-MUSIC21 = ("music21-small", "music21")
+MUSIC21 = MUSIC21_NAMES  # the corpus by name: rendered from its notes
 LYRICS_GENRE = "song"
 RENDERER = 1  # bumped whenever rendering changes, so no cache made by another renderer is reused
 SUNG_LINES = 200  # the sung lines the embedded default adds to the rendered corpus
@@ -91,9 +92,7 @@ def resolved(cfg: DataConfig) -> DataConfig:
     counted and the renderer written down ('synth' or a soundfont's path)."""
     from nexttoken.midi.render import find_soundfont
 
-    if cfg.audio not in MUSIC21:
-        cfg = replace(cfg, audio=str(Path(cfg.audio).expanduser().resolve()))
-    cfg = replace(cfg, lyrics_lines=cfg.sung_lines())
+    cfg = replace(cfg, audio=corpus_source(cfg.audio), lyrics_lines=cfg.sung_lines())
     if not rendered(cfg.audio) or cfg.soundfont == "synth":
         return cfg
     soundfont = find_soundfont(cfg.soundfont or None)

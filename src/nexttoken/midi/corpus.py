@@ -48,6 +48,17 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
 
 
+def corpus_source(name: str) -> str:
+    """A corpus or audio source as a run keeps it (muse's ``--corpus``, jukebox's ``--audio``): a named corpus as it
+    is, a path made absolute, so that evaluate, generate or a resume run from another working directory read the same
+    folder the run trained on.
+
+    >>> corpus_source("music21-small")
+    'music21-small'
+    """
+    return name if name in MUSIC21_NAMES else str(Path(name).expanduser().resolve())
+
+
 def label_of(name: str) -> str:
     """A composer label as a token can hold it: letters and digits of any script in lower case, words joined by
     underscores, accents on Latin letters dropped; ``unknown`` for a name with no letter or digit.

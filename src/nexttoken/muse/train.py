@@ -24,7 +24,7 @@ import torch
 from nexttoken.config import check, load, option, resumed
 from nexttoken.distributed import Dist, init_distributed, main_first
 from nexttoken.errors import UserError, continue_with
-from nexttoken.midi.corpus import MUSIC21_NAMES, Corpus, load_corpus
+from nexttoken.midi.corpus import Corpus, corpus_source, load_corpus
 from nexttoken.model import GPTConfig
 from nexttoken.muse.data import Batches, tokens_per_second, validation_set
 from nexttoken.muse.encoding import ENCODINGS, Encoded, make_encoding
@@ -72,16 +72,6 @@ class MuseConfig:
     def gpt_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(vocab_size=vocab_size, block_size=self.context, n_layer=self.n_layer, n_head=self.n_head,
                          n_embd=self.n_embd, dropout=self.dropout)
-
-
-def corpus_source(name: str) -> str:
-    """``--corpus`` as a run keeps it: a named corpus as it is, a path made absolute, so that evaluate, generate or a
-    resume run from another working directory read the same folder the run trained on.
-
-    >>> corpus_source("music21-small")
-    'music21-small'
-    """
-    return name if name in MUSIC21_NAMES else str(Path(name).expanduser().resolve())
 
 
 # muse's own defaults of the shared optimiser and loop settings: a small model on a CPU takes a high LR and a short
