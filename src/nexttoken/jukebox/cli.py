@@ -150,8 +150,9 @@ def cmd_train(args) -> None:
     if args.resume is not None:
         typed = [*given(args, DataConfig), *given(args, VQVAEOptions), *given(args, Plan)]
         if typed:
-            raise UserError(f"--resume RUN continues RUN with its own settings; leave out {flag_name(typed[0])} (to train "
-                            f"a prior further: nexttoken jukebox train-prior RUN --level L --resume --steps N)")
+            raise UserError(f"--resume RUN continues RUN with its own settings; leave out {flag_name(typed[0])} "
+                            f"(to train a prior further: nexttoken jukebox train-prior RUN --level L --resume "
+                            f"--steps N)")
         with continue_with(f"nexttoken jukebox train --resume {args.resume}"):
             train_everything(args.resume, Plan(), VQVAEOptions(), args.device, None)
         path = args.resume

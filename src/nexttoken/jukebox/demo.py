@@ -23,7 +23,7 @@ from nexttoken.jukebox.figures import spectrogram_png
 from nexttoken.jukebox.pipeline import (Plan, clips_of, codes_of, load_prior, load_vqvae, open_pipeline,
                                         train_everything)
 from nexttoken.jukebox.sample import JUKEBOX_SAMPLING, SampleConfig, sample_run
-from nexttoken.jukebox.train import VQVAEOptions
+from nexttoken.jukebox.train import VQVAEOptions, scored_word
 from nexttoken.report import Section, render
 from nexttoken.runs import load_tensors, read_json, read_metrics
 
@@ -79,7 +79,8 @@ def pipeline_section(run_dir: Path, out: Path, device, sample_dirs: list[Path], 
     section.text(f"{data['tracks']} tracks by {len(data['artists'])} artists ({', '.join(data['artists'])}), "
                  f"{60 * data['hours']:.1f} minutes at {data['sample_rate']} Hz. The three-level VQ-VAE "
                  f"({vq['params'] / 1e6:.2f} M parameters, preset {vq['preset']}) trained {vq['steps']} steps in "
-                 f"{vq['train_seconds']:.0f} s on {vq['device']}; each level alone rebuilds {_scored(vq)} audio:")
+                 f"{vq['train_seconds']:.0f} s on {vq['device']}; each level alone rebuilds "
+                 f"{scored_word(vq.get('scored_on'))} audio:")
     section.table([{"level": n, "kbit/s": m["bits_per_second"] / 1000, "spectral convergence dB":
                     m["spectral_convergence_db"], "SI-SDR dB": m["si_sdr_db"], "codes in use %": 100 * m["usage"]}
                    for n, m in vq["levels"].items()])
@@ -89,7 +90,7 @@ def pipeline_section(run_dir: Path, out: Path, device, sample_dirs: list[Path], 
         f = run_dir / level / "summary.json"
         if f.is_file():
             s = read_json(f)
-            on = _scored(s)
+            on = scored_word(s.get("scored_on"))
             rows.append({"prior": level, "parameters": s["params"], "steps": s["steps"],
                          "train s": s["train_seconds"], f"{on} bits/s": s["bits_per_second"],
                          "unigram bits/s": s["unigram_bits_per_second"]})
@@ -108,10 +109,6 @@ def pipeline_section(run_dir: Path, out: Path, device, sample_dirs: list[Path], 
         if (run_dir / "alignment.png").is_file():
             section.image(run_dir / "alignment.png", "the top prior's attention over a held-out line (evaluate)")
     return section
-
-
-def _scored(summary: dict) -> str:
-    return "held-out" if summary.get("scored_on", "val") == "val" else "training"  # no track was held out
 
 
 def _reconstruction(run_dir: Path, out: Path, device, section: Section) -> None:

@@ -30,7 +30,7 @@ from nexttoken.jukebox.audio import warn
 from nexttoken.jukebox.pipeline import (clips_of, codes_of, data_config, load_prior, load_vqvae, open_pipeline,
                                         saved_vqvae_settings, vqvae_config, vqvae_step)
 from nexttoken.jukebox.sample import JUKEBOX_SAMPLING, sample_level, top_conditioning, upsampler_conditioning
-from nexttoken.jukebox.train import (clip_batches, flat_levels, held_out, score_level, scored_split,
+from nexttoken.jukebox.train import (clip_batches, flat_levels, held_out, score_level, scored_split, scored_word,
                                      summed_vqvae_loss, warn_unheld, window_rows)
 from nexttoken.progress import Progress
 from nexttoken.runs import Run, atomic_write_json, read_json
@@ -142,13 +142,14 @@ def artist_recognition(path: Path, clips, cfg: EvaluateConfig, device: torch.dev
     top = load_prior(path, vq.levels[-1], device).cfg
     heard = {clips.tracks[int(t)].artist for t in clips.track[clips.rows("train")].unique()}
     gone = [a for a in top.artists if a not in heard]
-    if len(gone) == len(top.artists):
-        raise UserError(f"artist recognition: none of the run's artists ({', '.join(top.artists)}) has training "
-                        f"audio in {data_config(open_pipeline(path)).audio} now (--clips-per-artist 0 skips it)")
     if gone:
+        where = data_config(open_pipeline(path)).audio
+        if len(gone) == len(top.artists):
+            raise UserError(f"artist recognition: none of the run's artists ({', '.join(top.artists)}) has training "
+                            f"audio in {where} now (--clips-per-artist 0 skips it)")
         # the classifier cannot name an artist it never heard: its clips would count as misses of the prior's
-        warn(f"artist recognition leaves out {', '.join(gone)}: the run was trained on them, but "
-             f"{data_config(open_pipeline(path)).audio} holds no training audio of theirs now")
+        warn(f"artist recognition leaves out {', '.join(gone)}: the run was trained on them, but {where} holds no "
+             f"training audio of theirs now")
     artists = [a for a in top.artists if a in heard]
     real = {}  # split -> (audio, labels): up to 64 real clips per artist, to train on and to check the classifier
     for split in ("train", "val"):
@@ -232,7 +233,7 @@ def evaluate_run(path: Path, cfg: EvaluateConfig, device: torch.device, progress
         restarts = read_json(other / "vqvae" / "summary.json").get("restarts")
         codecs[f"vqvae ({other.name}, restarts {restarts})"] = other
     ev = Evaluation(scored_on=scored_split(clips))
-    on = "held-out" if ev.scored_on == "val" else "training"
+    on = scored_word(ev.scored_on)
     with Progress(len(codecs), f"evaluate: reconstruction of {len(val)} {on} clips", unit="VQ-VAE",
                   enabled=progress, log=log) as bar:
         for name, codec in codecs.items():
@@ -267,9 +268,9 @@ def load_evaluation(path: Path) -> dict | None:
 
 
 def format_report(ev: Evaluation) -> str:
-    held = ev.scored_on in ("val", None)  # None: an evaluation.json that does not say
-    on = "held-out" if held else "training"
-    out = [f"reconstruction of {on} clips{'' if held else ' (no track is held out)'} (spectral convergence dB, "
+    on = scored_word(ev.scored_on)
+    unheld = " (no track is held out)" if on == "training" else ""
+    out = [f"reconstruction of {on} clips{unheld} (spectral convergence dB, "
            "lower is better; SI-SDR dB; codes in use)"]
     for codec, levels in ev.reconstruction.items():
         for level, m in levels.items():

@@ -86,6 +86,12 @@ def held_out(clips: ClipSet, n: int) -> torch.Tensor:
     return clips.audio(pick)
 
 
+def scored_word(split: str | None) -> str:
+    """How a measure names the clips it scored: 'held-out', or 'training' when none was held out (``split`` 'train';
+    None: a summary or evaluation saved without saying, which held clips out)."""
+    return "training" if split == "train" else "held-out"
+
+
 def warn_unheld(what: str) -> None:
     warn(f"no track is held out (each artist has one, or --val-fraction is 0): {what} measured on training clips, "
          "not on audio the model has not heard")
@@ -132,7 +138,7 @@ def train_vqvae(stage: Path, clips: ClipSet, opts: VQVAEOptions, optim: OptimCon
                      weight_fn=count_rows)
         if dist.is_main:
             levels = cfg.levels
-            on = "held-out" if split == "val" else "training-clip"
+            on = scored_word(split)
             plot_metrics(run.metrics(), [f"{n}_spectral_convergence_db" for n in levels],
                          run.path / "spectral_convergence.png", ylabel="dB (lower is better)",
                          title=f"{on} spectral convergence")
