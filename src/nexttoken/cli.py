@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 
 import nexttoken
-from nexttoken.errors import Interrupted, UserError
+from nexttoken.errors import Interrupted, UserError, forget_warnings
 
 ORDER = ("grok", "muse", "jukebox", "instruct")  # the report's order; any other domain follows alphabetically
 
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv).parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
         else None
+    forget_warnings()
     try:
         _check_processes(args)
         code = args.func(args) or 0

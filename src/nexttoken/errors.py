@@ -1,6 +1,7 @@
-"""The exceptions the CLI turns into one line on stderr instead of a traceback."""
+"""The exceptions the CLI turns into one line on stderr instead of a traceback, and the one-line warning."""
 
 import contextlib
+import sys
 from typing import Iterator
 
 
@@ -33,3 +34,22 @@ def continue_with(how: str) -> Iterator[None]:
         yield
     except Interrupted as e:
         raise e.resumed_by(how) from None
+
+
+_SAID: set[str] = set()  # the ``once`` keys of warnings given in this command
+
+
+def warn(message: str, *, once: str | None = None) -> None:
+    """``nexttoken: warning: message`` on stderr. ``once``: a key; a warning under a key already said in this command
+    (since ``forget_warnings``) is not said again, so a fact every stage would repeat reads once."""
+    if once is not None:
+        if once in _SAID:
+            return
+        _SAID.add(once)
+    print(f"nexttoken: warning: {message}", file=sys.stderr)
+
+
+def forget_warnings() -> None:
+    """A new command starts: every ``once`` warning may be said again (the CLI calls it; tests run many commands in
+    one process)."""
+    _SAID.clear()

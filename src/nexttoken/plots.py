@@ -1,8 +1,18 @@
 """The few plot helpers every domain uses: metric curves from a run folder, a 2-D map of embeddings by their principal
-components, and a headless matplotlib whose files are written atomically."""
+components, and a headless matplotlib whose files are written atomically.
+
+Names come from the user's folders in any script, and matplotlib's own font (DejaVu Sans) has no Chinese, Japanese or
+Korean. matplotlib lists the machine's fonts once, in a cache that never sees a font installed later, and draws from
+one family unless told several, warning once per missing letter. So ``save`` looks, the first time a letter is
+missing, for an installed font that has it and draws the figure again with that font behind the usual one; a letter
+no font has is one warning per command, not a warning per letter and plot.
+"""
 
 from __future__ import annotations
 
+import io
+import re
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -19,16 +29,74 @@ def figure(width: float = 6.0, height: float = 4.0):
 
 def save(fig, path: str | Path) -> Path:
     """Write the figure as PNG atomically (a unique temporary name, then a rename) and close it."""
-    import io
+    from matplotlib.text import Text
 
+    from nexttoken.errors import warn
     from nexttoken.runs import atomic_write_bytes
 
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    png, missing = _render(fig)
+    if missing:
+        _look_for_fonts(missing)
+    if missing and _FALLBACK:
+        for text in fig.findobj(Text):
+            text.set_fontfamily([*text.get_fontfamily(), *_FALLBACK])
+        png, missing = _render(fig)
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    if missing:
+        warn(f"no installed font draws {''.join(sorted(missing))!r}, so plots show such letters as boxes; a font "
+             "that has them (for Chinese, Japanese and Korean: Noto Sans CJK, package fonts-noto-cjk) is used once "
+             "installed", once="plot glyphs")
+    atomic_write_bytes(path, png)
     return Path(path)
+
+
+_FALLBACK: list[str] = []  # families found for letters the default font lacks, drawn behind it
+_SOUGHT: set[str] = set()  # letters already looked for among the installed fonts
+
+
+def _render(fig) -> tuple[bytes, set[str]]:
+    """The figure as PNG, and the letters its font could not draw (matplotlib warns once per letter)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    missing = set()
+    for w in caught:
+        glyph = re.match(r"Glyph (\d+) ", str(w.message))
+        if glyph:
+            missing.add(chr(int(glyph.group(1))))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return buf.getvalue(), missing
+
+
+def _look_for_fonts(letters: set[str]) -> None:
+    """Add to ``_FALLBACK`` installed fonts that draw ``letters`` (listed for matplotlib where its cache lacks them);
+    each letter is looked for once."""
+    from matplotlib import font_manager, ft2font
+
+    wanted = letters - _SOUGHT
+    _SOUGHT.update(letters)
+    if not wanted:
+        return
+    listed = {f.fname for f in font_manager.fontManager.ttflist}
+    for path in font_manager.findSystemFonts():
+        try:
+            font = ft2font.FT2Font(path)
+        except (OSError, RuntimeError, ValueError):  # a font file matplotlib cannot read
+            continue
+        has = {c for c in wanted if font.get_char_index(ord(c))}
+        if not has:
+            continue
+        if path not in listed:
+            font_manager.fontManager.addfont(path)
+        family = font_manager.FontProperties(fname=path).get_name()
+        if family not in _FALLBACK:
+            _FALLBACK.append(family)
+        wanted -= has
+        if not wanted:
+            return
 
 
 def principal_components(x, k: int = 2):

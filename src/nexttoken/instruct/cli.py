@@ -25,7 +25,7 @@ from pathlib import Path
 
 from nexttoken.cli import add_device_option
 from nexttoken.config import add_options, from_args, given, option
-from nexttoken.errors import UserError, continue_with
+from nexttoken.errors import UserError, continue_with, warn
 from nexttoken.runs import default_run_dir, read_json, read_text
 
 STAGE_HELP = {
@@ -291,7 +291,7 @@ def _fitted(policy, prompt: str, instruction: str, max_new_tokens: int, where: s
     if room <= layout:
         raise UserError(f"{longer}, and the last {room} hold none of the instruction; give a smaller --max-new-tokens "
                         f"or a shorter prompt")
-    print(f"nexttoken: warning: {longer}; the model reads only its last {room}", file=sys.stderr)
+    warn(f"{longer}; the model reads only its last {room}")
     return prompt
 
 

@@ -27,7 +27,7 @@ from types import ModuleType
 
 from nexttoken.config import check, load, option, resumed
 from nexttoken.distributed import Dist, barrier
-from nexttoken.errors import UserError
+from nexttoken.errors import UserError, warn
 from nexttoken.instruct import dpo, ppo, pretrain, rankings, results, reward, sft
 from nexttoken.instruct.stage import finished, open_stage
 from nexttoken.runs import atomic_write_json, read_json
@@ -187,8 +187,8 @@ def run_pipeline(folder: str | Path, cfg: PipelineConfig, dist: Dist, only: list
         path = folder / stage.name
         if (only and stage.name not in only) or finished(path):
             if stage.kind == "evaluate" and made and finished(path) and dist.is_main:
-                print(f"nexttoken: warning: {path} judged the models before {', '.join(made)} was made again; delete "
-                      f"it and run the pipeline again to judge the new ones", file=sys.stderr)
+                warn(f"{path} judged the models before {', '.join(made)} was made again; delete it and run the "
+                     f"pipeline again to judge the new ones")
             continue
         made.append(stage.name)
         resume = (path / "config.json").is_file()

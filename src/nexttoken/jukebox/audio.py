@@ -25,14 +25,13 @@ import hashlib
 import io
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from nexttoken.errors import UserError
+from nexttoken.errors import UserError, warn
 from nexttoken.isolate import Outcome, map_isolated
 from nexttoken.midi.corpus import labels_of
 from nexttoken.runs import atomic_write_bytes, atomic_write_json, load_tensors, read_json, read_text, save_tensors
@@ -221,10 +220,6 @@ class ClipSet:
 
     def genres(self) -> list[str]:
         return sorted({t.genre for t in self.tracks})
-
-
-def warn(message: str) -> None:
-    print(f"nexttoken: warning: {message}", file=sys.stderr)
 
 
 def _entry(folder: Path, track: Track) -> Path:

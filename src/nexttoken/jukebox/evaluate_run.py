@@ -22,11 +22,10 @@ from pathlib import Path
 import torch
 
 from nexttoken.config import load, option
-from nexttoken.errors import UserError
+from nexttoken.errors import UserError, warn
 from nexttoken.jukebox.alignment import alignment_score, cross_patterns, plot_alignment, timed_lines
 from nexttoken.jukebox.evaluate import EncodecBaseline, evaluate_codec, matching_baseline, restart_rule
 from nexttoken.jukebox.fidelity import features, fit_artist_classifier, recognition
-from nexttoken.jukebox.audio import warn
 from nexttoken.jukebox.pipeline import (clips_of, codes_of, data_config, load_prior, load_vqvae, open_pipeline,
                                         saved_vqvae_settings, vqvae_config, vqvae_step)
 from nexttoken.jukebox.sample import JUKEBOX_SAMPLING, sample_level, top_conditioning, upsampler_conditioning
@@ -224,7 +223,7 @@ def evaluate_run(path: Path, cfg: EvaluateConfig, device: torch.device, progress
     clips = clips_of(path)
     val = held_out(clips, cfg.val_clips)
     if scored_split(clips) == "train":
-        warn_unheld("the reconstruction and the bits per second are")
+        warn_unheld()
     # the baselines first: each trains (or is read back) with its own progress
     baselines = {f"encodec at {level} bitrate": {level: train_baseline(path, level, clips, val, device)}
                  for level in cfg.baselines}

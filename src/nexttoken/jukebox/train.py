@@ -19,7 +19,8 @@ import torch
 
 from nexttoken.config import option
 from nexttoken.distributed import Dist
-from nexttoken.jukebox.audio import ClipSet, clip_summary, warn
+from nexttoken.errors import warn
+from nexttoken.jukebox.audio import ClipSet, clip_summary
 from nexttoken.jukebox.codes import CodeSet
 from nexttoken.jukebox.evaluate import evaluate_codec
 from nexttoken.jukebox.prior import Prior, PriorConfig, chars_batch, position_seconds, window_tokens
@@ -92,9 +93,10 @@ def scored_word(split: str | None) -> str:
     return "training" if split == "train" else "held-out"
 
 
-def warn_unheld(what: str) -> None:
-    warn(f"no track is held out (each artist has one, or --val-fraction is 0): {what} measured on training clips, "
-         "not on audio the model has not heard")
+def warn_unheld() -> None:
+    """Said once per command: the VQ-VAE, every prior and the evaluation would each say it."""
+    warn("no track is held out (each artist has one, or --val-fraction is 0): reconstruction, codebook use and bits "
+         "per second are measured on training clips, not on audio the model has not heard", once="unheld")
 
 
 def clip_batches(clips: ClipSet, batch_size: int, seed: int):
@@ -127,7 +129,7 @@ def train_vqvae(stage: Path, clips: ClipSet, opts: VQVAEOptions, optim: OptimCon
     model = VQVAE(cfg).to(dist.device)
     val, split = held_out(clips, opts.val_clips), scored_split(clips)
     if split == "train" and dist.is_main:
-        warn_unheld("the VQ-VAE's spectral convergence and codebook use are")
+        warn_unheld()
     settings = {"vqvae": asdict(cfg), "options": asdict(opts), "optim": asdict(optim), "loop": asdict(loop)}
     run = Run.resume(stage, VQVAE_KIND, dist.is_main) if resume else \
         Run.create(stage, settings, VQVAE_KIND, dist.is_main)
@@ -276,7 +278,7 @@ def train_prior(stage: Path, codes: CodeSet, cfg: PriorConfig, optim: OptimConfi
     run.amend({"loop": settings["loop"]})
     split = "val" if tiled_windows(codes, cfg, "val", 1) else "train"
     if split == "train" and dist.is_main:
-        warn_unheld(f"the {cfg.level} prior's bits per second are")
+        warn_unheld()
     long = sum(len(t["lyrics"]) > cfg.max_chars for t in codes.tracks) if cfg.is_top and cfg.lyrics else 0
     if long and dist.is_main:  # the prior reads the first max_chars characters of a piece's words, as in sampling
         warn(f"{long} track(s) have lyrics longer than --max-chars {cfg.max_chars}: the top prior reads only their "

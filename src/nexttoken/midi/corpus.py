@@ -21,7 +21,6 @@ import io
 import json
 import os
 import re
-import sys
 import unicodedata
 import zipfile
 import zlib
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nexttoken.errors import UserError
+from nexttoken.errors import UserError, warn
 from nexttoken.midi.notes import FAMILIES, MIDI_SUFFIXES, Notes, read_midi_files
 from nexttoken.progress import Progress
 from nexttoken.runs import atomic_write_bytes, atomic_write_json, read_json, read_text
@@ -95,10 +94,6 @@ def labels_of(names: list[str], what: str, kind: str) -> list[str]:
             warn(f"{what} {listed} are {'both' if len(shown) == 2 else 'all'} {kind} {label!r}; they are treated as "
                  f"one")
     return labels
-
-
-def warn(message: str) -> None:
-    print(f"nexttoken: warning: {message}", file=sys.stderr)
 
 
 # ---- the note table ------------------------------------------------------------------------------------------------

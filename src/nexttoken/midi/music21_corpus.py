@@ -15,7 +15,8 @@ import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from nexttoken.midi.corpus import Corpus, READER, build_table, cache_root, label_of, slug, split_by_piece, warn
+from nexttoken.errors import warn
+from nexttoken.midi.corpus import Corpus, READER, build_table, cache_root, label_of, slug, split_by_piece
 from nexttoken.progress import Progress
 from nexttoken.runs import atomic_write_json, read_json
 

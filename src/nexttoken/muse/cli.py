@@ -21,7 +21,7 @@ from pathlib import Path
 
 from nexttoken.cli import add_device_option
 from nexttoken.config import add_options, check, from_args, given, integer, option
-from nexttoken.errors import UserError
+from nexttoken.errors import UserError, warn
 from nexttoken.sampling import SamplingConfig
 from nexttoken.training import LoopConfig, OptimConfig, pick_device
 
@@ -191,8 +191,8 @@ def cmd_generate(args) -> None:
         print(f"{s['midi']}  {s['seconds']:.1f} s  {_count(s['notes'], 'note')}  {s['tokens']} tokens{critic}")
     silent = sum(s["notes"] == 0 for s in written)
     if silent:
-        print(f"nexttoken: warning: {silent} of the {len(written)} samples hold no notes (silent files); a higher "
-              f"--temperature or a --prime gives the model notes to continue", file=sys.stderr)
+        warn(f"{silent} of the {len(written)} samples hold no notes (silent files); a higher --temperature or a "
+             f"--prime gives the model notes to continue")
     if soundfont is None:
         print("nexttoken: no General MIDI soundfont found, so the WAV files are the built-in synthesizer's "
               "(apt-get install timgm6mb-soundfont, or --soundfont FILE.sf2, for sampled instruments)", file=sys.stderr)

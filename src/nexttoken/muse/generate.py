@@ -20,7 +20,6 @@ asked for several candidates.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 from nexttoken.config import check, option
-from nexttoken.errors import UserError
+from nexttoken.errors import UserError, warn
 from nexttoken.midi.corpus import label_of
 from nexttoken.midi.notes import FAMILIES, Notes, read_user_midi, write_midi
 from nexttoken.muse.encoding import MAX_WAIT, QUANTUM, Encoded, MuseNetEncoding, encode_events, header, token_times
@@ -138,8 +137,8 @@ def _generate(model: MuseModel, encoding, cfg: GenerateConfig, device: torch.dev
         if cfg.strict and not playable:
             raise UserError(f"--strict: the model has no notes for {unplayable} (its corpus has "
                             f"{', '.join(vocab.families)})")
-        print(f"nexttoken: warning: the model never saw {unplayable} (its corpus has {', '.join(vocab.families)}); "
-              f"the request stays in the header as a suggestion", file=sys.stderr)
+        warn(f"the model never saw {unplayable} (its corpus has {', '.join(vocab.families)}); the request stays in "
+             f"the header as a suggestion")
     events, tempo, prime_seconds = np.zeros(0, dtype=np.int64), cfg.tempo, 0.0
     if cfg.prime:
         events, tempo, prime_seconds = prime_events(cfg.prime, cfg.prime_notes, encoding, (playable or
