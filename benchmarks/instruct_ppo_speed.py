@@ -79,7 +79,7 @@ def main() -> None:
                 cfg = PPOConfig(rollouts=args.rollouts, minibatch=8, max_new_tokens=args.max_new_tokens,
                                 cached_rollouts=cached)
                 prompts = random.Random(it).choices(prompt_pool, k=args.rollouts)
-                gen = torch.Generator().manual_seed(it)
+                gen = torch.Generator(device).manual_seed(it)  # where the rollout's draws are made
                 t0 = time.perf_counter()
                 with autocast(device, cfg.precision):  # as train_ppo rolls out
                     exp = experience(policy, ref, rm, value, prompts, cfg, 0.02, (0.0, 1.0), gen)

@@ -38,11 +38,12 @@ class SamplingConfig:
     top_p: float = option(1.0, "keep the smallest set of tokens whose probability reaches p (nucleus)", gt=0, le=1)
     seed: int = option(0, "seed of the draws", ge=0)
 
-    def sample_kwargs(self) -> dict:
-        """The keyword arguments of ``sample`` and ``generate``."""
+    def sample_kwargs(self, device: torch.device | str = "cpu") -> dict:
+        """The keyword arguments of ``sample`` and ``generate`` for a model on ``device``, where the draws are made
+        (``torch.multinomial`` refuses a generator of another device)."""
         return {"temperature": self.temperature, "top_k": self.top_k or None,
                 "top_p": self.top_p if self.top_p < 1 else None,
-                "generator": torch.Generator().manual_seed(self.seed)}
+                "generator": torch.Generator(device).manual_seed(self.seed)}
 
 
 @dataclass

@@ -243,7 +243,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     policy = load_policy(args.run, device)
     check_room(policy, max_new_tokens)
     style = _style(args.run, args.style)
-    kwargs = sampling.sample_kwargs()
+    kwargs = sampling.sample_kwargs(policy.device)
 
     pool = example_pool(make_world(0)) if style == "few_shot" else ()
 

@@ -58,7 +58,7 @@ def demo_section(out: Path, device: torch.device) -> Section:
         policy = load_policy(folder / f"{stage}-{largest}", device)
         for prompt in demo_prompts():
             text = respond(policy, [prompt_for(policy, style, prompt)], 48, temperature=0.7,
-                           generator=torch.Generator().manual_seed(0)).texts[0]
+                           generator=torch.Generator(policy.device).manual_seed(0)).texts[0]
             answers.append({"prompt": prompt, "model": f"{method} ({largest})", "answer": cut(style, text)})
     section.table(answers, "The same prompts to the base, SFT and PPO models")
     example = next((r.get("cot_example") for r in rows if r.get("cot_example")), "")

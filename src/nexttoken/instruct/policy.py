@@ -264,7 +264,7 @@ def respond_all(policy: Policy, prompts: Sequence[str], max_new_tokens: int, bat
                 progress: Progress | None = None, **sampling) -> list[str]:
     """Responses to many prompts, ``batch_size`` at a time, with one seeded generator (same seed, same texts);
     ``progress`` counts the prompts answered."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(policy.device).manual_seed(seed)  # where the draws are made
     texts: list[str] = []
     for i in range(0, len(prompts), batch_size):
         texts += respond(policy, prompts[i : i + batch_size], max_new_tokens, generator=generator, **sampling).texts

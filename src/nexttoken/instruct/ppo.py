@@ -274,7 +274,8 @@ def update(policy: Policy, value: RewardModel | None, optimizer, exp: Experience
     n_steps = 0
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for _ in range(cfg.epochs):
-        for mb in torch.randperm(len(exp.ids), generator=generator).split(cfg.minibatch // dist.world_size):
+        order = torch.randperm(len(exp.ids), generator=generator, device=generator.device)
+        for mb in order.split(cfg.minibatch // dist.world_size):
             with autocast(exp.ids.device, cfg.precision):
                 loss, step = minibatch_loss(policy, value, exp, mb, cfg, ptx_batch(n_steps) if ptx_batch else None)
             optimizer.zero_grad(set_to_none=True)
@@ -299,7 +300,7 @@ def reward_norm(policy: Policy, reward_model: RewardModel | LabelerReward, promp
     mine, local = dist.share(prompts), []
     if mine:
         out = respond(policy, mine, cfg.max_new_tokens, temperature=cfg.temperature,
-                      generator=torch.Generator().manual_seed(dist.own_seed(cfg.seed + 5)))
+                      generator=torch.Generator(policy.device).manual_seed(dist.own_seed(cfg.seed + 5)))
         local = scores(reward_model, mine, out).float().tolist()
     score = torch.tensor(gather(dist, local))
     return float(score.mean()), float(score.std().clamp(min=1e-3))
@@ -395,7 +396,8 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, dist: Dist, resume: 
             t_it = time.time()
             drawn = random.Random(f"ppo:{cfg.seed}:{it}").choices(pool, k=cfg.rollouts // cfg.group)
             prompts = [p for p in dist.share(drawn) for _ in range(cfg.group)]
-            generator = torch.Generator().manual_seed(dist.own_seed(cfg.seed * 1_000_003 + it))
+            # on the device, where the rollout's draws are made (the minibatch orders are drawn there too)
+            generator = torch.Generator(device).manual_seed(dist.own_seed(cfg.seed * 1_000_003 + it))
             with autocast(device, cfg.precision):
                 exp = experience(policy, ref, reward_model, value, prompts, cfg, beta, norm, generator, dist)
             t_roll = time.time() - t_it

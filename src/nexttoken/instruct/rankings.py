@@ -138,7 +138,7 @@ def sample_outputs(policies: list[Policy], tasks: list[Task], cfg: RankConfig, s
     outputs = [[""] * cfg.k for _ in tasks]
     ended = [[False] * cfg.k for _ in tasks]
     writers = [[""] * cfg.k for _ in tasks]
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(policies[0].device).manual_seed(seed)  # where the draws are made (one device)
     for m, policy in enumerate(policies):
         slots = [(i, j) for i in range(len(tasks)) for j in range(cfg.k) if j % len(policies) == m]
         if not slots:
