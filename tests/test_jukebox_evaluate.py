@@ -43,6 +43,19 @@ def test_every_metric_is_perfect_on_a_copy_and_worsens_with_noise():
     assert spectral_convergence_db(0.5 * ref, ref, SR).mean() == pytest.approx(20 * math.log10(0.5), abs=0.01)
 
 
+def test_the_metrics_are_fp32_under_bf16_autocast():
+    """A training loop evaluates under its autocast; the log-mel product in bf16 would round the bands' energies."""
+    ref = music()
+    estimate = ref + 0.01 * torch.randn_like(ref)
+    expected = {name: metric(estimate, ref, SR) for name, metric in
+                (("log_mel_l1", log_mel_l1), ("stft_distance", stft_distance), ("sc", spectral_convergence_db))}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for name, metric in (("log_mel_l1", log_mel_l1), ("stft_distance", stft_distance),
+                             ("sc", spectral_convergence_db)):
+            value = metric(estimate, ref, SR)
+            assert value.dtype == torch.float32 and torch.allclose(value, expected[name], rtol=1e-5), name
+
+
 def test_usage_and_perplexity_count_codes_per_codebook():
     codes = torch.tensor([[0, 0, 1, 1], [2, 2, 3, 3]])  # (N=2, T=4)
     assert codebook_usage(codes, 8) == 0.5 and perplexity(codes, 8) == pytest.approx(4.0)

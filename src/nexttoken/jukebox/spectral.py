@@ -114,4 +114,7 @@ def log_mel(audio: Tensor, sample_rate: int, n_mels: int = 64) -> Tensor:
     """(B, n_mels, frames) log mel spectrogram at the paper's finest-frequency resolution (the first)."""
     res = resolutions(sample_rate)[0]
     mel = mel_filterbank(res.n_fft, sample_rate, n_mels).to(audio.device)
-    return torch.log(mel @ magnitude(audio, res) + 1e-5)
+    spectrogram = magnitude(audio, res)
+    # in fp32 whatever the autocast: a bf16 product rounds every band's energy (the metrics compare two of them)
+    with torch.autocast(audio.device.type, enabled=False):
+        return torch.log(mel @ spectrogram + 1e-5)
