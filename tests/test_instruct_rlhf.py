@@ -99,6 +99,19 @@ def test_reward_is_read_at_the_last_real_token_whatever_the_padding():
     assert torch.allclose(rm(left_padded, mask_l), alone, atol=1e-5)
 
 
+def test_the_reward_head_scores_in_fp32_under_bf16_autocast():
+    """The scalar head reads the backbone's hidden states in fp32: a bf16 reward rounds away the differences of close
+    scores that the pairwise loss learns from."""
+    rm = tiny_reward_model()
+    rows = response_rows(rm.tokenizer, [chat_prompt("What is 2 + 3?")] * 2, ["5", "6"])
+    with torch.no_grad(), autocast(torch.device("cpu"), "bf16"):
+        hidden = rm.backbone.hidden(rows["ids"], rows["mask"])
+        reward = rm(rows["ids"], rows["mask"])
+    by_hand = F.linear(hidden.float(), rm.score.weight, rm.score.bias).squeeze(-1)
+    assert reward.dtype == torch.float32
+    assert torch.allclose(reward, by_hand.gather(1, last_index(rows["mask"])[:, None]).squeeze(1), atol=1e-6)
+
+
 def test_gae_against_a_hand_computation():
     rewards = torch.tensor([[0.1, -0.2, 1.0, 0.0], [0.5, 0.0, 0.0, 0.0]])
     values = torch.tensor([[0.3, 0.2, 0.4, 9.0], [0.1, 9.0, 9.0, 9.0]])  # 9s are past the end: ignored

@@ -145,8 +145,11 @@ class RewardModel(nn.Module):
         return self.backbone.tokenizer
 
     def values(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
-        """The head at every position (B, T)."""
-        return self.score(self.backbone.hidden(ids, mask)).squeeze(-1)
+        """The head at every position (B, T), in fp32 whatever the autocast: a bf16 score keeps three significant
+        digits, too few for the pairwise loss's differences of close scores and for PPO's values and rewards."""
+        hidden = self.backbone.hidden(ids, mask)
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.score(hidden.float()).squeeze(-1)
 
     def forward(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
         """The reward of each row (B,): the head at the row's last real token."""
