@@ -76,6 +76,24 @@ def test_windowed_cached_sampling_with_every_conditioning_input_equals_recomputa
     assert runs[0].max() < 16  # the start token is never sampled
 
 
+@pytest.mark.parametrize("level", ["top", "middle"])
+def test_a_prior_and_its_conditioning_make_no_tensor_off_the_models_device(level):
+    """On the meta device a tensor made without ``device=`` (on the CPU) fails where it meets the model's, as it
+    would on a GPU."""
+    meta = torch.device("meta")
+    prior = (top_prior() if level == "top" else upsampler()).to(meta)
+    T = prior.cfg.context
+    idx, targets = window_tokens(torch.randint(16, (2, T)), prior.cfg.start_token)
+    inputs = {"cond": torch.tensor([[0, 2], [1, 2]], device=meta)}
+    if level == "top":
+        inputs.update(seconds=position_seconds(torch.zeros(2, device=meta), T, 8, 1000),
+                      total=torch.ones(2, device=meta), chars=chars_batch(["daki", "mo"], 96).to(meta))
+    else:
+        inputs["upper"] = torch.randint(16, (2, T // prior.cfg.ratio), device=meta)
+    logits, token_loss = prior(idx.to(meta), targets.to(meta), **inputs)
+    assert logits.device == meta and token_loss.shape == (2, T)
+
+
 def test_the_lyrics_change_what_the_top_prior_predicts():
     torch.manual_seed(0)
     prior = top_prior()

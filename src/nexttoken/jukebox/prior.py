@@ -221,7 +221,8 @@ def window_tokens(codes: Tensor, start_token: int) -> tuple[Tensor, Tensor]:
 
 def position_seconds(first_sample: Tensor, n: int, hop: int, sample_rate: int) -> Tensor:
     """(B,) first sample of a window -> (B, n) the time (s) at which each of its n codes starts."""
-    return (first_sample[:, None].double() + hop * torch.arange(n, dtype=torch.float64)).float() / sample_rate
+    steps = torch.arange(n, dtype=torch.float64, device=first_sample.device)
+    return (first_sample[:, None].double() + hop * steps).float() / sample_rate
 
 
 def build_prior(cfg: PriorConfig) -> Prior:
