@@ -1,9 +1,10 @@
 # Two commands on a fresh machine:  `make demo` (set up, then run every pipeline)  and  `make test`.
-# The CPU build of PyTorch is the default; a CUDA user passes e.g.
+# The CPU build of PyTorch is the default: PyPI's Linux wheel carries CUDA (gigabytes), PyTorch's CPU index does not;
+# where that index cannot be reached pip takes PyPI's at once (no retries). A CUDA user passes e.g.
 #   make setup TORCH="torch --index-url https://download.pytorch.org/whl/cu128"
 PYTHON ?= python3
 VENV   ?= .venv
-TORCH  ?= torch==2.13.0
+TORCH  ?= torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu --retries 0
 BIN    := $(VENV)/bin
 
 .PHONY: setup demo test bench clean
