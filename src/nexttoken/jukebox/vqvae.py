@@ -91,9 +91,8 @@ class VQVAEConfig:
 
 
 PRESETS = {
-    # 2-core CPU demo: 16 kHz, narrow convs, 256 codes of 32 dims, 1 s clips. Measured on a shared 2-core CPU: 0.5 s
-    # per Adam step of 4 clips; after 200 steps on synthesised music, held-out spectral convergence -14.7 / -8.4 /
-    # -3.4 dB (bottom / middle / top) with 87% of the codes in use (11% without restarts).
+    # the 2-core CPU's default: 16 kHz, narrow convs, 256 codes of 32 dims, 1 s clips (its cost and reconstruction:
+    # docs/jukebox.md)
     "cpu": VQVAEConfig(),
     # The paper's layout (appendix B.1: widths 64/32/32, 8/4/4 residual blocks, 2048 codes of 64 dims) at 22.05 kHz,
     # 3 s clips.
