@@ -127,6 +127,17 @@ def test_a_budgeted_runs_progress_counts_towards_the_steps_its_first_step_fits(c
     assert first and first[0].startswith("train: step 1/10 (10%)") and "54s left" in first[0], first
 
 
+def test_a_budget_its_first_step_overruns_never_shows_more_steps_done_than_planned(capsys):
+    """The first step pays for warm-up; the next step runs whatever it suggests, so the bar never reads 2/1."""
+    clock = FakeClock()
+    loop = LoopConfig(steps=10_000, batch_size=8, eval_every=100, ckpt_every=100, max_seconds=5)
+    result = fit(char_model(), clock.batches(6.0), OptimConfig(lr=1e-3, warmup_steps=1), loop, eval_fn=eval_loss,
+                 clock=clock)
+    counts = [line.split()[2].split("/") for line in capsys.readouterr().err.splitlines()
+              if line.startswith("train: step")]
+    assert result.steps == 2 and counts and all(int(n) <= int(total) for n, total in counts), counts
+
+
 def test_parameters_change_after_a_step():
     model = char_model()
     before = [p.detach().clone() for p in model.parameters()]

@@ -382,8 +382,10 @@ def _loop(model, ddp, forward, optimizer, batch_fn, optim, loop, run, dist, eval
             state.logs[k] = state.logs.get(k, 0.0) + v
         tokens_seen += weight
         done = state.step = step + 1
-        if deadline is not None and done == start + 1:  # a first estimate for the bar, from a step with the warm-up
-            bar.set_total(planned_steps(loop.steps, done, 1, clock() - t_timed, deadline - clock()))
+        if deadline is not None and done == start + 1:  # a first estimate for the bar, from a step with the warm-up;
+            # the next step runs whatever it says, since the plan is made from the pace of the steps after this one
+            bar.set_total(min(loop.steps, max(done + 1, planned_steps(loop.steps, done, 1, clock() - t_timed,
+                                                                       deadline - clock()))))
         bar.update(1, loss=step_loss)
 
         if deadline is not None and done == start + 1:
