@@ -4,7 +4,7 @@
 #   1. the paper's VQ-VAE layout (preset gpu: 22.05 kHz, widths 64/32/32, 8/4/4 residual blocks, 2048 x 64 codes)
 #      trained for a time budget, and the same without restarts (the ablation): goal, bottom-level spectral
 #      convergence of about -20 dB or better with over 90% of the codes in use, and clearly fewer without restarts;
-#   2. the three priors at GPU size, each for a time budget;
+#   2. the three priors at the gpu preset's sizes, each for a time budget;
 #   3. sampling 10 s through all three levels, with each level's real-time factor: goal, the whole stack faster than
 #      real time (Jukebox needed hours per 20 s on a V100). Decoding one code per step is bound by the step's kernel
 #      launches, and the bottom level has 2,756 codes per second at 22.05 kHz, so the upsamplers sample 32 stretches
@@ -42,22 +42,18 @@ DATA=(--audio "${AUDIO:-music21-small}" --soundfont "${SOUNDFONT:-synth}" --piec
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 time $PY -m nexttoken jukebox prepare --preset gpu "${DATA[@]}"
 
-# 1. the VQ-VAE and its ablation: as many of 100,000 steps as fit the budget (the LR schedule follows)
+# 1. the VQ-VAE and its ablation, as the gpu preset trains them (fp32, the paper's LR) for a shorter time budget:
+#    as many of its 100,000 steps as fit (the LR schedule follows)
 for variant in restarts no-restarts; do
-    time $PY -m nexttoken jukebox train-vqvae --preset gpu --$variant "${DATA[@]}" --device "$DEVICE" --precision fp32 \
-        --steps 100000 --batch-size "$VQ_BATCH" --lr 3e-4 --warmup-steps 100 --eval-every 500 --ckpt-every 2000 \
-        --val-clips 64 --max-minutes "$VQ_MINUTES" --out "$OUT-$variant"
+    time $PY -m nexttoken jukebox train-vqvae --preset gpu --$variant "${DATA[@]}" --device "$DEVICE" \
+        --batch-size "$VQ_BATCH" --val-clips 64 --max-minutes "$VQ_MINUTES" --out "$OUT-$variant"
 done
 RUN="$OUT-restarts"
 
-# 2. the priors, larger than the CPU defaults (the top sees 6 s at 172 codes/s)
-PRIOR=(--device "$DEVICE" --context 1024 --n-head 8 --steps 100000 --batch-size "$PRIOR_BATCH" --lr 6e-4
-       --warmup-steps 100 --eval-every 500 --ckpt-every 2000 --max-minutes "$PRIOR_MINUTES")
-time $PY -m nexttoken jukebox train-prior "$RUN" --level top "${PRIOR[@]}" --n-layer 8 --n-embd 512 --lyrics-width 256 \
-    --lyrics-layers 4 --dropout 0.1
-for level in middle bottom; do
-    time $PY -m nexttoken jukebox train-prior "$RUN" --level "$level" "${PRIOR[@]}" --n-layer 6 --n-embd 384 \
-        --conditioner-width 256 --conditioner-depth 4
+# 2. the priors at the gpu preset's sizes (the top sees 6 s at 172 codes/s), each for a shorter time budget
+for level in top middle bottom; do
+    time $PY -m nexttoken jukebox train-prior "$RUN" --level "$level" --device "$DEVICE" --batch-size "$PRIOR_BATCH" \
+        --max-minutes "$PRIOR_MINUTES"
 done
 
 # 3. sampling through all three levels, with the real-time factor of each

@@ -4,7 +4,7 @@ bitrate, and sampling each level with the KV cache beside recomputing every wind
 
     python benchmarks/jukebox_speed.py                       # the CPU preset and the CPU-sized priors
     python benchmarks/jukebox_speed.py --run runs/jukebox-cpu   # a trained pipeline's own models and sizes
-    python benchmarks/jukebox_speed.py --device cuda --preset gpu --seconds 10
+    python benchmarks/jukebox_speed.py --device cuda --preset gpu --seconds 10   # the gpu preset's sizes
 
 Speed does not depend on the weights, so without --run the models are randomly initialised at the sizes
 ``nexttoken jukebox train`` uses. Sampling draws ``--seconds`` of audio at every level, in windows with half their
@@ -27,7 +27,7 @@ from nexttoken.jukebox.evaluate import EncodecBaseline, matching_baseline
 from nexttoken.jukebox.prior import Prior
 from nexttoken.jukebox.sample import (JUKEBOX_SAMPLING, sample_level, top_conditioning, upsample_in_spans,
                                       upsampler_conditioning)
-from nexttoken.jukebox.train import PRIOR_DEFAULTS
+from nexttoken.jukebox.train import RECIPES
 from nexttoken.jukebox.vqvae import PRESETS, VQVAE
 from nexttoken.training import pick_device
 
@@ -47,7 +47,7 @@ def timed(fn, device, repeats: int = 3) -> float:
 
 
 def models(args, device):
-    """The VQ-VAE and the three priors: a pipeline's own, or new ones at the default sizes."""
+    """The VQ-VAE and the three priors: a pipeline's own, or new ones at the preset's sizes."""
     if args.run:
         from nexttoken.jukebox.pipeline import load_prior, load_vqvae
 
@@ -59,8 +59,9 @@ def models(args, device):
     priors = {}
     for i, level in enumerate(vq.levels):
         ratio = vq.hops[i + 1] // vq.hops[i] if i + 1 < len(vq.hops) else 1
-        cfg = replace(PRIOR_DEFAULTS[level], codebook_size=vq.codebook_size, artists=["a", "b"], genres=["g"],
-                      ratio=ratio, hop=vq.hops[i], sample_rate=vq.sample_rate, max_seconds=600.0).validate()
+        cfg = replace(RECIPES[args.preset].priors[level], codebook_size=vq.codebook_size, artists=["a", "b"],
+                      genres=["g"], ratio=ratio, hop=vq.hops[i], sample_rate=vq.sample_rate,
+                      max_seconds=600.0).validate()
         priors[level] = Prior(cfg).to(device).eval()
     return vqvae, priors
 

@@ -286,6 +286,27 @@ def test_the_baseline_trains_the_steps_the_vqvae_took_not_the_steps_it_was_given
     assert read_json(run / "evaluation.json")["reconstruction"]["encodec at bottom bitrate"]["bottom"]["steps"] == taken
 
 
+def test_the_preset_sizes_every_stage_and_train_prior_takes_its_vqvaes(tiny_audio, tmp_path):
+    """--preset tiny is a smoke test of the whole pipeline (not a tiny VQ-VAE under CPU-sized priors), and a prior
+    trained on its own later defaults to the size its VQ-VAE's preset gives that level."""
+    from nexttoken.jukebox.train import RECIPES
+
+    tiny = RECIPES["tiny"]
+    run = tmp_path / "run"
+    assert run_cli(["jukebox", "train", "--audio", tiny_audio, "--preset", "tiny", "--prior-steps", "3",
+                    "--val-fraction", "0.34", "--out", run, "--device", "cpu"]) == 0
+    assert read_json(run / "vqvae" / "summary.json")["steps"] == tiny.vq_loop.steps
+    for level in ("top", "middle", "bottom"):
+        saved = read_json(run / level / "config.json")
+        assert saved["prior"]["n_embd"] == tiny.priors[level].n_embd and saved["loop"]["steps"] == 3
+        assert saved["optim"]["lr"] == tiny.prior_optim.lr
+    shutil.rmtree(run / "top")
+    assert run_cli(["jukebox", "train-prior", run, "--level", "top", "--steps", "2", "--device", "cpu"]) == 0
+    saved = read_json(run / "top" / "config.json")
+    assert saved["prior"]["context"] == tiny.priors["top"].context and saved["loop"]["batch_size"] == 4
+    assert RECIPES["gpu"].priors["top"].n_embd > RECIPES["cpu"].priors["top"].n_embd > tiny.priors["top"].n_embd
+
+
 def test_train_resume_keeps_every_finished_stage(tiny_pipeline):
     stamps = {p: p.stat().st_mtime_ns for p in sorted(tiny_pipeline.glob("*/checkpoint.safetensors"))}
     assert len(stamps) == 4

@@ -35,7 +35,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     from nexttoken.jukebox.pipeline import Plan
     from nexttoken.jukebox.prior import PriorConfig
     from nexttoken.jukebox.sample import JUKEBOX_SAMPLING, SampleConfig
-    from nexttoken.jukebox.train import PRIOR_LOOP, PRIOR_OPTIM, VQ_LOOP, VQ_OPTIM, TimeBudget, VQVAEOptions
+    from nexttoken.jukebox.train import RECIPES, TimeBudget, VQVAEOptions
 
     sub = parser.add_subparsers(dest="verb", required=True)
 
@@ -55,19 +55,20 @@ def register(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("train-vqvae", help="train the VQ-VAE of a new pipeline folder (or continue it)")
     add_options(p, DataConfig)
     add_options(p, VQVAEOptions)
-    add_options(p, OptimConfig, defaults=asdict(VQ_OPTIM))
-    add_options(p, LoopConfig, defaults=asdict(VQ_LOOP))
+    _preset_options(p, RECIPES, "vq_optim", "vq_loop")
     add_options(p, TimeBudget)
     _out_or_resume(p, "jukebox-<time>")
     p.set_defaults(func=cmd_train_vqvae, distributed=True)
 
-    p = sub.add_parser("train-prior", help="train one level's prior on the pipeline's cached codes")
+    p = sub.add_parser("train-prior", help="train one level's prior on the pipeline's cached codes",
+                       description="Train one level's prior on the pipeline's cached codes. Its size, optimiser and "
+                                   "loop default to the preset its VQ-VAE was trained with (the defaults shown are "
+                                   "the cpu preset's top prior's).")
     p.add_argument("run", type=Path)
     p.add_argument("--level", required=True, choices=LEVELS, help="top: the prior over the top codes; middle, "
                                                                   "bottom: the upsamplers")
-    add_options(p, PriorConfig)
-    add_options(p, OptimConfig, defaults=asdict(PRIOR_OPTIM))
-    add_options(p, LoopConfig, defaults=asdict(PRIOR_LOOP))
+    add_options(p, PriorConfig, defaults=asdict(RECIPES["cpu"].priors["top"]))
+    _preset_options(p, RECIPES, "prior_optim", "prior_loop")
     add_options(p, TimeBudget)
     p.add_argument("--resume", action="store_true", help="continue the level's killed training (--steps N: train "
                                                          "a finished one further)")
@@ -110,6 +111,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="folder (default RUN/report)")
     add_device_option(p)
     p.set_defaults(func=cmd_report)
+
+
+def _preset_options(p: argparse.ArgumentParser, recipes: dict, optim: str, loop: str) -> None:
+    """The optimiser and loop flags of a stage, each showing the cpu preset's default and what the others change."""
+    cpu = recipes["cpu"]
+    for section, cls in ((optim, OptimConfig), (loop, LoopConfig)):
+        add_options(p, cls, defaults=asdict(getattr(cpu, section)),
+                    presets={name: r.differences(section, cpu) for name, r in recipes.items() if name != "cpu"})
 
 
 def _out_or_resume(p: argparse.ArgumentParser, default: str) -> None:
@@ -166,7 +175,7 @@ def cmd_train(args) -> None:
 def cmd_train_vqvae(args) -> None:
     from nexttoken.jukebox.data import DataConfig
     from nexttoken.jukebox.pipeline import saved_vqvae_settings, vqvae_stage
-    from nexttoken.jukebox.train import VQ_LOOP, VQ_OPTIM, TimeBudget, VQVAEOptions
+    from nexttoken.jukebox.train import RECIPES, TimeBudget, VQVAEOptions
 
     path = _new_folder(args)
     budget = from_args(args, TimeBudget)
@@ -178,22 +187,26 @@ def cmd_train_vqvae(args) -> None:
         if (path / "vqvae" / "config.json").is_file():
             opts, optim, loop = saved_vqvae_settings(path, changes)
         else:
-            opts, optim, loop = (from_args(args, VQVAEOptions), from_args(args, OptimConfig, base=VQ_OPTIM),
-                                 from_args(args, LoopConfig, base=VQ_LOOP))
+            opts = from_args(args, VQVAEOptions)
+            recipe = RECIPES[opts.preset]
+            optim, loop = (from_args(args, OptimConfig, base=recipe.vq_optim),
+                           from_args(args, LoopConfig, base=recipe.vq_loop))
         with continue_with(f"nexttoken jukebox train-vqvae --resume {path}"):
             vqvae_stage(path, opts, optim, check(budget.apply(loop)), args.device)
     else:
+        opts = from_args(args, VQVAEOptions)
+        recipe = RECIPES[opts.preset]
         with continue_with(f"nexttoken jukebox train-vqvae --resume {path}"):
-            vqvae_stage(path, from_args(args, VQVAEOptions), from_args(args, OptimConfig, base=VQ_OPTIM),
-                        check(budget.apply(from_args(args, LoopConfig, base=VQ_LOOP))), args.device,
+            vqvae_stage(path, opts, from_args(args, OptimConfig, base=recipe.vq_optim),
+                        check(budget.apply(from_args(args, LoopConfig, base=recipe.vq_loop))), args.device,
                         from_args(args, DataConfig).validate())
     _print_summaries(path)
 
 
 def cmd_train_prior(args) -> None:
-    from nexttoken.jukebox.pipeline import prior_stage, saved_prior_settings
+    from nexttoken.jukebox.pipeline import prior_stage, recipe_of, saved_prior_settings
     from nexttoken.jukebox.prior import PriorConfig
-    from nexttoken.jukebox.train import PRIOR_DEFAULTS, PRIOR_LOOP, PRIOR_OPTIM, TimeBudget
+    from nexttoken.jukebox.train import TimeBudget
 
     budget = from_args(args, TimeBudget)
     if args.resume and (args.run / args.level / "config.json").is_file():
@@ -201,10 +214,11 @@ def cmd_train_prior(args) -> None:
         cfg, optim, loop = saved_prior_settings(args.run, args.level, changes)
         loop = check(budget.apply(loop))  # the loop's budget, not PriorConfig.max_seconds (the longest piece)
     else:
-        cfg = from_args(args, PriorConfig, base=PRIOR_DEFAULTS[args.level])
+        recipe = recipe_of(args.run)  # the preset of the pipeline's VQ-VAE sizes its priors
+        cfg = from_args(args, PriorConfig, base=recipe.priors[args.level])
         cfg = replace(cfg, level=args.level).validate()
-        optim = from_args(args, OptimConfig, base=PRIOR_OPTIM)
-        loop = check(budget.apply(from_args(args, LoopConfig, base=PRIOR_LOOP)))
+        optim = from_args(args, OptimConfig, base=recipe.prior_optim)
+        loop = check(budget.apply(from_args(args, LoopConfig, base=recipe.prior_loop)))
     with continue_with(f"nexttoken jukebox train-prior {args.run} --level {args.level} --resume"):
         prior_stage(args.run, args.level, cfg, optim, loop, args.device, args.resume)
     _print_summaries(args.run)

@@ -26,8 +26,7 @@ from nexttoken.errors import UserError
 from nexttoken.jukebox.codes import CodeSet, encode_clips
 from nexttoken.jukebox.data import MUSIC21, DataConfig, load_data, resolved
 from nexttoken.jukebox.prior import LEVELS, Prior, PriorConfig
-from nexttoken.jukebox.train import (PRIOR_DEFAULTS, PRIOR_KIND, PRIOR_LOOP, PRIOR_OPTIM, VQ_LOOP, VQ_OPTIM,
-                                     VQVAE_KIND, VQVAEOptions, train_prior, train_vqvae)
+from nexttoken.jukebox.train import PRIOR_KIND, RECIPES, VQVAE_KIND, Recipe, VQVAEOptions, train_prior, train_vqvae
 from nexttoken.jukebox.vqvae import VQVAE, VQVAEConfig
 from nexttoken.runs import Run, read_json
 from nexttoken.training import LoopConfig, OptimConfig, seed_everything
@@ -38,10 +37,19 @@ CODES = "codes.safetensors"
 
 @dataclass
 class Plan:
-    """What ``nexttoken jukebox train`` runs: every stage at its defaults, with these changes."""
+    """What ``nexttoken jukebox train`` runs: every stage as its preset says (``train.RECIPES``), with these
+    changes."""
 
-    vqvae_steps: int = option(VQ_LOOP.steps, "VQ-VAE steps", ge=1, le=10**9)
-    prior_steps: int = option(PRIOR_LOOP.steps, "steps of each prior", ge=1, le=10**9)
+    vqvae_steps: int | None = option(None, "VQ-VAE steps (default: the preset's; cpu 200, gpu 100,000 within 30 "
+                                     "minutes, tiny 20)", ge=1, le=10**9)
+    prior_steps: int | None = option(None, "steps of each prior (default: the preset's; cpu 300, gpu 100,000 within "
+                                     "20 minutes, tiny 20)", ge=1, le=10**9)
+
+    def vq_loop(self, recipe: Recipe) -> LoopConfig:
+        return replace(recipe.vq_loop, steps=self.vqvae_steps or recipe.vq_loop.steps)
+
+    def prior_loop(self, recipe: Recipe) -> LoopConfig:
+        return replace(recipe.prior_loop, steps=self.prior_steps or recipe.prior_loop.steps)
 
 
 # ---- the folder ------------------------------------------------------------------------------------------------------
@@ -76,6 +84,14 @@ def data_config(run: Run) -> DataConfig:
         raise UserError(f"{run.path}: its audio {cfg.audio} was given relative to the folder `train` ran in, and "
                         f"{Path.cwd()} holds no {cfg.audio}; run this from that folder")
     return cfg
+
+
+def recipe_of(path: Path) -> Recipe:
+    """The recipe of the preset a pipeline's VQ-VAE was trained with: what its priors train at by default."""
+    open_pipeline(path)
+    if not (path / "vqvae" / "config.json").is_file():
+        vqvae_config(path)  # says how to train the VQ-VAE first
+    return RECIPES[saved_vqvae_settings(path, {})[0].preset]
 
 
 def vqvae_config(path: Path) -> VQVAEConfig:
@@ -192,7 +208,7 @@ def vqvae_stage(path: Path, opts: VQVAEOptions, optim: OptimConfig, loop: LoopCo
         data = resolved(data)
         with main_first(dist):  # rank 0 renders or reads the audio into the cache, the others read the cache
             clips = load_data(data, vq.sample_rate, vq.clip_samples)
-        config = {"data": asdict(data), **({"plan": asdict(plan)} if plan else {})}
+        config = {"data": asdict(data), "options": asdict(opts), **({"plan": asdict(plan)} if plan else {})}
         with claimed(path, config, new=True, dist=dist):
             train_vqvae(stage, clips, opts, optim, loop, dist, resume=False)
         return path
@@ -263,15 +279,19 @@ def train_everything(path: Path, plan: Plan, opts: VQVAEOptions, device: str, da
     the folder is new; without, a finished stage is kept, a started one continues and the others start, as the plan
     saved in the folder says."""
     if data is not None:
-        vqvae_stage(path, opts, VQ_OPTIM, replace(VQ_LOOP, steps=plan.vqvae_steps), device, data, plan)
+        recipe = RECIPES[opts.preset]
+        vqvae_stage(path, opts, recipe.vq_optim, plan.vq_loop(recipe), device, data, plan)
     else:
-        plan = load(Plan, open_pipeline(path).config.get("plan") or {}, str(path / "config.json"))
+        saved, source = open_pipeline(path).config, str(path / "config.json")
+        plan = load(Plan, saved.get("plan") or {}, source)
         if (path / "vqvae" / "config.json").is_file():
             opts, optim, loop = saved_vqvae_settings(path, {})
-        else:
-            optim, loop = VQ_OPTIM, replace(VQ_LOOP, steps=plan.vqvae_steps)
+        else:  # killed before the VQ-VAE's folder was made
+            opts = load(VQVAEOptions, saved.get("options") or {}, source)
+            optim, loop = RECIPES[opts.preset].vq_optim, plan.vq_loop(RECIPES[opts.preset])
         if not finished(path / "vqvae"):
             vqvae_stage(path, opts, optim, loop, device)
+    recipe = recipe_of(path)
     levels = list(reversed(vqvae_config(path).levels))
     stale = stale_priors(path, levels)
     if stale:
@@ -286,8 +306,8 @@ def train_everything(path: Path, plan: Plan, opts: VQVAEOptions, device: str, da
             cfg, optim, loop = saved_prior_settings(path, level, {})
             prior_stage(path, level, cfg, optim, loop, device, resume=True)
         else:
-            prior_stage(path, level, PRIOR_DEFAULTS[level], PRIOR_OPTIM, replace(PRIOR_LOOP, steps=plan.prior_steps),
-                        device, resume=False)
+            prior_stage(path, level, recipe.priors[level], recipe.prior_optim, plan.prior_loop(recipe), device,
+                        resume=False)
     return path
 
 
