@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# MuseNet at GPU size: a ~30M-parameter model (8 layers x 512, 8 heads) with a 2048-token context, trained on the
-# whole music21 corpus, then samples (MIDI, WAV, piano rolls), the composer map and bits per note.
+# MuseNet at GPU size: `muse train --preset gpu` (29 M parameters, 7 layers x 512, 8 heads, a 2048-token context) on
+# the whole music21 corpus, then samples (MIDI, WAV, piano rolls), the composer map and bits per note.
 #
-#   bash benchmarks/muse_gpu.sh                 # on one CUDA GPU (estimated, not yet measured: about 4-5 minutes on an
-#                                               # H100 once the corpus is cached)
-#   STEPS=3000 bash benchmarks/muse_gpu.sh      # longer
+#   bash benchmarks/muse_gpu.sh                 # on one CUDA GPU: the preset's 30-minute budget once the corpus is
+#                                               # cached (docs/muse.md: 4.5 minutes of an H200 reach 4.45 bits/note)
+#   MAX_MINUTES=4.5 bash benchmarks/muse_gpu.sh # that run's budget
 #   torchrun --nproc_per_node 8 -m nexttoken muse train ...   # the same training over 8 GPUs (DDP)
 #
 # The first run converts the music21 corpus to MIDI with every CPU core (resumable; cached in $NEXTTOKEN_CACHE): about
@@ -14,8 +14,7 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PY:-python3}  # any Python with torch, symusic, music21 and miditok (make setup: PY=.venv/bin/python)
 OUT=${OUT:-runs/muse-gpu-$(date +%Y%m%d-%H%M%S)}
-STEPS=${STEPS:-800}
-MAX_MINUTES=${MAX_MINUTES:-0}  # > 0: as many of STEPS as fit in this many minutes
+MAX_MINUTES=${MAX_MINUTES:-30}  # as many of the preset's 20,000 steps as fit in this many minutes
 CORPUS=${CORPUS:-music21}      # or the note table that `nexttoken muse prepare --corpus music21` printed elsewhere
 JOBS=${JOBS:-$(nproc)}
 
@@ -23,12 +22,8 @@ apt-get install -y -qq timgm6mb-soundfont >/dev/null 2>&1 || true   # audio for 
 
 time $PY -m nexttoken muse prepare --corpus "$CORPUS" --jobs "$JOBS"
 
-BUDGET=()
-[ "$MAX_MINUTES" = 0 ] || BUDGET=(--max-minutes "$MAX_MINUTES")
-time $PY -m nexttoken muse train --corpus "$CORPUS" --device cuda --precision bf16 ${BUDGET[@]+"${BUDGET[@]}"} \
-    --n-layer 8 --n-head 8 --n-embd 512 --context 2048 --dropout 0.1 \
-    --steps "$STEPS" --batch-size 32 --lr 6e-4 --warmup-steps 100 --eval-every 200 --ckpt-every 200 \
-    --val-pieces 200 --out "$OUT/run"
+time $PY -m nexttoken muse train --preset gpu --corpus "$CORPUS" --device cuda --max-minutes "$MAX_MINUTES" \
+    --out "$OUT/run"
 
 for spec in "bach piano" "palestrina voice" "folk_oneill piano" "mozart strings"; do
     set -- $spec

@@ -388,6 +388,25 @@ def test_resume_trains_a_finished_run_further_only_when_asked(env, tmp_path, cap
     assert json.loads((run / "summary.json").read_text())["steps"] == 80
 
 
+def test_the_gpu_preset_sizes_the_model_and_its_training_and_flags_override_it(env, tmp_path, capsys):
+    from nexttoken.cli import main
+    from nexttoken.muse.train import PRESETS
+
+    run = tmp_path / "run"
+    assert main(["muse", "train", "--preset", "gpu", "--corpus", env["corpus"], "--context", "64", "--n-layer", "1",
+                 "--n-embd", "16", "--steps", "2", "--batch-size", "2", "--val-pieces", "2", "--device", "cpu",
+                 "--out", str(run)]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    gpu = PRESETS["gpu"]
+    assert saved["muse"]["n_layer"] == 1 and saved["muse"]["context"] == 64  # typed
+    assert saved["muse"]["dropout"] == gpu.model["dropout"] and saved["muse"]["n_head"] == gpu.model["n_head"]
+    assert saved["optim"]["lr"] == gpu.optim.lr and saved["loop"]["max_seconds"] == gpu.loop.max_seconds
+    assert saved["loop"]["steps"] == 2
+    capsys.readouterr()
+    assert main(["muse", "train", "--resume", str(run), "--preset", "gpu", "--device", "cpu"]) == 2
+    assert "leave out --preset" in capsys.readouterr().err
+
+
 def test_a_run_saved_before_runs_named_their_kind_is_still_read(env, tmp_path):
     import shutil
 

@@ -36,7 +36,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     from nexttoken.muse.demo import SHOWN, ReportConfig
     from nexttoken.muse.evaluate import EvaluateConfig
     from nexttoken.muse.generate import MUSE_SAMPLING, GenerateConfig
-    from nexttoken.muse.train import MUSE_LOOP, MUSE_OPTIM, MuseConfig, TimeBudget
+    from nexttoken.muse.train import PRESETS, MuseConfig, TimeBudget
 
     sub = parser.add_subparsers(dest="verb", required=True)
 
@@ -59,9 +59,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("train", help="train a model on a corpus; writes a run folder")
-    add_options(p, MuseConfig)
-    add_options(p, OptimConfig, defaults=asdict(MUSE_OPTIM))
-    add_options(p, LoopConfig, defaults=asdict(MUSE_LOOP))
+    p.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                   help="the size of the model and its training: cpu (default: 1.4 M parameters, 600 steps, a few "
+                        "minutes on 2 cores) or gpu (29 M parameters, a 2,048-token context, 30 minutes of one GPU)")
+    cpu, gpu = PRESETS["cpu"], PRESETS["gpu"]
+    add_options(p, MuseConfig, presets={"gpu": gpu.model})
+    for section, cls in (("optim", OptimConfig), ("loop", LoopConfig)):
+        mine, base = asdict(getattr(gpu, section)), asdict(getattr(cpu, section))
+        add_options(p, cls, defaults=base, presets={"gpu": {k: v for k, v in mine.items() if v != base[k]}})
     add_options(p, TimeBudget)
     p.add_argument("--workers", type=integer, default=None,
                    help="processes building batches ahead (default: none on CPU, half the cores up to 8 on a GPU)")
@@ -145,8 +150,7 @@ def _count(n: int, noun: str) -> str:
 
 
 def cmd_train(args) -> None:
-    from nexttoken.muse.train import (MUSE_LOOP, MUSE_OPTIM, MuseConfig, TimeBudget, batch_workers, resume,
-                                      train)
+    from nexttoken.muse.train import PRESETS, MuseConfig, TimeBudget, batch_workers, resume, train
     from nexttoken.runs import read_json
 
     budget, jobs = from_args(args, TimeBudget), from_args(args, CorpusJobs).jobs
@@ -156,16 +160,20 @@ def cmd_train(args) -> None:
         if budget.max_minutes is not None:
             raise UserError("a resumed run keeps its time budget (the time it trained counts); leave out "
                             "--max-minutes")
+        if args.preset is not None:
+            raise UserError("a resumed run keeps its size; leave out --preset")
         changes = {**given(args, MuseConfig), **given(args, OptimConfig), **given(args, LoopConfig)}
         if args.workers is not None:
             changes["workers"] = args.workers
         path = resume(args.resume, args.device, jobs, changes)
     else:
-        cfg = from_args(args, MuseConfig).validate()
-        optim = from_args(args, OptimConfig, base=MUSE_OPTIM)
-        loop = from_args(args, LoopConfig, base=MUSE_LOOP)
+        preset = PRESETS[args.preset or "cpu"]
+        cfg = from_args(args, MuseConfig, base=preset.model_config()).validate()
+        optim = from_args(args, OptimConfig, base=preset.optim)
+        loop = from_args(args, LoopConfig, base=preset.loop)
         workers = args.workers if args.workers is not None else batch_workers(args.device)
-        loop = check(replace(loop, max_seconds=60 * (budget.max_minutes or 0), workers=workers))
+        seconds = loop.max_seconds if budget.max_minutes is None else 60 * budget.max_minutes
+        loop = check(replace(loop, max_seconds=seconds, workers=workers))
         path = train(cfg, optim, loop, args.out, args.device, jobs)
     if (path / "summary.json").is_file():
         s = read_json(path / "summary.json")

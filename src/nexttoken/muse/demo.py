@@ -21,7 +21,7 @@ from nexttoken.muse.critic import CRITIC_FILE, CriticReport, fit_and_save
 from nexttoken.muse.embeddings import composer_map
 from nexttoken.muse.encoding import MuseNetEncoding
 from nexttoken.muse.generate import GenerateConfig, write_samples
-from nexttoken.muse.train import MUSE_LOOP, MUSE_OPTIM, MuseConfig, check_out, load_run, open_run, resume, train
+from nexttoken.muse.train import PRESETS, MuseConfig, check_out, load_run, open_run, resume, train
 from nexttoken.report import Section, render
 from nexttoken.runs import read_json
 from nexttoken.sampling import SamplingConfig
@@ -51,7 +51,8 @@ def demo(out: Path, device) -> Section:
     if (run_dir / "config.json").exists():
         resume(run_dir, device=device.type)
     else:
-        train(MuseConfig(), MUSE_OPTIM, replace(MUSE_LOOP, steps=DEMO_STEPS), out=run_dir, device=device.type)
+        train(MuseConfig(), PRESETS["cpu"].optim, replace(PRESETS["cpu"].loop, steps=DEMO_STEPS), out=run_dir,
+              device=device.type)
     bach_prime = next((corpus.notes(p) for p in corpus.indices("val", "bach")), None)
     requests = [
         ("bach", "piano", None, "bach, piano"),

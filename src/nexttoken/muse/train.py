@@ -74,10 +74,29 @@ class MuseConfig:
                          n_embd=self.n_embd, dropout=self.dropout)
 
 
-# muse's own defaults of the shared optimiser and loop settings: a small model on a CPU takes a high LR and a short
-# warm-up, and evaluates and saves often over its few hundred steps.
-MUSE_OPTIM = OptimConfig(lr=3e-3, warmup_steps=30)
-MUSE_LOOP = LoopConfig(steps=600, batch_size=16, eval_every=100, ckpt_every=100)
+@dataclass(frozen=True)
+class Preset:
+    """A size of the whole training (``--preset``): the model settings it changes, the optimiser and the loop."""
+
+    model: dict
+    optim: OptimConfig
+    loop: LoopConfig
+
+    def model_config(self) -> MuseConfig:
+        return replace(MuseConfig(), **self.model)
+
+
+PRESETS = {
+    # A small model on a CPU takes a high LR and a short warm-up, and evaluates and saves often over its few hundred
+    # steps.
+    "cpu": Preset({}, OptimConfig(lr=3e-3, warmup_steps=30),
+                  LoopConfig(steps=600, batch_size=16, eval_every=100, ckpt_every=100)),
+    # The model one H200 trained to 4.45 bits per note on the whole music21 corpus in 4.5 minutes (docs/muse.md),
+    # given 30 (its bf16 weights, 7 layers x 512, fit the 64 MiB that run could bring back).
+    "gpu": Preset({"context": 2048, "n_layer": 7, "n_head": 8, "n_embd": 512, "dropout": 0.1, "val_pieces": 200},
+                  OptimConfig(lr=6e-4, warmup_steps=100),
+                  LoopConfig(steps=20_000, batch_size=32, eval_every=250, ckpt_every=250, max_seconds=30 * 60)),
+}
 
 
 @dataclass
@@ -85,7 +104,7 @@ class TimeBudget:
     """``--max-minutes``: the loop's time budget (``LoopConfig.max_seconds``) in the unit people plan in."""
 
     max_minutes: float | None = option(None, "train as many of --steps as fit in this many minutes (the LR schedule "
-                                       "follows)", gt=0, le=10**7)
+                                       "follows; the gpu preset: 30)", gt=0, le=10**7)
 
 
 def batch_workers(device: str) -> int:
