@@ -35,15 +35,23 @@ KIND = "jukebox.pipeline"
 CODES = "codes.safetensors"
 
 
+def _steps(loop: str) -> str:
+    """Each preset's steps of a stage, for the help: 'cpu 200, gpu 100,000 within 30 minutes, tiny 20'."""
+    def one(cfg: LoopConfig) -> str:
+        return f"{cfg.steps:,}" + (f" within {cfg.max_seconds / 60:g} minutes" if cfg.max_seconds else "")
+
+    return ", ".join(f"{name} {one(getattr(recipe, loop))}" for name, recipe in RECIPES.items())
+
+
 @dataclass
 class Plan:
     """What ``nexttoken jukebox train`` runs: every stage as its preset says (``train.RECIPES``), with these
     changes."""
 
-    vqvae_steps: int | None = option(None, "VQ-VAE steps (default: the preset's; cpu 200, gpu 100,000 within 30 "
-                                     "minutes, tiny 20)", ge=1, le=10**9)
-    prior_steps: int | None = option(None, "steps of each prior (default: the preset's; cpu 300, gpu 100,000 within "
-                                     "20 minutes, tiny 20)", ge=1, le=10**9)
+    vqvae_steps: int | None = option(None, f"VQ-VAE steps (default: the preset's; {_steps('vq_loop')})", ge=1,
+                                     le=10**9)
+    prior_steps: int | None = option(None, f"steps of each prior (default: the preset's; {_steps('prior_loop')})",
+                                     ge=1, le=10**9)
 
     def vq_loop(self, recipe: Recipe) -> LoopConfig:
         return replace(recipe.vq_loop, steps=self.vqvae_steps or recipe.vq_loop.steps)
