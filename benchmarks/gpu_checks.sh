@@ -74,7 +74,7 @@ fi
 # size but not well-trained ones: the two VQ-VAEs and the EnCodec-architecture baseline that evaluate trains for as
 # many steps get 28% of the rest each, the three priors 5% each.
 INSTRUCT_S=0
-[[ $PARTS == *" instruct "* ]] && INSTRUCT_S=180
+[[ $PARTS == *" instruct "* ]] && INSTRUCT_S=210
 if [[ $PARTS == *" jukebox "* ]]; then
   JUKEBOX_S=$(( $(left) - INSTRUCT_S - 10 ))
   TRAIN_S=$(( JUKEBOX_S - ${JUKEBOX_FIXED_S:-240} ))
@@ -88,7 +88,7 @@ fi
 # Instruct: PPO episodes per second with and without the KV cache, and the whole pipeline at the demo size, stage by
 # stage (what sizes a GPU preset to the time a machine is lent for).
 if [[ $PARTS == *" instruct "* ]]; then
-  part instruct_ppo_speed 60 $PY benchmarks/instruct_ppo_speed.py --device "$DEVICE" --iterations 3
+  part instruct_ppo_speed 90 $PY benchmarks/instruct_ppo_speed.py --device "$DEVICE" --iterations 3
   part instruct_pipeline 120 $PY benchmarks/instruct_pipeline.py --preset demo --device "$DEVICE" \
     --out "$WORK/instruct-demo"
 fi
