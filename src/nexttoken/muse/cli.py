@@ -61,7 +61,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("train", help="train a model on a corpus; writes a run folder")
     p.add_argument("--preset", choices=tuple(PRESETS), default=None,
                    help="the size of the model and its training: cpu (default: 1.4 M parameters, 600 steps, a few "
-                        "minutes on 2 cores) or gpu (29 M parameters, a 2,048-token context, 30 minutes of one GPU)")
+                        "minutes on 2 cores) or gpu (29 M parameters, a 2,048-token context, 30 minutes of one GPU; "
+                        "sized for the whole corpus, --corpus music21: the default subset is too small for it)")
     cpu, gpu = PRESETS["cpu"], PRESETS["gpu"]
     add_options(p, MuseConfig, presets={"gpu": gpu.model})
     for section, cls in (("optim", OptimConfig), ("loop", LoopConfig)):
