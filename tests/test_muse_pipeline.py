@@ -396,6 +396,7 @@ def test_the_gpu_preset_sizes_the_model_and_its_training_and_flags_override_it(e
     assert main(["muse", "train", "--preset", "gpu", "--corpus", env["corpus"], "--context", "64", "--n-layer", "1",
                  "--n-embd", "16", "--steps", "2", "--batch-size", "2", "--val-pieces", "2", "--device", "cpu",
                  "--out", str(run)]) == 0
+    assert "--preset gpu on the CPU" in capsys.readouterr().err  # said before the slow work starts
     saved = json.loads((run / "config.json").read_text())
     gpu = PRESETS["gpu"]
     assert saved["muse"]["n_layer"] == 1 and saved["muse"]["context"] == 64  # typed

@@ -471,3 +471,14 @@ def test_a_saved_config_with_a_value_of_the_wrong_shape_is_one_clear_error(betas
 
     with pytest.raises(UserError, match=r"^run/config.json: .*betas must be a tuple\[float, float\], not "):
         load(OptimConfig, {"betas": betas}, "run/config.json")
+
+
+def test_a_gpu_preset_on_the_cpu_is_one_warning_before_the_work(capsys):
+    from nexttoken.training import check_preset_device
+
+    for preset in ("cpu", None, "demo"):
+        check_preset_device(preset, "cpu")
+    assert capsys.readouterr().err == ""
+    check_preset_device("gpu", "cpu")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("nexttoken: warning: --preset gpu on the CPU")

@@ -57,6 +57,15 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def check_preset_device(preset: str | None, device: str) -> None:
+    """A gpu preset asked of a machine that trains on its CPU: one warning before its hours of work, not after."""
+    if preset == "gpu" and pick_device(device).type == "cpu":
+        from nexttoken.errors import warn
+
+        warn("--preset gpu on the CPU: its models are sized for a GPU, so each stage runs far slower than the preset "
+             "plans (a time budget ends it at a fraction of its steps); --preset cpu is sized for this machine")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -144,8 +144,10 @@ def cmd_stage(args: argparse.Namespace) -> int:
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from nexttoken.distributed import init_distributed
     from nexttoken.instruct.pipeline import PipelineConfig, run_pipeline
+    from nexttoken.training import check_preset_device
 
     cfg = from_args(args, PipelineConfig)
+    check_preset_device(cfg.preset, args.device)
     dist = init_distributed(args.device)
     out = args.out or Path("runs") / f"instruct-{cfg.preset}"
     only = [s.strip() for s in args.stages.split(",") if s.strip()]

@@ -24,7 +24,7 @@ from nexttoken.cli import add_device_option
 from nexttoken.config import add_options, check, flag_name, from_args, given
 from nexttoken.errors import UserError, continue_with
 from nexttoken.sampling import SamplingConfig
-from nexttoken.training import LoopConfig, OptimConfig, pick_device
+from nexttoken.training import LoopConfig, OptimConfig, check_preset_device, pick_device
 
 LEVELS = ("top", "middle", "bottom")
 
@@ -166,9 +166,10 @@ def cmd_train(args) -> None:
             train_everything(args.resume, Plan(), VQVAEOptions(), args.device, None)
         path = args.resume
     else:
+        opts = from_args(args, VQVAEOptions)
+        check_preset_device(opts.preset, args.device)
         with continue_with(f"nexttoken jukebox train --resume {path}"):
-            train_everything(path, from_args(args, Plan), from_args(args, VQVAEOptions), args.device,
-                             from_args(args, DataConfig).validate())
+            train_everything(path, from_args(args, Plan), opts, args.device, from_args(args, DataConfig).validate())
     _print_summaries(path)
 
 
@@ -195,6 +196,7 @@ def cmd_train_vqvae(args) -> None:
             vqvae_stage(path, opts, optim, check(budget.apply(loop)), args.device)
     else:
         opts = from_args(args, VQVAEOptions)
+        check_preset_device(opts.preset, args.device)
         recipe = RECIPES[opts.preset]
         with continue_with(f"nexttoken jukebox train-vqvae --resume {path}"):
             vqvae_stage(path, opts, from_args(args, OptimConfig, base=recipe.vq_optim),

@@ -152,6 +152,7 @@ def _count(n: int, noun: str) -> str:
 
 def cmd_train(args) -> None:
     from nexttoken.muse.train import PRESETS, MuseConfig, TimeBudget, batch_workers, resume, train
+    from nexttoken.training import check_preset_device
     from nexttoken.runs import read_json
 
     budget, jobs = from_args(args, TimeBudget), from_args(args, CorpusJobs).jobs
@@ -168,6 +169,7 @@ def cmd_train(args) -> None:
             changes["workers"] = args.workers
         path = resume(args.resume, args.device, jobs, changes)
     else:
+        check_preset_device(args.preset, args.device)
         preset = PRESETS[args.preset or "cpu"]
         cfg = from_args(args, MuseConfig, base=preset.model_config()).validate()
         optim = from_args(args, OptimConfig, base=preset.optim)
