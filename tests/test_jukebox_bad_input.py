@@ -69,6 +69,8 @@ def test_out_of_range_flags_are_refused_before_any_folder(argv, match, tmp_path,
     (["decode", "{run}", "{run}/codes.npz", "-o", "{run}/codes.npz"], "this writes a .wav file"),
     (["sample", "{run}", "--resume", "{run}/samples/none", "--artist", "bob"], "leave out --artist"),
     (["sample", "{run}/vqvae"], "jukebox.vqvae run, not a jukebox.pipeline run"),
+    (["sample", "--seconds", "1"], "give the pipeline folder RUN to sample from"),
+    (["sample", "--resume", "{run}/top"], "jukebox.prior run, not a jukebox.sample run"),
     (["train", "--resume", "{run}", "--prior-steps", "8"], "own settings; leave out --prior-steps (to train a prior "
                                                           "further: nexttoken jukebox train-prior RUN --level L"),
     (["encode", "{run}", "{run}/config.json"], "unreadable audio"),

@@ -91,7 +91,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("sample", help="sample audio: top codes, then upsampled, then decoded at every level")
-    p.add_argument("run", type=Path)
+    p.add_argument("run", type=Path, nargs="?", help="the pipeline folder (with --resume DIR: DIR's, when left out)")
     add_options(p, SampleConfig)
     add_options(p, SamplingConfig, defaults=asdict(JUKEBOX_SAMPLING))
     p.add_argument("--out", type=Path, default=None, help="folder (default RUN/samples/<artist>-<time>)")
@@ -242,9 +242,13 @@ def cmd_decode(args) -> None:
 
 
 def cmd_sample(args) -> None:
-    from nexttoken.jukebox.sample import JUKEBOX_SAMPLING, SampleConfig, describe, sample_run
+    from nexttoken.jukebox.sample import JUKEBOX_SAMPLING, SampleConfig, describe, sample_run, sampled_from
 
     device = pick_device(args.device)
+    if args.run is None:
+        if args.resume is None:
+            raise UserError("give the pipeline folder RUN to sample from")
+        args.run = sampled_from(args.resume)
     if args.resume is not None:
         if args.out is not None:
             raise UserError("--resume DIR continues DIR; leave out --out")

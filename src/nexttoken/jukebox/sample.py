@@ -276,6 +276,15 @@ def _state(path: Path, level: str) -> tuple[torch.Tensor | None, torch.Tensor | 
     return tensors["codes"], tensors["rng"], bool(meta.get("done"))
 
 
+def sampled_from(out: Path) -> Path:
+    """The pipeline folder a sampling folder was sampled from, as it saved it."""
+    source = Run.open(out, KIND).config.get("pipeline")
+    if source is None:
+        raise UserError(f"{out} does not say which pipeline it was sampled from; give it: nexttoken jukebox sample "
+                        f"RUN --resume {out}")
+    return Path(source)
+
+
 def sample_run(pipeline: Path, out: Path, cfg: SampleConfig, sampling: SamplingConfig, device: torch.device,
                resume: bool = False) -> list[LevelResult]:
     """Sample into ``out`` (new), or continue the sampling in ``out`` (``resume``: its own settings; only
