@@ -163,6 +163,20 @@ def _sequence_of(kind: Any, value: Any) -> bool:
                for item, v in zip(items, value))
 
 
+def changed(cfg: T, base: T) -> dict:
+    """The settings of ``cfg`` that differ from ``base``'s (what a preset changes, for ``add_options(presets=...)``).
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class C:
+    ...     steps: int = 10
+    ...     lr: float = 0.1
+    >>> changed(C(steps=20), C())
+    {'steps': 20}
+    """
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if getattr(cfg, f.name) != getattr(base, f.name)}
+
+
 def check(cfg: T) -> T:
     """Check every field of a config dataclass against its declaration; returns the config."""
     for f in fields(cfg):

@@ -168,7 +168,6 @@ def train_reward(cfg: RewardConfig, optim: OptimConfig, loop: LoopConfig, run: R
     return summary
 
 
-
 # ---- the gold reward ------------------------------------------------------------------------------------------------
 GOLD = "labeler"
 

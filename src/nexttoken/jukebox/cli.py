@@ -21,7 +21,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from nexttoken.cli import add_device_option
-from nexttoken.config import add_options, check, flag_name, from_args, given
+from nexttoken.config import add_options, changed, check, flag_name, from_args, given
 from nexttoken.errors import UserError, continue_with
 from nexttoken.sampling import SamplingConfig
 from nexttoken.training import LoopConfig, OptimConfig, check_preset_device, pick_device
@@ -118,7 +118,8 @@ def _preset_options(p: argparse.ArgumentParser, recipes: dict, optim: str, loop:
     cpu = recipes["cpu"]
     for section, cls in ((optim, OptimConfig), (loop, LoopConfig)):
         add_options(p, cls, defaults=asdict(getattr(cpu, section)),
-                    presets={name: r.differences(section, cpu) for name, r in recipes.items() if name != "cpu"})
+                    presets={name: changed(getattr(r, section), getattr(cpu, section))
+                             for name, r in recipes.items() if name != "cpu"})
 
 
 def _out_or_resume(p: argparse.ArgumentParser, default: str) -> None:

@@ -44,11 +44,6 @@ class Recipe:
     prior_loop: LoopConfig
     priors: dict[str, PriorConfig]
 
-    def differences(self, section: str, base: "Recipe") -> dict:
-        """The settings of ``section`` (e.g. 'vq_loop') that differ from ``base``'s, for a flag's help."""
-        mine, theirs = asdict(getattr(self, section)), asdict(getattr(base, section))
-        return {k: v for k, v in mine.items() if v != theirs[k]}
-
 
 RECIPES = {
     # The VQ-VAE learns fast at a higher LR than the paper's 3e-4 over the few hundred steps a CPU affords; small

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from nexttoken.cli import add_device_option
-from nexttoken.config import add_options, check, from_args, given, integer, option
+from nexttoken.config import add_options, changed, check, from_args, given, integer, option
 from nexttoken.errors import UserError, warn
 from nexttoken.sampling import SamplingConfig
 from nexttoken.training import LoopConfig, OptimConfig, pick_device
@@ -66,8 +66,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     cpu, gpu = PRESETS["cpu"], PRESETS["gpu"]
     add_options(p, MuseConfig, presets={"gpu": gpu.model})
     for section, cls in (("optim", OptimConfig), ("loop", LoopConfig)):
-        mine, base = asdict(getattr(gpu, section)), asdict(getattr(cpu, section))
-        add_options(p, cls, defaults=base, presets={"gpu": {k: v for k, v in mine.items() if v != base[k]}})
+        add_options(p, cls, defaults=asdict(getattr(cpu, section)),
+                    presets={"gpu": changed(getattr(gpu, section), getattr(cpu, section))})
     add_options(p, TimeBudget)
     p.add_argument("--workers", type=integer, default=None,
                    help="processes building batches ahead (default: none on CPU, half the cores up to 8 on a GPU)")
