@@ -201,3 +201,23 @@ def test_presets_match_their_descriptions():
     assert gpu.sample_rate == 22050 and (gpu.codebook_size, gpu.code_dim) == (2048, 64)
     assert gpu.widths == (64, 32, 32) and gpu.depths == (8, 4, 4) and gpu.hops == (8, 32, 128)
     assert cpu.bits_per_second(0) == 16000 / 8 * 8
+
+
+def test_a_training_step_of_the_codebook_reads_nothing_back_from_the_device():
+    """Tensors without data raise on any op whose result the host must read (bool(), .item(), bincount, indexing by a
+    mask): the codebook's step, restarts included, stays on the device, as a GPU run needs (a read waits for the GPU)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        cb = Codebook(16, 4)
+        cb._ready = True  # as after its first step, which reads the initialised flag once
+        q = cb(torch.randn(2, 4, 8))
+        assert q.codes.shape == (2, 8) and q.restarted.shape == ()
+
+
+def test_a_codebook_loaded_from_an_uninitialised_state_initialises_again():
+    cb = Codebook(4, 1)
+    cb(column([1.0, 2.0, 3.0, 4.0]))
+    cb.load_state_dict(Codebook(4, 1).state_dict())  # the flag it remembered is forgotten with the state it read
+    cb(column([10.0, 10.0, 10.0, 10.0]))
+    assert bool(cb.initialised) and torch.allclose(cb.embed, torch.tensor(10.0), atol=1.0)

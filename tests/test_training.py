@@ -1,4 +1,5 @@
 import json
+import sys
 
 import pytest
 import torch
@@ -482,3 +483,38 @@ def test_a_gpu_preset_on_the_cpu_is_one_warning_before_the_work(capsys):
     check_preset_device("gpu", "cpu")
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("nexttoken: warning: --preset gpu on the CPU")
+
+
+def test_the_loop_reads_no_value_from_the_device_between_evaluations(monkeypatch):
+    """Reading a GPU value waits for the GPU: the loss and the logs are summed on the device and read when logged, so
+    the reads of a run do not grow with its steps."""
+    from nexttoken.training import count_rows
+
+    reads = []
+
+    def counted(real):
+        def read(self, *args):
+            # AdamW on the CPU reads its step counter, a CPU tensor; on CUDA the fused kernel does not
+            if "torch/optim/" not in sys._getframe(1).f_code.co_filename:
+                reads.append(real.__name__)
+            return real(self, *args)
+        return read
+
+    for name in ("item", "__float__", "__bool__", "__int__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, counted(getattr(torch.Tensor, name)))
+
+    def mse(m, batch):
+        err = m(batch["x"]) - batch["y"]
+        return err.pow(2).sum(), {"abs_err": err.abs().sum().detach()}
+
+    def batches(step):
+        x = torch.randn(8, 4, generator=torch.Generator().manual_seed(step))
+        return {"x": x, "y": x.sum(1, keepdim=True)}
+
+    counts = []
+    for steps in (3, 30):
+        reads.clear()
+        fit(torch.nn.Linear(4, 1), batches, OptimConfig(warmup_steps=1), LoopConfig(steps=steps, batch_size=8,
+            grad_accum=2, eval_every=1000), loss_fn=mse, weight_fn=count_rows, progress=False)
+        counts.append(len(reads))
+    assert counts[0] == counts[1] <= 4, counts

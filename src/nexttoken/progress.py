@@ -28,7 +28,10 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    """Counts work done out of ``total`` (which may change, as a time budget re-plans it)."""
+    """Counts work done out of ``total`` (which may change, as a time budget re-plans it). A postfix value may be a
+    tensor on a GPU: it is read only when shown (reading waits for the GPU), a few times a second at most."""
+
+    SHOW_S = 0.25  # seconds between reads of the postfix for the bar
 
     def __init__(self, total: int, desc: str = "", *, initial: int = 0, enabled: bool = True,
                  log: Path | None = None, every_s: float = 5.0, unit: str = "step",
@@ -39,6 +42,7 @@ class Progress:
         self.postfix: dict[str, object] = {}
         self.start_n, self.t0 = initial, clock()
         self.last_line, self.lined_n = self.t0, None  # when the last line was written, and at what count
+        self.shown_at = -float("inf")  # when the bar last read the postfix
         self.tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.bar = None
         if self.tty:
@@ -55,11 +59,12 @@ class Progress:
     def update(self, n: int = 1, **postfix) -> None:
         self.n += n
         self.postfix.update(postfix)
+        now = self.clock()
         if self.bar is not None:
             self.bar.update(n)
-            if postfix:
+            if postfix and now - self.shown_at >= self.SHOW_S:
+                self.shown_at = now
                 self.bar.set_postfix({k: _fmt(v) for k, v in self.postfix.items()}, refresh=False)
-        now = self.clock()
         if self.enabled and now - self.last_line >= self.every_s:
             self.last_line, self.lined_n = now, self.n
             self.write(self.line(now))
@@ -106,4 +111,10 @@ class Progress:
 
 
 def _fmt(v: object) -> str:
+    """
+    >>> import torch; _fmt(2.314159), _fmt(torch.tensor(2.314159)), _fmt(7)
+    ('2.314', '2.314', '7')
+    """
+    if hasattr(v, "item"):  # a tensor or a numpy scalar
+        v = v.item()
     return f"{v:.4g}" if isinstance(v, float) else str(v)

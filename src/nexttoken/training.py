@@ -323,10 +323,14 @@ class LoopState:
 
     step: int = 0
     planned: int = 0
-    loss_sum: float = 0.0
+    loss_sum: "float | torch.Tensor" = 0.0  # a tensor on the device between checkpoints
     loss_steps: int = 0
-    logs: dict = field(default_factory=dict)
+    logs: dict = field(default_factory=dict)  # the same
     elapsed_s: float = 0.0  # training time before this stretch (a time budget counts it)
+
+
+def _detached(v: "torch.Tensor | float") -> "torch.Tensor | float":
+    return v.detach().float() if isinstance(v, torch.Tensor) else float(v)
 
 
 def _loop(model, ddp, forward, optimizer, batch_fn, optim, loop, run, dist, eval_fn, state, bar, loss_fn, weight_fn,
@@ -358,6 +362,7 @@ def _loop(model, ddp, forward, optimizer, batch_fn, optim, loop, run, dist, eval
 
     def save(done: int) -> None:
         state.elapsed_s = clock() - t_begin
+        state.loss_sum, state.logs = float(state.loss_sum), {k: float(v) for k, v in state.logs.items()}
         if run is not None:
             run.save_checkpoint(model, optimizer, done, extra_meta={"loop": asdict(loop), "loop_state": asdict(state)})
 
@@ -378,9 +383,11 @@ def _loop(model, ddp, forward, optimizer, batch_fn, optim, loop, run, dist, eval
                 # DDP averages gradients over processes, so scale the share of this process back up by world_size.
                 loss = total * (dist.world_size / max(weight, 1e-12))
             loss.backward()
-            step_loss += loss.item() / dist.world_size
+            # Sums stay on the device: reading a GPU value waits for the GPU, which would stall every step. They
+            # are read at evaluations and checkpoints (and by the bar, a few times a second).
+            step_loss = step_loss + loss.detach().float() / dist.world_size
             for k, v in logs.items():
-                step_logs[k] = step_logs.get(k, 0.0) + float(v) / max(weight, 1e-12)
+                step_logs[k] = step_logs.get(k, 0.0) + _detached(v) / max(weight, 1e-12)
         if optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
         optimizer.step()
@@ -403,8 +410,8 @@ def _loop(model, ddp, forward, optimizer, batch_fn, optim, loop, run, dist, eval
             replan(done)
         if done % loop.eval_every == 0 or done == state.planned:
             elapsed = clock() - t0
-            record = {"step": done, "train_loss": state.loss_sum / state.loss_steps,
-                      **{f"train_{k}": v / state.loss_steps for k, v in state.logs.items()},
+            record = {"step": done, "train_loss": float(state.loss_sum) / state.loss_steps,
+                      **{f"train_{k}": float(v) / state.loss_steps for k, v in state.logs.items()},
                       "lr": optimizer.param_groups[0]["lr"]}
             if eval_fn is not None:
                 model.eval()

@@ -158,6 +158,10 @@ def _distributed() -> bool:
     return torch_dist.is_available() and torch_dist.is_initialized()
 
 
+def _forget_ready(codebook: "Codebook", keys) -> None:
+    codebook._ready = False
+
+
 class Codebook(nn.Module):
     """``size`` codes of ``dim`` numbers, learned by EMA (no gradient) with dead-code restarts; see the module doc."""
 
@@ -172,6 +176,9 @@ class Codebook(nn.Module):
         self.register_buffer("count", torch.zeros(size))  # (K,) EMA of how many vectors each code took per batch
         self.register_buffer("total", torch.zeros(size, dim))  # (K, D) EMA of their sum
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+        # Reading a GPU value waits for the GPU, so the flag is read once and remembered (forgotten when loaded).
+        self._ready = False
+        self.register_load_state_dict_post_hook(_forget_ready)
 
     def nearest(self, x: Tensor) -> Tensor:
         """(N, D) vectors -> (N,) index of the nearest code (Euclidean), in fp32 whatever the autocast."""
@@ -192,12 +199,14 @@ class Codebook(nn.Module):
     def forward(self, z: Tensor) -> Quantized:
         B, D, T = z.shape
         x = z.detach().transpose(1, 2).reshape(B * T, D).float()  # (B*T, D) one row per position
-        if self.training and not self.initialised:
-            self._initialise(x)
+        if self.training and not self._ready:
+            self._ready = bool(self.initialised)
+            if not self._ready:
+                self._initialise(x)
         codes = self.nearest(x)
         q = self.embed[codes].view(B, T, D).transpose(1, 2).to(z.dtype)  # (B, D, T), before this step's update
         commit = F.mse_loss(z, q)
-        counts = torch.bincount(codes, minlength=self.size).float()  # (K,)
+        counts = x.new_zeros(self.size).index_add_(0, codes, x.new_ones(len(codes)))  # (K,); bincount would sync
         restarted = self._update(x, codes, counts) if self.training else torch.zeros((), device=z.device)
         p = counts / counts.sum()
         perplexity = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
@@ -213,6 +222,7 @@ class Codebook(nn.Module):
         self.count.fill_(self.revive)
         self.total.copy_(rows * self.revive)
         self.initialised.fill_(True)
+        self._ready = True
 
     @torch.no_grad()
     def _update(self, x: Tensor, codes: Tensor, counts: Tensor) -> Tensor:
@@ -227,10 +237,10 @@ class Codebook(nn.Module):
         self.embed.copy_(self.total / self.count.clamp_min(1e-12)[:, None])
         if not self.restarts:
             return torch.zeros((), device=x.device)
-        dead = self.count < self.threshold  # (K,)
-        self.embed[dead] = candidates[dead]
-        self.count[dead] = self.revive
-        self.total[dead] = candidates[dead] * self.revive
+        dead = self.count < self.threshold  # (K,); where() rather than indexing by it, which would sync
+        self.embed.copy_(torch.where(dead[:, None], candidates, self.embed))
+        self.count.masked_fill_(dead, self.revive)
+        self.total.copy_(torch.where(dead[:, None], candidates * self.revive, self.total))
         return dead.sum()
 
 
@@ -279,7 +289,7 @@ class VQVAE(nn.Module):
         return self.decoders[level](self.codebooks[level].lookup(codes))[:, 0]
 
 
-def vqvae_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
+def vqvae_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
     """The training loss of a batch {"audio": (B, T)}: per level L2 + spectral_weight x multi-resolution STFT +
     commit_weight x commitment, summed over levels; and the per-level terms, codebook usage and perplexity as logs.
 
@@ -289,15 +299,14 @@ def vqvae_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict
     cfg = unwrap(model).config
     out = model(audio)
     loss = audio.new_zeros((), dtype=torch.float32)
-    logs: dict[str, float] = {}
+    logs: dict[str, Tensor] = {}
     for name, recon, q in zip(cfg.levels, out.recons, out.levels):
         l2 = F.mse_loss(recon.float(), audio.float())
         spectral = stft_loss(recon, audio, cfg.sample_rate)
         loss = loss + l2 + cfg.spectral_weight * spectral + cfg.commit_weight * q.commit.float()
-        logs.update({f"{name}_l2": l2.item(), f"{name}_spectral": spectral.item(), f"{name}_commit": q.commit.item(),
-                     f"{name}_usage": q.usage.item(), f"{name}_perplexity": q.perplexity.item(),
-                     f"{name}_restarted": float(q.restarted)})
-    return loss, logs
+        logs.update({f"{name}_l2": l2, f"{name}_spectral": spectral, f"{name}_commit": q.commit,
+                     f"{name}_usage": q.usage, f"{name}_perplexity": q.perplexity, f"{name}_restarted": q.restarted})
+    return loss, {k: v.detach().float() for k, v in logs.items()}  # tensors: the loop reads them when it logs
 
 
 def describe(cfg: VQVAEConfig) -> list[str]:
