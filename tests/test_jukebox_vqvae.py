@@ -205,7 +205,7 @@ def test_presets_match_their_descriptions():
 
 def test_a_training_step_of_the_codebook_reads_nothing_back_from_the_device():
     """Tensors without data raise on any op whose result the host must read (bool(), .item(), bincount, indexing by a
-    mask): the codebook's step, restarts included, stays on the device, as a GPU run needs (a read waits for the GPU)."""
+    mask): the codebook's step, restarts included, stays on the device, as a GPU run needs (reads wait for the GPU)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():

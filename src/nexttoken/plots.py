@@ -10,20 +10,28 @@ no font has is one warning per command, not a warning per letter and plot.
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import warnings
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
 
-matplotlib.use("Agg")  # no display needed; every plot is written as a PNG
-import matplotlib.pyplot as plt  # noqa: E402
+@functools.cache
+def pyplot():
+    """matplotlib's pyplot, headless (every plot is written as a PNG); imported by the first plot rather than by
+    every command that may draw one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def figure(width: float = 6.0, height: float = 4.0):
-    fig, ax = plt.subplots(figsize=(width, height), dpi=110)
+    fig, ax = pyplot().subplots(figsize=(width, height), dpi=110)
     return fig, ax
 
 
@@ -41,7 +49,7 @@ def save(fig, path: str | Path) -> Path:
         for text in fig.findobj(Text):
             text.set_fontfamily([*text.get_fontfamily(), *_FALLBACK])
         png, missing = _render(fig)
-    plt.close(fig)
+    pyplot().close(fig)
     if missing:
         warn(f"no installed font draws {''.join(sorted(missing))!r}, so plots show such letters as boxes; a font "
              "that has them (for Chinese, Japanese and Korean: Noto Sans CJK, package fonts-noto-cjk) is used once "
@@ -135,7 +143,7 @@ def plot_metrics(
             ax.plot(xs, ys, label=key, marker="." if len(pts) < 50 else None)
             drawn = True
     if not drawn:
-        plt.close(fig)
+        pyplot().close(fig)
         return None
     if logx:
         ax.set_xscale("log")

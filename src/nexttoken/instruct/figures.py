@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from nexttoken.plots import plt, save
+from nexttoken.plots import pyplot, save
 
 HEALTH = (("reward", "reward (normalised RM score)"), ("kl", "KL(policy || SFT) per response"),
           ("entropy", "entropy per token (nats)"), ("clip_frac", "clipped ratio share"),
@@ -22,7 +22,7 @@ def plot_ppo_health(records: Sequence[dict], path: str | Path, title: str = "PPO
     records = [r for r in records if "reward" in r]
     if not records:
         return None
-    fig, axes = plt.subplots(2, 3, figsize=(11, 5.5), dpi=100)
+    fig, axes = pyplot().subplots(2, 3, figsize=(11, 5.5), dpi=100)
     steps = [r["step"] for r in records]
     for ax, (key, label) in zip(axes.flat, HEALTH):
         ax.plot(steps, [r.get(key, float("nan")) for r in records], color="tab:blue")
@@ -36,7 +36,7 @@ def plot_ppo_health(records: Sequence[dict], path: str | Path, title: str = "PPO
 def plot_win_rates(rows: Sequence[dict], path: str | Path, reference: str = "") -> Path:
     """Win rate against the reference (y) by non-embedding parameters (x, log), one line per method; ``rows`` have
     ``method``, ``params``, ``win_rate`` and ``ci95``."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.4), dpi=110)
     for method, (colour, marker) in METHOD_STYLE.items():
         pts = sorted((r["params"], r["win_rate"], r["ci95"]) for r in rows if r["method"] == method)
         if pts:

@@ -216,7 +216,7 @@ def plot_alignment(pattern: Tensor, text: str, seconds: np.ndarray, path: str | 
     ax.set_yticks(range(len(chars)))
     ax.set_yticklabels(chars, fontsize=7, family="monospace")
     for a, b, (c0, c1) in zip(*(timing[k] for k in ("starts", "ends", "chars"))) if timing else ():
-        ax.add_patch(plots.plt.Rectangle((a, c0 + 0.5), b - a, c1 - c0, fill=False, edgecolor="cyan", lw=1))
+        ax.add_patch(plots.pyplot().Rectangle((a, c0 + 0.5), b - a, c1 - c0, fill=False, edgecolor="cyan", lw=1))
     ax.set_xlabel("seconds")
     ax.set_title(title or "encoder-decoder attention over the lyrics")
     return plots.save(fig, path)

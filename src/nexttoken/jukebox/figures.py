@@ -25,7 +25,7 @@ def spectrogram_png(clips: list[np.ndarray], sample_rate: int, path: str | Path,
     """One spectrogram per clip, stacked, 0 Hz at the bottom and -100 to 0 dB."""
     from nexttoken import plots
 
-    fig, axes = plots.plt.subplots(len(clips), 1, figsize=(8, 2.2 * len(clips)), dpi=100, squeeze=False)
+    fig, axes = plots.pyplot().subplots(len(clips), 1, figsize=(8, 2.2 * len(clips)), dpi=100, squeeze=False)
     for ax, audio, title in zip(axes[:, 0], clips, titles):
         spec = log_spectrogram(audio, sample_rate)
         ax.imshow(spec, aspect="auto", origin="lower", cmap="magma", vmin=-100, vmax=0,
