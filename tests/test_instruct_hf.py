@@ -11,7 +11,8 @@ from nexttoken.distributed import Dist
 from nexttoken.instruct import pipeline
 from nexttoken.instruct.corpus import demonstrations, make_corpus
 from nexttoken.instruct.hf import HFPolicy
-from nexttoken.instruct.policy import RewardModel, load_policy, load_reward_model, respond
+from nexttoken.instruct.policy import (RewardModel, lm_loss_sum, load_policy, load_reward_model, respond,
+                                      response_rows)
 from nexttoken.instruct.stage import open_stage
 
 transformers = pytest.importorskip("transformers")
@@ -52,6 +53,17 @@ def test_a_hugging_face_model_gets_its_own_pad_token_and_samples_like_our_gpt(ll
     assert greedy.texts == respond(policy, prompts, 6, temperature=0.0, use_cache=False).texts  # cache == recompute
     sampled = respond(policy, prompts, 8, temperature=1.0, generator=torch.Generator().manual_seed(0))
     assert not (sampled.response[sampled.response_mask.bool()] == tok.pad_id).any()
+
+
+def test_right_padded_rows_need_no_mask(llama):
+    """The training losses leave right-padded rows unmasked (``lm_loss_sum``): the same loss as with the mask."""
+    policy = load_policy(llama)
+    rows = response_rows(policy.tokenizer, [policy.chat_prompt("What is 2 + 3?")] * 2, ["5", "the answer is five"])
+    with torch.no_grad():
+        logits = policy(rows["ids"], rows["mask"])
+        keep = rows["targets"] != -1
+        masked = torch.nn.functional.cross_entropy(logits[keep].float(), rows["targets"][keep], reduction="sum")
+        assert lm_loss_sum(policy, rows).item() == pytest.approx(masked.item(), rel=1e-5)
 
 
 def test_every_trainable_parameter_of_a_reward_model_gets_a_gradient(llama):

@@ -112,6 +112,31 @@ def test_the_reward_head_scores_in_fp32_under_bf16_autocast():
     assert torch.allclose(reward, by_hand.gather(1, last_index(rows["mask"])[:, None]).squeeze(1), atol=1e-6)
 
 
+def test_right_padded_rows_score_the_same_without_their_mask():
+    """SFT, the reward model and DPO train on right-padded rows and leave the attention unmasked (the fused kernel, and
+    no read of the mask back from the device): no real token attends to the padding after it."""
+    rm = tiny_reward_model()
+    rows = response_rows(rm.tokenizer, [chat_prompt("What is 2 + 3?")] * 2, ["5", "the answer is five"])
+    assert (rows["mask"] == 0).any()
+    with torch.no_grad():
+        assert torch.allclose(rm(rows["ids"], rows["mask"], right_padded=True), rm(rows["ids"], rows["mask"]),
+                              atol=1e-5)
+
+
+def test_the_training_losses_read_nothing_back_from_the_device():
+    """Tensors without data raise on any read of a value (bool(), .item(), indexing by a mask): the losses that fit
+    trains SFT, the reward model and DPO with read none, so a GPU never waits for them mid-step."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    rows = response_rows(tokenizer(), [chat_prompt("What is 2 + 3?")] * 2, ["5", "the answer is five"])
+    with FakeTensorMode(allow_non_fake_inputs=True) as fake:
+        policy, rm = tiny_policy(), tiny_reward_model()
+        sft = {k: fake.from_tensor(v) for k, v in rows.items()}
+        ranked = {**{k: v.view(1, 2, -1) for k, v in sft.items()}, "pairs": torch.ones(1, 2, 2).triu(1)}
+        dpo = dpo_loss(policy, tiny_policy(1), 0.1, ranked)[0]
+        assert all(loss.shape == () for loss in (lm_loss_sum(policy, sft), reward_loss(rm, ranked)[0], dpo))
+
+
 def test_gae_against_a_hand_computation():
     rewards = torch.tensor([[0.1, -0.2, 1.0, 0.0], [0.5, 0.0, 0.0, 0.0]])
     values = torch.tensor([[0.3, 0.2, 0.4, 9.0], [0.1, 9.0, 9.0, 9.0]])  # 9s are past the end: ignored

@@ -41,18 +41,19 @@ class DPOConfig:
     val_fraction: float = option(0.1, "share of the rankings kept to measure pairwise accuracy", ge=0, lt=1)
 
 
-def sequence_logprob(policy: Policy, ids: Tensor, mask: Tensor, targets: Tensor) -> Tensor:
-    """Sum of log p over each row's response tokens (the targets that are not -1), (N,)."""
-    logp = token_logprobs(policy(ids, mask), targets)
+def sequence_logprob(policy: Policy, ids: Tensor, targets: Tensor) -> Tensor:
+    """Sum of log p over each row's response tokens (the targets that are not -1), (N,); the rows are right-padded,
+    so no mask is needed (see ``lm_loss_sum``)."""
+    logp = token_logprobs(policy(ids), targets)
     return (logp * (targets != -1)).sum(1)
 
 
 def dpo_loss(policy: Policy, ref: Policy, beta: float, batch: dict) -> tuple[Tensor, dict]:
     B, K, T = batch["ids"].shape
-    ids, mask, targets = (batch[k].view(B * K, T) for k in ("ids", "mask", "targets"))
+    ids, targets = (batch[k].view(B * K, T) for k in ("ids", "targets"))
     with torch.no_grad():
-        ref_logp = sequence_logprob(ref, ids, mask, targets)
-    implicit = beta * (sequence_logprob(policy, ids, mask, targets) - ref_logp)  # (B * K,)
+        ref_logp = sequence_logprob(ref, ids, targets)
+    implicit = beta * (sequence_logprob(policy, ids, targets) - ref_logp)  # (B * K,)
     loss, right = pairwise_loss(implicit.view(B, K), batch["pairs"])
     return loss, {"accuracy": right.detach()}
 

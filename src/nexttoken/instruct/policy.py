@@ -151,9 +151,10 @@ class RewardModel(nn.Module):
         with torch.autocast(hidden.device.type, enabled=False):
             return self.score(hidden.float()).squeeze(-1)
 
-    def forward(self, ids: Tensor, mask: Tensor | None = None) -> Tensor:
-        """The reward of each row (B,): the head at the row's last real token."""
-        values = self.values(ids, mask)
+    def forward(self, ids: Tensor, mask: Tensor | None = None, *, right_padded: bool = False) -> Tensor:
+        """The reward of each row (B,): the head at the row's last real token. Rows whose padding is all at the end
+        (``right_padded``) need the mask only to find that token (see ``lm_loss_sum``)."""
+        values = self.values(ids, None if right_padded else mask)
         if mask is None:
             return values[:, -1]
         return values.gather(1, last_index(mask)[:, None]).squeeze(1)
@@ -184,8 +185,12 @@ def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> 
 
 
 def lm_loss_sum(model: Policy, batch: dict) -> Tensor:
-    """Next-token cross-entropy summed over the targets that are not -1 (prompt and padding are -1 in SFT)."""
-    logits = model(batch["ids"], batch.get("mask"))
+    """Next-token cross-entropy summed over the targets that are not -1 (prompt and padding are -1 in SFT).
+
+    The rows are right-padded (``response_rows``) or not padded, so their mask is not needed: in a causal model no
+    real token attends to the padding after it. Without one the fused causal kernel runs, and the model need not
+    read the mask back from the device to see whether any row is padded."""
+    logits = model(batch["ids"])
     return F.cross_entropy(logits.float().flatten(0, 1), batch["targets"].flatten(), ignore_index=-1, reduction="sum")
 
 

@@ -83,7 +83,7 @@ def pairwise_loss(scores: Tensor, pairs: Tensor) -> tuple[Tensor, Tensor]:
 
 def reward_loss(model: RewardModel, batch: dict) -> tuple[Tensor, dict]:
     B, K, T = batch["ids"].shape
-    scores = model(batch["ids"].view(B * K, T), batch["mask"].view(B * K, T)).view(B, K)
+    scores = model(batch["ids"].view(B * K, T), batch["mask"].view(B * K, T), right_padded=True).view(B, K)
     loss, right = pairwise_loss(scores, batch["pairs"])
     return loss, {"accuracy": right.detach()}
 
