@@ -239,29 +239,29 @@ def experience(policy: Policy, ref: Policy, reward_model: RewardModel | LabelerR
 def minibatch_loss(policy: Policy, value: RewardModel | None, exp: Experience, mb: Tensor, cfg: PPOConfig,
                    ptx_rows: dict | None = None) -> tuple[Tensor, dict]:
     """PPO's clipped objective on the episodes ``mb``, plus the clipped value loss and PPO-ptx's pretraining loss on
-    ``ptx_rows`` where there are any; and the step's statistics."""
+    ``ptx_rows`` where there are any; and the step's statistics, as tensors (``update`` reads them once)."""
     ids, mask, am = exp.ids[mb], exp.mask[mb], exp.action_mask[mb]
     logits = response_view(policy(ids, mask), exp.prompt_len).float() / cfg.temperature
     logp = token_logprobs(logits, ids[:, exp.prompt_len :])
     ratio = (logp - exp.logprobs[mb]).exp()
     adv = exp.advantages[mb]
     pg_loss = masked_mean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - cfg.clip, 1 + cfg.clip)), am)
-    loss, step = pg_loss, {"policy_loss": pg_loss.item()}
+    loss, step = pg_loss, {"policy_loss": pg_loss.detach()}
     if value is not None:
         v = response_view(value.values(ids, mask), exp.prompt_len).float()
         v_clipped = exp.values[mb] + (v - exp.values[mb]).clamp(-cfg.value_clip, cfg.value_clip)
         ret = exp.returns[mb]
         vf_loss = 0.5 * masked_mean(torch.max((v - ret) ** 2, (v_clipped - ret) ** 2), am)
         loss = loss + cfg.vf_coef * vf_loss
-        step["value_loss"] = vf_loss.item()
+        step["value_loss"] = vf_loss.detach()
     if ptx_rows is not None:
         ptx = lm_loss_sum(policy, ptx_rows) / ptx_rows["targets"].numel()
         loss = loss + cfg.ptx_coef * ptx
-        step["ptx_loss"] = ptx.item()
+        step["ptx_loss"] = ptx.detach()
     with torch.no_grad():
-        step["entropy"] = masked_mean(-(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1), am).item()
-        step["clip_frac"] = masked_mean(((ratio - 1).abs() > cfg.clip).float(), am).item()
-        step["approx_kl"] = masked_mean(0.5 * (logp - exp.logprobs[mb]) ** 2, am).item()
+        step["entropy"] = masked_mean(-(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1), am)
+        step["clip_frac"] = masked_mean(((ratio - 1).abs() > cfg.clip).float(), am)
+        step["approx_kl"] = masked_mean(0.5 * (logp - exp.logprobs[mb]) ** 2, am)
     return loss, step
 
 
@@ -270,7 +270,7 @@ def update(policy: Policy, value: RewardModel | None, optimizer, exp: Experience
     """``cfg.epochs`` passes of clipped policy and value updates over the episodes; returns mean statistics. Under
     torchrun each process steps through its own episodes, ``cfg.minibatch`` over all processes a step, and the
     gradients are averaged before every step, so the replicas stay equal."""
-    stats: dict[str, float] = {}
+    stats: dict[str, Tensor] = {}  # summed on the device, read once at the end: a read waits for the GPU
     n_steps = 0
     params = [p for g in optimizer.param_groups for p in g["params"]]
     for _ in range(cfg.epochs):
@@ -285,9 +285,9 @@ def update(policy: Policy, value: RewardModel | None, optimizer, exp: Experience
                 nn.utils.clip_grad_norm_(params, optim.grad_clip)
             optimizer.step()
             for k, x in step.items():
-                stats[k] = stats.get(k, 0.0) + x
+                stats[k] = stats.get(k, 0.0) + x.float()
             n_steps += 1
-    return {k: x / n_steps for k, x in stats.items()}
+    return {k: float(x) / n_steps for k, x in stats.items()}
 
 
 # ---- the loop -------------------------------------------------------------------------------------------------------
