@@ -310,6 +310,8 @@ def test_chat_answers_one_prompt_a_file_and_stdin_and_evaluate_logs_each_phase(t
     (["dpo", "--init", "{sft}", "--rankings", "{bad}", "--out", "{out}"], "bad.txt is not UTF-8 text"),
     (["chat", "{tmp}/nowhere", "--prompt", "hi"], "is not a model"),
     (["ppo", "--resume", "{sft}"], "is an instruct.sft run, not an instruct.ppo run"),
+    (["sft", "--resume", "{sft}", "--steps", "1"], "--steps 1 is fewer than the 30 steps the resumed run has trained"),
+    (["sft", "--resume", "{sft}", "--out", "{out}"], "continues in that folder; leave out --out"),
     (["reward", "--init", "{sft}", "--rankings", "{sft}", "--out", "{out}"],
      "is an instruct.sft run, not an instruct.rank run"),
     (["pipeline", "--preset", "demo", "--stages", "sft-tiny,polish", "--out", "{out}"], "unknown stage 'polish'"),
@@ -374,6 +376,7 @@ def test_bad_input_is_one_line_and_exit_code_2_with_no_folder_left(tiny, tmp_pat
     fill = {"sft": folder / "sft-tiny", "rm": folder / "reward", "empty": tmp_path / "empty.txt",
             "bad": tmp_path / "bad.txt", "tmp": tmp_path, "out": tmp_path / "out", "jukebox": tmp_path / "jukebox",
             "sample": tmp_path / "sample", "muse": tmp_path / "muse", "codes": tmp_path / "codes.safetensors"}
+    config = (folder / "sft-tiny" / "config.json").read_text()
     try:
         code = main(["instruct", *(a.format(**fill) for a in args)])
     except SystemExit as e:  # argparse refuses a bad choice itself, with the same one line and code
@@ -382,7 +385,8 @@ def test_bad_input_is_one_line_and_exit_code_2_with_no_folder_left(tiny, tmp_pat
     message = message.format(**fill)
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
-    assert (folder / "sft-tiny" / "summary.json").is_file()  # a refused folder is left as it was
+    # a refused folder is left as it was
+    assert (folder / "sft-tiny" / "summary.json").is_file() and (folder / "sft-tiny" / "config.json").read_text() == config
 
 
 def test_chat_says_when_a_prompt_is_cut_to_fit_the_context(tiny, tmp_path, capsys):

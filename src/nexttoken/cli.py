@@ -129,6 +129,13 @@ def _check_processes(args: argparse.Namespace) -> None:
         sys.stdout = open(os.devnull, "w")
 
 
+def _check_resume_out(args: argparse.Namespace) -> None:
+    """A resumed run continues in its own folder: an --out that names another would be ignored, so it is refused."""
+    resume, out = getattr(args, "resume", None), getattr(args, "out", None)
+    if isinstance(resume, Path) and out is not None and Path(out).resolve() != resume.resolve():
+        raise UserError(f"--resume {resume} continues in that folder; leave out --out {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
@@ -137,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     forget_warnings()
     try:
         _check_processes(args)
+        _check_resume_out(args)
         code = args.func(args) or 0
         if "torch.distributed" in sys.modules:  # a command that trained under torchrun ends its process group
             from nexttoken.distributed import shutdown_distributed

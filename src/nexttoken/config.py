@@ -250,9 +250,11 @@ def from_args(args: argparse.Namespace, cls: type[T], base: T | None = None) -> 
     return check(replace(base if base is not None else cls(), **given(args, cls)))
 
 
-def resumed(saved: T, requested: dict, adjustable: tuple[str, ...] = ()) -> T:
+def resumed(saved: T, requested: dict, adjustable: tuple[str, ...] = (), trained: int = 0) -> T:
     """The saved config of a run being resumed, with the ``requested`` changes that are safe (``adjustable``: e.g.
-    more steps). Any other flag that differs from the saved run is refused: a resumed run keeps its course.
+    more steps). Any other flag that differs from the saved run is refused: a resumed run keeps its course. A step
+    count (``steps``, ``iterations``) below the ``trained`` ones is refused too: they cannot be untrained, and the
+    run's config and summary would count steps it did not take.
 
     >>> from dataclasses import dataclass
     >>> @dataclass
@@ -275,4 +277,8 @@ def resumed(saved: T, requested: dict, adjustable: tuple[str, ...] = ()) -> T:
 
         raise UserError(f"{flag_name(k)} {shown(requested[k])} differs from the resumed run's "
                         f"{shown(getattr(saved, k))}; a resumed run keeps its settings (start a new run to change it)")
+    for k in ("steps", "iterations"):
+        if k in changes and changes[k] < trained:
+            raise UserError(f"{flag_name(k)} {changes[k]:,} is fewer than the {trained:,} {k} the resumed run has "
+                            f"trained; give {trained:,} or more, or leave it out")
     return check(replace(saved, **changes))

@@ -127,6 +127,19 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
+def load_meta(path: str | Path) -> dict:
+    """The meta of a file written by ``save_tensors``, without reading its tensors ({} when there is no file)."""
+    if not Path(path).is_file():
+        return {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+    except Exception as e:  # as load_tensors
+        raise UserError(f"{path} is damaged ({str(e).splitlines()[0][:120]}); delete it to start over from the last "
+                        f"good state, or train again") from None
+    return meta if isinstance(meta, dict) else {}
+
+
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     sd = opt.state_dict()
     tensors, scalars = {}, {}
@@ -357,6 +370,10 @@ class Run:
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint_path.is_file()
+
+    def trained_steps(self) -> int:
+        """The steps (or a loop's own unit) its checkpoint has trained; 0 without one."""
+        return int(load_meta(self.checkpoint_path).get("step", 0))
 
     def save_checkpoint(
         self,

@@ -75,12 +75,6 @@ def _device(args: argparse.Namespace):
     return pick_device(args.device)
 
 
-def _resume_target(args: argparse.Namespace) -> Path:
-    if args.out is not None and args.out != args.resume:
-        raise UserError("--resume continues the run in its own folder; leave out --out")
-    return args.resume
-
-
 def cmd_table(args: argparse.Namespace) -> int:
     from nexttoken.grok.data import check_op, lines
 
@@ -98,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     device = _device(args)
     if args.resume:
-        resumed = resume(_resume_target(args), device, requested(args), config.given(args, TrainOptions),
+        resumed = resume(args.resume, device, requested(args), config.given(args, TrainOptions),
                          preset=preset_settings(args))
         run, cfg, options = resumed.run, resumed.config, resumed.options
         if resumed.finished:
@@ -166,7 +160,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         asked = {"op": "ops" in given or args.op is not None, "frac": "fracs" in given, "seed": "seeds" in given}
         grid = {k: v for k, v in grid.items() if asked.get(k, True)}
         if dist.is_main:
-            sweep = resume_sweep(_resume_target(args), requested(args), grid, given.get("max_ensemble"),
+            sweep = resume_sweep(args.resume, requested(args), grid, given.get("max_ensemble"),
                                  config.given(args, TrainOptions), typed=typed, preset=preset_settings(args))
     else:
         base = base_config(args)

@@ -35,11 +35,16 @@ def open_stage(path: str | Path, stage: str, configs: dict, resume: bool, given:
         return Run.create(path, {name: asdict(cfg) for name, cfg in configs.items()}, kind=kind_of(stage),
                           enabled=enabled), configs
     run = Run.resume(path, kind=kind_of(stage), enabled=enabled)
-    saved = {name: load(type(cfg), run.config.get(name, {}), f"{Path(path) / 'config.json'}: {name}")
-             for name, cfg in configs.items()}
-    if given:
-        saved = {name: resumed(cfg, given.get(name, {}), adjustable) for name, cfg in saved.items()}
-        run.amend({name: asdict(cfg) for name, cfg in saved.items()})
+    try:
+        saved = {name: load(type(cfg), run.config.get(name, {}), f"{Path(path) / 'config.json'}: {name}")
+                 for name, cfg in configs.items()}
+        if given:
+            trained = run.trained_steps()
+            saved = {name: resumed(cfg, given.get(name, {}), adjustable, trained) for name, cfg in saved.items()}
+            run.amend({name: asdict(cfg) for name, cfg in saved.items()})
+    except BaseException:
+        run.close()  # refused: the folder is free again, as it was
+        raise
     return run, saved
 
 

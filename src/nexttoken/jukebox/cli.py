@@ -131,8 +131,6 @@ def _out_or_resume(p: argparse.ArgumentParser, default: str) -> None:
 def _new_folder(args) -> Path:
     from nexttoken.runs import default_run_dir
 
-    if args.resume is not None and args.out is not None:
-        raise UserError("--resume RUN continues RUN in its own folder; leave out --out")
     return args.out or default_run_dir("jukebox", "pipeline")
 
 
@@ -251,8 +249,6 @@ def cmd_sample(args) -> None:
             raise UserError("give the pipeline folder RUN to sample from")
         args.run = sampled_from(args.resume)
     if args.resume is not None:
-        if args.out is not None:
-            raise UserError("--resume DIR continues DIR; leave out --out")
         changed = set(given(args, SampleConfig)) - {"stop_at"} | set(given(args, SamplingConfig))
         if changed:
             raise UserError(f"--resume DIR samples with DIR's own settings; leave out --{sorted(changed)[0]}"

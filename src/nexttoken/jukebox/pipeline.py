@@ -237,7 +237,7 @@ def saved_vqvae_settings(path: Path, changes: dict) -> tuple[VQVAEOptions, Optim
     opts = load(VQVAEOptions, run.config.get("options"), source)
     optim, loop = load(OptimConfig, run.config.get("optim"), source), load(LoopConfig, run.config.get("loop"), source)
     return (resumed(opts, _pick(changes, VQVAEOptions)), resumed(optim, _pick(changes, OptimConfig)),
-            resumed(loop, _pick(changes, LoopConfig), adjustable=("steps", "max_seconds")))
+            resumed(loop, _pick(changes, LoopConfig), ("steps", "max_seconds"), run.trained_steps()))
 
 
 def saved_prior_settings(path: Path, level: str, changes: dict) -> tuple[PriorConfig, OptimConfig, LoopConfig]:
@@ -246,7 +246,7 @@ def saved_prior_settings(path: Path, level: str, changes: dict) -> tuple[PriorCo
     cfg = load(PriorConfig, run.config.get("prior"), source)
     optim, loop = load(OptimConfig, run.config.get("optim"), source), load(LoopConfig, run.config.get("loop"), source)
     return (resumed(cfg, _pick(changes, PriorConfig)), resumed(optim, _pick(changes, OptimConfig)),
-            resumed(loop, _pick(changes, LoopConfig), adjustable=("steps", "max_seconds")))
+            resumed(loop, _pick(changes, LoopConfig), ("steps", "max_seconds"), run.trained_steps()))
 
 
 def _pick(changes: dict, cls) -> dict:

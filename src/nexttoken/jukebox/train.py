@@ -9,7 +9,6 @@ codes (what a prior that ignores context would score).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -26,7 +25,7 @@ from nexttoken.jukebox.evaluate import evaluate_codec
 from nexttoken.jukebox.prior import Prior, PriorConfig, chars_batch, position_seconds, window_tokens
 from nexttoken.jukebox.vqvae import PRESETS, VQVAE, VQVAEConfig, vqvae_loss
 from nexttoken.plots import plot_metrics
-from nexttoken.runs import Run
+from nexttoken.runs import Run, load_meta
 from nexttoken.training import LoopConfig, OptimConfig, count_rows, count_targets, fit, nothing_to_train
 
 VQVAE_KIND, PRIOR_KIND = "jukebox.vqvae", "jukebox.prior"
@@ -109,10 +108,7 @@ class TimeBudget:
 
 def trained_seconds(run: Run) -> float:
     """The training time of every stretch of a run (a resumed run's included), as its last checkpoint counts it."""
-    from safetensors import safe_open
-
-    with safe_open(str(run.checkpoint_path), framework="pt") as f:
-        return float(json.loads(f.metadata()["meta"])["loop_state"]["elapsed_s"])
+    return float(load_meta(run.checkpoint_path)["loop_state"]["elapsed_s"])
 
 
 # ---- the VQ-VAE ------------------------------------------------------------------------------------------------------

@@ -157,8 +157,6 @@ def cmd_train(args) -> None:
 
     budget, jobs = from_args(args, TimeBudget), from_args(args, CorpusJobs).jobs
     if args.resume is not None:
-        if args.out is not None:
-            raise UserError("--resume RUN continues RUN in its own folder; leave out --out")
         if budget.max_minutes is not None:
             raise UserError("a resumed run keeps its time budget (the time it trained counts); leave out "
                             "--max-minutes")

@@ -31,7 +31,7 @@ from nexttoken.muse.encoding import ENCODINGS, Encoded, make_encoding
 from nexttoken.muse.evaluate import score_pieces
 from nexttoken.muse.model import MuseModel, build_model
 from nexttoken.plots import plot_metrics
-from nexttoken.runs import Run, default_run_dir, load_tensors
+from nexttoken.runs import Run, default_run_dir
 from nexttoken.training import LoopConfig, OptimConfig, fit, nothing_to_train, seed_everything
 
 KIND = "muse.train"
@@ -167,7 +167,7 @@ def saved_configs(run: Run, changes: dict | None = None) -> tuple[MuseConfig, Op
         return {k: v for k, v in changes.items() if k in {f.name for f in fields(cls)}}
 
     return (resumed(cfg, of(MuseConfig)), resumed(optim, of(OptimConfig)),
-            resumed(loop, of(LoopConfig), adjustable=("steps", "workers")))
+            resumed(loop, of(LoopConfig), adjustable=("steps", "workers"), trained=run.trained_steps()))
 
 
 def load_run(path: Path, device: torch.device) -> tuple[MuseModel, object, MuseConfig, Run]:
@@ -211,10 +211,6 @@ def resume(path: Path, device: str = "auto", jobs: int = 2, changes: dict | None
     for more steps (or another number of batch workers). A finished run is left as it is."""
     run = open_run(path)
     cfg, optim, loop = saved_configs(run, changes)
-    if "steps" in (changes or {}) and run.has_checkpoint():
-        taken = int(load_tensors(run.checkpoint_path)[1].get("step", 0))
-        if taken > loop.steps:
-            raise UserError(f"--steps {loop.steps:,} is fewer than the {taken:,} steps {path} has taken")
     if nothing_to_train(path, loop):
         return Path(path)
     dist = init_distributed(device)
