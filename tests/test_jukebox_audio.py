@@ -66,6 +66,7 @@ def test_bad_files_are_skipped_with_one_warning_each_and_counted(tmp_path, capsy
     sf.write(root / "bob" / "silent.flac", np.zeros(3 * SR, dtype=np.float32), SR)
     sf.write(root / "bob" / "short.wav", tone(440, 0.5, SR), SR)
     sf.write(root / "bob" / "crash.wav", tone(440, 2.0, SR), SR)
+    (root / "bob" / "gone.wav").symlink_to(tmp_path / "moved-away.wav")  # a link to a file that is not there
     decode = audio._decode
 
     def crashing_decoder(path, sample_rate):  # stands in for a parser that segfaults on one file
@@ -77,13 +78,14 @@ def test_bad_files_are_skipped_with_one_warning_each_and_counted(tmp_path, capsy
     clips = load_clips(root, SR, clip_seconds=1.0)
     assert len(clips.tracks) == 3 and len(clips) == 7
     reasons = dict(clips.skipped)
-    assert set(reasons) == {"bob/empty.wav", "bob/garbage.wav", "bob/silent.flac", "bob/short.wav", "bob/crash.wav"}
+    assert set(reasons) == {"bob/empty.wav", "bob/garbage.wav", "bob/silent.flac", "bob/short.wav", "bob/crash.wav",
+                            "bob/gone.wav"}
     assert reasons["bob/crash.wav"] == "crashed (SIGSEGV)"
     assert reasons["bob/silent.flac"].startswith("silent")
     assert reasons["bob/garbage.wav"].startswith("unreadable")
     assert reasons["bob/empty.wav"] == "no audio in the file"
     err = capsys.readouterr().err
-    assert err.count("warning: skipped") == 5 and "5 of 8 audio files skipped" in err
+    assert err.count("warning: skipped") == 6 and "6 of 9 audio files skipped" in err, err
 
 
 def test_a_folder_with_nothing_usable_is_one_clear_error(tmp_path):
@@ -114,16 +116,18 @@ def test_artists_of_any_script_stay_apart_and_a_merge_is_one_warning(tmp_path, c
 
 def test_csv_rows_without_an_artist_and_merged_names_are_warned_once(tmp_path, capsys):
     write_good(tmp_path)
-    (tmp_path / "set.csv").write_text("path,artist,genre\n"
-                                      "alice/one.wav,,Rock\n"
-                                      "alice/two.flac\n"
-                                      "bob/three.ogg,Björk,rock\n"
-                                      "bob/three.ogg,BJORK,Rock\n", encoding="utf-8")
+    (tmp_path / "set.csv").write_text("artist,genre,path\n"
+                                      ",Rock,alice/one.wav\n"
+                                      ",,alice/two.flac\n"
+                                      "Björk,rock,bob/three.ogg\n"
+                                      "Carol,jazz\n"  # cut short: no path
+                                      "BJORK,Rock,bob/three.ogg\n", encoding="utf-8")
     tracks = find_tracks(tmp_path / "set.csv")
     assert [(t.artist, t.genre) for t in tracks] == [("unknown", "rock"), ("unknown", "unknown"), ("bjork", "rock"),
                                                      ("bjork", "rock")]
     warnings = [l for l in capsys.readouterr().err.splitlines() if "warning" in l]
     assert [w.split("set.csv: ")[1] for w in warnings] == [
+        "1 row(s) name no path; they are skipped",
         "2 row(s) name no artist; they are artist 'unknown'",
         "artists 'Björk' and 'BJORK' are both artist 'bjork'; they are treated as one",
         "genres 'Rock' and 'rock' are both genre 'rock'; they are treated as one"]

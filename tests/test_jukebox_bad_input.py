@@ -126,7 +126,13 @@ def test_a_malformed_codes_file_is_one_line(tiny_pipeline, tmp_path, capsys):  #
     np.save(tmp_path / "one.npy", good["top"])
     for name, arrays in cases.items():
         np.savez(tmp_path / name, **arrays)
-    for name in ["one.npy", *cases]:
+    np.savez_compressed(tmp_path / "whole.npz", **good)
+    whole = (tmp_path / "whole.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(whole[: len(whole) // 2])  # a copy cut short
+    flipped = bytearray(whole)
+    flipped[len(whole) // 3] ^= 0xFF  # one bad byte inside an array
+    (tmp_path / "crc.npz").write_bytes(bytes(flipped))
+    for name in ["one.npy", "cut.npz", "crc.npz", *cases]:
         refused(["jukebox", "decode", tiny_pipeline, tmp_path / name, "--level", "top", "-o", tmp_path / "x.wav"],
                 capsys, "not a codes file of `nexttoken jukebox encode`")
     assert not (tmp_path / "x.wav").exists()

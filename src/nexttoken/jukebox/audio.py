@@ -133,7 +133,8 @@ class Track:
 
 def folder_tracks(root: Path) -> list[Track]:
     """Every audio file under ``root``; its artist is the first sub-folder it sits in (files at the top: the root's)."""
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    # not is_file(): a broken link is read, and skipped with the reason, like any other file that cannot be read
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and not p.is_dir())
     rels = [path.relative_to(root) for path in paths]
     artists = labels_of([rel.parts[0] if len(rel.parts) > 1 else root.resolve().name for rel in rels], "folders",
                         "artist")
@@ -151,7 +152,11 @@ def csv_tracks(csv_path: Path) -> list[Track]:
         raise UserError(f"{csv_path}: needs columns path, artist, genre (lyrics optional); "
                         f"missing {', '.join(missing)}")
     lyrics = cols.get("lyrics")
-    # A row cut short (only a path) holds None in the columns it lacks.
+    # A row cut short holds None in the columns it lacks.
+    pathless = sum(not (r[cols["path"]] or "").strip() for r in rows)
+    if pathless:
+        warn(f"{csv_path}: {pathless} row(s) name no path; they are skipped")
+        rows = [r for r in rows if (r[cols["path"]] or "").strip()]
     names = [(r[cols["artist"]] or "").strip() for r in rows]
     unnamed = names.count("")
     if unnamed:

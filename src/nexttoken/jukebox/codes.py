@@ -10,6 +10,8 @@ the tracks' labels, lyrics, lengths, splits and syllable timings travel in its h
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,7 +149,7 @@ def read_npz(path: str | Path) -> CodesFile:
             arrays = {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise UserError(f"{path} does not exist") from None
-    except (OSError, ValueError, KeyError, EOFError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise refused(type(e).__name__) from None
     meta = []
     for name, dims in (("hops", 1), ("sample_rate", 0), ("samples", 0)):
