@@ -312,6 +312,14 @@ def test_chat_answers_one_prompt_a_file_and_stdin_and_evaluate_logs_each_phase(t
     (["ppo", "--resume", "{sft}"], "is an instruct.sft run, not an instruct.ppo run"),
     (["sft", "--resume", "{sft}", "--steps", "1"], "--steps 1 is fewer than the 30 steps the resumed run has trained"),
     (["sft", "--resume", "{sft}", "--out", "{out}"], "continues in that folder; leave out --out"),
+    (["pipeline", "--preset", "demo", "--out", "{sft}"], "is a run folder (instruct.sft), not an instruct pipeline"),
+    (["pipeline", "--preset", "demo", "--out", "{empty}"], "exists and is not a folder; choose another --out"),
+    (["pipeline", "--preset", "demo", "--out", "{tmp}"], "holds other files; an instruct pipeline starts in a new or"),
+    (["pipeline", "--preset", "demo", "--sizes", "tiny", "--stages", "sft-tiny", "--out", "{out}"],
+     "sft-tiny needs pretrain-tiny, which has not run to its end; run the pipeline without --stages, or with "
+     "--stages pretrain-tiny,sft-tiny"),
+    (["pipeline", "--preset", "demo", "--sizes", "tiny", "--stages", "evaluate", "--out", "{out}"],
+     "evaluate needs pretrain-tiny"),
     (["reward", "--init", "{sft}", "--rankings", "{sft}", "--out", "{out}"],
      "is an instruct.sft run, not an instruct.rank run"),
     (["pipeline", "--preset", "demo", "--stages", "sft-tiny,polish", "--out", "{out}"], "unknown stage 'polish'"),
@@ -429,8 +437,13 @@ def test_stdin_that_is_not_utf8_is_one_line_and_exit_code_2(tiny, capsys, monkey
 def test_a_pipeline_started_again_is_judged_by_its_saved_settings(tmp_path, capsys, monkeypatch):
     """--stages names the saved sizes' stages, and the preset's sizes named again are no change."""
     ran = []
+    def run_stage(configs, run, *args):
+        ran.append(run.path.name)
+        (run.path / "summary.json").write_text("{}")  # finished, for the stages that need it
+        return {}
+
     for module in pipeline.MODULES.values():
-        monkeypatch.setattr(module, "run_stage", lambda c, run, *a: ran.append(run.path.name) or {})
+        monkeypatch.setattr(module, "run_stage", run_stage)
     xl, demo = tmp_path / "xl", tmp_path / "demo"
     assert main(["instruct", "pipeline", "--preset", "demo", "--sizes", "xl", "--out", str(xl), "--stages",
                  "pretrain-xl"]) == 0
@@ -440,6 +453,9 @@ def test_a_pipeline_started_again_is_judged_by_its_saved_settings(tmp_path, caps
     assert "unknown stage 'pretrain-medium'; the stages of" in capsys.readouterr().err
     demo.mkdir()  # saved as earlier versions did: the preset's sizes as []
     (demo / "pipeline.json").write_text(json.dumps({"preset": "demo", "sizes": []}))
+    for size in PRESETS["demo"]["sizes"]:  # the SFT models that rank samples from
+        (demo / f"sft-{size}").mkdir()
+        (demo / f"sft-{size}" / "summary.json").write_text("{}")
     assert main(["instruct", "pipeline", "--out", str(demo), "--sizes", ",".join(PRESETS["demo"]["sizes"]),
                  "--stages", "rank"]) == 0 and ran[-1] == "rank"
     assert main(["instruct", "pipeline", "--out", str(demo), "--sizes", "xl", "--stages", "rank"]) == 2

@@ -164,6 +164,32 @@ def settings(folder: Path, cfg: PipelineConfig, given: dict) -> PipelineConfig:
     return resumed(replace(saved, sizes=saved.model_sizes), given)
 
 
+def check_folder(folder: Path) -> None:
+    """A pipeline starts in a new or empty folder, or continues in its own (which holds pipeline.json)."""
+    if (folder / "pipeline.json").is_file() or not folder.exists():
+        return
+    if not folder.is_dir():
+        raise UserError(f"{folder} exists and is not a folder; choose another --out")
+    if (folder / "config.json").is_file():
+        kind = read_json(folder / "config.json").get("kind", "another command's")
+        raise UserError(f"{folder} is a run folder ({kind}), not an instruct pipeline folder; choose another --out")
+    if any(folder.iterdir()):
+        raise UserError(f"{folder} holds other files; an instruct pipeline starts in a new or empty folder")
+
+
+def names_of(stages: list[Stage]) -> list[str]:
+    return [s.name for s in stages]
+
+
+def needs(stage: Stage, stages: list[Stage], folder: Path) -> list[str]:
+    """The stages whose results ``stage`` reads: those its settings name, and every other one for the evaluation."""
+    if stage.kind == "evaluate":
+        return [s.name for s in stages if s.kind != "evaluate"]
+    named = {part for cfg in stage.configs.values() for v in asdict(cfg).values() if isinstance(v, str)
+             for part in v.split(",")}
+    return [s.name for s in stages if str(folder / s.name) in named]
+
+
 def run_pipeline(folder: str | Path, cfg: PipelineConfig, dist: Dist, only: list[str] | None = None,
                  given: dict | None = None, progress: bool = True) -> dict:
     """Run (or continue) every stage, or the stages named in ``only``; returns the evaluation's summary when it ran.
@@ -172,12 +198,19 @@ def run_pipeline(folder: str | Path, cfg: PipelineConfig, dist: Dist, only: list
     and evaluates, and all of them look at a stage's folder before rank 0 writes in it and wait for each other after
     it, so they agree on what is done."""
     folder = Path(folder)
+    check_folder(folder)
     cfg = settings(folder, cfg, given or {})
     stages = plan(folder, cfg)
     names = [s.name for s in stages]
     unknown = [n for n in only or [] if n not in names]
     if unknown:
         raise UserError(f"unknown stage {unknown[0]!r}; the stages of {folder} are: {', '.join(names)}")
+    to_run = [s for s in stages if (not only or s.name in only) and not finished(folder / s.name)]
+    for stage in to_run:  # the stages run in order, so a stage they need either has run or runs before them
+        missing = [n for n in needs(stage, stages, folder) if not finished(folder / n) and n not in names_of(to_run)]
+        if missing:
+            raise UserError(f"{stage.name} needs {missing[0]}, which has not run to its end; run the pipeline without "
+                            f"--stages, or with --stages {missing[0]},{stage.name}")
     if dist.is_main and not (folder / "pipeline.json").is_file():
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(folder / "pipeline.json", asdict(cfg))
