@@ -139,3 +139,17 @@ def test_a_malformed_codes_file_is_one_line(tiny_pipeline, tmp_path, capsys):  #
     np.savez(tmp_path / "good.npz", **good)
     assert run_cli(["jukebox", "decode", tiny_pipeline, tmp_path / "good.npz", "--level", "top", "-o",
                     tmp_path / "x.wav"]) == 0
+
+
+def test_a_pipeline_of_another_sample_rate_is_not_compared(tiny_pipeline, tmp_path, capsys):  # noqa: F811
+    """Its VQ-VAE would be scored on audio of a rate it was never made for: refused, not printed as a result."""
+    import json
+    import shutil
+
+    other = tmp_path / "other"
+    (other / "vqvae").mkdir(parents=True)
+    shutil.copy(tiny_pipeline / "config.json", other / "config.json")
+    config = json.loads((tiny_pipeline / "vqvae" / "config.json").read_text())
+    config["vqvae"]["sample_rate"] *= 2
+    (other / "vqvae" / "config.json").write_text(json.dumps(config))
+    refused(["jukebox", "evaluate", tiny_pipeline, "--compare", other], capsys, "compare pipelines of one sample rate")

@@ -218,8 +218,12 @@ def evaluate_run(path: Path, cfg: EvaluateConfig, device: torch.device, progress
     unknown = [b for b in cfg.baselines if b not in vq.levels]
     if unknown:
         raise UserError(f"--baselines {unknown[0]}: this VQ-VAE's levels are {', '.join(vq.levels)}")
-    for other in cfg.compare:
-        open_pipeline(Path(other))
+    for other in map(Path, cfg.compare):
+        open_pipeline(other)
+        rate = vqvae_config(other).sample_rate
+        if rate != vq.sample_rate:  # its scores would be of audio it was never made for
+            raise UserError(f"--compare {other}: its VQ-VAE codes {rate} Hz audio, {path}'s clips are "
+                            f"{vq.sample_rate} Hz; compare pipelines of one sample rate")
     clips = clips_of(path)
     val = held_out(clips, cfg.val_clips)
     if scored_split(clips) == "train":
