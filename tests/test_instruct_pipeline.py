@@ -474,6 +474,12 @@ def test_continued_pretraining_takes_the_lr_of_the_models_size_and_counts_its_ow
     assert Run.open(out).config["optim"]["lr"] == 1e-3
     context = load_policy(folder / "sft-tiny").context
     assert json.loads((out / "summary.json").read_text())["tokens_seen"] == 2 * 2 * (context - 1)
+    assert Run.open(out).config["pretrain"]["context"] == context  # the rows it trained on, not the default 256
+    capsys.readouterr()
+    assert main(["instruct", "pretrain", "--init", str(folder / "sft-tiny"), "--context", str(context + 1),
+                 "--out", str(tmp_path / "longer")]) == 2
+    assert f"--context {context + 1} is longer than the context of" in capsys.readouterr().err
+    assert not (tmp_path / "longer").exists()
 
 
 @pytest.mark.parametrize("args, message", [

@@ -33,7 +33,7 @@ from nexttoken.instruct.tokenizer import BPETokenizer, train_tokenizer
 from nexttoken.instruct.world import make_world
 from nexttoken.model import GPT, GPTConfig
 from nexttoken.plots import plot_metrics
-from nexttoken.runs import Run, load_tensors
+from nexttoken.runs import Run, load_meta
 from nexttoken.training import LoopConfig, OptimConfig, fit, seed_everything
 
 # name -> (layers, heads, width, peak LR). The first three train on a 2-core CPU in tens of minutes in all; the
@@ -83,6 +83,11 @@ def new_run_configs(configs: dict, given: dict[str, dict]) -> dict:
     if fixed:
         raise UserError(f"--{fixed[0].replace('_', '-')} cannot go with --init: the model to continue brings its own "
                         f"size and tokenizer")
+    own = init_gpt(cfg.init).get("block_size") if cfg.init else None
+    if own is not None:  # rows as long as the model to continue takes, and config.json says so
+        if "context" in given.get("pretrain", {}) and cfg.context > own:
+            raise UserError(f"--context {cfg.context} is longer than the context of {cfg.init} ({own} tokens)")
+        configs = {**configs, "pretrain": replace(cfg, context=min(cfg.context, own))}
     if "lr" in given.get("optim", {}):
         return configs
     size = init_size(cfg.init) if cfg.init else cfg.size
@@ -92,11 +97,16 @@ def new_run_configs(configs: dict, given: dict[str, dict]) -> dict:
     return {**configs, "optim": replace(configs["optim"], lr=default_lr(size))}
 
 
+def init_gpt(source: str) -> dict:
+    """The GPT settings of a model to continue that is our GPT (a run folder or policy file), else {}."""
+    weights = weights_file(Path(source), POLICY_FILE)
+    spec = load_meta(weights).get("spec", {}) if weights is not None else {}
+    return spec.get("gpt", {}) if spec.get("type") == "gpt" else {}
+
+
 def init_size(source: str) -> str | None:
     """The size whose architecture a model to continue has (a run folder or policy file of our GPT), else None."""
-    weights = weights_file(Path(source), POLICY_FILE)
-    spec = load_tensors(weights)[1].get("spec", {}) if weights is not None else {}
-    gpt = spec.get("gpt", {}) if spec.get("type") == "gpt" else {}
+    gpt = init_gpt(source)
     shape = (gpt.get("n_layer"), gpt.get("n_head"), gpt.get("n_embd"))
     return next((name for name, (*arch, _) in SIZES.items() if tuple(arch) == shape), None)
 
