@@ -115,6 +115,14 @@ def test_a_sampling_resumes_only_from_the_pipeline_it_was_sampled_from(tiny_pipe
     monkeypatch.chdir(tmp_path)
     assert run_cli(["jukebox", "sample", "other", "--resume", "s", "--stop-at", "middle"]) == 0
     assert sorted(read_npz(out / "codes.npz").codes) == ["middle", "top"]
+    # The pipeline moved: the folder says where it was, and continues from where it is now, which it remembers.
+    moved = (tmp_path / "other").rename(tmp_path / "renamed")
+    capsys.readouterr()
+    assert run_cli(["jukebox", "sample", "--resume", "s", "--stop-at", "bottom"]) == 2
+    assert "which is no longer there; give the pipeline where it is now" in capsys.readouterr().err
+    assert run_cli(["jukebox", "sample", "renamed", "--resume", "s", "--stop-at", "bottom"]) == 0
+    assert sorted(read_npz(out / "codes.npz").codes) == ["bottom", "middle", "top"]
+    assert read_json(out / "config.json")["pipeline"] == str(moved.resolve())
 
 
 def test_a_killed_sampling_resumes_to_the_same_codes(tiny_pipeline, tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -282,6 +282,9 @@ def sampled_from(out: Path) -> Path:
     if source is None:
         raise UserError(f"{out} does not say which pipeline it was sampled from; give it: nexttoken jukebox sample "
                         f"RUN --resume {out}")
+    if not Path(source).is_dir():
+        raise UserError(f"{out} was sampled from {source}, which is no longer there; give the pipeline where it is "
+                        f"now: nexttoken jukebox sample RUN --resume {out}")
     return Path(source)
 
 
@@ -294,11 +297,20 @@ def sample_run(pipeline: Path, out: Path, cfg: SampleConfig, sampling: SamplingC
     open_pipeline(pipeline)
     vq = vqvae_config(pipeline)
     if resume:
-        source = Run.open(out, KIND).config.get("pipeline")  # a relative path (older folders) resolves from here
-        if source is not None and Path(source).resolve() != pipeline.resolve():
+        before = Run.open(out, KIND).config
+        source = before.get("pipeline")  # a relative path (older folders) resolves from here
+        moved = source is not None and Path(source).resolve() != pipeline.resolve()
+        if moved and Path(source).is_dir():
             raise UserError(f"{out} was sampled from {source}, not {pipeline}; continue it with: nexttoken jukebox "
                             f"sample {source} --resume {out}")
+        if moved:  # its pipeline was moved or renamed: this one, if its priors know the request by the same ids
+            request = load(SampleConfig, before.get("request"), str(out / "config.json"))
+            if labels_of(pipeline, replace(request, prime=""), vq)["cond"] != before["labels"]["cond"]:
+                raise UserError(f"{out} was sampled from {source}, which is no longer there, and {pipeline}'s priors "
+                                f"name its artist and genre otherwise: it is not that pipeline")
         run = Run.resume(out, KIND)
+        if moved:
+            run.amend({"pipeline": str(pipeline.resolve())})
         saved = load(SampleConfig, run.config.get("request"), str(out / "config.json"))
         saved.stop_at = cfg.stop_at
         cfg, sampling = check(saved), load(SamplingConfig, run.config.get("sampling"), str(out / "config.json"))
