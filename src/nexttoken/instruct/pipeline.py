@@ -177,10 +177,6 @@ def check_folder(folder: Path) -> None:
         raise UserError(f"{folder} holds other files; an instruct pipeline starts in a new or empty folder")
 
 
-def names_of(stages: list[Stage]) -> list[str]:
-    return [s.name for s in stages]
-
-
 def needs(stage: Stage, stages: list[Stage], folder: Path) -> list[str]:
     """The stages whose results ``stage`` reads: those its settings name, and every other one for the evaluation."""
     if stage.kind == "evaluate":
@@ -206,8 +202,9 @@ def run_pipeline(folder: str | Path, cfg: PipelineConfig, dist: Dist, only: list
     if unknown:
         raise UserError(f"unknown stage {unknown[0]!r}; the stages of {folder} are: {', '.join(names)}")
     to_run = [s for s in stages if (not only or s.name in only) and not finished(folder / s.name)]
+    running = {s.name for s in to_run}
     for stage in to_run:  # the stages run in order, so a stage they need either has run or runs before them
-        missing = [n for n in needs(stage, stages, folder) if not finished(folder / n) and n not in names_of(to_run)]
+        missing = [n for n in needs(stage, stages, folder) if not finished(folder / n) and n not in running]
         if missing:
             raise UserError(f"{stage.name} needs {missing[0]}, which has not run to its end; run the pipeline without "
                             f"--stages, or with --stages {missing[0]},{stage.name}")
