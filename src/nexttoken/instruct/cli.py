@@ -63,7 +63,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     from nexttoken.instruct.pipeline import PipelineConfig
 
-    p = sub.add_parser("pipeline", help="every stage in order, each a run folder; run again to continue")
+    text = "every stage in order, each a run folder; run again to continue"
+    p = sub.add_parser("pipeline", help=text, description=text)
     add_options(p, PipelineConfig)
     p.add_argument("--out", type=Path, default=None, help="pipeline folder (default runs/instruct-<preset>)")
     p.add_argument("--stages", default="", help="comma-separated stages to run (default: all that are not done)")
@@ -72,7 +73,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     from nexttoken.instruct.evaluate import STYLES, EvalConfig
 
-    p = sub.add_parser("evaluate", help="score one model: checker, win rate, held-out loss, chain of thought")
+    text = "score one model: checker, win rate, held-out loss, chain of thought"
+    p = sub.add_parser("evaluate", help=text, description=text)
     p.add_argument("model", help="a run folder, Hugging Face folder, .gguf or smollm2")
     p.add_argument("--style", choices=STYLES, default=None, help="how to ask it (default: bare for a pretrain run, "
                                                                   "chat otherwise)")
@@ -86,7 +88,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
     from nexttoken.sampling import SamplingConfig
 
-    p = sub.add_parser("chat", help="answer prompts: one per line on stdin, --prompt, or --prompts FILE")
+    text = "answer prompts: one per line on stdin, --prompt, or --prompts FILE"
+    p = sub.add_parser("chat", help=text, description=text)
     p.add_argument("run", help="a run folder, Hugging Face folder, .gguf or smollm2")
     one_or_file = p.add_mutually_exclusive_group()
     one_or_file.add_argument("--prompt", default=None, help="answer this one prompt and exit")
