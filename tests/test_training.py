@@ -518,3 +518,14 @@ def test_the_loop_reads_no_value_from_the_device_between_evaluations(monkeypatch
             grad_accum=2, eval_every=1000), loss_fn=mse, weight_fn=count_rows, progress=False)
         counts.append(len(reads))
     assert counts[0] == counts[1] <= 4, counts
+
+
+def test_a_new_run_is_not_made_among_other_files(tmp_path):
+    """A folder of the user's own files (the audio to train on, say) is left as it was: not a place for a run."""
+    (tmp_path / "take1.wav").write_bytes(b"RIFF")
+    with pytest.raises(UserError, match=r"holds other files \(take1.wav\); a new run starts in a new or empty folder"):
+        Run.create(tmp_path, {"a": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["take1.wav"]
+    Run.create(tmp_path / "empty", {"a": 1}).close()  # a new folder, or an empty one, is claimed
+    (tmp_path / "empty2").mkdir()
+    Run.create(tmp_path / "empty2", {"a": 1}).close()

@@ -283,6 +283,12 @@ class Run:
         if (path / "config.json").exists():
             os.close(lock)
             raise UserError(f"{path} already holds a run; pass --resume {path} to continue it or choose another --out")
+        others = sorted(p.name for p in path.iterdir() if p.name != ".lock")
+        if others:  # the user's own files (audio to train on, say) are no place for a run's
+            os.close(lock)
+            (path / ".lock").unlink(missing_ok=True)
+            raise UserError(f"{path} holds other files ({others[0]}{', ...' if len(others) > 1 else ''}); a new run "
+                            f"starts in a new or empty folder: choose another --out")
         config = {"kind": kind, **config} if kind else config
         atomic_write_json(path / "config.json", config)
         atomic_write_text(path / "metrics.jsonl", "")
