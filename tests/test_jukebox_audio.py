@@ -149,6 +149,9 @@ def test_a_csv_gives_artist_genre_and_lyrics(tmp_path):
     # Excel's "CSV UTF-8" starts with a byte-order mark; a file in another encoding is one line naming it
     (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbfpath,artist,genre\r\nalice/one.wav,Ren\xc3\xa9e,Rock\r\n")
     assert [(t.id, t.artist) for t in find_tracks(tmp_path / "excel.csv")] == [("alice/one.wav", "renee")]
+    (tmp_path / "twice.csv").write_text("path,Path ,artist,genre\nalice/one.wav,bob/three.ogg,a,b\n")
+    with pytest.raises(UserError, match="twice.csv: two columns are named 'path'; keep one"):
+        find_tracks(tmp_path / "twice.csv")
     (tmp_path / "latin.csv").write_bytes(b"path,artist,genre\nalice/one.wav,Ren\xe9e,Rock\n")
     with pytest.raises(UserError, match="latin.csv is not UTF-8 text"):
         find_tracks(tmp_path / "latin.csv")

@@ -143,9 +143,14 @@ def folder_tracks(root: Path) -> list[Track]:
 
 def csv_tracks(csv_path: Path) -> list[Track]:
     """Rows of a CSV with columns path, artist, genre and optionally lyrics; paths are relative to the CSV."""
-    rows = list(csv.DictReader(io.StringIO(read_text(csv_path), newline="")))  # Excel's "CSV UTF-8" has a BOM
+    reader = csv.DictReader(io.StringIO(read_text(csv_path), newline=""))  # Excel's "CSV UTF-8" has a BOM
+    rows = list(reader)
     if not rows:
         raise UserError(f"{csv_path}: no rows")
+    names = [c.lower().strip() for c in reader.fieldnames or [] if c]
+    twice = next((c for c in ("path", "artist", "genre", "lyrics") if names.count(c) > 1), None)
+    if twice:  # a row would keep only the last of them
+        raise UserError(f"{csv_path}: two columns are named {twice!r}; keep one")
     cols = {c.lower().strip(): c for c in rows[0] if c}
     missing = [c for c in ("path", "artist", "genre") if c not in cols]
     if missing:
