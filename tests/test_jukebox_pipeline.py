@@ -324,7 +324,10 @@ def test_train_resume_keeps_every_finished_stage(tiny_pipeline):
 
 def test_priors_of_codes_the_vqvae_has_trained_past_are_refused_not_resumed(tiny_pipeline, tmp_path, capsys):
     folder = shutil.copytree(tiny_pipeline, tmp_path / "run", ignore=shutil.ignore_patterns("samples", "report"))
+    capsys.readouterr()
     assert run_cli(["jukebox", "train-vqvae", "--resume", folder, "--steps", "4"]) == 0
+    out = capsys.readouterr().out  # the priors' scores are of the old codes: not shown as if they held
+    assert f"{folder / 'top'}: learned the codes of the VQ-VAE before it trained on" in out and "bits/s" not in out
     said = {"train": f"{folder / 'top'}, {folder / 'middle'}, {folder / 'bottom'}: learned the codes",
             "train-prior": "the top prior learned the codes"}
     for argv in (["train", "--resume", folder], ["train-prior", folder, "--level", "top", "--resume", "--steps", "4"]):

@@ -283,6 +283,7 @@ def cmd_report(args) -> None:
 
 
 def _print_summaries(path: Path) -> None:
+    from nexttoken.jukebox.pipeline import stale_priors
     from nexttoken.runs import read_json
 
     s = path / "vqvae" / "summary.json"
@@ -293,9 +294,13 @@ def _print_summaries(path: Path) -> None:
         print(f"{path / 'vqvae'}: {on} spectral convergence "
               + " / ".join(f"{n} {m['spectral_convergence_db']:.1f} dB" for n, m in levels.items())
               + "; codes in use " + " / ".join(f"{100 * m['usage']:.0f}%" for m in levels.values()))
+    stale = stale_priors(path, LEVELS) if (path / "vqvae" / "config.json").is_file() else []
     for level in LEVELS:
         s = path / level / "summary.json"
-        if s.is_file():
+        if path / level in stale:
+            print(f"{path / level}: learned the codes of the VQ-VAE before it trained on; train it again "
+                  f"(delete the folder, then nexttoken jukebox train --resume {path})")
+        elif s.is_file():
             r = read_json(s)
             on = "held-out audio" if r.get("scored_on", "val") == "val" else "training audio (none held out)"
             print(f"{path / level}: {r['bits_per_second']:.0f} bits/s on {on} (unigram "
