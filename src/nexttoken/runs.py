@@ -120,8 +120,7 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             meta = json.loads((f.metadata() or {}).get("meta", "{}"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for truncated or garbled files
-        raise UserError(f"{path} is damaged ({str(e).splitlines()[0][:120]}); delete it to start over from the last "
-                        f"good state, or train again") from None
+        raise _damaged(path, e) from None
     if not isinstance(meta, dict):
         raise UserError(f"{path} is damaged (its header holds no settings)")
     return tensors, meta
@@ -135,9 +134,13 @@ def load_meta(path: str | Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("meta", "{}"))
     except Exception as e:  # as load_tensors
-        raise UserError(f"{path} is damaged ({str(e).splitlines()[0][:120]}); delete it to start over from the last "
-                        f"good state, or train again") from None
+        raise _damaged(path, e) from None
     return meta if isinstance(meta, dict) else {}
+
+
+def _damaged(path: str | Path, error: Exception) -> UserError:
+    return UserError(f"{path} is damaged ({str(error).splitlines()[0][:120]}); delete it to start over from the last "
+                     f"good state, or train again")
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -283,7 +286,7 @@ class Run:
         if (path / "config.json").exists():
             os.close(lock)
             raise UserError(f"{path} already holds a run; pass --resume {path} to continue it or choose another --out")
-        others = sorted(p.name for p in path.iterdir() if p.name != ".lock")
+        others = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))  # .lock, .DS_Store...
         if others:  # the user's own files (audio to train on, say) are no place for a run's
             os.close(lock)
             (path / ".lock").unlink(missing_ok=True)
