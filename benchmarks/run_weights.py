@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from nexttoken.runs import CHECKPOINT, load_tensors, save_tensors
+from nexttoken.files import load_tensors, save_tensors
+from nexttoken.runs import CHECKPOINT
 
 
 def pack(run: Path, out: Path, max_mib: float) -> None:

@@ -12,7 +12,8 @@ import pytest
 
 from jukebox_fixtures import jukebox_cache, run_cli, tiny_audio  # noqa: F401
 from muse_fixtures import toy_corpus
-from nexttoken.runs import read_json, read_metrics
+from nexttoken.files import read_json
+from nexttoken.runs import read_metrics
 
 HERE = Path(__file__).parent
 

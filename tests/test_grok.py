@@ -14,7 +14,8 @@ from nexttoken.grok.evaluate import load_member
 from nexttoken.grok.ensemble import Ensemble, stablemax_cross_entropy
 from nexttoken.grok.loop import eval_steps, train_ensemble
 from nexttoken.grok.train import GrokConfig, train
-from nexttoken.runs import Run, load_tensors
+from nexttoken.files import load_tensors
+from nexttoken.runs import Run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nexttoken.cli import main
-from nexttoken.runs import save_tensors
+from nexttoken.files import save_tensors
 
 TINY = ["--op", "x+y", "--p", "7", "--n-embd", "16", "--n-head", "2", "--mlp-hidden", "32", "--steps", "30", "--device",
         "cpu"]

@@ -19,7 +19,8 @@ from nexttoken.instruct.policy import load_policy, load_reward_model, respond
 from nexttoken.instruct.stage import open_stage
 from nexttoken.instruct.tasks import TRAIN_FAMILIES, make_tasks
 from nexttoken.instruct.world import make_world
-from nexttoken.runs import Run, load_tensors
+from nexttoken.files import load_tensors
+from nexttoken.runs import Run
 
 CPU = torch.device("cpu")
 ONE = Dist()  # one process, on the CPU
@@ -372,7 +373,7 @@ def test_chat_answers_one_prompt_a_file_and_stdin_and_evaluate_logs_each_phase(t
     (["chat", "{sft}", "--prompt", "hi", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1 and <= 4096, not 0"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2_with_no_folder_left(tiny, tmp_path, capsys, args, message):
-    from nexttoken.runs import save_tensors
+    from nexttoken.files import save_tensors
 
     folder, _ = tiny
     (tmp_path / "empty.txt").write_text("\n \n")

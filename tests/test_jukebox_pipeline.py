@@ -15,7 +15,8 @@ from jukebox_fixtures import (RATE, TINY_PRIOR, TINY_VQVAE, audio_folder, jukebo
 from nexttoken.jukebox import sample as sample_module
 from nexttoken.jukebox.audio import write_wav
 from nexttoken.jukebox.codes import read_npz
-from nexttoken.runs import load_tensors, read_json, read_metrics
+from nexttoken.files import load_tensors, read_json
+from nexttoken.runs import read_metrics
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -454,7 +454,7 @@ def test_claiming_a_run_removes_the_temporary_files_a_killed_write_left(tmp_path
 
 @pytest.mark.parametrize("meta", [{}, {"step": "abc"}, {"step": -1}])
 def test_a_checkpoint_with_a_damaged_step_is_one_clear_error(meta, tmp_path):
-    from nexttoken.runs import load_tensors, save_tensors
+    from nexttoken.files import load_tensors, save_tensors
 
     run = Run.create(tmp_path / "r", {"x": 1})
     model = torch.nn.Linear(2, 2)

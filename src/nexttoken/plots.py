@@ -40,7 +40,7 @@ def save(fig, path: str | Path) -> Path:
     from matplotlib.text import Text
 
     from nexttoken.errors import warn
-    from nexttoken.runs import atomic_write_bytes
+    from nexttoken.files import atomic_write_bytes
 
     png, missing = _render(fig)
     if missing:

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nexttoken.runs import atomic_write_text
+from nexttoken.files import atomic_write_text
 
 
 @dataclass

@@ -35,7 +35,8 @@ from nexttoken.distributed import Dist, any_rank
 from nexttoken.errors import Interrupted, UserError
 from nexttoken.prefetch import Prefetch
 from nexttoken.progress import Progress
-from nexttoken.runs import Run, read_json, unwrap
+from nexttoken.files import read_json
+from nexttoken.runs import Run, unwrap
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 

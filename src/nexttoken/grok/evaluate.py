@@ -31,7 +31,8 @@ from nexttoken.grok.train import member_configs
 from nexttoken.model import GPT
 from nexttoken.plots import figure, plot_metrics, principal_components, save
 from nexttoken.progress import Progress
-from nexttoken.runs import Run, atomic_write_json, load_tensors
+from nexttoken.files import atomic_write_json, load_tensors
+from nexttoken.runs import Run
 
 
 def load_member(run: Run, member: int = 0, snapshot: Path | None = None) -> GPT:

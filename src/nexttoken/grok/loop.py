@@ -20,7 +20,8 @@ import torch
 from nexttoken.errors import Interrupted, UserError
 from nexttoken.grok.ensemble import Ensemble, SplitScores
 from nexttoken.progress import Progress
-from nexttoken.runs import Run, load_tensors, restore_rng, rng_tensors, save_tensors
+from nexttoken.files import load_tensors, restore_rng, rng_tensors, save_tensors
+from nexttoken.runs import Run
 from nexttoken.training import StopRequests
 
 

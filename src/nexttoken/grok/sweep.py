@@ -30,7 +30,8 @@ from nexttoken.grok.loop import default_eval_ratio, train_ensemble
 from nexttoken.grok.memory import check_memory
 from nexttoken.grok.train import (ADJUSTABLE, GROUP_KIND, GrokConfig, TrainOptions, check_preset, device_name,
                                   member_configs, open_run, run_config, saved_options, use_tf32)
-from nexttoken.runs import Run, atomic_write_json, read_json
+from nexttoken.files import atomic_write_json, read_json
+from nexttoken.runs import Run
 
 KIND = "grok.sweep"
 SWEPT_LABEL_SKIP = {"frac", "seed"}

@@ -22,7 +22,8 @@ from nexttoken.grok.data import OPERATIONS, check_op, vocab_size
 from nexttoken.grok.ensemble import Ensemble
 from nexttoken.grok.loop import default_eval_ratio, saved_progress, snapshot_schedule, train_ensemble
 from nexttoken.grok.memory import check_memory
-from nexttoken.runs import Run, atomic_write_json, read_json, wrong_kind
+from nexttoken.files import atomic_write_json, read_json
+from nexttoken.runs import Run, wrong_kind
 
 KIND = "grok.train"  # the run folders `grok train` writes
 GROUP_KIND = "grok.sweep-group"  # an ensemble of a sweep, in its own run folder

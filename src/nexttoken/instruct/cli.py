@@ -26,7 +26,8 @@ from pathlib import Path
 from nexttoken.cli import add_device_option
 from nexttoken.config import add_options, from_args, given, option
 from nexttoken.errors import UserError, continue_with, warn
-from nexttoken.runs import default_run_dir, read_json, read_text
+from nexttoken.files import read_json, read_text
+from nexttoken.runs import default_run_dir
 
 STAGE_HELP = {
     "pretrain": "pretrain a base model on the generated corpus (or continue a real one)",

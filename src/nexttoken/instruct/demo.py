@@ -16,7 +16,7 @@ from nexttoken.instruct.pipeline import PipelineConfig, run_pipeline
 from nexttoken.instruct.policy import load_policy, respond
 from nexttoken.instruct.world import make_world
 from nexttoken.report import Section
-from nexttoken.runs import read_json
+from nexttoken.files import read_json
 
 
 def demo_prompts() -> list[str]:

@@ -30,7 +30,7 @@ from nexttoken.distributed import Dist, barrier
 from nexttoken.errors import UserError, warn
 from nexttoken.instruct import dpo, ppo, pretrain, rankings, results, reward, sft
 from nexttoken.instruct.stage import finished, open_stage
-from nexttoken.runs import atomic_write_json, read_json
+from nexttoken.files import atomic_write_json, read_json
 
 # stage kind -> the module that runs it (CONFIGS, DEFAULTS, run_stage)
 MODULES: dict[str, ModuleType] = {"pretrain": pretrain, "sft": sft, "rank": rankings, "reward": reward, "ppo": ppo,

@@ -27,7 +27,8 @@ from nexttoken.instruct.corpus import chat_prompt
 from nexttoken.instruct.tokenizer import BPETokenizer, left_pad
 from nexttoken.model import GPT, GPTConfig
 from nexttoken.progress import Progress
-from nexttoken.runs import load_tensors, read_json, save_tensors, wrong_kind
+from nexttoken.files import load_tensors, read_json, save_tensors
+from nexttoken.runs import wrong_kind
 from nexttoken.sampling import Samples, generate
 
 POLICY_FILE = "policy.safetensors"  # what a policy stage leaves for the next one

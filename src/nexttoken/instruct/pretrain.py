@@ -33,7 +33,8 @@ from nexttoken.instruct.tokenizer import BPETokenizer, train_tokenizer
 from nexttoken.instruct.world import make_world
 from nexttoken.model import GPT, GPTConfig
 from nexttoken.plots import plot_metrics
-from nexttoken.runs import Run, load_meta
+from nexttoken.files import load_meta
+from nexttoken.runs import Run
 from nexttoken.training import LoopConfig, OptimConfig, fit, seed_everything
 
 # name -> (layers, heads, width, peak LR). The first three train on a 2-core CPU in tens of minutes in all; the

@@ -31,7 +31,8 @@ from nexttoken.instruct.tasks import TRAIN_FAMILIES, make_tasks
 from nexttoken.instruct.world import Task, make_world
 from nexttoken.progress import Progress
 from nexttoken.training import LoopConfig
-from nexttoken.runs import Run, atomic_write_text, read_json, read_text, wrong_kind
+from nexttoken.files import atomic_write_text, read_json, read_text
+from nexttoken.runs import Run, wrong_kind
 
 RANKINGS_FILE = "rankings.jsonl"
 

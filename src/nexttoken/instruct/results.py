@@ -31,7 +31,8 @@ from nexttoken.instruct.figures import METHOD_LABEL, plot_win_rates
 from nexttoken.instruct.policy import load_policy
 from nexttoken.instruct.world import make_world
 from nexttoken.progress import Progress
-from nexttoken.runs import Run, atomic_write_json, atomic_write_text, read_json
+from nexttoken.files import atomic_write_json, atomic_write_text, read_json
+from nexttoken.runs import Run
 
 # method -> (stage folder prefix, prompt style); every method is evaluated at every size
 METHODS = {"base": ("pretrain", "bare"), "few_shot": ("pretrain", "few_shot"), "sft": ("sft", "chat"),

@@ -11,7 +11,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from nexttoken.config import load, resumed
-from nexttoken.runs import Run, read_json
+from nexttoken.files import read_json
+from nexttoken.runs import Run
 from nexttoken.training import LoopConfig, nothing_to_train
 
 STAGE_KINDS = ("pretrain", "sft", "rank", "reward", "ppo", "dpo", "evaluate")

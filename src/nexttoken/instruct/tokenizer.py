@@ -26,7 +26,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import Tensor
 
 from nexttoken.errors import UserError
-from nexttoken.runs import read_text
+from nexttoken.files import read_text
 from nexttoken.instruct.corpus import INSTRUCTION, RESPONSE
 
 PAD = "<|pad|>"

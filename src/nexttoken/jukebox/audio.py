@@ -34,7 +34,7 @@ import torch
 from nexttoken.errors import UserError, warn
 from nexttoken.isolate import Outcome, map_isolated
 from nexttoken.midi.corpus import labels_of
-from nexttoken.runs import atomic_write_bytes, atomic_write_json, load_tensors, read_json, read_text, save_tensors
+from nexttoken.files import atomic_write_bytes, atomic_write_json, load_tensors, read_json, read_text, save_tensors
 from nexttoken.progress import Progress
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff")

@@ -284,7 +284,7 @@ def cmd_report(args) -> None:
 
 def _print_summaries(path: Path) -> None:
     from nexttoken.jukebox.pipeline import stale_priors
-    from nexttoken.runs import read_json
+    from nexttoken.files import read_json
 
     s = path / "vqvae" / "summary.json"
     if s.is_file():

@@ -21,7 +21,7 @@ import torch
 from nexttoken.errors import UserError
 from nexttoken.jukebox.audio import ClipSet
 from nexttoken.progress import Progress
-from nexttoken.runs import atomic_write_bytes, load_tensors, save_tensors
+from nexttoken.files import atomic_write_bytes, load_tensors, save_tensors
 
 CHUNK_SECONDS = 30.0  # longer segments are encoded in stretches of this length (bounded memory)
 

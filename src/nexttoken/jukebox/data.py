@@ -35,7 +35,7 @@ from nexttoken.jukebox.espeak import require as require_espeak
 from nexttoken.jukebox.lyrics import DEFAULT_VOICES, TUNE_RANGE, lyrics_set
 from nexttoken.midi.corpus import MUSIC21_NAMES, corpus_source
 from nexttoken.progress import Progress
-from nexttoken.runs import load_tensors, save_tensors
+from nexttoken.files import load_tensors, save_tensors
 
 MUSIC21 = MUSIC21_NAMES  # the corpus by name: rendered from its notes
 LYRICS_GENRE = "song"

@@ -25,7 +25,8 @@ from nexttoken.jukebox.pipeline import (Plan, clips_of, codes_of, load_prior, lo
 from nexttoken.jukebox.sample import JUKEBOX_SAMPLING, SampleConfig, sample_run
 from nexttoken.jukebox.train import VQVAEOptions, scored_word
 from nexttoken.report import Section, render
-from nexttoken.runs import load_tensors, read_json, read_metrics
+from nexttoken.files import load_tensors, read_json
+from nexttoken.runs import read_metrics
 
 # Sized for about three minutes on two free CPU cores (docs/jukebox.md): two artists of the corpus that sound apart
 # (a folk fiddle tune on the piano, Renaissance polyphony for voices) and the two sung voices.

@@ -32,7 +32,8 @@ from nexttoken.jukebox.sample import JUKEBOX_SAMPLING, sample_level, top_conditi
 from nexttoken.jukebox.train import (clip_batches, flat_levels, held_out, score_level, scored_split, scored_word,
                                      summed_vqvae_loss, warn_unheld, window_rows)
 from nexttoken.progress import Progress
-from nexttoken.runs import Run, atomic_write_json, read_json
+from nexttoken.files import atomic_write_json, read_json
+from nexttoken.runs import Run
 from nexttoken.training import count_rows, fit
 
 BASELINE_KIND = "jukebox.baseline"

@@ -28,7 +28,8 @@ from nexttoken.jukebox.data import MUSIC21, DataConfig, load_data, resolved
 from nexttoken.jukebox.prior import LEVELS, Prior, PriorConfig
 from nexttoken.jukebox.train import PRIOR_KIND, RECIPES, VQVAE_KIND, Recipe, VQVAEOptions, train_prior, train_vqvae
 from nexttoken.jukebox.vqvae import VQVAE, VQVAEConfig
-from nexttoken.runs import Run, read_json
+from nexttoken.files import read_json
+from nexttoken.runs import Run
 from nexttoken.training import LoopConfig, OptimConfig, seed_everything
 
 KIND = "jukebox.pipeline"

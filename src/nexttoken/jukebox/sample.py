@@ -31,7 +31,8 @@ from nexttoken.jukebox.codes import write_npz
 from nexttoken.jukebox.data import known_label
 from nexttoken.jukebox.prior import LEVELS, Prior, chars_batch, position_seconds
 from nexttoken.progress import Progress
-from nexttoken.runs import Run, load_tensors, save_tensors
+from nexttoken.files import load_tensors, save_tensors
+from nexttoken.runs import Run
 from nexttoken.sampling import SamplingConfig, generate
 
 KIND = "jukebox.sample"

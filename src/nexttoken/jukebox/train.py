@@ -25,7 +25,8 @@ from nexttoken.jukebox.evaluate import evaluate_codec
 from nexttoken.jukebox.prior import Prior, PriorConfig, chars_batch, position_seconds, window_tokens
 from nexttoken.jukebox.vqvae import PRESETS, VQVAE, VQVAEConfig, vqvae_loss
 from nexttoken.plots import plot_metrics
-from nexttoken.runs import Run, load_meta
+from nexttoken.files import load_meta
+from nexttoken.runs import Run
 from nexttoken.training import LoopConfig, OptimConfig, count_rows, count_targets, fit, nothing_to_train
 
 VQVAE_KIND, PRIOR_KIND = "jukebox.vqvae", "jukebox.prior"

@@ -32,7 +32,7 @@ import numpy as np
 from nexttoken.errors import UserError, warn
 from nexttoken.midi.notes import FAMILIES, MIDI_SUFFIXES, Notes, read_midi_files
 from nexttoken.progress import Progress
-from nexttoken.runs import atomic_write_bytes, atomic_write_json, read_json, read_text
+from nexttoken.files import atomic_write_bytes, atomic_write_json, read_json, read_text
 
 # Bumped whenever the reader's verdicts can change, so no table built by another reader is reused.
 READER = 1

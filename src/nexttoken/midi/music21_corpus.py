@@ -18,7 +18,7 @@ from pathlib import Path
 from nexttoken.errors import warn
 from nexttoken.midi.corpus import Corpus, READER, build_table, cache_root, label_of, slug, split_by_piece
 from nexttoken.progress import Progress
-from nexttoken.runs import atomic_write_json, read_json
+from nexttoken.files import atomic_write_json, read_json
 
 # music21 collection folder -> label. Folk collections are genres; collections not listed keep their folder name.
 LABELS = {"ryansMammoth": "folk_ryan", "oneills1850": "folk_oneill", "essenFolksong": "folk_essen",

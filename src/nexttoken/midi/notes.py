@@ -19,7 +19,7 @@ import numpy as np
 from nexttoken.errors import UserError
 from nexttoken.isolate import Outcome, map_isolated
 from nexttoken.midi import smf
-from nexttoken.runs import atomic_write_bytes
+from nexttoken.files import atomic_write_bytes
 
 FAMILIES = ("piano", "mallets", "organ", "guitar", "bass", "strings", "voice", "brass", "winds", "synth", "drums")
 DRUMS = FAMILIES.index("drums")

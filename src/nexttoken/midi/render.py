@@ -23,7 +23,7 @@ import numpy as np
 from nexttoken.errors import UserError
 from nexttoken.midi.notes import DRUMS, FAMILY_PROGRAM, Notes, notes_to_score
 from nexttoken.midi.synth import synthesize
-from nexttoken.runs import atomic_write_bytes
+from nexttoken.files import atomic_write_bytes
 
 SOUNDFONT_PLACES = (
     "/usr/share/sounds/sf2/TimGM6mb.sf2",  # 6 MB, quick to load

@@ -153,7 +153,7 @@ def _count(n: int, noun: str) -> str:
 def cmd_train(args) -> None:
     from nexttoken.muse.train import PRESETS, MuseConfig, TimeBudget, batch_workers, resume, train
     from nexttoken.training import check_preset_device
-    from nexttoken.runs import read_json
+    from nexttoken.files import read_json
 
     budget, jobs = from_args(args, TimeBudget), from_args(args, CorpusJobs).jobs
     if args.resume is not None:

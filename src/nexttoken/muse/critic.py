@@ -34,7 +34,7 @@ from nexttoken.muse.encoding import Encoded
 from nexttoken.muse.evaluate import excerpts
 from nexttoken.muse.generate import GenerateConfig, generate_pieces
 from nexttoken.progress import Progress
-from nexttoken.runs import atomic_write_json, load_tensors, save_tensors
+from nexttoken.files import atomic_write_json, load_tensors, save_tensors
 from nexttoken.sampling import SamplingConfig
 
 CRITIC_FILE = "critic.safetensors"

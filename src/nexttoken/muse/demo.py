@@ -23,7 +23,7 @@ from nexttoken.muse.encoding import MuseNetEncoding
 from nexttoken.muse.generate import GenerateConfig, write_samples
 from nexttoken.muse.train import PRESETS, MuseConfig, check_out, load_run, open_run, resume, train
 from nexttoken.report import Section, render
-from nexttoken.runs import read_json
+from nexttoken.files import read_json
 from nexttoken.sampling import SamplingConfig
 
 DEMO_STEPS = 500  # a few CPU minutes (docs/muse.md)

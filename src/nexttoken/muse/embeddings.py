@@ -15,7 +15,7 @@ import torch
 from nexttoken.errors import UserError
 from nexttoken.muse.train import check_out, load_run
 from nexttoken.plots import figure, principal_components, save
-from nexttoken.runs import atomic_write_text
+from nexttoken.files import atomic_write_text
 
 
 def composer_map(run_dir: Path, out: Path | None = None) -> list[Path]:

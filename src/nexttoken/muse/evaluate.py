@@ -281,7 +281,7 @@ def evaluate_run(run_dir, device: torch.device, cfg: EvaluateConfig | None = Non
     """``nexttoken muse evaluate``: evaluate a trained run on its own corpus; writes RUN/evaluation.json."""
     from nexttoken.midi.corpus import load_corpus
     from nexttoken.muse.train import load_run
-    from nexttoken.runs import atomic_write_json
+    from nexttoken.files import atomic_write_json
 
     cfg = cfg or EvaluateConfig()
     model, encoding, muse_cfg, run = load_run(run_dir, device)

@@ -266,7 +266,8 @@ def write_samples(run_dir: Path, cfg: GenerateConfig, out: Path | None, device: 
     from nexttoken.midi.render import find_soundfont, render_wav
     from nexttoken.muse.critic import CRITIC_FILE, Critic, keep_best, score_pieces_real
     from nexttoken.muse.train import check_out, load_run
-    from nexttoken.runs import atomic_write_json, unique_dir
+    from nexttoken.files import atomic_write_json
+    from nexttoken.runs import unique_dir
 
     cfg.validate()
     check_out(out)

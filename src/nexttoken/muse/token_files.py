@@ -16,7 +16,7 @@ from nexttoken.midi.corpus import label_of
 from nexttoken.midi.notes import Notes, read_user_midi, write_midi
 from nexttoken.muse.encoding import Vocab, decode, encode
 from nexttoken.muse.train import check_out
-from nexttoken.runs import atomic_write_text
+from nexttoken.files import atomic_write_text
 
 
 def check_output(source: Path, out: Path | None, suffix: str) -> Path:
