@@ -112,7 +112,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _terminate(signum, frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM ends a command as Ctrl-C does: cleanly, with the message below
+    raise Interrupted("", signum=signum)  # SIGTERM ends a command as Ctrl-C does: cleanly, with the message below
 
 
 def _check_processes(args: argparse.Namespace) -> None:
@@ -161,12 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {e.filename}" if e.filename else ""
         print(f"nexttoken: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
-    except Interrupted as e:
-        print(f"nexttoken: interrupted: {e}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("nexttoken: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, or an Interrupted that says where the work stopped and which signal
+        said = str(e)
+        print(f"nexttoken: interrupted{': ' + said if said else ''}", file=sys.stderr)
+        return 128 + getattr(e, "signum", signal.SIGINT)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

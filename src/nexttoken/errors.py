@@ -1,6 +1,7 @@
 """The exceptions the CLI turns into one line on stderr instead of a traceback, and the one-line warning."""
 
 import contextlib
+import signal
 import sys
 from typing import Iterator
 
@@ -10,7 +11,8 @@ class UserError(Exception):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Work stopped by Ctrl-C or SIGTERM after saving what it had; the message says how to continue (exit code 130).
+    """Work stopped by Ctrl-C or SIGTERM after saving what it had; the message says how to continue. The exit code is
+    the shell's for the signal that stopped it (130 for Ctrl-C, 143 for SIGTERM), so a scheduler sees which it was.
 
     ``where`` says where it stopped, ``how`` what continues it. A loop knows the first; the command that ran it knows
     the whole command line, so it re-raises with ``resumed_by``.
@@ -19,12 +21,12 @@ class Interrupted(KeyboardInterrupt):
     'stopped at step 7; continue with: nexttoken jukebox train --resume runs'
     """
 
-    def __init__(self, where: str, how: str = "") -> None:
+    def __init__(self, where: str, how: str = "", signum: int = signal.SIGINT) -> None:
         super().__init__(f"{where}; continue with{':' if how.startswith('nexttoken') else ''} {how}" if how else where)
-        self.where, self.how = where, how
+        self.where, self.how, self.signum = where, how, signum
 
     def resumed_by(self, how: str) -> "Interrupted":
-        return Interrupted(self.where, how)
+        return Interrupted(self.where, how, self.signum)
 
 
 @contextlib.contextmanager

@@ -190,18 +190,19 @@ def count_rows(batch: dict) -> float:
 
 
 class StopRequests:
-    """While active, SIGINT and SIGTERM only set ``requested``, so a loop can finish its step, write a checkpoint and
-    stop cleanly; a second Ctrl-C interrupts at once. Outside the main thread (where Python cannot catch signals)
-    nothing changes."""
+    """While active, SIGINT and SIGTERM only set ``requested`` (and ``signum``, which one), so a loop can finish its
+    step, write a checkpoint and stop cleanly; a second Ctrl-C interrupts at once. Outside the main thread (where
+    Python cannot catch signals) nothing changes."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum = signal.SIGINT
         self._saved: dict = {}
 
     def _handler(self, signum, frame) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
 
     def __enter__(self) -> "StopRequests":
         if threading.current_thread() is threading.main_thread():
@@ -431,5 +432,5 @@ def _loop(model, ddp, forward, optimizer, batch_fn, optim, loop, run, dist, eval
             save(done)
             last_save = clock()
         if stopping:
-            raise Interrupted(f"stopped at step {done:,}", f"--resume {run.path}" if run else "")
+            raise Interrupted(f"stopped at step {done:,}", f"--resume {run.path}" if run else "", stop.signum)
     return record

@@ -149,7 +149,8 @@ def train_ensemble(
             last_save, saved_step = time.perf_counter(), step
             save_s += last_save - now
         if stop.requested:
-            raise Interrupted(f"stopped at step {step:,}" + (" with a checkpoint" if run is not None else ""))
+            raise Interrupted(f"stopped at step {step:,}" + (" with a checkpoint" if run is not None else ""),
+                              signum=stop.signum)
 
     with StopRequests() as stop, bar:
         for target in [s for s in eval_steps(budget, eval_ratio) if s > start]:

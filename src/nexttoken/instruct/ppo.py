@@ -421,7 +421,7 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, dist: Dist, resume: 
                 save(done)
             if stopping:
                 bar.close()
-                raise Interrupted(f"stopped at iteration {done:,}", f"--resume {run.path}")
+                raise Interrupted(f"stopped at iteration {done:,}", f"--resume {run.path}", stop.signum)
     bar.close()
     if not dist.is_main:
         return {}
