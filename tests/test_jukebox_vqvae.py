@@ -113,6 +113,14 @@ def test_a_code_whose_count_falls_below_the_threshold_restarts_at_a_vector_of_th
     assert frozen.embed.flatten().tolist() == [1.0, 9.5, 100.0] and frozen.count[2].item() == 0.5
 
 
+def test_without_restarts_a_code_unused_for_thousands_of_steps_stays_where_it_died():
+    cb = codebook([0.0, 10.0, 5.0], decay=0.99, restarts=False)
+    for _ in range(4000):  # 0.99^4000: its count decays below float32's smallest normal number
+        cb(column([1.0, 9.0]))
+    assert cb.embed[2].item() == pytest.approx(5.0, abs=1e-4)  # not slid towards 0, where quiet audio would pick it
+    assert cb.embed[:2].flatten().tolist() == pytest.approx([1.0, 9.0], abs=1e-3)
+
+
 def test_codes_start_at_encoder_outputs():
     a, b = torch.tensor([3.7, -1.2]), torch.tensor([0.4, 5.0])
     z = torch.stack([a, b, b, a, b, a], dim=1)[None]  # (1, D=2, T=6): only two distinct vectors

@@ -144,6 +144,9 @@ def decoder(cfg: VQVAEConfig, level: int) -> nn.Sequential:
 
 
 # ---- the codebook ----------------------------------------------------------------------------------------------------
+DEAD_COUNT = 1e-6  # an EMA count below this (about 1,400 unused steps at decay 0.99) no longer moves its code
+
+
 @dataclass
 class Quantized:
     z_q: Tensor  # (B, D, T) the codes' vectors, with the straight-through gradient to the encoder output
@@ -234,7 +237,10 @@ class Codebook(nn.Module):
             torch_dist.broadcast(candidates, 0)
         self.count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.total.mul_(self.decay).add_(sums, alpha=1 - self.decay)
-        self.embed.copy_(self.total / self.count.clamp_min(1e-12)[:, None])
+        # A code unused for long has a count and sum decayed towards 0 together; past a floor their ratio is rounding
+        # noise, so it stays where it was (dead, for the --no-restarts ablation) instead of sliding to the origin.
+        alive = self.count[:, None] > DEAD_COUNT
+        self.embed.copy_(torch.where(alive, self.total / self.count.clamp_min(DEAD_COUNT)[:, None], self.embed))
         if not self.restarts:
             return torch.zeros((), device=x.device)
         dead = self.count < self.threshold  # (K,); where() rather than indexing by it, which would sync
