@@ -41,6 +41,24 @@ def test_sampling_writes_a_wav_and_a_spectrogram_per_level_of_the_requested_leng
     assert codes.codes["bottom"].shape[0] == 2 and codes.codes["bottom"].shape[1] * 8 >= 0.7 * RATE
 
 
+def test_a_sample_opens_a_piece_as_long_as_its_artists_tracks(tiny_pipeline, tmp_path, monkeypatch):
+    """The top prior heard every window's time as a position in its whole track: a sample is told it opens a piece
+    of the artist's median track length (or --total-seconds), not one as short as the seconds sampled."""
+    tracks = sample_module.codes_header(tiny_pipeline)["tracks"]
+    median = float(np.median([t["seconds"] for t in tracks if t["artist"] == "alice"]))
+    assert median > 0.5
+    told = []
+    real = sample_module.top_conditioning
+    monkeypatch.setattr(sample_module, "top_conditioning", lambda p, c, total, ly: told.append(total) or real(p, c,
+                                                                                                         total, ly))
+    for extra, piece in (([], median), (["--total-seconds", "3"], 3.0)):
+        out = tmp_path / f"s{len(told)}"
+        assert run_cli(["jukebox", "sample", tiny_pipeline, "--artist", "alice", "--seconds", "0.5", "--stop-at",
+                        "top", *extra, "--out", out]) == 0
+        assert told[-1] == pytest.approx(piece)
+        assert read_json(out / "config.json")["labels"]["total_seconds"] == pytest.approx(piece)
+
+
 def test_a_sung_line_with_lyrics(tiny_pipeline, tmp_path):
     out = tmp_path / "sung"
     assert run_cli(["jukebox", "sample", tiny_pipeline, "--artist", "low_voice", "--lyrics", "daki mosu",
@@ -314,6 +332,16 @@ def test_the_preset_sizes_every_stage_and_train_prior_takes_its_vqvaes(tiny_audi
     saved = read_json(run / "top" / "config.json")
     assert saved["prior"]["context"] == tiny.priors["top"].context and saved["loop"]["batch_size"] == 4
     assert RECIPES["gpu"].priors["top"].n_embd > RECIPES["cpu"].priors["top"].n_embd > tiny.priors["top"].n_embd
+
+
+def test_the_commitment_weight_is_the_papers_unless_given(tiny_audio, tmp_path):
+    from nexttoken.jukebox.pipeline import vqvae_config
+
+    for given, weight in (([], 0.02), (["--commit-weight", "0.5"], 0.5)):
+        run = tmp_path / f"run{weight}"
+        assert run_cli(["jukebox", "train-vqvae", "--audio", tiny_audio, "--preset", "tiny", "--steps", "2", *given,
+                        "--out", run, "--device", "cpu"]) == 0
+        assert vqvae_config(run).commit_weight == weight
 
 
 def test_train_resume_keeps_every_finished_stage(tiny_pipeline):

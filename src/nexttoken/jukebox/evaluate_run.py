@@ -28,7 +28,8 @@ from nexttoken.jukebox.evaluate import EncodecBaseline, evaluate_codec, matching
 from nexttoken.jukebox.fidelity import features, fit_artist_classifier, recognition
 from nexttoken.jukebox.pipeline import (clips_of, codes_of, data_config, load_prior, load_vqvae, open_pipeline,
                                         saved_vqvae_settings, vqvae_config, vqvae_step)
-from nexttoken.jukebox.sample import JUKEBOX_SAMPLING, sample_level, top_conditioning, upsampler_conditioning
+from nexttoken.jukebox.sample import (JUKEBOX_SAMPLING, piece_seconds, sample_level, top_conditioning,
+                                      upsampler_conditioning)
 from nexttoken.jukebox.train import (clip_batches, flat_levels, held_out, score_level, scored_split, scored_word,
                                      summed_vqvae_loss, warn_unheld, window_rows)
 from nexttoken.progress import Progress
@@ -96,10 +97,11 @@ def codec_metrics(path: Path, val: torch.Tensor, device: torch.device) -> dict:
 
 
 @torch.no_grad()
-def sample_codes(path: Path, conds: torch.Tensor, lyrics: list[str], seconds: float, seed: int,
+def sample_codes(path: Path, conds: torch.Tensor, lyrics: list[str], seconds: float, pieces: torch.Tensor, seed: int,
                  device: torch.device, progress: bool = True, log: Path | None = None) -> list[torch.Tensor]:
-    """Every level's codes (indexed like the VQ-VAE's levels, bottom first) sampled top down for the condition rows
-    ``conds`` (B, 2), one prior in memory at a time."""
+    """Every level's codes (indexed like the VQ-VAE's levels, bottom first): ``seconds`` sampled top down for the
+    condition rows ``conds`` (B, 2), each the opening of a piece of ``pieces`` (B,) seconds, one prior in memory at a
+    time."""
     vq = vqvae_config(path)
     samples = math.ceil(seconds * vq.sample_rate / vq.hops[-1]) * vq.hops[-1]
     codes: list[torch.Tensor] = [torch.empty(0)] * len(vq.levels)
@@ -107,7 +109,7 @@ def sample_codes(path: Path, conds: torch.Tensor, lyrics: list[str], seconds: fl
                   unit="code", enabled=progress, log=log) as bar:
         for i in reversed(range(len(vq.levels))):
             prior = load_prior(path, vq.levels[i], device)
-            conditioning = top_conditioning(prior, conds, seconds, lyrics) if prior.cfg.is_top else \
+            conditioning = top_conditioning(prior, conds, pieces, lyrics) if prior.cfg.is_top else \
                 upsampler_conditioning(prior, conds, codes[i + 1])
             codes[i] = sample_level(prior, torch.zeros(len(conds), 0, dtype=torch.long), samples // vq.hops[i],
                                     conditioning, JUKEBOX_SAMPLING,
@@ -162,18 +164,21 @@ def artist_recognition(path: Path, clips, cfg: EvaluateConfig, device: torch.dev
                 labels += [artist] * len(rows)
         real[split] = (torch.cat(audio), labels) if audio else None
     real["val"] = real["val"] or real["train"]
-    asked, conds, lyrics = [], [], []
+    asked, conds, lyrics, pieces = [], [], [], []
     lines = {}
     for t in clips.tracks:
         lines.setdefault(t.artist, t.lyrics)
     for artist in artists:
         genres = [t.genre for t in clips.tracks if t.artist == artist]
         genre = max(set(genres), key=genres.count)
+        piece = piece_seconds([t.seconds for t in clips.tracks if t.artist == artist], cfg.seconds)
         for _ in range(cfg.clips_per_artist):
             asked.append(artist)
             conds.append([top.artists.index(artist), len(top.artists) + top.genres.index(genre)])
             lyrics.append(lines.get(artist, ""))  # the sung voices sing a line of their own
-    codes = sample_codes(path, torch.tensor(conds), lyrics, cfg.seconds, cfg.seed, device, progress, log)
+            pieces.append(piece)  # the opening of a piece as long as the artist's usual, as `sample` asks
+    codes = sample_codes(path, torch.tensor(conds), lyrics, cfg.seconds, torch.tensor(pieces), cfg.seed, device,
+                         progress, log)
     vqvae = load_vqvae(path, device)
 
     with Progress(sum(len(audio) for audio, _ in real.values()), "evaluate: real clips through every level",

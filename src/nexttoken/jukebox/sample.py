@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -52,6 +53,9 @@ class SampleConfig:
     prime: str = option("", "a recording whose start the sample continues")
     prime_seconds: float | None = option(None, f"seconds of the recording kept as the prime (default "
                                          f"{PRIME_SECONDS:g}, or all of a shorter one)", gt=0, le=3600)
+    total_seconds: float | None = option(None, "length of the piece the sample opens, as the top prior's timing "
+                                         "input hears it (default: the median length of the artist's tracks, or "
+                                         "what is sampled if longer)", gt=0, le=3600)
     n: int = option(1, "samples drawn together (a batch)", ge=1, le=256)
     stop_at: str = option("bottom", "the last level to sample (upsample the rest later with --resume)",
                           choices=LEVELS)
@@ -112,9 +116,23 @@ def sample_level(prior: Prior, known: torch.Tensor, total: int, conditioning, sa
     return codes
 
 
-def top_conditioning(prior: Prior, cond: torch.Tensor, total_seconds: float, lyrics: str | list[str]):
+def piece_seconds(lengths: list[float], sampled: float) -> float:
+    """The length of the piece a sample is told it opens (Jukebox's total-length conditioning): the median length of
+    the requested artist's tracks, or what is sampled if longer. The top prior learnt every window's timing as a
+    position in its whole track; a 4 s sample told that its piece lasts 4 s would carry the timing of the shortest
+    tracks (another artist's, often) instead of its own artist's.
+
+    >>> piece_seconds([30.0, 190.0, 40.0], 4.0), piece_seconds([3.0, 2.5], 4.0)
+    (40.0, 4.0)
+    """
+    return max(statistics.median(lengths), sampled) if lengths else sampled
+
+
+def top_conditioning(prior: Prior, cond: torch.Tensor, total_seconds: float | torch.Tensor,
+                     lyrics: str | list[str]):
     """The top prior's inputs for codes [start, end): timing for each code (one spare position for the code that
-    ``generate`` samples last and never feeds back), lyrics (one text, or one per row) as memory."""
+    ``generate`` samples last and never feeds back) in a piece of ``total_seconds`` (one length, or one per row),
+    lyrics (one text, or one per row) as memory."""
     cfg, device = prior.cfg, next(prior.parameters()).device
     B = cond.shape[0]
     extra = {}
@@ -122,11 +140,12 @@ def top_conditioning(prior: Prior, cond: torch.Tensor, total_seconds: float, lyr
         chars = chars_batch([lyrics] * B if isinstance(lyrics, str) else lyrics, cfg.max_chars).to(device)
         with torch.no_grad():
             extra = {"memory": prior.lyrics(chars), "memory_mask": chars != 0}
+    totals = torch.as_tensor(total_seconds, dtype=torch.float32, device=device).expand(B)
 
     def inputs(start: int, end: int) -> dict:
         seconds = position_seconds(torch.full((B,), start * cfg.hop), end - start + 1, cfg.hop, cfg.sample_rate)
         with torch.no_grad():
-            x_add = prior.additive(seconds.to(device), torch.full((B,), total_seconds, device=device))
+            x_add = prior.additive(seconds.to(device), totals)
         return {"cond": cond.to(device), "x_add": x_add, **extra}
 
     return inputs
@@ -220,10 +239,15 @@ def labels_of(pipeline: Path, cfg: SampleConfig, vq) -> dict:
     if total > top.max_seconds:
         raise UserError(f"--seconds {cfg.seconds:g}{' + --prime-seconds' if cfg.prime else ''}: at most "
                         f"{top.max_seconds:g} s, the longest piece this run's timing embedding covers")
+    if cfg.total_seconds is not None and not total <= cfg.total_seconds <= top.max_seconds:
+        raise UserError(f"--total-seconds {cfg.total_seconds:g}: between the {total:g} s sampled and "
+                        f"{top.max_seconds:g} s, the longest piece this run's timing embedding covers")
+    piece = cfg.total_seconds or piece_seconds([t["seconds"] for t in header["tracks"] if t["artist"] == artist],
+                                               total)
     samples = math.ceil(total * vq.sample_rate / top_hop) * top_hop
     return {"cond": [top.artists.index(artist), len(top.artists) + top.genres.index(genre)], "artist": artist,
             "genre": genre, "codes": [samples // h for h in vq.hops], "samples": round(total * vq.sample_rate),
-            "prime_seconds": prime_seconds}
+            "prime_seconds": prime_seconds, "total_seconds": piece}
 
 
 def check_overlap(overlap: float, priors: list) -> None:
@@ -366,7 +390,8 @@ def _sample_one_level(pipeline, out, run, level, i, known, labels, cond, above, 
         except RuntimeError:  # a generator's state belongs to one kind of device
             raise UserError(f"{out} was sampled on another kind of device; resume it with the --device it began "
                             "on") from None
-    conditioning = top_conditioning(prior, cond, labels["prime_seconds"] + cfg.seconds, cfg.lyrics) \
+    piece = labels.get("total_seconds", labels["prime_seconds"] + cfg.seconds)  # labels without it: the length sampled
+    conditioning = top_conditioning(prior, cond, piece, cfg.lyrics) \
         if prior.cfg.is_top else upsampler_conditioning(prior, cond, above)
 
     def save(codes: torch.Tensor) -> None:

@@ -91,10 +91,13 @@ class VQVAEOptions:
                          "larger priors (30 minutes and 3 x 20 minutes of one GPU); tiny: a smoke test in seconds",
                          choices=tuple(PRESETS))
     restarts: bool = option(True, "restart dead codes (--no-restarts: the paper's ablation)")
+    commit_weight: float | None = option(None, "weight of the commitment loss beside the L2 and STFT losses "
+                                         "(default: the preset's, the paper's 0.02)", ge=0, le=100)
     val_clips: int = option(32, "held-out clips scored at each evaluation", ge=1, le=10**6)
 
     def vqvae_config(self) -> VQVAEConfig:
-        return replace(PRESETS[self.preset], restarts=self.restarts)
+        cfg = replace(PRESETS[self.preset], restarts=self.restarts)
+        return cfg if self.commit_weight is None else replace(cfg, commit_weight=self.commit_weight)
 
 
 @dataclass
