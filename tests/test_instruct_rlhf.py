@@ -10,11 +10,11 @@ from instruct_fixtures import WORLD, tiny_policy, tiny_reward_model, tokenizer
 from nexttoken.errors import UserError
 from nexttoken.instruct.corpus import chat_prompt, demonstrations
 from nexttoken.instruct.dpo import dpo_loss
-from nexttoken.instruct.policy import last_index, lm_loss_sum, respond, response_rows, token_logprobs
+from nexttoken.instruct.policy import Responses, last_index, lm_loss_sum, respond, response_rows, token_logprobs
 from nexttoken.instruct import ppo
 from nexttoken.instruct.ppo import PPOConfig, experience, gae, leave_one_out, token_rewards, update, whiten
 from nexttoken.instruct.rankings import Ranking
-from nexttoken.instruct.reward import pairwise_loss, ranking_rows, reward_loss
+from nexttoken.instruct.reward import pairwise_loss, ranking_rows, reward_loss, score_texts
 from nexttoken.instruct.sft import demonstration_rows
 from nexttoken.training import OptimConfig, autocast, make_optimizer
 
@@ -254,6 +254,34 @@ def test_a_padded_batch_responds_as_each_prompt_alone():
     both = respond(policy, prompts, 8, temperature=0.0).texts
     assert both == [respond(policy, [p], 8, temperature=0.0).texts[0] for p in prompts]
     assert both == respond(policy, prompts, 8, temperature=0.0, use_cache=False).texts
+
+
+def test_ppo_scores_a_response_as_the_text_the_reward_model_was_trained_on():
+    """Rankings hold texts, which the reward model reads tokenized afresh; a policy can sample the same text as other
+    tokens (here one token per letter): PPO scores the text, not the ids it happened to sample."""
+    rm, tok = tiny_reward_model(2), tokenizer()
+    prompt = chat_prompt("Where does Kalo live?")
+    prompt_ids = tok.encode(prompt)
+    letters = [i for c in "Mossbrook" for i in tok.encode(c)] + [tok.eos_id]
+    assert letters[:-1] != tok.encode("Mossbrook") and tok.decode(letters[:-1]) == "Mossbrook"
+    ids = torch.tensor([prompt_ids + letters])
+    out = Responses(ids, torch.ones_like(ids), len(prompt_ids), torch.tensor([True]), ["Mossbrook"])
+    as_text = score_texts(rm, [prompt], ["Mossbrook"], [True])
+    assert ppo.scores(rm, [prompt], out).item() == pytest.approx(as_text.item(), abs=1e-5)
+    with torch.no_grad():
+        assert abs(rm(ids, torch.ones_like(ids)).item() - as_text.item()) > 1e-3  # the ids alone score otherwise
+
+
+def test_rollout_log_probs_leave_out_the_pad_token_as_the_sampler_does():
+    policy = tiny_policy()
+    tok = policy.tokenizer
+    with torch.no_grad():  # pad the likeliest token: a distribution that kept it would differ from the sampler's
+        policy.gpt.tok_emb.weight[tok.pad_id] = policy.gpt.tok_emb.weight.abs().max() * 50
+    ids = torch.tensor([tok.encode(chat_prompt("What is 2 + 3?")) + tok.encode("5")])
+    logits = ppo.response_logits(policy, ids, torch.ones_like(ids), ids.shape[1] - 1, temperature=0.7)
+    probs = logits.softmax(-1)
+    assert probs[..., tok.pad_id].max().item() == 0.0 and torch.allclose(probs.sum(-1), torch.ones(1, 1))
+    assert torch.isfinite(-(probs * logits.log_softmax(-1)).sum(-1)).all()  # PPO's entropy statistic
 
 
 def test_log_probs_use_the_sampling_temperature():

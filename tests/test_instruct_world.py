@@ -72,6 +72,16 @@ def test_a_chain_of_thought_ending_in_the_answer_scores_like_the_answer(family):
         assert score(task, f"Let's think step by step. Something. Therefore, the answer is {task.answer}.") == 1.0
 
 
+def test_chain_of_thought_reads_the_first_number_after_the_trigger_as_kojima_did(monkeypatch):
+    from nexttoken.instruct import evaluate
+
+    tasks = tasks_of("word_problem", 2)
+    said = [f"{t.answer}. The answer is {int(t.answer) + 1}" for t in tasks]  # a model that runs on past its answer
+    monkeypatch.setattr(evaluate, "_greedy", lambda policy, prompts, *a, **k: said)
+    result = evaluate.chain_of_thought(None, tasks, evaluate.EvalConfig())
+    assert result.direct == result.step_by_step == 1.0
+
+
 def test_word_problem_answers_recomputed_from_the_text():
     ops = {"buys (\\d+) more": lambda v, k: v + k, "gives \\w+ (\\d+) more": lambda v, k: v + k,
            "gives (\\d+) to": lambda v, k: v - k, "loses (\\d+)": lambda v, k: v - k,

@@ -27,7 +27,7 @@ from nexttoken.instruct.corpus import ANSWER_TRIGGER, COT_TRIGGER, Demonstration
 from nexttoken.instruct.labeler import HELD_OUT_LABELER, Labeler, following, win_rate
 from nexttoken.instruct.policy import Policy, lm_loss_sum, respond, respond_all
 from nexttoken.instruct.tasks import FAMILIES, make_tasks, score
-from nexttoken.instruct.world import Task, World, looks_like_instruction
+from nexttoken.instruct.world import Task, World, first_number, looks_like_instruction
 from nexttoken.progress import Progress
 
 STYLES = ("bare", "few_shot", "chat")
@@ -203,7 +203,8 @@ def multi_step_tasks(world: World, cfg: EvalConfig) -> list[Task]:
 def chain_of_thought(policy: Policy, tasks: Sequence[Task], cfg: EvalConfig,
                      progress: Progress | None = None) -> ChainOfThought:
     """Kojima et al.'s comparison, greedy throughout: direct "The answer (arabic numerals) is" against the two-stage
-    zero-shot chain of thought. ``progress`` (its total set here) counts the prompts of the three passes."""
+    zero-shot chain of thought, each answer cleansed as theirs: the first number written after the trigger.
+    ``progress`` (its total set here) counts the prompts of the three passes."""
     if progress is not None:
         progress.set_total(3 * len(tasks))
     direct_prompts = [qa_prompt(t.instruction, DIRECT_TRIGGER) for t in tasks]
@@ -214,8 +215,8 @@ def chain_of_thought(policy: Policy, tasks: Sequence[Task], cfg: EvalConfig,
     stage2_prompts = [f"{p} {r} {ANSWER_TRIGGER}" for p, r in zip(stage1_prompts, reasons)]
     finals = _greedy(policy, stage2_prompts, 8, cfg.batch_size, progress=progress)
     n = len(tasks)
-    acc_direct = sum(score(t, f"{DIRECT_TRIGGER} {a}") for t, a in zip(tasks, direct)) / max(n, 1)
-    acc_cot = sum(score(t, f"{ANSWER_TRIGGER} {a}") for t, a in zip(tasks, finals)) / max(n, 1)
+    acc_direct = sum(first_number(a) == int(t.answer) for t, a in zip(tasks, direct)) / max(n, 1)
+    acc_cot = sum(first_number(a) == int(t.answer) for t, a in zip(tasks, finals)) / max(n, 1)
     example = f"{stage2_prompts[0]} {cut('few_shot', finals[0])}" if n else ""
     return ChainOfThought(acc_direct, acc_cot, n, example)
 

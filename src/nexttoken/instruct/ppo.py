@@ -42,7 +42,7 @@ from nexttoken.instruct.figures import plot_ppo_health
 from nexttoken.instruct.policy import (POLICY_FILE, Policy, RewardModel, lm_loss_sum, load_policy, load_reward_model,
                                        respond, same_tokenizer, save_model, token_logprobs)
 from nexttoken.instruct.pretrain import Windows, token_stream
-from nexttoken.instruct.reward import GOLD, LabelerReward
+from nexttoken.instruct.reward import GOLD, LabelerReward, score_texts
 from nexttoken.instruct.stage import kept_summary
 from nexttoken.instruct.tasks import TRAIN_FAMILIES, make_tasks
 from nexttoken.instruct.world import make_world
@@ -178,10 +178,11 @@ def adapt_kl(beta: float, kl: float, target: float, horizon: int, n: int) -> flo
 
 # ---- the reward ------------------------------------------------------------------------------------------------------
 def scores(reward_model: RewardModel | LabelerReward, prompts: list[str], out) -> Tensor:
-    """The reward model's score of each rolled-out response (B,)."""
+    """The reward model's score of each rolled-out response (B,), read from its text tokenized afresh as the rankings
+    it learnt from were: the sampled ids can split the same text otherwise, into sequences it never saw."""
     if isinstance(reward_model, LabelerReward):
         return reward_model(prompts, out.texts).to(out.ids.device)
-    return reward_model(out.ids, out.mask)
+    return score_texts(reward_model, prompts, out.texts, out.finished.tolist()).to(out.ids.device)
 
 
 # ---- one iteration --------------------------------------------------------------------------------------------------
@@ -206,6 +207,14 @@ def response_view(model_out: Tensor, prompt_len: int) -> Tensor:
     return model_out[:, prompt_len - 1 : -1]
 
 
+def response_logits(policy: Policy, ids: Tensor, mask: Tensor, prompt_len: int, temperature: float) -> Tensor:
+    """The logits the response tokens were drawn from, as the sampler saw them: at its temperature and without the
+    tokens it never draws (the pad token), so that log-probabilities, KL and entropy are those of the sampler's
+    distribution."""
+    logits = response_view(policy(ids, mask), prompt_len).float() / temperature
+    return logits.masked_fill(policy.never_sample(logits.device), torch.finfo(logits.dtype).min)
+
+
 @torch.no_grad()
 def experience(policy: Policy, ref: Policy, reward_model: RewardModel | LabelerReward, value: RewardModel | None,
                prompts: list[str], cfg: PPOConfig, beta: float, norm: tuple[float, float],
@@ -217,8 +226,8 @@ def experience(policy: Policy, ref: Policy, reward_model: RewardModel | LabelerR
                   use_cache=cfg.cached_rollouts)
     ids, mask, q = out.ids, out.mask, out.prompt_len
     actions, action_mask = out.response, out.response_mask.float()
-    logprobs = token_logprobs(response_view(policy(ids, mask), q), actions, cfg.temperature)
-    ref_logprobs = token_logprobs(response_view(ref(ids, mask), q), actions, cfg.temperature)
+    logprobs = token_logprobs(response_logits(policy, ids, mask, q, cfg.temperature), actions)
+    ref_logprobs = token_logprobs(response_logits(ref, ids, mask, q, cfg.temperature), actions)
     score = scores(reward_model, prompts, out).float()
     reward = episode_reward(score, out.finished, norm, cfg.no_eos_score)
     kl = (logprobs - ref_logprobs) * action_mask
@@ -241,7 +250,7 @@ def minibatch_loss(policy: Policy, value: RewardModel | None, exp: Experience, m
     """PPO's clipped objective on the episodes ``mb``, plus the clipped value loss and PPO-ptx's pretraining loss on
     ``ptx_rows`` where there are any; and the step's statistics, as tensors (``update`` reads them once)."""
     ids, mask, am = exp.ids[mb], exp.mask[mb], exp.action_mask[mb]
-    logits = response_view(policy(ids, mask), exp.prompt_len).float() / cfg.temperature
+    logits = response_logits(policy, ids, mask, exp.prompt_len, cfg.temperature)
     logp = token_logprobs(logits, ids[:, exp.prompt_len :])
     ratio = (logp - exp.logprobs[mb]).exp()
     adv = exp.advantages[mb]
