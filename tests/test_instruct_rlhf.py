@@ -285,9 +285,13 @@ def test_rollout_log_probs_leave_out_the_pad_token_as_the_sampler_does():
 
 
 def test_log_probs_use_the_sampling_temperature():
-    logits = torch.tensor([[[2.0, 0.0]]])
-    assert token_logprobs(logits, torch.tensor([[0]]), 0.5).exp().item() == pytest.approx(
-        torch.softmax(torch.tensor([4.0, 0.0]), 0)[0].item())
+    policy = tiny_policy()
+    ids = torch.tensor([policy.tokenizer.encode(chat_prompt("What is 2 + 3?") + "5")])
+    q, token = ids.shape[1] - 1, ids[:, -1:]
+    at_one, at_half = (ppo.response_logits(policy, ids, torch.ones_like(ids), q, t).detach() for t in (1.0, 0.5))
+    expected = torch.log_softmax(at_one * 2, -1)[0, 0, token[0, 0]].item()
+    assert token_logprobs(at_half, token).item() == pytest.approx(expected, abs=1e-5)
+    assert token_logprobs(at_one, token).item() != pytest.approx(expected, abs=1e-3)
 
 
 def test_dpo_loss_is_log_two_at_the_reference_and_falls_when_the_winner_gains():

@@ -175,13 +175,13 @@ def last_index(mask: Tensor) -> Tensor:
     return (mask.long() * (positions + 1)).argmax(dim=1)
 
 
-def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) -> Tensor:
-    """log p(token) under ``logits / temperature`` (the distribution the sampler drew from), (B, T).
+def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """log p(token) under ``logits``, (B, T); PPO passes the sampler's logits (``ppo.response_logits``).
 
     >>> token_logprobs(torch.zeros(1, 1, 4), torch.tensor([[2]])).exp().item()
     0.25
     """
-    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+    logp = F.log_softmax(logits.float(), dim=-1)
     return logp.gather(-1, tokens.clamp(min=0)[..., None]).squeeze(-1)
 
 
