@@ -19,10 +19,13 @@ class Interrupted(KeyboardInterrupt):
 
     >>> str(Interrupted("stopped at step 7", "--resume runs/x").resumed_by("nexttoken jukebox train --resume runs"))
     'stopped at step 7; continue with: nexttoken jukebox train --resume runs'
+    >>> str(Interrupted("").resumed_by("nexttoken instruct pipeline --out runs/p"))  # stopped between two steps
+    'continue with: nexttoken instruct pipeline --out runs/p'
     """
 
     def __init__(self, where: str, how: str = "", signum: int = signal.SIGINT) -> None:
-        super().__init__(f"{where}; continue with{':' if how.startswith('nexttoken') else ''} {how}" if how else where)
+        cont = f"continue with{':' if how.startswith('nexttoken') else ''} {how}" if how else ""
+        super().__init__("; ".join(part for part in (where, cont) if part))
         self.where, self.how, self.signum = where, how, signum
 
     def resumed_by(self, how: str) -> "Interrupted":
