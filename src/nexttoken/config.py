@@ -68,13 +68,6 @@ def integer(text: str) -> int:
     return int(value)
 
 
-def positive_int(text: str) -> int:
-    value = integer(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 

@@ -238,7 +238,6 @@ class Run:
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer | None,
         step: int,
-        extra_tensors: dict[str, torch.Tensor] | None = None,
         extra_meta: dict | None = None,
         snapshot: bool = False,
     ) -> None:
@@ -251,7 +250,6 @@ class Run:
             opt_tensors, meta["optimizer"] = optimizer_to_tensors(optimizer)
             tensors.update(opt_tensors)
         tensors.update(rng_tensors())
-        tensors.update(extra_tensors or {})
         save_tensors(self.checkpoint_path, tensors, meta)
         if snapshot:
             weights = {k: v for k, v in tensors.items() if k.startswith("model.")}

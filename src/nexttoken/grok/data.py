@@ -108,10 +108,6 @@ class Table:
     answers: torch.Tensor
 
     @property
-    def n_elements(self) -> int:
-        return self.p
-
-    @property
     def vocab_size(self) -> int:
         return self.p + 2  # elements, then `op`, then `=`
 

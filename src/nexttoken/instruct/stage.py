@@ -15,9 +15,6 @@ from nexttoken.files import read_json
 from nexttoken.runs import Run
 from nexttoken.training import LoopConfig, nothing_to_train
 
-STAGE_KINDS = ("pretrain", "sft", "rank", "reward", "ppo", "dpo", "evaluate")
-
-
 def kind_of(stage: str) -> str:
     """The run kind of a stage.
 

@@ -92,9 +92,6 @@ class World:
     def animal(self, name: str) -> Animal:
         return next(a for a in self.animals if a.name == name)
 
-    def town(self, name: str) -> Town:
-        return next(t for t in self.towns if t.name == name)
-
     def category(self, name: str) -> tuple[str, ...]:
         """Members of a category that list and formatting tasks ask for: words a checker accepts."""
         return {"animals": KINDS, "colours": COLOURS, "jobs": JOBS, "things": THINGS,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,16 +77,6 @@ def _decode(path: str | Path, sample_rate: int, block_seconds: float = 10.0) -> 
     if not len(audio):
         raise UserError("no audio in the file")
     return np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32, copy=False)
-
-
-def loudness_db(audio: np.ndarray) -> float:
-    """RMS level in dBFS (a full-scale sine is -3 dB; digital silence is -inf).
-
-    >>> round(loudness_db(np.sin(np.linspace(0, 200 * np.pi, 16000))), 1)
-    -3.0
-    """
-    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if len(audio) else 0.0
-    return 20 * math.log10(rms) if rms > 0 else -math.inf
 
 
 def extract_clips(audio: np.ndarray, clip_samples: int, min_db: float = MIN_DB) -> tuple[np.ndarray, np.ndarray]:

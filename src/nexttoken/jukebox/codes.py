@@ -53,10 +53,6 @@ class CodeSet:
     def segments(self, split: str) -> list[int]:
         return [s for s, t in enumerate(self.segment_track.tolist()) if self.tracks[t]["split"] == split]
 
-    def seconds(self, split: str) -> float:
-        hop = self.hops[0]
-        return sum(len(self.segment(0, s)) for s in self.segments(split)) * hop / self.sample_rate
-
     def save(self, path: Path) -> None:
         tensors = {"segment_track": self.segment_track, "segment_start": self.segment_start}
         for i, name in enumerate(self.levels):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from nexttoken.config import load, option
+from nexttoken.config import option
 from nexttoken.errors import UserError, warn
 from nexttoken.jukebox.alignment import alignment_score, cross_patterns, plot_alignment, timed_lines
 from nexttoken.jukebox.evaluate import EncodecBaseline, evaluate_codec, matching_baseline, restart_rule
@@ -265,15 +265,6 @@ def evaluate_run(path: Path, cfg: EvaluateConfig, device: torch.device, progress
         ev.files["alignment"] = str(png)
     atomic_write_json(path / "evaluation.json", {"config": asdict(cfg), **asdict(ev)})
     return ev
-
-
-def load_evaluation(path: Path) -> dict | None:
-    f = path / "evaluation.json"
-    if not f.is_file():
-        return None
-    data = read_json(f)
-    load(EvaluateConfig, data.get("config"), str(f))
-    return data
 
 
 def format_report(ev: Evaluation) -> str:

@@ -225,10 +225,6 @@ def position_seconds(first_sample: Tensor, n: int, hop: int, sample_rate: int) -
     return (first_sample[:, None].double() + hop * steps).float() / sample_rate
 
 
-def build_prior(cfg: PriorConfig) -> Prior:
-    return Prior(cfg.validate())
-
-
 def bits_per_second(nats_per_code: float, cfg: PriorConfig) -> float:
     """Held-out bits per second of audio at this level: nats per code in bits, times codes per second."""
     return nats_per_code / math.log(2) * cfg.sample_rate / cfg.hop
