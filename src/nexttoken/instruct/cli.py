@@ -203,13 +203,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     log = Path(args.model) / "log.txt" if _kind(args.model).startswith("instruct.") else None
     phase = partial(Progress, 0, log=log)
     with phase(f"evaluate: answering {len(tasks)} instructions", unit="prompt") as bar:
-        outputs = answer(policy, tasks, style, cfg, world, seed=1, progress=bar)
+        outputs = answer(policy, tasks, style, cfg, world, progress=bar)
     stats = answer_stats(tasks, outputs)
     print(f"{args.model} ({style}), {len(tasks)} held-out instructions: mean checker score {stats['score']:.3f}, "
           f"held-out labeler's utility {stats['utility']:.3f}, asks back {stats['asks_back']:.0%}")
     if ref is not None:
         with phase(f"evaluate: the reference answering {len(tasks)} instructions", unit="prompt") as bar:
-            ref_out = answer(ref, tasks, _style(args.reference, args.reference_style), cfg, world, seed=1,
+            ref_out = answer(ref, tasks, _style(args.reference, args.reference_style), cfg, world,
                              progress=bar)
         w = judge(tasks, outputs, ref_out)
         print(f"win rate against {args.reference}: {w.rate:.3f} +- {w.ci95:.3f} (held-out labeler)")

@@ -98,9 +98,10 @@ def cut(style: str, text: str) -> str:
     return text.strip()
 
 
-def answer(policy: Policy, tasks: Sequence[Task], style: str, cfg: EvalConfig, world: World | None = None,
-           seed: int = 0, progress: Progress | None = None) -> list[str]:
-    """One sampled answer per task, asked in ``style``. ``progress`` (its total set here) counts the prompts."""
+def answer(policy: Policy, tasks: Sequence[Task], style: str, cfg: EvalConfig, world: World,
+           progress: Progress | None = None, seed: int = 1) -> list[str]:
+    """One sampled answer per task, asked in ``style`` (few-shot examples come from ``world``). Every model answers
+    with the same ``seed``. ``progress`` (its total set here) counts the prompts."""
     pool = example_pool(world) if style == "few_shot" else ()
     prompts = [prompt_for(policy, style, t.instruction, pool, cfg.shots, cfg.max_new_tokens) for t in tasks]
     if progress is not None:

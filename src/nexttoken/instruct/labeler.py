@@ -117,7 +117,8 @@ class Labeler:
         return self.rank(task, [a, b], rng)[0]
 
     def judge(self, task: Task, a: str, b: str, rng: random.Random) -> float:
-        """1 when ``a`` wins, 0 when ``b`` wins, 0.5 for a tie: the same text, or equal noiseless utilities."""
+        """1 when ``a`` wins, 0 when ``b`` wins, 0.5 for a tie: the same text, or, for a labeler without noise, equal
+        utilities (a noisy labeler, like the held-out one, picks between different texts of equal utility)."""
         if a.strip() == b.strip() or (self.noise == 0 and self.utility(task, a) == self.utility(task, b)):
             return 0.5
         return 1.0 - self.prefer(task, a, b, rng)

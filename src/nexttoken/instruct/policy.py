@@ -369,7 +369,8 @@ def _load_state(model: nn.Module, tensors: dict, path: Path) -> None:
 
 
 def same_tokenizer(a: Policy, b: Policy) -> bool:
-    """Whether two models read token ids alike (PPO scores the policy's tokens with the reward model directly)."""
+    """Whether two models read token ids alike: PPO's value model, a copy of the reward model, reads the policy's
+    rollouts as ids, and the reward model reads prompts written in the policy's chat format."""
     sa, sb = a.spec(), b.spec()
     if sa["type"] == sb["type"] == "gpt":
         return json.loads(sa["tokenizer"])["model"] == json.loads(sb["tokenizer"])["model"]

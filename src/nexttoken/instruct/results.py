@@ -68,7 +68,7 @@ def evaluate_pipeline(cfg: ResultsConfig, ev: EvalConfig, run: Run, device: torc
         ref = load_policy(folder / reference_name, device)
         with phase(f"evaluate: the reference {reference_name} answering {len(tasks)} instructions",
                    unit="prompt") as inner:
-            atomic_write_json(ref_file, {"outputs": answer(ref, tasks, "chat", ev, world, seed=1, progress=inner)})
+            atomic_write_json(ref_file, {"outputs": answer(ref, tasks, "chat", ev, world, progress=inner)})
     reference = read_json(ref_file)["outputs"]
     bar.update(1)
     rows = []
@@ -100,7 +100,7 @@ def evaluate_model(folder: Path, size: str, method: str, tasks, reference, probl
     t0 = time.time()
     policy = load_policy(folder / f"{prefix}-{size}", device)
     with phase(f"evaluate: {name} answering {len(tasks)} instructions", unit="prompt") as bar:
-        outputs = answer(policy, tasks, style, ev, world, seed=1, progress=bar)
+        outputs = answer(policy, tasks, style, ev, world, progress=bar)
     row = {"size": size, "method": method, **_rename(asdict(judge(tasks, outputs, reference)))}
     if method in TAX_METHODS:
         with phase(f"evaluate: {name} scoring {len(pages)} held-out pages", unit="page") as bar:

@@ -49,7 +49,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_options(p, DataConfig)
     add_options(p, VQVAEOptions)
     add_options(p, Plan)
-    _out_or_resume(p, "jukebox-<time>")
+    _out_or_resume(p)
     p.set_defaults(func=cmd_train, distributed=True)
 
     p = sub.add_parser("train-vqvae", help="train the VQ-VAE of a new pipeline folder (or continue it)")
@@ -57,7 +57,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_options(p, VQVAEOptions)
     _preset_options(p, RECIPES, "vq_optim", "vq_loop")
     add_options(p, TimeBudget)
-    _out_or_resume(p, "jukebox-<time>")
+    _out_or_resume(p)
     p.set_defaults(func=cmd_train_vqvae, distributed=True)
 
     p = sub.add_parser("train-prior", help="train one level's prior on the pipeline's cached codes",
@@ -94,7 +94,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, nargs="?", help="the pipeline folder (with --resume DIR: DIR's, when left out)")
     add_options(p, SampleConfig)
     add_options(p, SamplingConfig, defaults=asdict(JUKEBOX_SAMPLING))
-    p.add_argument("--out", type=Path, default=None, help="folder (default RUN/samples/<artist>-<time>)")
+    p.add_argument("--out", type=Path, default=None, help="folder (default RUN/samples/sample-<artist>-<time>)")
     p.add_argument("--resume", type=Path, default=None, metavar="DIR",
                    help="continue the sampling in DIR (killed, or stopped by --stop-at) with its own settings")
     add_device_option(p)
@@ -122,8 +122,8 @@ def _preset_options(p: argparse.ArgumentParser, recipes: dict, optim: str, loop:
                              for name, r in recipes.items() if name != "cpu"})
 
 
-def _out_or_resume(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument("--out", type=Path, default=None, help=f"the pipeline folder (default runs/{default})")
+def _out_or_resume(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=None, help="the pipeline folder (default runs/jukebox-pipeline-<time>)")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN", help="continue the pipeline folder RUN")
     add_device_option(p)
 

@@ -10,8 +10,9 @@ window with overlap past the context, each level decoded to a WAV and a spectrog
 Dhariwal et al. 2020, https://arxiv.org/abs/2005.00341, section 4 and appendix: each window keeps the last codes of
 the one before as its prompt, so a piece can be longer than a prior's context; a primed sample starts from a
 recording's codes. One model is in memory at a time (a prior, then the VQ-VAE to decode its level), and after every
-window the codes so far and the random generator's state are written, so ``--resume`` continues a killed sampling and
-ends exactly as an uninterrupted one would. The sample folder is a run of kind ``jukebox.sample``.
+window the codes so far and the random generator's state are written (an upsampler run in ``--parallel`` stretches
+writes its level once whole), so ``--resume`` continues a killed sampling and ends exactly as an uninterrupted one
+would. The sample folder is a run of kind ``jukebox.sample``.
 """
 
 from __future__ import annotations
@@ -378,7 +379,8 @@ def sample_run(pipeline: Path, out: Path, cfg: SampleConfig, sampling: SamplingC
 
 
 def _sample_one_level(pipeline, out, run, level, i, known, labels, cond, above, cfg, sampling, rng, device):
-    """Load the level's prior, sample its codes after ``known``, saving them after every window; (codes, seconds)."""
+    """Load the level's prior, sample its codes after ``known``, saving them after every window (after the whole level
+    for an upsampler in ``cfg.parallel`` stretches); (codes, seconds)."""
     from nexttoken.jukebox.pipeline import load_prior
 
     prior = load_prior(pipeline, level, device)  # one model in memory at a time
