@@ -24,7 +24,7 @@ from torch import Tensor
 
 from nexttoken.errors import UserError
 from nexttoken.instruct.corpus import chat_prompt
-from nexttoken.instruct.tokenizer import BPETokenizer, left_pad
+from nexttoken.instruct.tokenizer import BPETokenizer
 from nexttoken.model import GPT, GPTConfig
 from nexttoken.progress import Progress
 from nexttoken.files import load_tensors, read_json, save_tensors
@@ -256,7 +256,7 @@ def respond(policy: Policy, prompts: Sequence[str], max_new_tokens: int, *, temp
     end). ``flag`` names the option that set ``max_new_tokens``, for the message when it is too long."""
     tok = policy.tokenizer
     check_room(policy, max_new_tokens, flag)
-    batch = left_pad([tok.encode(p) for p in prompts], tok.pad_id, policy.context - max_new_tokens)
+    batch = tok.encode_batch(prompts, max_len=policy.context - max_new_tokens)
     device = policy.device
     ids, mask = batch.ids.to(device), batch.mask.to(device)
     out = policy.generate(ids, mask, max_new_tokens, use_cache=use_cache, temperature=temperature, top_k=top_k,
