@@ -154,3 +154,15 @@ def test_a_pipeline_of_another_sample_rate_is_not_compared(tiny_pipeline, tmp_pa
     config["vqvae"]["sample_rate"] *= 2
     (other / "vqvae" / "config.json").write_text(json.dumps(config))
     refused(["jukebox", "evaluate", tiny_pipeline, "--compare", other], capsys, "compare pipelines of one sample rate")
+
+
+def test_a_hand_edited_prior_config_is_refused_in_one_line(tiny_pipeline, tmp_path, capsys):  # noqa: F811
+    import json
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_pipeline, copy)
+    config = json.loads((copy / "top" / "config.json").read_text())
+    config["prior"]["n_head"] = config["prior"]["n_embd"] + 1
+    (copy / "top" / "config.json").write_text(json.dumps(config))
+    refused(["jukebox", "sample", copy, "--seconds", "0.5", "--device", "cpu"], capsys, "must be a multiple of")

@@ -170,7 +170,12 @@ def open_prior_config(path: Path, level: str) -> PriorConfig:
     if not (stage / "config.json").is_file():
         raise UserError(f"{path} has no {level} prior yet; train it with: nexttoken jukebox train-prior {path} "
                         f"--level {level}")
-    return load(PriorConfig, Run.open(stage, PRIOR_KIND).config.get("prior"), str(stage / "config.json"))
+    source = str(stage / "config.json")
+    cfg = load(PriorConfig, Run.open(stage, PRIOR_KIND).config.get("prior"), source)
+    try:  # the settings that depend on each other, as the flags are checked: a hand-edited file is one clear line
+        return cfg.validate()
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
 
 
 def load_prior(path: Path, level: str, device: torch.device) -> Prior:
