@@ -12,7 +12,7 @@ ending with the evaluation that draws Figure 1, the alignment tax and the chain-
 A stage whose folder holds summary.json is done and skipped; one with a config.json but no summary was killed and is
 resumed from its checkpoint; the rest start fresh. So a killed pipeline, started again with the same command,
 continues where it stopped. Presets size it: ``demo`` (about a minute on a 2-core CPU, for `nexttoken demo`), ``cpu``
-(the measured results in docs/instruct.md, about two hours on 2 shared cores) and ``gpu``.
+(the measured results in docs/instruct.md, about an hour on 2 cores) and ``gpu``.
 
 Ouyang et al. 2022, https://arxiv.org/abs/2203.02155.
 """
