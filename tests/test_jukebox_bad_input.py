@@ -157,7 +157,6 @@ def test_a_pipeline_of_another_sample_rate_is_not_compared(tiny_pipeline, tmp_pa
 
 
 def test_a_hand_edited_prior_config_is_refused_in_one_line(tiny_pipeline, tmp_path, capsys):  # noqa: F811
-    import json
     import shutil
 
     copy = tmp_path / "run"

@@ -209,8 +209,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
           f"held-out labeler's utility {stats['utility']:.3f}, asks back {stats['asks_back']:.0%}")
     if ref is not None:
         with phase(f"evaluate: the reference answering {len(tasks)} instructions", unit="prompt") as bar:
-            ref_out = answer(ref, tasks, _style(args.reference, args.reference_style), cfg, world,
-                             progress=bar)
+            ref_out = answer(ref, tasks, _style(args.reference, args.reference_style), cfg, world, progress=bar)
         w = judge(tasks, outputs, ref_out)
         print(f"win rate against {args.reference}: {w.rate:.3f} +- {w.ci95:.3f} (held-out labeler)")
     if heldout_pages > 0:

@@ -12,7 +12,7 @@ ending with the evaluation that draws Figure 1, the alignment tax and the chain-
 A stage whose folder holds summary.json is done and skipped; one with a config.json but no summary was killed and is
 resumed from its checkpoint; the rest start fresh. So a killed pipeline, started again with the same command,
 continues where it stopped. Presets size it: ``demo`` (about a minute on a 2-core CPU, for `nexttoken demo`), ``cpu``
-(the measured results in docs/instruct.md, about an hour on 2 cores) and ``gpu``.
+(the measured results in docs/instruct.md: 66 minutes on 2 cores, run two stages at a time) and ``gpu``.
 
 Ouyang et al. 2022, https://arxiv.org/abs/2203.02155.
 """
@@ -76,7 +76,7 @@ PRESETS: dict[str, dict] = {
 
 @dataclass
 class PipelineConfig:
-    preset: str = option("cpu", "scale of every stage: demo (minutes), cpu (hours on 2 cores), gpu",
+    preset: str = option("cpu", "scale of every stage: demo (a minute), cpu (an hour or more on 2 cores), gpu",
                          choices=tuple(PRESETS))
     sizes: list[str] = option(default_factory=list, help="model sizes, smallest first (default: the preset's)")
     ptx_coef: float = option(1.0, "PPO-ptx: weight of the pretraining loss", gt=0, le=1000)

@@ -333,7 +333,8 @@ def models(cfg: PPOConfig, device: torch.device) -> tuple[Policy, Policy, Reward
         reward_model = load_reward_model(cfg.reward_model, device)[0].requires_grad_(False)
         if not same_tokenizer(policy, reward_model.backbone):
             raise UserError(f"{cfg.init} and {cfg.reward_model} do not share a tokenizer; the reward model must read "
-                            f"the policy's chat format, and the value model starting from it the policy's tokens")
+                            f"the policy's chat format (and with --group 1 the value model, a copy of it, the policy's "
+                            f"tokens)")
     value = None  # a group of responses per prompt is its own baseline
     if cfg.group == 1 and cfg.reward_model == GOLD:
         value = RewardModel(load_policy(cfg.init, device))  # no reward model to start from: a zero value head

@@ -7,11 +7,12 @@ replaced by a scalar head; for a prompt x whose K outputs a labeler ranked, ever
 
 Our labelers can tie two outputs (identical texts, or equal judgements): a tie is no pair, and a prompt's loss is the
 mean over its untied pairs, so every prompt weighs the same, as every prompt does in the paper's formula without ties.
-The K outputs of one prompt form one batch element, so each output is read once per step (treating the pairs as
-separate examples makes the model overfit: each output would be seen K - 1 times in an epoch). One epoch by default, as in the paper (``--epochs``). Afterwards
-the head's bias is shifted so that demonstrations score 0 on average (the ideal ones, without the habits of the
-demonstrators SFT learnt from), which makes 0 the reward of "as good as an ideal demonstration"; PPO then normalises
-the reward on the SFT model's own samples. The reward sits on the hidden state of the last real token (EOS when the output ended).
+The K outputs of one prompt form one batch element, so each output is read once per step (treating the pairs as separate
+examples makes the model overfit: each output would be seen K - 1 times in an epoch). One epoch by default, as in the
+paper (``--epochs``). Afterwards the head's bias is shifted so that demonstrations score 0 on average (the ideal ones,
+without the habits of the demonstrators SFT learnt from), which makes 0 the reward of "as good as an ideal
+demonstration"; PPO then normalises the reward on the SFT model's own samples. The reward sits on the hidden state of
+the last real token (EOS when the output ended).
 ``LabelerReward`` is the other reward PPO can climb: the held-out labeler's own judgement, the gold standard.
 
     nexttoken instruct reward --init runs/sft-medium --rankings runs/rankings --out runs/rm

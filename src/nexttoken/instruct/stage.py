@@ -15,6 +15,7 @@ from nexttoken.files import read_json
 from nexttoken.runs import Run
 from nexttoken.training import LoopConfig, nothing_to_train
 
+
 def kind_of(stage: str) -> str:
     """The run kind of a stage.
 
