@@ -13,7 +13,7 @@ import torch
 from nexttoken.cli import main
 from nexttoken.distributed import Dist
 from nexttoken.errors import Interrupted
-from nexttoken.instruct import pipeline, ppo, pretrain
+from nexttoken.instruct import advantages, pipeline, ppo, pretrain
 from nexttoken.instruct.pipeline import PRESETS, PipelineConfig, plan, run_pipeline
 from nexttoken.instruct.policy import load_policy, load_reward_model, respond
 from nexttoken.instruct.stage import open_stage
@@ -117,7 +117,7 @@ def test_ppo_raises_the_reward_over_sft(tiny):
         policy = load_policy(folder / stage)
         out = respond(policy, [policy.chat_prompt(p) for p in prompts], cfg.max_new_tokens,
                       temperature=cfg.temperature, generator=torch.Generator().manual_seed(0))
-        return float(ppo.episode_reward(rm(out.ids, out.mask), out.finished, summary["reward_norm"],
+        return float(advantages.episode_reward(rm(out.ids, out.mask), out.finished, summary["reward_norm"],
                                         cfg.no_eos_score).mean())
 
     assert mean_reward("ppo-tiny") > mean_reward("sft-tiny") + 0.1

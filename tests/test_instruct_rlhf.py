@@ -12,7 +12,8 @@ from nexttoken.instruct.corpus import chat_prompt, demonstrations
 from nexttoken.instruct.dpo import dpo_loss
 from nexttoken.instruct.policy import Responses, last_index, lm_loss_sum, respond, response_rows, token_logprobs
 from nexttoken.instruct import ppo
-from nexttoken.instruct.ppo import PPOConfig, experience, gae, leave_one_out, token_rewards, update, whiten
+from nexttoken.instruct.advantages import gae, leave_one_out, token_rewards, whiten
+from nexttoken.instruct.ppo import PPOConfig, experience, update
 from nexttoken.instruct.rankings import Ranking
 from nexttoken.instruct.reward import pairwise_loss, ranking_rows, reward_loss, score_texts
 from nexttoken.instruct.sft import demonstration_rows
