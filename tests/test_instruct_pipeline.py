@@ -95,12 +95,15 @@ def test_every_stage_finishes_and_the_evaluation_draws_figure_1(tiny):
     assert (folder / "ppo-tiny" / "ppo_health.png").is_file()
 
 
-def test_the_demonstrators_and_ppos_baseline_reach_their_stages(tmp_path):
-    stages = {s.name: s.configs for s in plan(tmp_path, PipelineConfig(preset="demo", chatty=0.0, ppo_group=4))}
+def test_the_demonstrators_and_ppos_baseline_and_kl_target_reach_their_stages(tmp_path):
+    given = PipelineConfig(preset="demo", chatty=0.0, ppo_group=4, ppo_target_kl=0.0)
+    stages = {s.name: s.configs for s in plan(tmp_path, given)}
     assert stages["sft-tiny"]["sft"].chatty == 0.0 and stages["ppo-tiny"]["ppo"].group == 4
     assert stages["ppo_ptx-tiny"]["ppo"].group == 4 and stages["ppo_ptx-tiny"]["ppo"].ptx_coef > 0
+    assert stages["ppo-tiny"]["ppo"].target_kl == stages["ppo_ptx-tiny"]["ppo"].target_kl == 0.0
     default = {s.name: s.configs for s in plan(tmp_path, PipelineConfig(preset="demo"))}
     assert default["sft-tiny"]["sft"].chatty == 0.5 and default["ppo-tiny"]["ppo"].group == 1
+    assert default["ppo-tiny"]["ppo"].target_kl == default["ppo_ptx-tiny"]["ppo"].target_kl == 4.0
 
 
 def test_ppo_raises_the_reward_over_sft(tiny):

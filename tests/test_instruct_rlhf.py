@@ -12,7 +12,7 @@ from nexttoken.instruct.corpus import chat_prompt, demonstrations
 from nexttoken.instruct.dpo import dpo_loss
 from nexttoken.instruct.policy import Responses, last_index, lm_loss_sum, respond, response_rows, token_logprobs
 from nexttoken.instruct import ppo
-from nexttoken.instruct.advantages import gae, leave_one_out, token_rewards, whiten
+from nexttoken.instruct.advantages import adapt_kl, gae, leave_one_out, token_rewards, whiten
 from nexttoken.instruct.ppo import PPOConfig, experience, update
 from nexttoken.instruct.rankings import Ranking
 from nexttoken.instruct.reward import pairwise_loss, ranking_rows, reward_loss, score_texts
@@ -187,6 +187,16 @@ def test_a_group_of_responses_is_its_own_baseline_without_a_value_head(monkeypat
 def test_rollouts_must_split_into_whole_groups():
     with pytest.raises(UserError, match="--group"):
         PPOConfig(rollouts=8, minibatch=4, group=3)
+
+
+def test_the_kl_controller_steers_beta_toward_the_target_by_at_most_20_percent_a_horizon():
+    assert adapt_kl(0.1, kl=4.4, target=4.0, horizon=100, n=10) == pytest.approx(0.1 * (1 + 0.1 * 10 / 100))
+    assert adapt_kl(0.1, kl=2.0, target=4.0, horizon=100, n=10) < 0.1
+    beta = 0.1
+    for _ in range(10):  # one horizon of episodes, ten at a time, the KL far above target throughout
+        beta = adapt_kl(beta, kl=1000.0, target=4.0, horizon=100, n=10)
+    assert 0.1 * 1.2 < beta < 0.1 * 1.22  # 2% a step, compounded: the error is clipped to 20%
+    assert adapt_kl(0.1, kl=4.0, target=4.0, horizon=100, n=10) == 0.1
 
 
 def test_kl_penalty_lowers_the_reward_where_the_policy_drifts_up_from_sft():

@@ -67,7 +67,7 @@ PRESETS: dict[str, dict] = {
         "sft": {"loop": {"steps": 1500, "batch_size": 64}},
         "rank": {"rank": {"prompts": 8000, "k": 6}},
         "reward": {"loop": {"batch_size": 16}},
-        "ppo": {"ppo": {"iterations": 300, "rollouts": 128, "minibatch": 32}},
+        "ppo": {"ppo": {"iterations": 300, "rollouts": 128, "minibatch": 32, "kl_horizon": 400}},
         "dpo": {"loop": {"batch_size": 16}},
         "evaluate": {"eval": {"tasks": 450, "cot_tasks": 300}},
     },
@@ -84,6 +84,9 @@ class PipelineConfig:
                                 "lower (0: ideal demonstrations, which leave PPO nothing to improve on)", ge=0, le=1)
     ppo_group: int = option(1, "PPO's responses per prompt: 1 is InstructGPT's value head; above 1 a leave-one-out "
                                "baseline per prompt (RLOO)", ge=1, le=64)
+    ppo_target_kl: float = option(4.0, "PPO's KL per response that the adaptive controller steers beta to, so the "
+                                       "KL stays bounded as the reward rises (0: InstructGPT's fixed beta, under "
+                                       "which it keeps growing)", ge=0, le=1000)
 
     def __post_init__(self) -> None:
         check(self)
@@ -142,7 +145,8 @@ def plan(folder: Path, cfg: PipelineConfig) -> list[Stage]:
         "init": str(folder / f"sft-{sizes[-1]}"), "rankings": str(rank_dir)})))
     for size in sizes:
         init = str(folder / f"sft-{size}")
-        common = {"init": init, "reward_model": str(rm_dir), "group": cfg.ppo_group}
+        common = {"init": init, "reward_model": str(rm_dir), "group": cfg.ppo_group,
+                  "target_kl": cfg.ppo_target_kl}
         stages.append(Stage(f"ppo-{size}", "ppo", stage_configs("ppo", p, ppo=common)))
         stages.append(Stage(f"ppo_ptx-{size}", "ppo",
                             stage_configs("ppo", p, ppo={**common, "ptx_coef": cfg.ptx_coef})))

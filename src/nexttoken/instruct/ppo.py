@@ -69,7 +69,8 @@ class PPOConfig:
     temperature: float = option(0.7, "sampling temperature of the rollouts (the log-probs use it too)", gt=0, le=10)
     kl_coef: float = option(0.02, "beta: weight of the per-token KL(policy || SFT) penalty", ge=0, le=100)
     target_kl: float = option(0.0, "adaptive KL: the KL per response to steer beta to (0: beta stays fixed)", ge=0)
-    kl_horizon: int = option(10_000, "adaptive KL: the controller's horizon in episodes", ge=1)
+    kl_horizon: int = option(100, "adaptive KL: the controller's horizon in episodes: beta changes by at most 20%% "
+                                  "per horizon (Ziegler et al. used 10,000, in far longer runs)", ge=1)
     gamma: float = option(1.0, "discount (InstructGPT: none)", ge=0, le=1)
     lam: float = option(0.95, "GAE lambda", ge=0, le=1)
     clip: float = option(0.2, "policy ratio clip", gt=0, le=10)
