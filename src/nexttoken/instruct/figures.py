@@ -17,8 +17,10 @@ METHOD_LABEL = {"base": "base (GPT)", "few_shot": "base, few-shot", "sft": "SFT"
                 "dpo": "DPO"}
 
 
-def plot_ppo_health(records: Sequence[dict], path: str | Path, title: str = "PPO") -> Path | None:
-    """Six panels against the iteration: reward, KL to the SFT model, entropy, clip fraction, value loss, length."""
+def plot_ppo_health(records: Sequence[dict], path: str | Path, title: str = "PPO",
+                    target_kl: float = 0.0) -> Path | None:
+    """Six panels against the iteration: reward, KL to the SFT model (with the adaptive controller's target and beta,
+    when it steered), entropy, clip fraction, value loss, length."""
     records = [r for r in records if "reward" in r]
     if not records:
         return None
@@ -29,6 +31,11 @@ def plot_ppo_health(records: Sequence[dict], path: str | Path, title: str = "PPO
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
         ax.set_xlabel("iteration", fontsize=8)
+        if key == "kl" and target_kl > 0:
+            ax.axhline(target_kl, color="tab:blue", linestyle=":", linewidth=1)
+            beta = ax.twinx()
+            beta.plot(steps, [r.get("kl_coef", float("nan")) for r in records], color="tab:orange", linewidth=1)
+            beta.set_ylabel("beta (orange); target dotted", fontsize=8)
     fig.suptitle(title)
     return save(fig, path)
 

@@ -360,7 +360,7 @@ def train_ppo(cfg: PPOConfig, optim: OptimConfig, run: Run, dist: Dist, resume: 
     if not dist.is_main:
         return {}
     save_model(policy, run.path / POLICY_FILE)
-    plot_ppo_health(run.metrics(), run.path / "ppo_health.png")
+    plot_ppo_health(run.metrics(), run.path / "ppo_health.png", target_kl=cfg.target_kl)
     summary = summarise(cfg, run.metrics(), norm, beta, time.time() - t0, device, dist.world_size)
     run.write_summary(summary)
     return summary
