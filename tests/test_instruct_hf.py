@@ -122,3 +122,24 @@ def test_a_fine_tuned_model_whose_base_folder_is_gone_says_so(llama, tmp_path):
     shutil.rmtree(base)
     with pytest.raises(UserError, match=f"the base model folder {base.resolve()} of .*policy.safetensors is gone"):
         load_policy(tmp_path / "policy.safetensors")
+
+
+@pytest.mark.parametrize("damage", ["half of the weights", "a config that is not an object", "a layer count as text"])
+def test_a_damaged_model_folder_is_one_line(llama, tmp_path, damage):
+    import shutil
+
+    from nexttoken.errors import UserError
+    from nexttoken.instruct.hf import load_hf
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(llama, folder)
+    if damage == "half of the weights":  # an interrupted download
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "a config that is not an object":
+        (folder / "config.json").write_text("[]")
+    else:
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": "x"}))
+    with pytest.raises(UserError, match="cannot load a causal LM from"):
+        load_hf(str(folder))

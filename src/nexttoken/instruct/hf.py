@@ -184,8 +184,9 @@ def load_hf(source: str) -> HFPolicy:
             try:
                 tok = AutoTokenizer.from_pretrained(folder, **extra)
                 model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **extra)
-            except (OSError, ValueError) as e:
-                raise UserError(f"cannot load a causal LM from {name}: {str(e).splitlines()[0][:160]}") from None
+            except Exception as e:  # a damaged folder raises what its loader meets: SafetensorError, TypeError...
+                first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+                raise UserError(f"cannot load a causal LM from {name}: {first}") from None
             if tok.eos_token_id is None:
                 raise UserError(f"{name}: the tokenizer has no EOS token, so a response could never end")
             if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
