@@ -5,6 +5,7 @@ line and exit code 2."""
 import io
 import json
 import os
+import re
 import signal
 
 import pytest
@@ -12,10 +13,11 @@ import torch
 
 from nexttoken.cli import main
 from nexttoken.distributed import Dist
-from nexttoken.errors import Interrupted
+from nexttoken.errors import Interrupted, UserError
 from nexttoken.instruct import advantages, pipeline, ppo, pretrain
 from nexttoken.instruct.pipeline import PRESETS, PipelineConfig, plan, run_pipeline
 from nexttoken.instruct.policy import load_policy, load_reward_model, respond
+from nexttoken.instruct.rankings import read_rankings
 from nexttoken.instruct.stage import open_stage
 from nexttoken.instruct.tasks import TRAIN_FAMILIES, make_tasks
 from nexttoken.instruct.world import make_world
@@ -399,6 +401,28 @@ def test_bad_input_is_one_line_and_exit_code_2_with_no_folder_left(tiny, tmp_pat
     assert not (tmp_path / "out").exists()
     # a refused folder is left as it was
     assert (folder / "sft-tiny" / "summary.json").is_file() and (folder / "sft-tiny" / "config.json").read_text() == config
+
+
+def test_a_damaged_rankings_file_is_refused_by_line_and_a_half_written_last_line_skipped(tiny, tmp_path):
+    folder, _ = tiny
+    first = (folder / "rank" / "rankings.jsonl").read_text().splitlines()[0]
+    ranking = json.loads(first)
+    fewer = {**ranking, "outputs": ranking["outputs"][:-1], "finished": ranking["finished"][:-1],
+             "order": [i for i in ranking["order"] if i < len(ranking["outputs"]) - 1], "tiers": [],
+             "models": ranking["models"][:-1]}
+    cases = {"5": "line 1 is not a ranking of `nexttoken instruct rank`: not a ranking",
+             json.dumps({**ranking, "order": [0] * len(ranking["order"])}): "tiers do not agree",
+             f"{first}\n{json.dumps(fewer)}": f"line 2 ranks {len(fewer['outputs'])} outputs where the first ranks"}
+    for i, (text, message) in enumerate(cases.items()):
+        (tmp_path / f"{i}.jsonl").write_text(f"{text}\n{first}\n")
+        with pytest.raises(UserError, match=re.escape(message)):
+            read_rankings(tmp_path / f"{i}.jsonl")
+    (tmp_path / "cut.jsonl").write_text(f"{first}\n{first[:40]}")  # a killed writer's last line
+    assert len(read_rankings(tmp_path / "cut.jsonl")) == 1
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("[]")
+    with pytest.raises(UserError, match="config.json is damaged"):
+        read_rankings(tmp_path / "run")
 
 
 def test_chat_says_when_a_prompt_is_cut_to_fit_the_context(tiny, tmp_path, capsys):

@@ -105,6 +105,19 @@ def wrong_kind(path: str | Path, found: str | None, kinds, what: str = "") -> Us
     return UserError(f"{path} is {_a(found) if found else 'an unnamed'} run, not {expected}")
 
 
+def run_kind(path: str | Path) -> str | None:
+    """The kind saved in PATH/config.json ("instruct.sft", ...), or None where there is no config.json (a folder that
+    is no run of ours); a config.json that is not a JSON object is damaged."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return None
+    saved = read_json(config)
+    if not isinstance(saved, dict):
+        raise UserError(f"{config} is damaged (not a JSON object)")
+    kind = saved.get("kind")
+    return kind if isinstance(kind, str) else ""
+
+
 class Run:
     """A run folder. ``Run.create`` claims a new one, ``Run.resume`` reclaims a run to continue it, ``Run.open`` reads
     one (to analyse, evaluate or sample from it).
@@ -150,15 +163,13 @@ class Run:
     def open(cls, path: str | Path, kind: str | tuple[str, ...] = (), enabled: bool = True) -> "Run":
         """A run folder for reading; ``kind`` names the commands whose runs are accepted."""
         path = Path(path)
-        if not (path / "config.json").is_file():
+        found = run_kind(path)
+        if found is None:
             raise UserError(f"{path} is not a run folder (no config.json)")
-        config = read_json(path / "config.json")
-        if not isinstance(config, dict):
-            raise UserError(f"{path / 'config.json'} is damaged (not a JSON object)")
         kinds = (kind,) if isinstance(kind, str) else kind
-        if kinds and config.get("kind") not in kinds:
-            raise wrong_kind(path, config.get("kind"), kinds)
-        return cls(path, config, enabled)
+        if kinds and found not in kinds:
+            raise wrong_kind(path, found, kinds)
+        return cls(path, read_json(path / "config.json"), enabled)
 
     @classmethod
     def resume(cls, path: str | Path, kind: str | tuple[str, ...] = (), enabled: bool = True) -> "Run":

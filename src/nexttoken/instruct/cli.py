@@ -26,8 +26,8 @@ from pathlib import Path
 from nexttoken.cli import add_device_option
 from nexttoken.config import add_options, from_args, given, option
 from nexttoken.errors import UserError, continue_with, warn
-from nexttoken.files import read_json, read_text
-from nexttoken.runs import default_run_dir
+from nexttoken.files import read_text
+from nexttoken.runs import default_run_dir, run_kind
 
 STAGE_HELP = {
     "pretrain": "pretrain a base model on the generated corpus (or continue a real one)",
@@ -167,9 +167,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 def _kind(source: str) -> str:
     """The kind of run ``source`` is ("instruct.sft", ...), or "" for a model that is no run folder of ours."""
-    config = Path(source) / "config.json"
-    kind = read_json(config).get("kind") if config.is_file() else ""
-    return kind if isinstance(kind, str) else ""
+    return run_kind(source) or ""
 
 
 def _style(source: str, style: str | None) -> str:

@@ -31,6 +31,7 @@ from nexttoken.errors import UserError, warn
 from nexttoken.instruct import dpo, ppo, pretrain, rankings, results, reward, sft
 from nexttoken.instruct.stage import finished, open_stage
 from nexttoken.files import atomic_write_json, read_json
+from nexttoken.runs import run_kind
 
 # stage kind -> the module that runs it (CONFIGS, DEFAULTS, run_stage)
 MODULES: dict[str, ModuleType] = {"pretrain": pretrain, "sft": sft, "rank": rankings, "reward": reward, "ppo": ppo,
@@ -174,9 +175,10 @@ def check_folder(folder: Path) -> None:
         return
     if not folder.is_dir():
         raise UserError(f"{folder} exists and is not a folder; choose another --out")
-    if (folder / "config.json").is_file():
-        kind = read_json(folder / "config.json").get("kind", "another command's")
-        raise UserError(f"{folder} is a run folder ({kind}), not an instruct pipeline folder; choose another --out")
+    kind = run_kind(folder)
+    if kind is not None:
+        raise UserError(f"{folder} is a run folder ({kind or 'unnamed'}), not an instruct pipeline folder; choose "
+                        f"another --out")
     if any(folder.iterdir()):
         raise UserError(f"{folder} holds other files; an instruct pipeline starts in a new or empty folder")
 

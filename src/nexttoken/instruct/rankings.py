@@ -31,8 +31,8 @@ from nexttoken.instruct.tasks import TRAIN_FAMILIES, make_tasks
 from nexttoken.instruct.world import Task, make_world
 from nexttoken.progress import Progress
 from nexttoken.training import LoopConfig
-from nexttoken.files import atomic_write_text, read_json, read_text
-from nexttoken.runs import Run, wrong_kind
+from nexttoken.files import atomic_write_text, read_text
+from nexttoken.runs import Run, run_kind, wrong_kind
 
 RANKINGS_FILE = "rankings.jsonl"
 
@@ -89,9 +89,19 @@ class Ranking:
 
     @classmethod
     def from_json(cls, line: str) -> "Ranking":
+        """A ranking as ``to_json`` wrote it; a ValueError saying what is wrong with anything else."""
         d = json.loads(line)
-        t = d.pop("task")
-        return cls(Task(**{**t, "steps": tuple(t["steps"]), "keywords": tuple(t["keywords"])}), **d)
+        try:
+            t = d.pop("task")
+            r = cls(Task(**{**t, "steps": tuple(t["steps"]), "keywords": tuple(t["keywords"])}), **d)
+            k = len(r.outputs)
+            agree = (k >= 2 and all(isinstance(o, str) for o in r.outputs) and len(r.finished) == k
+                     and sorted(r.order) == list(range(k)) and len(r.tiers) in (0, k))
+        except (AttributeError, KeyError, TypeError) as e:
+            raise ValueError(f"not a ranking ({type(e).__name__}: {e})") from None
+        if not agree:
+            raise ValueError("its outputs, order, finished flags and tiers do not agree")
+        return r
 
 
 def prompts_of(cfg: RankConfig) -> list[Task]:
@@ -171,19 +181,23 @@ def read_rankings(source: str | Path) -> list[Ranking]:
     """The rankings of a `rank` run folder (or a rankings.jsonl file); a half-written last line is skipped."""
     path = Path(source)
     if path.is_dir():
-        config = path / "config.json"
-        kind = read_json(config).get("kind") if config.is_file() else "instruct.rank"
-        if kind != "instruct.rank":
+        kind = run_kind(path)
+        if kind not in (None, "instruct.rank"):  # None: a plain folder, which may still hold a rankings.jsonl
             raise wrong_kind(path, kind, ("instruct.rank",))
         path = path / RANKINGS_FILE
     if not path.is_file():
         raise UserError(f"{source} holds no rankings (make them with `nexttoken instruct rank`)")
-    out = []
-    for line in read_text(path).splitlines():
+    out, lines = [], read_text(path).splitlines()
+    for n, line in enumerate(lines, 1):
         try:
             out.append(Ranking.from_json(line))
-        except (json.JSONDecodeError, TypeError, KeyError):
+        except ValueError as e:
+            if line.strip() and n < len(lines):  # a half-written last line (a killed writer) is no damage
+                raise UserError(f"{path}: line {n} is not a ranking of `nexttoken instruct rank`: {e}") from None
             continue
+        if len(out[-1].outputs) != len(out[0].outputs):  # a reward model's batch holds K outputs per element
+            raise UserError(f"{path}: line {n} ranks {len(out[-1].outputs)} outputs where the first ranks "
+                            f"{len(out[0].outputs)}; rank every prompt's outputs in one `rank` run")
     return out
 
 
