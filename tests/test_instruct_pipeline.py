@@ -526,3 +526,14 @@ def test_evaluate_refuses_a_bad_reference_or_length_before_sampling_anything(tin
     assert main(["instruct", "evaluate", str(folder / "sft-tiny"), *(a.format(**fill) for a in args)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_evaluate_says_once_when_its_prompts_are_cut_to_fit_the_context(tiny, capsys):
+    """The tiny model's context is 64: 60 answer tokens leave 4 of a chat prompt, which `chat` would warn of or
+    refuse; the evaluation says in one line how many of its prompts the model reads only the end of."""
+    folder, _ = tiny
+    assert main(["instruct", "evaluate", str(folder / "sft-tiny"), "--tasks", "2", "--cot-tasks", "0",
+                 "--heldout-pages", "0", "--max-new-tokens", "60"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "2 of 2 prompts are longer than the 4 tokens that the model's context of 64 " \
+        "leaves beside --max-new-tokens 60; it reads only their last 4" in warnings[0], warnings

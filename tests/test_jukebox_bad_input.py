@@ -53,6 +53,7 @@ def test_out_of_range_flags_are_refused_before_any_folder(argv, match, tmp_path,
     (["train-prior", "{run}", "--level", "top"], "already holds a prior; pass --resume"),
     (["sample", "{run}", "--seconds", "0"], "--seconds must be > 0"),
     (["sample", "{run}", "--seconds", "1000"], "at most"),
+    (["sample", "{run}", "--seconds", "0.00001"], "--seconds 1e-05: less than one sample at this run's"),
     (["sample", "{run}", "--temperature", "-1"], "--temperature must be >= 0"),
     (["sample", "{run}", "--overlap", "1"], "--overlap must be >= 0 and < 1"),
     (["sample", "{run}", "--overlap", "0.99"], "context of the middle prior as the prompt, leaving no code to "
@@ -165,3 +166,15 @@ def test_a_hand_edited_prior_config_is_refused_in_one_line(tiny_pipeline, tmp_pa
     config["prior"]["n_head"] = config["prior"]["n_embd"] + 1
     (copy / "top" / "config.json").write_text(json.dumps(config))
     refused(["jukebox", "sample", copy, "--seconds", "0.5", "--device", "cpu"], capsys, "must be a multiple of")
+
+
+def test_a_prime_shorter_than_one_top_level_code_is_refused_by_the_flag_given(
+        tiny_pipeline, tmp_path, capsys):  # noqa: F811
+    import numpy as np
+    import soundfile
+
+    short = tmp_path / "short.wav"
+    soundfile.write(short, np.zeros(3, dtype=np.float32), 16000)
+    refused(["jukebox", "sample", tiny_pipeline, "--prime", short, "--out", tmp_path / "s"], capsys,
+            f"--prime {short} lasts 0.00025 s: less than one top-level code")  # 2 samples at the run's 8 kHz
+    assert not (tmp_path / "s").exists()

@@ -281,7 +281,13 @@ def test_evaluate_and_report(tiny_pipeline, tmp_path, capsys):
     assert "encode audio: segment" in log  # the codes the priors train on, encoded once by `train`
     levels = read_json(tiny_pipeline / "evaluation.json")["recognition"]["levels"]
     assert list(levels) == ["bottom", "middle", "top"] and all(v["clips"] == 4 for v in levels.values())
-    assert run_cli(["jukebox", "report", tiny_pipeline, "--out", tmp_path / "report"]) == 0
+    stray = tiny_pipeline / "samples" / "notes"  # a folder the user put there: not a sample, not the report's
+    stray.mkdir(parents=True)
+    (stray / "config.json").write_text(json.dumps({"kind": "jukebox.prior"}))
+    try:
+        assert run_cli(["jukebox", "report", tiny_pipeline, "--out", tmp_path / "report"]) == 0
+    finally:
+        shutil.rmtree(stray)
     html = (tmp_path / "report" / "report.html").read_text()
     assert "<audio" in html and "reconstruction.png" in html and "lyrics alignment" in html
 

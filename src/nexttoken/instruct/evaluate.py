@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 
 from nexttoken.config import option
+from nexttoken.errors import warn
 from nexttoken.instruct.corpus import ANSWER_TRIGGER, COT_TRIGGER, Demonstration, demonstrations, qa_prompt
 from nexttoken.instruct.labeler import HELD_OUT_LABELER, Labeler, following, win_rate
 from nexttoken.instruct.policy import Policy, lm_loss_sum, respond, respond_all
@@ -104,6 +105,7 @@ def answer(policy: Policy, tasks: Sequence[Task], style: str, cfg: EvalConfig, w
     with the same ``seed``. ``progress`` (its total set here) counts the prompts."""
     pool = example_pool(world) if style == "few_shot" else ()
     prompts = [prompt_for(policy, style, t.instruction, pool, cfg.shots, cfg.max_new_tokens) for t in tasks]
+    warn_if_cut(policy, prompts, cfg.max_new_tokens, "--max-new-tokens")
     if progress is not None:
         progress.set_total(len(prompts))
     texts = respond_all(policy, prompts, cfg.max_new_tokens, cfg.batch_size, seed, progress,
@@ -211,6 +213,7 @@ def chain_of_thought(policy: Policy, tasks: Sequence[Task], cfg: EvalConfig,
     direct_prompts = [qa_prompt(t.instruction, DIRECT_TRIGGER) for t in tasks]
     direct = _greedy(policy, direct_prompts, 8, cfg.batch_size, progress=progress)
     stage1_prompts = [qa_prompt(t.instruction, COT_TRIGGER) for t in tasks]
+    warn_if_cut(policy, stage1_prompts, cfg.cot_tokens, "--cot-tokens")  # stage 2's keep their end, the trigger
     reasons = [cut("few_shot", r) for r in _greedy(policy, stage1_prompts, cfg.cot_tokens, cfg.batch_size,
                                                    "--cot-tokens", progress)]
     stage2_prompts = [f"{p} {r} {ANSWER_TRIGGER}" for p, r in zip(stage1_prompts, reasons)]
@@ -220,6 +223,16 @@ def chain_of_thought(policy: Policy, tasks: Sequence[Task], cfg: EvalConfig,
     acc_cot = sum(first_number(a) == int(t.answer) for t, a in zip(tasks, finals)) / max(n, 1)
     example = f"{stage2_prompts[0]} {cut('few_shot', finals[0])}" if n else ""
     return ChainOfThought(acc_direct, acc_cot, n, example)
+
+
+def warn_if_cut(policy: Policy, prompts: Sequence[str], new_tokens: int, flag: str) -> None:
+    """One line when prompts are longer than the context leaves beside ``flag``'s tokens: the model reads only their
+    ends (as `chat` says of each), so what is scored are answers to cut questions."""
+    room = policy.context - new_tokens
+    n = sum(len(policy.tokenizer.encode(p)) > room for p in prompts)
+    if n:
+        warn(f"{n} of {len(prompts)} prompts are longer than the {room} tokens that the model's context of "
+             f"{policy.context} leaves beside {flag} {new_tokens}; it reads only their last {room}")
 
 
 def _greedy(policy: Policy, prompts: Sequence[str], max_new_tokens: int, batch_size: int,

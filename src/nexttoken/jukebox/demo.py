@@ -26,7 +26,7 @@ from nexttoken.jukebox.sample import JUKEBOX_SAMPLING, SampleConfig, sample_run
 from nexttoken.jukebox.train import VQVAEOptions, scored_word
 from nexttoken.report import Section, render
 from nexttoken.files import load_tensors, read_json
-from nexttoken.runs import read_metrics
+from nexttoken.runs import read_metrics, run_kind
 
 # Sized for about three minutes on two free CPU cores (docs/jukebox.md): two artists of the corpus that sound apart
 # (a folk fiddle tune on the piano, Renaissance polyphony for voices) and the two sung voices.
@@ -66,7 +66,7 @@ def report(run_dir: Path, out: Path | None, device) -> Path:
         raise UserError(f"{out} exists and is not a folder; choose another --out")
     out = out or run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    dirs = sorted(p for p in (run_dir / "samples").glob("*") if (p / "config.json").is_file())
+    dirs = sorted(p for p in (run_dir / "samples").glob("*") if p.is_dir() and run_kind(p) == "jukebox.sample")
     section = pipeline_section(run_dir, out, device, dirs, f"Jukebox: {run_dir.name}")
     return render(f"nexttoken jukebox: {run_dir.name}", [section], out / "report.html")
 

@@ -28,8 +28,8 @@ from nexttoken.jukebox.evaluate import EncodecBaseline, evaluate_codec, matching
 from nexttoken.jukebox.fidelity import features, fit_artist_classifier, recognition
 from nexttoken.jukebox.pipeline import (clips_of, codes_of, data_config, load_prior, load_vqvae, open_pipeline,
                                         saved_vqvae_settings, vqvae_config, vqvae_step)
-from nexttoken.jukebox.sample import (JUKEBOX_SAMPLING, piece_seconds, sample_level, top_conditioning,
-                                      upsampler_conditioning)
+from nexttoken.jukebox.sample import (JUKEBOX_SAMPLING, codes_header, piece_seconds, sample_level,
+                                      top_conditioning, upsampler_conditioning, usual_genre)
 from nexttoken.jukebox.train import (clip_batches, flat_levels, held_out, score_level, scored_split, scored_word,
                                      summed_vqvae_loss, warn_unheld, window_rows)
 from nexttoken.progress import Progress
@@ -163,14 +163,15 @@ def artist_recognition(path: Path, clips, cfg: EvaluateConfig, device: torch.dev
                 audio.append(clips.audio(rows))
                 labels += [artist] * len(rows)
         real[split] = (torch.cat(audio), labels) if audio else None
+    real_on = "val" if real["val"] else "train"  # with no held-out track, the classifier is checked on its own
     real["val"] = real["val"] or real["train"]
     asked, conds, lyrics, pieces = [], [], [], []
     lines = {}
     for t in clips.tracks:
         lines.setdefault(t.artist, t.lyrics)
+    header = codes_header(path)  # the labels the priors learnt, whatever the audio folder says now
     for artist in artists:
-        genres = [t.genre for t in clips.tracks if t.artist == artist]
-        genre = max(set(genres), key=genres.count)
+        genre = usual_genre(header, artist, top.genres)
         piece = piece_seconds([t.seconds for t in clips.tracks if t.artist == artist], cfg.seconds)
         for _ in range(cfg.clips_per_artist):
             asked.append(artist)
@@ -196,6 +197,7 @@ def artist_recognition(path: Path, clips, cfg: EvaluateConfig, device: torch.dev
     result = recognised(real["train"][0], real["val"][0], decoded[0])
     result["levels"] = {level: recognised(coded["train"][i], coded["val"][i], decoded[i])
                         for i, level in enumerate(vq.levels)}
+    result["real_on"] = real_on
     return result
 
 
@@ -226,6 +228,9 @@ def evaluate_run(path: Path, cfg: EvaluateConfig, device: torch.device, progress
         raise UserError(f"--baselines {unknown[0]}: this VQ-VAE's levels are {', '.join(vq.levels)}")
     for other in map(Path, cfg.compare):
         open_pipeline(other)
+        if not (other / "vqvae" / "summary.json").is_file():  # refused now, not after the baselines have trained
+            raise UserError(f"--compare {other}: its VQ-VAE has not finished training; finish it with: nexttoken "
+                            f"jukebox train --resume {other}")
         rate = vqvae_config(other).sample_rate
         if rate != vq.sample_rate:  # its scores would be of audio it was never made for
             raise UserError(f"--compare {other}: its VQ-VAE codes {rate} Hz audio, {path}'s clips are "
@@ -283,7 +288,8 @@ def format_report(ev: Evaluation) -> str:
     if ev.recognition:
         r = ev.recognition
         out.append(f"artist recognised in {r['clips']} sampled clips: {100 * r['accuracy']:.0f}% (chance "
-                   f"{100 * r['chance']:.0f}%; the classifier on held-out real clips {100 * r['real_accuracy']:.0f}%)")
+                   f"{100 * r['chance']:.0f}%; the classifier on {scored_word(r.get('real_on'))} real clips "
+                   f"{100 * r['real_accuracy']:.0f}%)")
         out.append("  " + ", ".join(f"{a} {100 * v:.0f}%" for a, v in r["per_artist"].items()))
         if r.get("levels"):
             out.append("  each level's sampled codes decoded alone, against real clips through the same level: "

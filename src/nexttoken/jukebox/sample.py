@@ -202,6 +202,18 @@ def codes_header(pipeline: Path) -> dict:
         raise UserError(f"{path} is damaged ({str(e).splitlines()[0][:100]}); delete it to encode again") from None
 
 
+def usual_genre(header: dict, artist: str, genres: list[str]) -> str:
+    """The genre most of ARTIST's tracks had when the priors were trained (the codes' header), among the prior's
+    ``genres``; the first of them for an artist the header does not hold. Ties go to the first name in sorted order.
+
+    >>> header = {"tracks": [{"artist": "a", "genre": g} for g in ("reel", "jig", "polka")]}
+    >>> usual_genre(header, "a", ["reel", "jig"]), usual_genre(header, "b", ["reel", "jig"])
+    ('jig', 'reel')
+    """
+    seen = [t["genre"] for t in header["tracks"] if t["artist"] == artist and t["genre"] in genres]
+    return max(sorted(set(seen)), key=seen.count) if seen else genres[0]
+
+
 def labels_of(pipeline: Path, cfg: SampleConfig, vq) -> dict:
     """The request checked against the pipeline's priors: condition ids, codes per level, the prime's length."""
     from nexttoken.jukebox.pipeline import open_prior_config
@@ -215,8 +227,7 @@ def labels_of(pipeline: Path, cfg: SampleConfig, vq) -> dict:
     artist = known_label(cfg.artist, top.artists) if cfg.artist else top.artists[0]
     if artist not in top.artists:
         raise UserError(f"--artist {cfg.artist}: not one of the run's artists ({', '.join(top.artists)})")
-    genres = [t["genre"] for t in header["tracks"] if t["artist"] == artist]
-    genre = known_label(cfg.genre, top.genres) if cfg.genre else max(set(genres), key=genres.count)
+    genre = known_label(cfg.genre, top.genres) if cfg.genre else usual_genre(header, artist, top.genres)
     if genre not in top.genres:
         raise UserError(f"--genre {cfg.genre}: not one of the run's genres ({', '.join(top.genres)})")
     if cfg.lyrics and not top.lyrics:
@@ -235,7 +246,11 @@ def labels_of(pipeline: Path, cfg: SampleConfig, vq) -> dict:
             raise UserError(f"--prime-seconds {asked:g}: {cfg.prime} lasts {length:.2f} s")
         prime_seconds = int(asked * vq.sample_rate) // top_hop * top_hop / vq.sample_rate
         if prime_seconds <= 0:
-            raise UserError(f"--prime-seconds {asked:g} of {cfg.prime} holds no top-level code ({top_hop} samples)")
+            given = f"--prime {cfg.prime} lasts {length:.3g} s" if cfg.prime_seconds is None else \
+                f"--prime-seconds {asked:g} of {cfg.prime}"
+            raise UserError(f"{given}: less than one top-level code ({top_hop} samples)")
+    if round(cfg.seconds * vq.sample_rate) < 1:
+        raise UserError(f"--seconds {cfg.seconds:g}: less than one sample at this run's {vq.sample_rate} Hz")
     total = prime_seconds + cfg.seconds
     if total > top.max_seconds:
         raise UserError(f"--seconds {cfg.seconds:g}{' + --prime-seconds' if cfg.prime else ''}: at most "
