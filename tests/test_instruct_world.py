@@ -78,6 +78,7 @@ def test_chain_of_thought_reads_the_first_number_after_the_trigger_as_kojima_did
     tasks = tasks_of("word_problem", 2)
     said = [f"{t.answer}. The answer is {int(t.answer) + 1}" for t in tasks]  # a model that runs on past its answer
     monkeypatch.setattr(evaluate, "_greedy", lambda policy, prompts, *a, **k: said)
+    monkeypatch.setattr(evaluate, "warn_if_cut", lambda *a: None)  # no model here to measure the prompts with
     result = evaluate.chain_of_thought(None, tasks, evaluate.EvalConfig())
     assert result.direct == result.step_by_step == 1.0
 

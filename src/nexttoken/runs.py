@@ -105,17 +105,24 @@ def wrong_kind(path: str | Path, found: str | None, kinds, what: str = "") -> Us
     return UserError(f"{path} is {_a(found) if found else 'an unnamed'} run, not {expected}")
 
 
-def run_kind(path: str | Path) -> str | None:
-    """The kind saved in PATH/config.json ("instruct.sft", ...), or None where there is no config.json (a folder that
-    is no run of ours); a config.json that is not a JSON object is damaged."""
+def read_config(path: str | Path) -> dict | None:
+    """PATH/config.json, or None where there is none (a folder that is no run of ours); one that is not a JSON object
+    is damaged."""
     config = Path(path) / "config.json"
     if not config.is_file():
         return None
     saved = read_json(config)
     if not isinstance(saved, dict):
         raise UserError(f"{config} is damaged (not a JSON object)")
-    kind = saved.get("kind")
-    return kind if isinstance(kind, str) else ""
+    return saved
+
+
+def run_kind(path: str | Path) -> str | None:
+    """The kind saved in PATH/config.json ("instruct.sft", ...): "" when it names none, None when there is none."""
+    config = read_config(path)
+    if config is None:
+        return None
+    return config["kind"] if isinstance(config.get("kind"), str) else ""
 
 
 class Run:
@@ -163,13 +170,13 @@ class Run:
     def open(cls, path: str | Path, kind: str | tuple[str, ...] = (), enabled: bool = True) -> "Run":
         """A run folder for reading; ``kind`` names the commands whose runs are accepted."""
         path = Path(path)
-        found = run_kind(path)
-        if found is None:
+        config = read_config(path)
+        if config is None:
             raise UserError(f"{path} is not a run folder (no config.json)")
         kinds = (kind,) if isinstance(kind, str) else kind
-        if kinds and found not in kinds:
-            raise wrong_kind(path, found, kinds)
-        return cls(path, read_json(path / "config.json"), enabled)
+        if kinds and config.get("kind") not in kinds:
+            raise wrong_kind(path, config.get("kind"), kinds)
+        return cls(path, config, enabled)
 
     @classmethod
     def resume(cls, path: str | Path, kind: str | tuple[str, ...] = (), enabled: bool = True) -> "Run":
