@@ -17,6 +17,7 @@ def run_cli(*args, cwd=None):
         (["demo", "--only", "nope"], "unknown domain 'nope'"),
         (["demo", "--only", ","], "--only needs at least one domain, not ','; available: grok"),
         (["demo", "--bogus-option"], "unrecognized arguments"),
+        (["demo", "--out", "/"], "/ is not an empty folder; the demo writes a new one"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_code_2(args, message, tmp_path):
@@ -55,3 +56,27 @@ def test_missing_gpu_is_a_clear_error(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "nexttoken: error: --device cuda asked for, but PyTorch sees no CUDA GPU (is a CUDA build of torch installed?)"
     ]
+
+
+def test_a_failing_demo_section_keeps_the_others_and_says_a_user_error_in_one_line(tmp_path, monkeypatch, capsys):
+    import types
+
+    from nexttoken import cli
+    from nexttoken.errors import UserError
+    from nexttoken.report import Section
+
+    def demo_of(name):
+        def demo(out, device):
+            if name == "grok":
+                raise UserError("the disk is full")
+            if name == "muse":
+                raise RuntimeError("a bug")
+            return Section(f"{name} section")
+        return types.SimpleNamespace(demo=demo)
+
+    monkeypatch.setattr(cli, "domain", demo_of)
+    assert cli.main(["demo", "--only", "grok,muse,jukebox", "--out", str(tmp_path / "d"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert "nexttoken: demo grok: the disk is full" in err and "demo sections failed: grok, muse" in err, err
+    html = (tmp_path / "d" / "report.html").read_text()
+    assert "the disk is full" in html and "RuntimeError: a bug" in html and "jukebox section" in html

@@ -89,6 +89,8 @@ def run_demo(args: argparse.Namespace) -> int:
     wanted = list(dict.fromkeys(wanted))  # a domain named twice runs once
     device = pick_device(args.device)
     out = args.out or Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):  # its runs and report would be overwritten
+        raise UserError(f"{out} is not an empty folder; the demo writes a new one (choose another --out)")
     out.mkdir(parents=True, exist_ok=True)
     sections, failed = [], []
     for name in wanted:
@@ -96,6 +98,10 @@ def run_demo(args: argparse.Namespace) -> int:
         t0 = time.time()
         try:
             section = domain(name).demo(out / name, device)
+        except UserError as e:  # what the user can mend (a full disk, a missing soundfont...): its one line
+            failed.append(name)
+            print(f"nexttoken: demo {name}: {e}", file=sys.stderr)
+            section = Section(f"{name}: failed").text(str(e))
         except Exception:  # one broken pipeline must not hide the others' results
             failed.append(name)
             section = Section(f"{name}: failed").code(traceback.format_exc())
