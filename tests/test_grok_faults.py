@@ -97,6 +97,10 @@ def test_the_state_a_kill_between_the_last_checkpoint_and_the_summary_leaves(ref
     assert code == 0 and "has already finished" in err, err
     assert (run / "curves.png").exists()
     assert_same_run(run, reference)
+    (run / "summary.json").write_text("[]")  # damaged: written again from the run's records, not a traceback
+    code, err = finish(start("--resume", str(run), "--device", "cpu"))
+    assert code == 0 and "Traceback" not in err, err
+    assert_same_run(run, reference)
 
 
 def test_kills_at_random_points_resume_to_the_uninterrupted_run(reference, tmp_path):

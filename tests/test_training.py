@@ -434,9 +434,21 @@ def test_a_damaged_metrics_line_is_refused_and_the_file_left_as_it_was(tmp_path)
     with pytest.raises(UserError, match=r"metrics.jsonl: line 2 is not a metrics record"):
         run.rewind_metrics(20)  # what a resume does: it must not drop the damaged line unseen
     assert path.read_bytes() == before
+    path.write_text("\n".join([lines[0], '{"step": "twenty"}', *lines[1:]]) + "\n")  # a record whose step is no step
+    with pytest.raises(UserError, match=r"metrics.jsonl: line 2 is not a metrics record"):
+        run.rewind_metrics(20)
     path.write_text("\n".join(lines) + '\n{"step": 40, "train_lo')  # a kill's half-written last line is no damage
     assert [r["step"] for r in run.metrics()] == [10, 20, 30]
     run.close()
+
+
+@pytest.mark.parametrize("summary", ["[]", '{"steps": "x"}'])
+def test_a_damaged_summary_of_a_finished_run_is_refused_on_resume(tmp_path, summary):
+    from nexttoken.training import nothing_to_train
+
+    (tmp_path / "summary.json").write_text(summary)
+    with pytest.raises(UserError, match="summary.json is damaged"):
+        nothing_to_train(tmp_path, 10)
 
 
 def test_claiming_a_run_removes_the_temporary_files_a_killed_write_left(tmp_path):

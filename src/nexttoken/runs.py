@@ -314,7 +314,7 @@ def read_metrics(path: str | Path) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError:
             record = None
-        if isinstance(record, dict):
+        if isinstance(record, dict) and isinstance(record.get("step", 0), int):  # resume compares the steps
             records.append(record)
         elif line.strip() and n < len(lines):
             raise UserError(f"{f}: line {n} is not a metrics record (the file is damaged); restore the file or "

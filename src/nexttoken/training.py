@@ -245,7 +245,11 @@ def nothing_to_train(path, loop: "LoopConfig | int", unit: str = "steps") -> boo
     asked, budget = (loop.steps, loop.max_seconds) if isinstance(loop, LoopConfig) else (loop, 0.0)
     summary = Path(path) / "summary.json"
     if summary.is_file() and budget <= 0:
-        done = read_json(summary).get(unit, 0)
+        saved = read_json(summary)
+        done = saved.get(unit, 0) if isinstance(saved, dict) else None
+        if not isinstance(done, int):
+            raise UserError(f"{summary} is damaged (no whole number of {unit}); delete it, and the resume writes it "
+                            f"again")
         if done >= asked:
             say_finished(path, done, unit=unit)
             return True

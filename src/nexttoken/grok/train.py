@@ -232,7 +232,9 @@ def train(cfg: GrokConfig, run: Run, device: torch.device, *, resume: bool = Fal
         raise e.resumed_by(f"nexttoken grok train --resume {run.path}") from None
     done = run.path / "summary.json"
     if result.finished_before and done.exists():
-        return read_json(done)  # a finished run keeps the summary (and timings) it ended with
+        saved = read_json(done)
+        if isinstance(saved, dict) and "steps_to_val_99" in saved:  # a damaged one is written again below
+            return saved  # a finished run keeps the summary (and timings) it ended with
     m = result.milestones
     summary = {
         "op": cfg.op, "p": cfg.p, "frac": cfg.frac, "seed": cfg.seed,
