@@ -151,6 +151,24 @@ def test_evaluation_reports_fidelity_and_distances(env, tmp_path):
     assert "nan" not in json.dumps(few.to_dict()).lower()
 
 
+def test_a_miditok_encoded_run_is_evaluated_without_sampling(env):
+    """REMI and MIDILike runs are for comparing bits per note: the evaluation measures that and the classifier on real
+    excerpts, and says why it sampled nothing, instead of failing after the bits per note."""
+    from dataclasses import replace
+
+    from nexttoken.muse.evaluate import evaluate, format_report
+    from nexttoken.muse.model import build_model
+
+    _, _, cfg, _ = load_run(env["run"], torch.device("cpu"))
+    cfg = replace(cfg, encoding="remi")
+    enc = make_encoding("remi", cfg.composers, cfg.families)
+    torch.manual_seed(0)
+    ev = evaluate(build_model(cfg, enc.vocab_size), enc, cfg, load_corpus(env["corpus"]), torch.device("cpu"),
+                  n_per_composer=2, seconds=4, min_pieces=2)
+    assert ev.bits_per_note > 0 and ev.real_accuracy == 1.0 and ev.generated_accuracy is None
+    assert "no excerpts sampled: generation needs a run trained with --encoding musenet" in format_report(ev)
+
+
 def test_evaluation_samples_with_the_given_temperature_top_p_and_seed(env, monkeypatch):
     import nexttoken.muse.generate as generate
     from nexttoken.muse.evaluate import evaluate

@@ -30,7 +30,7 @@ from nexttoken.config import option
 from nexttoken.midi.corpus import Corpus
 from nexttoken.midi.notes import DRUMS, Notes
 from nexttoken.muse.data import make_row, piece_windows, row_positions, stack
-from nexttoken.muse.encoding import Encoded
+from nexttoken.muse.encoding import Encoded, MuseNetEncoding
 from nexttoken.progress import Progress
 from nexttoken.sampling import SamplingConfig
 
@@ -246,6 +246,7 @@ def evaluate(model, encoding, cfg, corpus: Corpus, device: torch.device, n_per_c
         clf = fit_classifier(x, y, classes)
         xv, yv = real_features(corpus, "val", classes, seconds)
         real_acc = float((clf.predict(xv) == yv).mean()) if len(yv) else None
+    if len(classes) >= 2 and isinstance(encoding, MuseNetEncoding):  # the MidiTok encodings are for bits per note
         hits, total = 0, 0
         with Progress(len(classes) * n_per_composer, f"evaluate: sampling {n_per_composer} excerpts per composer",
                       unit="excerpt", enabled=progress, log=log) as bar:
@@ -311,6 +312,9 @@ def format_report(ev: EvaluationReport) -> str:
         return "\n".join(lines)
     lines.append(f"composer classifier over {len(ev.classifier_classes)} composers (chance {num(ev.chance)}): "
                  f"real held-out excerpts {num(ev.real_accuracy)}, generated excerpts {num(ev.generated_accuracy)}")
+    if not ev.per_composer:
+        lines.append("no excerpts sampled: generation needs a run trained with --encoding musenet")
+        return "\n".join(lines)
     keys = ["pitch_class_tvd", "interval_tvd", "ioi_tvd", "density_rel_diff"]
     lines.append(f"{'composer':16} " + " ".join(f"{k[:-4] if k.endswith('_tvd') else 'density':^22}" for k in keys)
                  + "   (generated vs real | real half vs half)")
