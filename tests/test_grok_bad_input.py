@@ -95,6 +95,8 @@ BAD_VALUES = [
     (["train", *SMALL, "--grokfast-lambda", "3"],
      "--grokfast-lambda is used only with --grokfast ema or ma, not none"),
     (["train", *SMALL, "--init-std", "0.1"], "--init-std is used only with --init gpt2, not torch"),
+    (["sweep", *FEW[2:], "--ops", "s5:x*y", "--grid", "p=7,11"], "--grid p: the permutation operations (s5:x*y) have "
+                                                                 "no modulus"),
     (["sweep", *FEW, "--grid", "grokfast_alpha=0.9,0.98"], "--grid grokfast_alpha is used only with --grokfast ema, "
                                                             "not none"),
     (["sweep", *FEW, "--grid", "grokfast=none,ema", "--grid", "grokfast_lambda=1,2"],

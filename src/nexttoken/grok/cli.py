@@ -128,6 +128,10 @@ def refuse_unused(cfg: GrokConfig, typed: dict, grid: dict | None = None) -> Non
                 where = f"--grid {name}" if name in grid else config.flag_name(name)
                 raise UserError(f"{where} is used only with {config.flag_name(needs)} {' or '.join(values)}, "
                                 f"not {ignored[0]}")
+    ops = grid.get("op", [cfg.op])
+    if len(grid.get("p", ())) > 1 and all(op.startswith("s5:") for op in ops):  # S5 has no modulus
+        raise UserError(f"--grid p: the permutation operations ({', '.join(ops)}) have no modulus; each value "
+                        f"would train the same runs")
 
 
 def summary_line(s: dict) -> str:

@@ -191,7 +191,8 @@ def fit_critic(model, encoding, cfg, corpus: Corpus, device, per_class: int = 16
     samples. ``progress``: the features' progress too (the sampling's always shows), on stderr and in ``log``."""
     classes = [c for c in cfg.composers if len(corpus.indices("train", c)) >= min_pieces]
     if not classes:
-        raise UserError("the critic needs real training pieces of at least one of the run's composers")
+        raise UserError(f"the critic needs {min_pieces} or more real training pieces of at least one of the run's "
+                        f"composers")
     rng = np.random.default_rng(seed)
     context = model.cfg.block_size
 
