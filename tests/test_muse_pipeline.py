@@ -304,6 +304,8 @@ def test_critic_cli_fits_saves_and_ranks_candidates(env, tmp_path, capsys):
     assert report["balanced_accuracy"] == pytest.approx((report["accuracy_real"] + report["accuracy_generated"]) / 2)
     critic = Critic.load(run / CRITIC_FILE)
     assert critic.seconds == 4.0 and critic.classifier.weight.shape == (32 + 5, 2)
+    with pytest.raises(UserError, match="reads features 37 wide, and this run's model gives 69"):
+        Critic.load(run / CRITIC_FILE, width=64 + 5)  # a critic copied from a run of another width
     log = (run / "log.txt").read_text()  # each part's progress, in the run's log
     assert f"critic: features of {report['train_real']} real excerpts: window" in log
     assert "critic: sampling: piece 6/6 (100%)" in log and "critic: features of 6 samples: window" in log

@@ -51,6 +51,11 @@ class CriticConfig:
 
 
 # ---- features: what the model itself makes of a piece -----------------------------------------------------------------
+def feature_width(model) -> int:
+    """How many features ``piece_features`` gives per piece."""
+    return model.cfg.n_embd + 2 + len(QUANTILES)
+
+
 @torch.no_grad()
 def piece_features(model, encoded: list[Encoded], context: int, batch_size: int = 16,
                    progress: Progress | None = None) -> np.ndarray:
@@ -103,7 +108,8 @@ class Critic:
                      {"seconds": self.seconds, "temperature": self.temperature, "top_p": self.top_p})
 
     @classmethod
-    def load(cls, path: Path) -> "Critic":
+    def load(cls, path: Path, width: int | None = None) -> "Critic":
+        """The critic saved at ``path``; ``width``: the features its model gives (``feature_width``), checked."""
         if not path.is_file():
             raise UserError(f"{path.parent}: no critic yet; fit one with: nexttoken muse critic {path.parent}")
         tensors, meta = load_tensors(path)
@@ -117,6 +123,10 @@ class Critic:
         if tuple(critic.classifier.weight.shape) != (len(critic.classifier.mean), 2):
             raise UserError(f"{path} is damaged (its weights do not fit its features); fit it again with: "
                             f"nexttoken muse critic {path.parent}")
+        if width is not None and len(critic.classifier.mean) != width:
+            raise UserError(f"{path} reads features {len(critic.classifier.mean)} wide, and this run's model gives "
+                            f"{width} (a critic of another run); fit it again with: nexttoken muse critic "
+                            f"{path.parent}")
         return critic
 
 

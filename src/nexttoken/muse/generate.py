@@ -264,7 +264,7 @@ def write_samples(run_dir: Path, cfg: GenerateConfig, out: Path | None, device: 
     pieces are sampled and the critic keeps the ``n`` best. Nothing is written until every piece is ready.
     ``progress``: each part's progress on stderr and in the run's log.txt."""
     from nexttoken.midi.render import find_soundfont, render_wav
-    from nexttoken.muse.critic import CRITIC_FILE, Critic, keep_best, score_pieces_real
+    from nexttoken.muse.critic import CRITIC_FILE, Critic, feature_width, keep_best, score_pieces_real
     from nexttoken.muse.train import check_out, load_run
     from nexttoken.files import atomic_write_json
     from nexttoken.runs import unique_dir
@@ -277,7 +277,7 @@ def write_samples(run_dir: Path, cfg: GenerateConfig, out: Path | None, device: 
     model, encoding, muse_cfg, run = load_run(run_dir, device)
     if cfg.composer and cfg.composer not in muse_cfg.composers:
         raise UserError(f"unknown composer {cfg.composer!r}; this run knows: {', '.join(muse_cfg.composers)}")
-    critic = Critic.load(run.path / CRITIC_FILE) if cfg.candidates > 1 else None
+    critic = Critic.load(run.path / CRITIC_FILE, feature_width(model)) if cfg.candidates > 1 else None
     sf = find_soundfont(soundfont)
     composer = cfg.composer or muse_cfg.composers[0]
     t0 = time.time()
