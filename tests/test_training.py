@@ -541,3 +541,26 @@ def test_a_new_run_is_not_made_among_other_files(tmp_path):
     Run.create(tmp_path / "empty", {"a": 1}).close()  # a new folder, or an empty one, is claimed
     (tmp_path / "empty2").mkdir()
     Run.create(tmp_path / "empty2", {"a": 1}).close()
+
+
+def test_a_resume_refused_before_its_next_checkpoint_puts_the_plan_back(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    run = Run.create(tmp_path / "r", {"loop": {"steps": 10}})
+    run.save_checkpoint(model, None, 10)
+    run.close()
+    with pytest.raises(UserError):
+        with Run.resume(run.path) as again:
+            again.amend({"loop": {"steps": 600}})
+            raise UserError("the checkpoint does not fit")  # what a loop's load may say
+    assert Run.open(run.path).config["loop"] == {"steps": 10}
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C: the printed command continues the new plan
+        with Run.resume(run.path) as again:
+            again.amend({"loop": {"steps": 600}})
+            raise KeyboardInterrupt
+    assert Run.open(run.path).config["loop"] == {"steps": 600}
+    with pytest.raises(UserError):
+        with Run.resume(run.path) as again:
+            again.amend({"loop": {"steps": 900}})
+            again.save_checkpoint(model, None, 20)  # trained on: the plan it trained under stays
+            raise UserError("a later failure")
+    assert Run.open(run.path).config["loop"] == {"steps": 900}

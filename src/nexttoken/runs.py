@@ -130,7 +130,8 @@ class Run:
     one (to analyse, evaluate or sample from it).
 
     Used as a context manager, a run that fails before it has logged anything or saved a checkpoint removes what it
-    wrote, so the corrected command can use the same folder. ``kind`` (e.g. "grok.train") is saved in config.json and
+    wrote, so the corrected command can use the same folder, and a resume that fails before its next checkpoint puts
+    back the plan ``amend`` changed (a Ctrl-C keeps it: the command it prints continues the new plan). ``kind`` (e.g. "grok.train") is saved in config.json and
     checked on resume, so a folder of another command is refused by name. ``enabled=False`` (non-zero DDP ranks) turns
     every write into a no-op so only one process touches the folder.
     """
@@ -143,6 +144,7 @@ class Run:
         self._lock = lock
         self._created = created  # this process made the folder (not only its files)
         self._fresh = fresh  # this process wrote config.json: a failed start may take it back
+        self._before_amend: tuple[dict, int] | None = None  # the plan and checkpoint step a failed resume restores
 
     @classmethod
     def create(cls, path: str | Path, config: dict, kind: str = "", enabled: bool = True) -> "Run":
@@ -191,6 +193,8 @@ class Run:
         summary and whoever reads the folder see the run's plan as it now stands."""
         updated = {**self.config, **sections}
         if updated != self.config and self.enabled:
+            if self._before_amend is None:
+                self._before_amend = (self.config, self.trained_steps())
             atomic_write_json(self.path / "config.json", updated)
         self.config = updated
 
@@ -200,6 +204,10 @@ class Run:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None and self.enabled and self._fresh and not self.started():
             self.discard()
+        elif exc_type is not None and not issubclass(exc_type, KeyboardInterrupt) and self._before_amend and \
+                self.trained_steps() == self._before_amend[1]:  # a resume refused before it trained: plan unchanged
+            atomic_write_json(self.path / "config.json", self._before_amend[0])
+            self.config = self._before_amend[0]
         self.close()
 
     def started(self) -> bool:

@@ -22,7 +22,7 @@ from nexttoken.grok.data import OPERATIONS, check_op, vocab_size
 from nexttoken.grok.ensemble import Ensemble
 from nexttoken.grok.loop import default_eval_ratio, saved_progress, snapshot_schedule, train_ensemble
 from nexttoken.grok.memory import check_memory
-from nexttoken.files import atomic_write_json, read_json
+from nexttoken.files import read_json
 from nexttoken.runs import Run, wrong_kind
 
 KIND = "grok.train"  # the run folders `grok train` writes
@@ -202,10 +202,7 @@ def resume(path: Path, device: torch.device, requested: dict, requested_options:
         if taken > cfg.steps:
             raise UserError(f"--steps {cfg.steps:,} is fewer than the {taken:,} steps {path} has taken")
         check_memory([cfg], device)
-        updated = {"kind": KIND, **run_config([cfg], options)}
-        if updated != run.config:
-            atomic_write_json(run.path / "config.json", updated)
-            run.config = updated
+        run.amend({"kind": KIND, **run_config([cfg], options)})
     except BaseException:
         run.close()
         raise
