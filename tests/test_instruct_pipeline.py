@@ -492,6 +492,12 @@ def test_a_pipeline_started_again_is_judged_by_its_saved_settings(tmp_path, caps
     assert f"differs from the resumed run's {','.join(PRESETS['demo']['sizes'])};" in err and "[]" not in err, err
 
 
+def test_a_pipeline_saved_before_the_kl_target_keeps_the_fixed_beta_it_started_with(tmp_path):
+    (tmp_path / "pipeline.json").write_text(json.dumps({"preset": "demo", "sizes": ["tiny"]}))
+    assert pipeline.settings(tmp_path, PipelineConfig(), {}).ppo_target_kl == 0.0
+    assert pipeline.settings(tmp_path / "new", PipelineConfig(), {}).ppo_target_kl == 4.0
+
+
 def test_continued_pretraining_takes_the_lr_of_the_models_size_and_counts_its_own_rows(tiny, tmp_path, capsys,
                                                                                       monkeypatch):
     folder, _ = tiny

@@ -131,9 +131,9 @@ class Run:
 
     Used as a context manager, a run that fails before it has logged anything or saved a checkpoint removes what it
     wrote, so the corrected command can use the same folder, and a resume that fails before its next checkpoint puts
-    back the plan ``amend`` changed (a Ctrl-C keeps it: the command it prints continues the new plan). ``kind`` (e.g. "grok.train") is saved in config.json and
-    checked on resume, so a folder of another command is refused by name. ``enabled=False`` (non-zero DDP ranks) turns
-    every write into a no-op so only one process touches the folder.
+    back the plan ``amend`` changed (a Ctrl-C keeps it: the command it prints continues the new plan). ``kind`` (e.g.
+    "grok.train") is saved in config.json and checked on resume, so a folder of another command is refused by name.
+    ``enabled=False`` (non-zero DDP ranks) turns every write into a no-op so only one process touches the folder.
     """
 
     def __init__(self, path: str | Path, config: dict, enabled: bool = True, lock: int | None = None,
@@ -188,12 +188,13 @@ class Run:
             run._lock = _claim(run.path)
         return run
 
-    def amend(self, sections: dict) -> None:
+    def amend(self, sections: dict, plan: bool = True) -> None:
         """Save what a resume changed (more steps, a time budget) in config.json, so that the next resume, the
-        summary and whoever reads the folder see the run's plan as it now stands."""
+        summary and whoever reads the folder see the run's plan as it now stands. A ``plan`` change is taken back if
+        the resume fails before its next checkpoint; a fact (where the run's inputs now are) stays."""
         updated = {**self.config, **sections}
         if updated != self.config and self.enabled:
-            if self._before_amend is None:
+            if plan and self._before_amend is None:
                 self._before_amend = (self.config, self.trained_steps())
             atomic_write_json(self.path / "config.json", updated)
         self.config = updated
@@ -202,13 +203,16 @@ class Run:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None and self.enabled and self._fresh and not self.started():
-            self.discard()
-        elif exc_type is not None and not issubclass(exc_type, KeyboardInterrupt) and self._before_amend and \
-                self.trained_steps() == self._before_amend[1]:  # a resume refused before it trained: plan unchanged
-            atomic_write_json(self.path / "config.json", self._before_amend[0])
-            self.config = self._before_amend[0]
-        self.close()
+        try:
+            if exc_type is not None and self.enabled and self._fresh and not self.started():
+                self.discard()
+            elif exc_type is not None and not issubclass(exc_type, KeyboardInterrupt) and self._before_amend:
+                before, step = self._before_amend
+                if self.trained_steps() == step:  # a resume refused before it trained leaves the plan it found
+                    atomic_write_json(self.path / "config.json", before)
+                    self.config = before
+        finally:
+            self.close()
 
     def started(self) -> bool:
         """Anything worth keeping: a checkpoint or a logged record."""

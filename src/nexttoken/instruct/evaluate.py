@@ -229,6 +229,8 @@ def warn_if_cut(policy: Policy, prompts: Sequence[str], new_tokens: int, flag: s
     """One line when prompts are longer than the context leaves beside ``flag``'s tokens: the model reads only their
     ends (as `chat` says of each), so what is scored are answers to cut questions."""
     room = policy.context - new_tokens
+    if room <= 0:  # no room at all: respond's check_room says so
+        return
     n = sum(len(policy.tokenizer.encode(p)) > room for p in prompts)
     if n:
         warn(f"{n} of {len(prompts)} prompts are longer than the {room} tokens that the model's context of "

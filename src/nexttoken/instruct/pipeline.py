@@ -165,7 +165,8 @@ def settings(folder: Path, cfg: PipelineConfig, given: dict) -> PipelineConfig:
     saved_file = folder / "pipeline.json"
     if not saved_file.is_file():
         return replace(cfg, sizes=cfg.model_sizes)
-    saved = load(PipelineConfig, read_json(saved_file), str(saved_file))
+    # a folder started before PPO steered its KL keeps the fixed beta its finished PPO stages trained with
+    saved = load(PipelineConfig, {"ppo_target_kl": 0.0, **read_json(saved_file)}, str(saved_file))
     return resumed(replace(saved, sizes=saved.model_sizes), given)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from nexttoken.errors import UserError
+from nexttoken.errors import UserError, warn
 from nexttoken.jukebox.alignment import alignment_score, plot_alignment, sampled_attention
 from nexttoken.jukebox.audio import write_wav
 from nexttoken.jukebox.data import DataConfig
@@ -66,9 +66,18 @@ def report(run_dir: Path, out: Path | None, device) -> Path:
         raise UserError(f"{out} exists and is not a folder; choose another --out")
     out = out or run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    dirs = sorted(p for p in (run_dir / "samples").glob("*") if p.is_dir() and run_kind(p) == "jukebox.sample")
+    dirs = sorted(p for p in (run_dir / "samples").glob("*") if p.is_dir() and _is_sample(p))
     section = pipeline_section(run_dir, out, device, dirs, f"Jukebox: {run_dir.name}")
     return render(f"nexttoken jukebox: {run_dir.name}", [section], out / "report.html")
+
+
+def _is_sample(folder: Path) -> bool:
+    """A sampling's folder; any other folder a user put in RUN/samples is no part of the report."""
+    try:
+        return run_kind(folder) == "jukebox.sample"
+    except UserError as e:  # a damaged config.json: that folder is left out, the report goes on
+        warn(f"the report leaves out {folder}: {e}")
+        return False
 
 
 def pipeline_section(run_dir: Path, out: Path, device, sample_dirs: list[Path], title: str) -> Section:

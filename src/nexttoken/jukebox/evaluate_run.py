@@ -232,9 +232,7 @@ def evaluate_run(path: Path, cfg: EvaluateConfig, device: torch.device, progress
         if rate != vq.sample_rate:  # its scores would be of audio it was never made for
             raise UserError(f"--compare {other}: its VQ-VAE codes {rate} Hz audio, {path}'s clips are "
                             f"{vq.sample_rate} Hz; compare pipelines of one sample rate")
-        if not (other / "vqvae" / "summary.json").is_file():  # refused now, not after the baselines have trained
-            raise UserError(f"--compare {other}: its VQ-VAE has not finished training; finish it with: nexttoken "
-                            f"jukebox train --resume {other}")
+        vqvae_step(other)  # an unfinished VQ-VAE is refused now, not after the baselines have trained
     clips = clips_of(path)
     val = held_out(clips, cfg.val_clips)
     if scored_split(clips) == "train":

@@ -351,7 +351,7 @@ def sample_run(pipeline: Path, out: Path, cfg: SampleConfig, sampling: SamplingC
                                 f"name its artist and genre otherwise: it is not that pipeline")
         run = Run.resume(out, KIND)
         if moved:
-            run.amend({"pipeline": str(pipeline.resolve())})
+            run.amend({"pipeline": str(pipeline.resolve())}, plan=False)
         saved = load(SampleConfig, run.config.get("request"), str(out / "config.json"))
         saved.stop_at = cfg.stop_at
         cfg, sampling = check(saved), load(SamplingConfig, run.config.get("sampling"), str(out / "config.json"))
