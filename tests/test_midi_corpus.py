@@ -50,7 +50,19 @@ def test_a_prepared_note_table_travels_without_its_sources(tmp_path):
     shutil.copy(corpus.path / "notes.npz", notes)
     meta = json.loads((moved / "pieces.json").read_text())
     (moved / "pieces.json").write_text(json.dumps({**meta, "ids": meta["ids"][1:]}))
-    with pytest.raises(UserError, match="do not match"):
+    with pytest.raises(UserError, match="pieces.json and notes.npz count different pieces"):
+        load_corpus(str(moved))
+    (moved / "pieces.json").write_text(json.dumps(meta))
+    with np.load(corpus.path / "notes.npz") as z:
+        good = {k: z[k] for k in z.files}
+    for change, message in [({"pitch": good["pitch"][:-1]}, "the note columns do not fit the pieces' offsets"),
+                            ({"family": good["family"] * 0 + 50}, "a family outside 0-"),
+                            ({"pitch": good["pitch"] + 200}, "a pitch outside 0-127")]:
+        np.savez_compressed(notes, **{**good, **change})
+        with pytest.raises(UserError, match=message):
+            load_corpus(str(moved))
+    np.savez_compressed(notes, **{k: v for k, v in good.items() if k != "pitch"})
+    with pytest.raises(UserError, match="it lacks the pitch column"):
         load_corpus(str(moved))
 
 

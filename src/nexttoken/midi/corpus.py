@@ -156,10 +156,29 @@ class Corpus:
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             raise UserError(f"{path}: not a readable note table ({type(e).__name__}: {e}); delete the folder and "
                             "prepare the corpus again") from None
-        if not len(corpus.offsets) - 1 == len(corpus.ids) == len(corpus.labels) == len(corpus.splits):
-            raise UserError(f"{path}: pieces.json and notes.npz do not match; delete the folder and prepare the "
-                            "corpus again")
+        wrong = corpus.damage()
+        if wrong:
+            raise UserError(f"{path}: not a note table ({wrong}); delete the folder and prepare the corpus again")
         return corpus
+
+    def damage(self) -> str:
+        """What makes a loaded table unusable ("" for none): the columns, offsets and values every reader relies on.
+        A table is the project's own cache, but a user may point --corpus at a copied or edited one."""
+        t, n = self.table, len(self.ids)
+        columns = ("start", "end", "pitch", "velocity", "family")
+        if not set(columns) <= set(t):
+            return f"it lacks the {', '.join(sorted(set(columns) - set(t)))} column"
+        if not len(self.offsets) - 1 == n == len(self.labels) == len(self.splits) == len(self.tempos):
+            return "pieces.json and notes.npz count different pieces"
+        if len(self.offsets) == 0 or self.offsets[0] != 0 or np.any(np.diff(self.offsets) < 0) \
+                or any(len(t[c]) != self.offsets[-1] for c in columns):
+            return "the note columns do not fit the pieces' offsets"
+        if any(s not in ("train", "val") for s in self.splits) or not all(isinstance(x, str) for x in self.labels):
+            return "a piece's split or label is not one"
+        for column, top in (("pitch", 127), ("velocity", 127), ("family", len(FAMILIES) - 1)):
+            if len(t[column]) and not 0 <= int(t[column].min()) <= int(t[column].max()) <= top:
+                return f"a {column} outside 0-{top}"
+        return ""
 
     def summary(self) -> list[dict]:
         rows = []
