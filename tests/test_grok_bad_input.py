@@ -282,3 +282,14 @@ def test_an_s5_run_is_announced_without_a_modulus(tmp_path, capsys):
                  "1", "--steps", "1", "--frac", "0.01", "--device", "cpu", "--out", str(tmp_path / "run")])
     assert code == 0
     assert capsys.readouterr().err.startswith("grok: s5:x*y, 1% training data")
+
+
+@pytest.mark.parametrize("damage", [{"max_ensemble": 0}, {"processes": "x"}])
+def test_a_sweep_config_with_a_damaged_shape_is_one_line(damage, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code, err = run_main(["grok", "sweep", *FEW, "--out", str(out)], capsys)
+    assert code == 0, err
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, **damage}))
+    code, err = run_main(["grok", "sweep", "--resume", str(out)], capsys)
+    assert code == 2 and len(err) == 1 and "config.json is damaged (max_ensemble and processes" in err[0], err

@@ -192,6 +192,8 @@ def resume_sweep(path: Path, requested: dict, grid: dict[str, list], max_ensembl
         swept = {k: v for k, v in requested.items() if k not in saved["grid"]}
         config.resumed(configs[0], swept)  # refuses a setting that differs from the runs'
         size = saved.get("max_ensemble", max_ensemble or SweepConfig.max_ensemble)
+        if not all(type(v) is int and v >= 1 for v in (size, saved.get("processes", 1))):
+            raise UserError(f"{path / 'config.json'} is damaged (max_ensemble and processes are whole numbers >= 1)")
         if max_ensemble is not None and max_ensemble != size:
             raise UserError(f"--max-ensemble {max_ensemble} differs from the resumed sweep's {size}")
         options = config.resumed(config.load(TrainOptions, saved, source), requested_options, adjustable=ADJUSTABLE)
@@ -247,7 +249,9 @@ def train_group(member_cfgs: list[GrokConfig], grid: dict[str, list], out: Path,
     """One ensemble of the sweep in its own run folder: its result rows, read back when it has finished before."""
     if resume and (folder / "summary.json").exists():
         done = read_json(folder / "summary.json")
-        if not isinstance(done, dict) or len(done.get("members") or []) != len(member_cfgs):
+        members = done.get("members") if isinstance(done, dict) else None
+        if not isinstance(members, list) or len(members) != len(member_cfgs) or \
+                not all(isinstance(m, dict) for m in members):
             raise UserError(f"{folder / 'summary.json'} is damaged; delete it to finish the group again")
         return done["members"]
     if resume and (folder / "config.json").exists():
