@@ -166,7 +166,7 @@ def read_user_midi(path: str | Path) -> Notes:
     if not outcome.ok:
         raise UserError(outcome.error if outcome.error.startswith(str(path)) else f"{path}: {outcome.error}")
     if not len(outcome.value):
-        raise UserError(f"{path}: the MIDI file holds no notes")
+        raise UserError(f"{path}: the MIDI file holds no notes (a note counts once its note-off ends it)")
     return outcome.value
 
 
