@@ -114,7 +114,7 @@ def test_artists_of_any_script_stay_apart_and_a_merge_is_one_warning(tmp_path, c
                         "as one"]
 
 
-def test_csv_rows_without_an_artist_and_merged_names_are_warned_once(tmp_path, capsys):
+def test_csv_rows_without_an_artist_or_genre_and_merged_names_are_warned_once(tmp_path, capsys):
     write_good(tmp_path)
     (tmp_path / "set.csv").write_text("artist,genre,path\n"
                                       ",Rock,alice/one.wav\n"
@@ -130,6 +130,7 @@ def test_csv_rows_without_an_artist_and_merged_names_are_warned_once(tmp_path, c
         "1 row(s) name no path; they are skipped",
         "2 row(s) name no artist; they are artist 'unknown'",
         "artists 'Björk' and 'BJORK' are both artist 'bjork'; they are treated as one",
+        "1 row(s) name no genre; they are genre 'unknown'",
         "genres 'Rock' and 'rock' are both genre 'rock'; they are treated as one"]
 
 

@@ -151,12 +151,13 @@ def csv_tracks(csv_path: Path) -> list[Track]:
     if pathless:
         warn(f"{csv_path}: {pathless} row(s) name no path; they are skipped")
         rows = [r for r in rows if (r[cols["path"]] or "").strip()]
-    names = [(r[cols["artist"]] or "").strip() for r in rows]
-    unnamed = names.count("")
-    if unnamed:
-        warn(f"{csv_path}: {unnamed} row(s) name no artist; they are artist 'unknown'")
-    artists = labels_of(names, f"{csv_path}: artists", "artist")
-    genres = labels_of([r[cols["genre"]] or "" for r in rows], f"{csv_path}: genres", "genre")
+    labels = {}
+    for kind in ("artist", "genre"):
+        names = [(r[cols[kind]] or "").strip() for r in rows]
+        if names.count(""):
+            warn(f"{csv_path}: {names.count('')} row(s) name no {kind}; they are {kind} 'unknown'")
+        labels[kind] = labels_of(names, f"{csv_path}: {kind}s", kind)
+    artists, genres = labels["artist"], labels["genre"]
     return [Track(r[cols["path"]], csv_path.parent / r[cols["path"]], artist, genre,
                   (r[lyrics] or "").strip() if lyrics else "") for r, artist, genre in zip(rows, artists, genres)]
 
