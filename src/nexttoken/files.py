@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 from safetensors import safe_open
@@ -59,6 +59,23 @@ def jsonable(x: Any) -> Any:
     if hasattr(x, "item"):
         return x.item()
     raise TypeError(f"cannot write {type(x).__name__} as JSON")
+
+
+T = TypeVar("T")
+
+
+def parse_lines(path: str | Path, lines: list[str], parse: Callable[[str], T], what: str) -> list[tuple[int, T]]:
+    """(line number, value) for each line of a file a process appends to, as ``parse`` reads it. Blank lines and a
+    half-written last line (a killed writer) are skipped; any other line ``parse`` refuses (a ValueError saying why)
+    is damage, named by its number: a resume, which rewrites the file, would otherwise drop it unseen."""
+    out = []
+    for n, line in enumerate(lines, 1):
+        try:
+            out.append((n, parse(line)))
+        except ValueError as e:
+            if line.strip() and n < len(lines):
+                raise UserError(f"{path}: line {n} is not {what}: {e}; restore the file or delete that line") from None
+    return out
 
 
 def read_text(path: str | Path) -> str:

@@ -26,8 +26,8 @@ import torch
 
 from nexttoken.errors import UserError
 from nexttoken.files import (UMASK, atomic_write_json, atomic_write_text, jsonable, load_meta, load_tensors,
-                             optimizer_from_tensors, optimizer_to_tensors, read_json, restore_rng, rng_tensors,
-                             save_tensors)
+                             optimizer_from_tensors, optimizer_to_tensors, parse_lines, read_json, restore_rng,
+                             rng_tensors, save_tensors)
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -319,19 +319,19 @@ def read_metrics(path: str | Path) -> list[dict]:
     f = Path(path) / "metrics.jsonl"
     if not f.exists():
         return []
-    lines = f.read_text(errors="replace").splitlines()
-    records = []
-    for n, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if isinstance(record, dict) and isinstance(record.get("step", 0), int):  # resume compares the steps
-            records.append(record)
-        elif line.strip() and n < len(lines):
-            raise UserError(f"{f}: line {n} is not a metrics record (the file is damaged); restore the file or "
-                            f"delete that line")
-    return records
+    return [r for _, r in parse_lines(f, f.read_text(errors="replace").splitlines(), _metrics_record,
+                                      "a metrics record")]
+
+
+def _metrics_record(line: str) -> dict:
+    """One line of metrics.jsonl: a JSON object whose step, if it has one, is a whole number (resume compares them)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
+        raise ValueError("the file is damaged")
+    return record
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

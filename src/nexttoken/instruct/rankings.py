@@ -31,7 +31,7 @@ from nexttoken.instruct.tasks import TRAIN_FAMILIES, make_tasks
 from nexttoken.instruct.world import Task, make_world
 from nexttoken.progress import Progress
 from nexttoken.training import LoopConfig
-from nexttoken.files import atomic_write_text, read_text
+from nexttoken.files import atomic_write_text, parse_lines, read_text
 from nexttoken.runs import Run, run_kind, wrong_kind
 
 RANKINGS_FILE = "rankings.jsonl"
@@ -187,18 +187,13 @@ def read_rankings(source: str | Path) -> list[Ranking]:
         path = path / RANKINGS_FILE
     if not path.is_file():
         raise UserError(f"{source} holds no rankings (make them with `nexttoken instruct rank`)")
-    out, lines = [], read_text(path).splitlines()
-    for n, line in enumerate(lines, 1):
-        try:
-            out.append(Ranking.from_json(line))
-        except ValueError as e:
-            if line.strip() and n < len(lines):  # a half-written last line (a killed writer) is no damage
-                raise UserError(f"{path}: line {n} is not a ranking of `nexttoken instruct rank`: {e}") from None
-            continue
-        if len(out[-1].outputs) != len(out[0].outputs):  # a reward model's batch holds K outputs per element
-            raise UserError(f"{path}: line {n} ranks {len(out[-1].outputs)} outputs where the first ranks "
-                            f"{len(out[0].outputs)}; rank every prompt's outputs in one `rank` run")
-    return out
+    numbered = parse_lines(path, read_text(path).splitlines(), Ranking.from_json,
+                           "a ranking of `nexttoken instruct rank`")
+    for n, r in numbered:
+        if len(r.outputs) != len(numbered[0][1].outputs):  # a reward model's batch holds K outputs per element
+            raise UserError(f"{path}: line {n} ranks {len(r.outputs)} outputs where the first ranks "
+                            f"{len(numbered[0][1].outputs)}; rank every prompt's outputs in one `rank` run")
+    return [r for _, r in numbered]
 
 
 def split_rankings(source: str | Path, val_fraction: float, epochs: float, loop: LoopConfig
