@@ -10,14 +10,13 @@ from pathlib import Path
 
 import torch
 
-from charlm import batch_fn
+from charlm import batch_fn, char_model
 from nexttoken.distributed import (all_sum, any_rank, average_gradients, barrier, gather, init_distributed,
                                    main_first, mean_over, shutdown_distributed)
 from nexttoken.errors import Interrupted
 from nexttoken.instruct.pipeline import MODULES, stage_configs
 from nexttoken.instruct.stage import open_stage
 from nexttoken.training import LoopConfig, OptimConfig, fit
-from test_training import char_model
 
 out = Path(sys.argv[1])
 dist = init_distributed("cpu")

@@ -4,10 +4,9 @@ import sys
 
 import torch
 
-from charlm import batch_fn
+from charlm import batch_fn, char_model
 from nexttoken.distributed import init_distributed, shutdown_distributed
 from nexttoken.training import LoopConfig, OptimConfig, fit
-from test_training import char_model
 
 out = sys.argv[1]
 dist = init_distributed("cpu")

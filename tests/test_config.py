@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from charlm import FakeClock
 from nexttoken.config import add_options, check, from_args, load, option, resumed
 from nexttoken.errors import UserError
 from nexttoken.progress import Progress
@@ -81,14 +82,6 @@ def test_a_resumed_run_keeps_its_course():
         resumed(saved, {"lr": 0.2}, adjustable=("steps",))
     with pytest.raises(UserError, match="--labels b,a differs from the resumed run's a,b;"):  # as typed, not a repr
         resumed(Demo(labels=["a", "b"]), {"labels": ["b", "a"]})
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
 
 
 def test_progress_without_a_terminal_writes_a_line_every_few_seconds(tmp_path):

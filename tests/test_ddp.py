@@ -5,9 +5,8 @@ from pathlib import Path
 
 import torch
 
-from charlm import batch_fn
+from charlm import batch_fn, char_model
 from nexttoken.training import LoopConfig, OptimConfig, fit
-from test_training import char_model
 
 HERE = Path(__file__).parent
 
