@@ -28,9 +28,7 @@ from nexttoken.runs import Run
 CPU = torch.device("cpu")
 
 
-
 ONE = Dist()  # one process, on the CPU
-
 
 
 TINY = {
@@ -49,7 +47,6 @@ TINY = {
 }
 
 
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """One finished tiny pipeline (the demo preset shrunk to a one-layer model of one size)."""
@@ -59,7 +56,6 @@ def tiny(tmp_path_factory):
         mp.setitem(pretrain.SIZES, "tiny", (1, 2, 32, 3e-3))
         run_pipeline(folder, PipelineConfig(preset="demo"), ONE, progress=False)
         yield folder, mp
-
 
 
 def test_the_demo_section_shows_figure_1_the_chain_of_thought_table_and_answers(tiny, tmp_path):
@@ -73,10 +69,9 @@ def test_the_demo_section_shows_figure_1_the_chain_of_thought_table_and_answers(
               for rows, caption in [item]}
     assert len(tables["InstructGPT's Figure 1 in miniature"]) == 6  # one size x six methods
     assert {r["model"] for r in tables["Zero-shot chain of thought on held-out word problems (greedy)"]} == {
-        "base", "sft", "ppo"}
+        "base", "sft", "ppo", "ppo_ptx", "dpo"}
     answers = tables["The same prompts to the base, SFT and PPO models"]
     assert [a["prompt"] for a in answers] == demo_prompts() * 3
-
 
 
 def test_a_few_shot_prompt_too_long_for_the_context_loses_whole_examples(tiny):
@@ -91,7 +86,6 @@ def test_a_few_shot_prompt_too_long_for_the_context_loses_whole_examples(tiny):
     assert fitted.startswith("Q: ") and whole.endswith(fitted)  # the first examples dropped whole, not cut
 
 
-
 def test_every_stage_finishes_and_the_evaluation_draws_figure_1(tiny):
     folder, _ = tiny
     for stage in plan(folder, PipelineConfig(preset="demo")):
@@ -103,10 +97,11 @@ def test_every_stage_finishes_and_the_evaluation_draws_figure_1(tiny):
     assert "asking something back" in (folder / "evaluate" / "results.md").read_text()
     assert (folder / "evaluate" / "win_rates.png").stat().st_size > 10_000
     assert "Let's think step by step" in (folder / "evaluate" / "results.md").read_text()
+    cot = {r["method"] for r in results["rows"] if "cot_step_by_step" in r}  # Kojima: which tuning keeps it
+    assert cot == {"base", "sft", "ppo", "ppo_ptx", "dpo"}, cot
     health = [json.loads(line) for line in (folder / "ppo-tiny" / "metrics.jsonl").read_text().splitlines()]
     assert {"reward", "kl", "entropy", "clip_frac", "value_loss", "response_length"} <= set(health[-1])
     assert (folder / "ppo-tiny" / "ppo_health.png").is_file()
-
 
 
 def test_ppo_raises_the_reward_over_sft(tiny):
@@ -129,7 +124,6 @@ def test_ppo_raises_the_reward_over_sft(tiny):
     assert mean_reward("ppo-tiny") > mean_reward("sft-tiny") + 0.1
 
 
-
 def test_ppo_against_the_labelers_own_utility_scores_every_episode_by_it(tiny, tmp_path):
     """--reward-model labeler: the gold reward (the held-out labeler's noiseless utility) replaces the reward model,
     and the value head starts at zero."""
@@ -150,7 +144,6 @@ def test_ppo_against_the_labelers_own_utility_scores_every_episode_by_it(tiny, t
     assert len(records) == 2 and all(0 <= r["score"] <= best for r in records)
 
 
-
 def test_demonstrations_score_zero_on_average_under_the_reward_model(tiny):
     folder, _ = tiny
     from nexttoken.instruct.corpus import demonstrations
@@ -160,7 +153,6 @@ def test_demonstrations_score_zero_on_average_under_the_reward_model(tiny):
     demos = demonstrations(make_world(0), 16, seed=4242)
     scores = score_texts(rm, [rm.backbone.chat_prompt(d.task.instruction) for d in demos], [d.response for d in demos])
     assert abs(float(scores.mean())) < 1e-4 and "demo_mean_before_centring" in meta
-
 
 
 def test_a_killed_ppo_stage_resumes_to_the_uninterrupted_result(tiny, tmp_path, monkeypatch):
@@ -201,7 +193,6 @@ def test_a_killed_ppo_stage_resumes_to_the_uninterrupted_result(tiny, tmp_path, 
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
 
-
 def test_a_killed_stage_resumed_counts_the_seconds_of_every_stretch(tiny, tmp_path, monkeypatch):
     from nexttoken.instruct import sft
 
@@ -227,7 +218,6 @@ def test_a_killed_stage_resumed_counts_the_seconds_of_every_stretch(tiny, tmp_pa
     assert total > first and summary["seconds"] == round(total, 1)  # 26 steps, then 4: all 30 counted
 
 
-
 @pytest.mark.parametrize("stage, verb, unit", [("pretrain-tiny", "pretrain", "steps"), ("sft-tiny", "sft", "steps"),
                                                ("reward", "reward", "steps"), ("dpo-tiny", "dpo", "steps"),
                                                ("ppo-tiny", "ppo", "iterations")])
@@ -242,7 +232,6 @@ def test_resuming_a_finished_stage_leaves_its_summary_as_it_was(tiny, tmp_path, 
     assert (run / "summary.json").read_text() == before
     err = capsys.readouterr().err
     assert f"{run} has finished its" in err and f"{unit}; nothing to train (pass --{unit} N" in err, err
-
 
 
 def test_a_killed_pipeline_continues_where_it_stopped(tiny, monkeypatch, capsys):
@@ -275,7 +264,6 @@ def test_a_killed_pipeline_continues_where_it_stopped(tiny, monkeypatch, capsys)
     assert "evaluate judged the models before dpo-tiny was made again" in capsys.readouterr().err
 
 
-
 def test_chat_answers_one_prompt_a_file_and_stdin_and_evaluate_logs_each_phase(tiny, tmp_path, capsys, monkeypatch):
     import shutil
 
@@ -298,7 +286,6 @@ def test_chat_answers_one_prompt_a_file_and_stdin_and_evaluate_logs_each_phase(t
     assert capsys.readouterr().out.count("> ") == 2
     monkeypatch.setattr("sys.stdin", io.StringIO("What is 2 + 3?\nName two towns.\n"))
     assert main(["instruct", "chat", str(folder / "pretrain-tiny"), "--max-new-tokens", "4"]) == 0
-
 
 
 @pytest.mark.parametrize("args, message", [
@@ -399,7 +386,6 @@ def test_bad_input_is_one_line_and_exit_code_2_with_no_folder_left(tiny, tmp_pat
     assert (folder / "sft-tiny" / "summary.json").is_file() and (folder / "sft-tiny" / "config.json").read_text() == config
 
 
-
 def test_a_damaged_rankings_file_is_refused_by_line_and_a_half_written_last_line_skipped(tiny, tmp_path):
     folder, _ = tiny
     first = (folder / "rank" / "rankings.jsonl").read_text().splitlines()[0]
@@ -422,7 +408,6 @@ def test_a_damaged_rankings_file_is_refused_by_line_and_a_half_written_last_line
         read_rankings(tmp_path / "run")
 
 
-
 def test_chat_says_when_a_prompt_is_cut_to_fit_the_context(tiny, tmp_path, capsys):
     """The tiny model's context is 64 tokens: a prompt longer than what --max-new-tokens leaves is cut to its last
     tokens with one warning, once per prompt that is cut; one that fits is not mentioned."""
@@ -441,7 +426,6 @@ def test_chat_says_when_a_prompt_is_cut_to_fit_the_context(tiny, tmp_path, capsy
         f"nexttoken: warning: line 1 of {prompts}", f"nexttoken: warning: line 4 of {prompts}"], err
 
 
-
 def test_stdin_that_is_not_utf8_is_one_line_and_exit_code_2(tiny, capsys, monkeypatch):
     folder, _ = tiny
     monkeypatch.setattr("sys.stdin", io.StringIO("What is 2 + 3?\nWhat is \udcff 2?\n"))  # a byte decoded leniently
@@ -452,7 +436,6 @@ def test_stdin_that_is_not_utf8_is_one_line_and_exit_code_2(tiny, capsys, monkey
     assert main(["instruct", "chat", str(folder / "sft-tiny"), "--max-new-tokens", "4"]) == 2
     err = capsys.readouterr().err
     assert "the standard input is not UTF-8 text" in err and len(err.strip().splitlines()) == 1, err
-
 
 
 def test_continued_pretraining_takes_the_lr_of_the_models_size_and_counts_its_own_rows(tiny, tmp_path, capsys,
@@ -474,7 +457,6 @@ def test_continued_pretraining_takes_the_lr_of_the_models_size_and_counts_its_ow
     assert not (tmp_path / "longer").exists()
 
 
-
 @pytest.mark.parametrize("args, message", [
     (["--reference", "{tmp}/nowhere"], "is not a model"),
     (["--cot-tokens", "64", "--max-new-tokens", "8"],
@@ -491,7 +473,6 @@ def test_evaluate_refuses_a_bad_reference_or_length_before_sampling_anything(tin
     assert main(["instruct", "evaluate", str(folder / "sft-tiny"), *(a.format(**fill) for a in args)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
-
 
 
 def test_evaluate_says_once_when_its_prompts_are_cut_to_fit_the_context(tiny, capsys):

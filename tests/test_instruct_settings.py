@@ -23,7 +23,6 @@ def test_the_demonstrators_and_ppos_baseline_and_kl_target_reach_their_stages(tm
     assert default["ppo-tiny"]["ppo"].target_kl == default["ppo_ptx-tiny"]["ppo"].target_kl == 4.0
 
 
-
 def test_more_iterations_asked_for_on_resume_stay_the_plan_of_the_next_resume(tmp_path):
     """A resume that asks for more (then is killed) leaves the new plan in config.json: `--resume` alone, the line a
     Ctrl-C prints, continues to it instead of finding the run finished at the old count."""
@@ -38,13 +37,11 @@ def test_more_iterations_asked_for_on_resume_stay_the_plan_of_the_next_resume(tm
         assert c["ppo"].iterations == 8 and Run.open(tmp_path / "ppo").config["ppo"]["iterations"] == 8
 
 
-
 def test_chat_help_shows_the_default_and_range_of_every_option(capsys):
     with pytest.raises(SystemExit):
         main(["instruct", "chat", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--max-new-tokens MAX_NEW_TOKENS longest answer in tokens (default 96; >= 1 and <= 4096)" in text, text
-
 
 
 def test_a_pipeline_started_again_is_judged_by_its_saved_settings(tmp_path, capsys, monkeypatch):
@@ -74,7 +71,6 @@ def test_a_pipeline_started_again_is_judged_by_its_saved_settings(tmp_path, caps
     assert main(["instruct", "pipeline", "--out", str(demo), "--sizes", "xl", "--stages", "rank"]) == 2
     err = capsys.readouterr().err
     assert f"differs from the resumed run's {','.join(PRESETS['demo']['sizes'])};" in err and "[]" not in err, err
-
 
 
 def test_a_pipeline_saved_before_the_kl_target_keeps_the_fixed_beta_it_started_with(tmp_path):

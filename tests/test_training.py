@@ -21,7 +21,6 @@ def test_char_model_learns_below_unigram_entropy():
     assert record["val_loss"] < 0.7 * h, (record, h)
 
 
-
 def test_gradient_accumulation_equals_the_full_batch():
     """8 micro-batches of 1 row give the same update as one batch of 8 (TRL's invariance test)."""
     results = []
@@ -33,7 +32,6 @@ def test_gradient_accumulation_equals_the_full_batch():
     assert torch.allclose(results[0], results[1], atol=1e-5)
 
 
-
 def test_prefetching_workers_train_exactly_as_the_loop_does():
     """Batches built ahead by worker processes are the loop's own batches: the same weights to the bit."""
     results = []
@@ -43,7 +41,6 @@ def test_prefetching_workers_train_exactly_as_the_loop_does():
             LoopConfig(steps=6, batch_size=8, eval_every=3, ckpt_every=3, workers=workers))
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(results[0], results[1])
-
 
 
 def test_a_dead_batch_worker_does_not_stop_training(capsys):
@@ -67,7 +64,6 @@ def test_a_dead_batch_worker_does_not_stop_training(capsys):
     assert "batch workers stopped" in capsys.readouterr().err
 
 
-
 def test_time_budget_plans_the_steps_and_ends_with_a_checkpoint(tmp_path):
     """With max_seconds the loop plans how many steps fit, stops there with an evaluation and a checkpoint, and the
     LR schedule ends at that step."""
@@ -86,7 +82,6 @@ def test_time_budget_plans_the_steps_and_ends_with_a_checkpoint(tmp_path):
     assert "train r: step 60/60 (100%)" in (run.path / "log.txt").read_text()
 
 
-
 def test_a_time_budget_of_a_few_slow_steps_ends_on_time_with_the_lr_decayed():
     clock = FakeClock()
     loop = LoopConfig(steps=10_000, batch_size=8, eval_every=100, ckpt_every=100, max_seconds=1.5)
@@ -96,7 +91,6 @@ def test_a_time_budget_of_a_few_slow_steps_ends_on_time_with_the_lr_decayed():
     assert result.record["lr"] < 0.5e-3
 
 
-
 def test_a_budgeted_runs_progress_counts_towards_the_steps_its_first_step_fits(capsys):
     """Before the pace is known the bar would count towards ``loop.steps`` (hours left for a budget of minutes)."""
     clock = FakeClock()
@@ -104,7 +98,6 @@ def test_a_budgeted_runs_progress_counts_towards_the_steps_its_first_step_fits(c
     fit(char_model(), clock.batches(6.0), OptimConfig(lr=1e-3, warmup_steps=1), loop, eval_fn=eval_loss, clock=clock)
     first = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train: step 1/")]
     assert first and first[0].startswith("train: step 1/10 (10%)") and "54s left" in first[0], first
-
 
 
 def test_a_budget_its_first_step_overruns_never_shows_more_steps_done_than_planned(capsys):
@@ -118,14 +111,12 @@ def test_a_budget_its_first_step_overruns_never_shows_more_steps_done_than_plann
     assert result.steps == 2 and counts and all(int(n) <= int(total) for n, total in counts), counts
 
 
-
 def test_parameters_change_after_a_step():
     model = char_model()
     before = [p.detach().clone() for p in model.parameters()]
     fit(model, batch_fn(32, 4), OptimConfig(lr=1e-3, warmup_steps=1),
         LoopConfig(steps=1, batch_size=4, eval_every=1, ckpt_every=1))
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
-
 
 
 def test_param_groups_decay_choice():
@@ -137,7 +128,6 @@ def test_param_groups_decay_choice():
     assert groups[1]["weight_decay"] == 0.0
 
 
-
 def test_lr_schedule():
     cfg = OptimConfig(warmup_steps=10, schedule="cosine", min_lr_ratio=0.1)
     assert lr_factor(0, 100, cfg) == pytest.approx(0.1)
@@ -146,13 +136,11 @@ def test_lr_schedule():
     assert lr_factor(50, 100, OptimConfig(warmup_steps=10, schedule="constant")) == 1.0
 
 
-
 def test_bad_loop_config_is_a_user_error():
     with pytest.raises(UserError, match=r"^--batch-size 10 must divide evenly into --grad-accum 3 micro-batches$"):
         LoopConfig(batch_size=10, grad_accum=3).validate()
     with pytest.raises(UserError, match=r"^--batch-size 8 must divide evenly into 3 processes x --grad-accum 1 "):
         LoopConfig(batch_size=8).validate(world_size=3)
-
 
 
 def test_a_custom_objective_trains():
@@ -179,14 +167,12 @@ def test_a_custom_objective_trains():
     assert torch.allclose(model.weight, w, atol=0.1)
 
 
-
 @pytest.mark.parametrize("betas", ["x", [0.9], [0.9, "a"], [[0.9], 0.95]])
 def test_a_saved_config_with_a_value_of_the_wrong_shape_is_one_clear_error(betas):
     from nexttoken.config import load
 
     with pytest.raises(UserError, match=r"^run/config.json: .*betas must be a tuple\[float, float\], not "):
         load(OptimConfig, {"betas": betas}, "run/config.json")
-
 
 
 def test_a_gpu_preset_on_the_cpu_is_one_warning_before_the_work(capsys):
@@ -198,7 +184,6 @@ def test_a_gpu_preset_on_the_cpu_is_one_warning_before_the_work(capsys):
     check_preset_device("gpu", "cpu")
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("nexttoken: warning: --preset gpu on the CPU")
-
 
 
 def test_the_loop_reads_no_value_from_the_device_between_evaluations(monkeypatch):

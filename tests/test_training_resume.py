@@ -16,7 +16,6 @@ class Killed(Exception):
     pass
 
 
-
 def test_resume_equals_an_uninterrupted_run(tmp_path):
     """Train 2N steps == train N, get killed, resume: identical metrics and weights (dropout RNG included)."""
     optim = OptimConfig(lr=3e-3, warmup_steps=5)
@@ -51,7 +50,6 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
         assert torch.allclose(p, q, atol=1e-6)
 
 
-
 def test_checkpoint_is_atomic_and_loadable(tmp_path):
     run = Run.create(tmp_path / "r", {"a": 1})
     model = char_model()
@@ -66,7 +64,6 @@ def test_checkpoint_is_atomic_and_loadable(tmp_path):
     assert json.loads((run.path / "config.json").read_text()) == {"a": 1}
 
 
-
 def test_a_run_folder_is_claimed_once(tmp_path):
     first = Run.create(tmp_path / "r", {"a": 1})
     with pytest.raises(UserError, match="in use by another"):  # while the first one runs
@@ -77,7 +74,6 @@ def test_a_run_folder_is_claimed_once(tmp_path):
     with pytest.raises(UserError, match="already holds a run"):  # and after it ended
         Run.create(tmp_path / "r", {"a": 2})
     assert json.loads((tmp_path / "r" / "config.json").read_text()) == {"a": 1}
-
 
 
 def test_a_failed_start_leaves_no_folder_behind(tmp_path):
@@ -93,12 +89,10 @@ def test_a_failed_start_leaves_no_folder_behind(tmp_path):
     assert (tmp_path / "new" / "config.json").exists()  # a started run is kept for --resume
 
 
-
 def test_a_run_of_another_kind_is_refused_by_name(tmp_path):
     Run.create(tmp_path / "r", {"a": 1}, kind="grok.train").close()
     with pytest.raises(UserError, match="grok.train run, not a muse.train run"):
         Run.resume(tmp_path / "r", kind="muse.train")
-
 
 
 @pytest.mark.parametrize("damage", [b"", b"garbage", b"\x08\x00\x00\x00\x00\x00\x00\x00{}"])
@@ -112,7 +106,6 @@ def test_a_damaged_checkpoint_or_config_is_one_clear_error(tmp_path, damage):
     (run.path / "config.json").write_text('{"a": 1,')
     with pytest.raises(UserError, match="config.json is damaged"):
         Run.open(run.path)
-
 
 
 def test_sigint_saves_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path):
@@ -149,7 +142,6 @@ def test_sigint_saves_a_checkpoint_and_the_resumed_run_equals_an_uninterrupted_o
     assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(model_a.parameters(), model_b.parameters()))
 
 
-
 def test_fit_reports_the_training_time_of_every_stretch_of_a_resumed_run(tmp_path):
     """A run stopped by Ctrl-C and resumed (then resumed again, finished) reports the seconds of all its training,
     not those of the last stretch: the time between the stretches does not count."""
@@ -180,7 +172,6 @@ def test_fit_reports_the_training_time_of_every_stretch_of_a_resumed_run(tmp_pat
     assert again.seconds == pytest.approx(20 * 0.5)  # a finished run reports the same
 
 
-
 def test_resume_before_the_first_checkpoint_starts_over_without_repeating_steps(tmp_path):
     run = Run.create(tmp_path / "r", {"x": 1})
     run.log({"step": 10, "train_loss": 9.0})  # logged by a process killed before it wrote a checkpoint
@@ -189,7 +180,6 @@ def test_resume_before_the_first_checkpoint_starts_over_without_repeating_steps(
     fit(char_model(), batch_fn(32, 8), OptimConfig(warmup_steps=1), loop, Run.resume(run.path), resume=True)
     steps = [r["step"] for r in Run.open(run.path).metrics()]
     assert steps == [10, 20]
-
 
 
 def test_resuming_a_finished_run_trains_nothing(tmp_path):
@@ -201,7 +191,6 @@ def test_resuming_a_finished_run_trains_nothing(tmp_path):
     again = fit(model, batch_fn(32, 8), OptimConfig(warmup_steps=1), loop, Run.resume(run.path), resume=True)
     assert again.record == first.record and again.steps == 10
     assert [r["step"] for r in Run.open(run.path).metrics()] == [5, 10]
-
 
 
 def test_resuming_a_finished_run_with_more_steps_trains_on_as_one_longer_run(tmp_path):
@@ -218,7 +207,6 @@ def test_resuming_a_finished_run_with_more_steps_trains_on_as_one_longer_run(tmp
     assert more.record["train_loss"] == pytest.approx(whole.metrics()[-1]["train_loss"], rel=1e-5)
 
 
-
 def test_more_steps_on_resume_are_trained_under_a_time_budget_too(tmp_path):
     """A run planned within a time budget, resumed with a higher step cap: it trains on (the budget still has room)
     instead of calling itself finished."""
@@ -230,7 +218,6 @@ def test_more_steps_on_resume_are_trained_under_a_time_budget_too(tmp_path):
                LoopConfig(steps=20, batch_size=8, eval_every=5, ckpt_every=5, max_seconds=600), Run.resume(run.path),
                resume=True)
     assert more.steps == 20 and [r["step"] for r in Run.open(run.path).metrics()] == [5, 10, 15, 20]
-
 
 
 def test_a_budgeted_run_resumed_without_more_steps_says_it_has_nothing_to_train(tmp_path, capsys):
@@ -245,14 +232,12 @@ def test_a_budgeted_run_resumed_without_more_steps_says_it_has_nothing_to_train(
     assert again.steps == 10 and "has finished its 10 steps" in err and "nothing to train" in err
 
 
-
 def test_a_resume_that_fails_before_training_keeps_the_run(tmp_path):
     Run.create(tmp_path / "r", {"a": 1}).close()  # killed before its first checkpoint or record
     with pytest.raises(RuntimeError):
         with Run.resume(tmp_path / "r"):
             raise RuntimeError("the resumed start failed too")
     assert (tmp_path / "r" / "config.json").exists()
-
 
 
 def test_a_damaged_metrics_line_is_refused_and_the_file_left_as_it_was(tmp_path):
@@ -274,7 +259,6 @@ def test_a_damaged_metrics_line_is_refused_and_the_file_left_as_it_was(tmp_path)
     run.close()
 
 
-
 @pytest.mark.parametrize("summary", ["[]", '{"steps": "x"}'])
 def test_a_damaged_summary_of_a_finished_run_is_refused_on_resume(tmp_path, summary):
     from nexttoken.training import nothing_to_train
@@ -282,7 +266,6 @@ def test_a_damaged_summary_of_a_finished_run_is_refused_on_resume(tmp_path, summ
     (tmp_path / "summary.json").write_text(summary)
     with pytest.raises(UserError, match="summary.json is damaged"):
         nothing_to_train(tmp_path, 10)
-
 
 
 def test_claiming_a_run_removes_the_temporary_files_a_killed_write_left(tmp_path):
@@ -296,7 +279,6 @@ def test_claiming_a_run_removes_the_temporary_files_a_killed_write_left(tmp_path
     kept.write_text("mine")
     Run.resume(run.path).close()
     assert not any(p.exists() for p in left) and kept.exists()
-
 
 
 @pytest.mark.parametrize("meta", [{}, {"step": "abc"}, {"step": -1}])
@@ -313,7 +295,6 @@ def test_a_checkpoint_with_a_damaged_step_is_one_clear_error(meta, tmp_path):
     run.close()
 
 
-
 def test_a_new_run_is_not_made_among_other_files(tmp_path):
     """A folder of the user's own files (the audio to train on, say) is left as it was: not a place for a run."""
     (tmp_path / "take1.wav").write_bytes(b"RIFF")
@@ -323,7 +304,6 @@ def test_a_new_run_is_not_made_among_other_files(tmp_path):
     Run.create(tmp_path / "empty", {"a": 1}).close()  # a new folder, or an empty one, is claimed
     (tmp_path / "empty2").mkdir()
     Run.create(tmp_path / "empty2", {"a": 1}).close()
-
 
 
 def test_a_resume_refused_before_its_next_checkpoint_puts_the_plan_back(tmp_path):

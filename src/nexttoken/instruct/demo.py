@@ -50,7 +50,8 @@ def demo_section(out: Path, device: torch.device) -> Section:
                   "Zero-shot chain of thought on held-out word problems (greedy)")
     section.text("Models this small, this briefly trained, rarely get a 2-4 step word problem right either way; at the "
                  "cpu preset's size (nexttoken instruct pipeline --preset cpu) the 0.79 M-parameter base model goes "
-                 "from 5% direct to 50% with \"Let's think step by step\" (docs/instruct.md).")
+                 "from 5% direct to 50% with \"Let's think step by step\", and PPO-ptx, which keeps training on the "
+                 "pretraining mix, from 5% to 44%, where SFT, PPO and DPO lose it (docs/instruct.md).")
     largest = sizes[-1]
     section.image(folder / f"ppo-{largest}" / "ppo_health.png", f"PPO health ({largest})")
     answers = []

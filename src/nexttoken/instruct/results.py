@@ -37,8 +37,9 @@ from nexttoken.runs import Run
 # method -> (stage folder prefix, prompt style); every method is evaluated at every size
 METHODS = {"base": ("pretrain", "bare"), "few_shot": ("pretrain", "few_shot"), "sft": ("sft", "chat"),
            "ppo": ("ppo", "chat"), "ppo_ptx": ("ppo_ptx", "chat"), "dpo": ("dpo", "chat")}
-COT_METHODS = ("base", "sft", "ppo")  # Kojima: base and instruction-tuned models
 TAX_METHODS = ("base", "sft", "ppo", "ppo_ptx", "dpo")  # held-out pretraining likelihood
+# Kojima: the base models and every instruction-tuned one, to show which tuning keeps what pretraining taught
+COT_METHODS = TAX_METHODS
 
 
 @dataclass
