@@ -6,6 +6,7 @@
 #   BUDGET=540 bash benchmarks/gpu_checks.sh                         # there, carrying .whl and .corpus
 #   BUDGET=560 PARTS=jukebox bash benchmarks/gpu_checks.sh           # on a 15-minute lease: two calls, this first,
 #   BUDGET=200 PARTS=instruct bash benchmarks/gpu_checks.sh          # then this at once (the machine stays warm 30 s)
+#   BUDGET=450 bash benchmarks/gpu_checks.sh                         # the default parts: what has no GPU figure yet
 #   BUDGET=540 PARTS=grok bash benchmarks/gpu_checks.sh              # the grokking checks alone
 #   DEVICE=cpu SMALL=1 BUDGET=2000 JUKEBOX_FIXED_S=1300 PY=/tmp/gpuenv/bin/python bash benchmarks/gpu_checks.sh
 #       # a rehearsal of every part on the CPU (26 minutes on 2 cores) in a venv that holds only what the lent
@@ -13,8 +14,9 @@
 #       # (PYVER=3.11 bash benchmarks/gpu_prepare.sh first, for that venv's Python)
 #
 # BUDGET: seconds the whole script may take (the last training of each part is sized to end inside it).
-# PARTS:  which checks to run, any of "grok muse jukebox instruct" (default "jukebox instruct": the ones with no
-#         GPU figures yet).
+# PARTS:  which checks to run, any of "grok muse jukebox jukebox-speed instruct" (default "jukebox-speed instruct":
+#         the ones with no GPU figures yet). jukebox-speed is the speed table at the gpu preset's sizes (speed does not
+#         depend on the weights), apart from the jukebox part so that its training cannot starve it.
 # CORPUS: the music21 corpus: .corpus/music21-small when gpu_prepare.sh made it, else music21-small (converted
 #         here: music21 must be installed), or any note table that `nexttoken muse prepare` printed.
 # SMALL:  1 shrinks the data and the sampled seconds so that a rehearsal on the CPU runs every step in minutes.
@@ -25,7 +27,7 @@ T0=$SECONDS
 BUDGET=${BUDGET:-900}
 [ -d .corpus/music21-small ] && CORPUS=${CORPUS:-.corpus/music21-small}
 CORPUS=${CORPUS:-music21-small}
-PARTS=" ${PARTS:-jukebox instruct} "
+PARTS=" ${PARTS:-jukebox-speed instruct} "
 DEVICE=${DEVICE:-cuda}
 SMALL=${SMALL:-0}
 OUT=${OUT:-gpu-out}
@@ -67,12 +69,21 @@ if [[ $PARTS == *" grok "* ]]; then
   part grok_sweep 150 $PY benchmarks/grok_speed.py --presets "" --sweep 128 --sweep-out "$WORK/grok-sweep"
   part grok_speed 120 $PY benchmarks/grok_speed.py --seeds 3 --skip-grokfast
 fi
+# Jukebox's speed table (encode, decode, sampling per level) at the gpu preset's sizes with random weights, as its
+# own part; the jukebox part below then skips its own.
+SPEED=1
+if [[ $PARTS == *" jukebox-speed "* ]]; then
+  SPEED=0
+  speed=(--seconds 4 --parallel 32)
+  [ "$SMALL" = 1 ] && speed=(--seconds 0.5 --codec-seconds 2 --parallel 4)
+  part jukebox_speed 180 $PY benchmarks/jukebox_speed.py --device "$DEVICE" --preset gpu --no-uncached "${speed[@]}"
+fi
 # Jukebox: benchmarks/jukebox_gpu.sh (the paper-layout VQ-VAE and its no-restarts ablation, the three priors, sampling
 # through all three levels, evaluate and the speed table), in what the budget leaves after the instruct part's
-# reserve. Its fixed steps (prepare, sampling, evaluate, speed, report) take about JUKEBOX_FIXED_S. The GPU claims
-# are about the VQ-VAE (reconstruction, code usage, the ablation) and the speed of sampling, which needs priors of GPU
-# size but not well-trained ones: the two VQ-VAEs and the EnCodec-architecture baseline that evaluate trains for as
-# many steps get 28% of the rest each, the three priors 5% each.
+# reserve. Its fixed steps (prepare, sampling, evaluate, the speed table unless timed above, report) take about
+# JUKEBOX_FIXED_S. The GPU claims are about the VQ-VAE (reconstruction, code usage, the ablation) and the speed of
+# sampling, which needs priors of GPU size but not well-trained ones: the two VQ-VAEs and the EnCodec-architecture
+# baseline that evaluate trains for as many steps get 28% of the rest each, the three priors 5% each.
 INSTRUCT_S=0
 [[ $PARTS == *" instruct "* ]] && INSTRUCT_S=210
 if [[ $PARTS == *" jukebox "* ]]; then
@@ -80,7 +91,7 @@ if [[ $PARTS == *" jukebox "* ]]; then
   TRAIN_S=$(( JUKEBOX_S - ${JUKEBOX_FIXED_S:-240} ))
   small=()
   [ "$SMALL" = 1 ] && small=(PIECES=2 LINES=20 SAMPLE_SECONDS=1 SPEED_SECONDS=1 VQ_BATCH=4 PRIOR_BATCH=4 EVAL_CLIPS=1)
-  part jukebox "$JUKEBOX_S" env ${small[@]+"${small[@]}"} PY="$PY" DEVICE="$DEVICE" AUDIO="$CORPUS" \
+  part jukebox "$JUKEBOX_S" env ${small[@]+"${small[@]}"} PY="$PY" DEVICE="$DEVICE" AUDIO="$CORPUS" SPEED="$SPEED" \
     OUT="$WORK/jukebox/run" VQ_MINUTES="$(awk "BEGIN { print $TRAIN_S * 0.28 / 60 }")" \
     PRIOR_MINUTES="$(awk "BEGIN { print $TRAIN_S * 0.05 / 60 }")" bash benchmarks/jukebox_gpu.sh
 fi

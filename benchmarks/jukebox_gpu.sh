@@ -69,7 +69,9 @@ time $PY -m nexttoken jukebox sample "$RUN" --device "$DEVICE" --artist "${LINE%
 # 4. the measures and the speed table
 time $PY -m nexttoken jukebox evaluate "$RUN" --device "$DEVICE" --baselines bottom --compare "$OUT-no-restarts" \
     --clips-per-artist "${EVAL_CLIPS:-4}" --seconds 3
-time $PY benchmarks/jukebox_speed.py --device "$DEVICE" --run "$RUN" --seconds "$SPEED_SECONDS" --no-uncached \
-    --parallel 32
+if [ "${SPEED:-1}" = 1 ]; then  # gpu_checks.sh times it apart, at the gpu preset's sizes, before everything else
+    time $PY benchmarks/jukebox_speed.py --device "$DEVICE" --run "$RUN" --seconds "$SPEED_SECONDS" --no-uncached \
+        --parallel 32
+fi
 $PY -m nexttoken jukebox report "$RUN"
 echo "pipeline: $RUN   ablation: $OUT-no-restarts   report: $RUN/report/report.html"

@@ -9,7 +9,7 @@ bitrate, and sampling each level with the KV cache beside recomputing every wind
 Speed does not depend on the weights, so without --run the models are randomly initialised at the sizes
 ``nexttoken jukebox train`` uses. Sampling draws ``--seconds`` of audio at every level, in windows with half their
 context carried over, one sample at a time (batch 1). Prints a table and writes
-benchmarks/results/jukebox_speed-<device>.json.
+benchmarks/results/jukebox_speed-<device>[-<run folder> or -<preset>-preset].json.
 """
 
 from __future__ import annotations
@@ -135,7 +135,8 @@ def main() -> None:
     print(f"{'stage':24s} {'model':26s} {'real-time factor':>17s}")
     for r in rows:
         print(f"{r['stage']:24s} {r['model']:26s} {r['rtf']:17.3f}")
-    name = f"jukebox_speed-{device.type}{'-' + Path(args.run).name if args.run else ''}.json"
+    suffix = Path(args.run).name if args.run else "" if args.preset == "cpu" else f"{args.preset}-preset"
+    name = f"jukebox_speed-{device.type}{'-' + suffix if suffix else ''}.json"
     out = Path(__file__).parent / "results" / name
     out.write_text(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "preset": args.preset,
                                "run": args.run, "sample_seconds": args.seconds, "codec_seconds": args.codec_seconds,
