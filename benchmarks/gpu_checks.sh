@@ -7,6 +7,8 @@
 #   BUDGET=560 PARTS=jukebox bash benchmarks/gpu_checks.sh           # on a 15-minute lease: two calls, this first,
 #   BUDGET=200 PARTS=instruct bash benchmarks/gpu_checks.sh          # then this at once (the machine stays warm 30 s)
 #   BUDGET=450 bash benchmarks/gpu_checks.sh                         # the default parts: what has no GPU figure yet
+#   BUDGET=300 PARTS=smol bash benchmarks/gpu_checks.sh              # SmolLM2's stages (SMOL=1 gpu_prepare.sh; a
+#                                                                    # second call carrying .smol/b after the first)
 #   BUDGET=540 PARTS=grok bash benchmarks/gpu_checks.sh              # the grokking checks alone
 #   DEVICE=cpu SMALL=1 BUDGET=2000 JUKEBOX_FIXED_S=1300 PY=/tmp/gpuenv/bin/python bash benchmarks/gpu_checks.sh
 #       # a rehearsal of every part on the CPU (26 minutes on 2 cores) in a venv that holds only what the lent
@@ -14,7 +16,7 @@
 #       # (PYVER=3.11 bash benchmarks/gpu_prepare.sh first, for that venv's Python)
 #
 # BUDGET: seconds the whole script may take (the last training of each part is sized to end inside it).
-# PARTS:  which checks to run, any of "grok muse jukebox jukebox-speed instruct" (default "jukebox-speed instruct":
+# PARTS:  which checks to run, any of "grok muse jukebox jukebox-speed instruct smol" (default "jukebox-speed instruct":
 #         the ones with no GPU figures yet). jukebox-speed is the speed table at the gpu preset's sizes (speed does not
 #         depend on the weights), apart from the jukebox part so that its training cannot starve it.
 # CORPUS: the music21 corpus: .corpus/music21-small when gpu_prepare.sh made it, else music21-small (converted
@@ -44,8 +46,8 @@ left() { echo $((BUDGET - (SECONDS - T0))); }
 touch "$WORK/.start"
 pack() {  # whatever finished comes back even if a later part runs past the call's limit
   find benchmarks/results -name '*.json' -newer "$WORK/.start" -exec cp {} "$WORK/" \; 2>/dev/null  # this call's
-  tar czf "$OUT/gpu-checks.tar.gz" --exclude='*.safetensors' --exclude=checkpoints --exclude=cache --exclude=site \
-    -C "$WORK" . 2>/dev/null
+  tar czf "$OUT/gpu-checks.tar.gz" --exclude='*.safetensors' --exclude='*.gguf' --exclude=checkpoints --exclude=cache \
+    --exclude=site -C "$WORK" . 2>/dev/null
 }
 part() {  # part NAME SECONDS COMMAND...: skipped when less time is left than it needs
   local name=$1 limit=$2; shift 2
@@ -102,6 +104,19 @@ if [[ $PARTS == *" instruct "* ]]; then
   part instruct_ppo_speed 90 $PY benchmarks/instruct_ppo_speed.py --device "$DEVICE" --iterations 3
   part instruct_pipeline 120 $PY benchmarks/instruct_pipeline.py --preset demo --device "$DEVICE" \
     --out "$WORK/instruct-demo"
+fi
+# SmolLM2-135M-Instruct through SFT, rankings, a reward model and PPO (benchmarks/instruct_smol.sh) at twice the CPU
+# run's steps with 4x its batches, from the two halves of its GGUF that gpu_prepare.sh cut and two calls carried.
+if [[ $PARTS == *" smol "* ]]; then
+  if cat .smol/a/* .smol/b/* > "$WORK/smol.gguf" 2>/dev/null; then
+    smol=(SCALE=2 BATCH=4)
+    [ "$SMALL" = 1 ] && smol=(SCALE=0.05 BATCH=1)
+    part smol $(( $(left) - 10 )) env "${smol[@]}" N="$PY -m nexttoken" INIT="$WORK/smol.gguf" DEVICE="$DEVICE" \
+      bash benchmarks/instruct_smol.sh "$WORK/smol"
+    rm -f "$WORK/smol.gguf"
+  else
+    echo "=== smol: skipped, .smol/a and .smol/b are not both here (SMOL=1 bash benchmarks/gpu_prepare.sh) ==="
+  fi
 fi
 [[ $PARTS == *" muse "* ]] || { pack; ls -la "$OUT"; echo "total $((SECONDS - T0))s"; exit 0; }
 
