@@ -2,8 +2,8 @@
 # InstructGPT's stages on a real pretrained model (docs/instruct.md, "A real model"): SmolLM2-135M-Instruct asked in
 # three styles, then SFT on the world's demonstrations, K-way rankings of the SFT model's answers by the simulated
 # labelers, a reward model, PPO against it, and the held-out labeler's verdicts (checker, utility, share of answers
-# that ask back, win rates, held-out pretraining loss, zero-shot chain of thought). A finished step is skipped when
-# the script runs again.
+# that ask back, win rates, held-out pretraining loss, zero-shot chain of thought). Run again, the script skips a
+# finished step and resumes a killed training stage.
 #
 #   bash benchmarks/instruct_smol.sh [OUT]          # default runs/smol; the CPU sizes of docs/instruct.md (~1.5 hours
 #                                                   # on one thread: SFT 23 min, PPO 17 min, each evaluation 4-12 min)
@@ -23,9 +23,10 @@ B=${BATCH:-1}  # rows per step (SFT, reward model), episodes per PPO iteration, 
 n() { awk "BEGIN { v = int($1 * $S * ${2:-1}); print v < 1 ? 1 : v }"; }  # n BASE [FACTOR]: BASE x SCALE x FACTOR
 E=(--tasks "$(n 180)" --device "$DEVICE")
 D=(--device "$DEVICE")
-step() {  # step NAME COMMAND...: runs once; its output goes to OUT/NAME.log
+step() {  # step NAME COMMAND...: runs once, a killed training stage resumes; its output goes to OUT/NAME.log
   local name=$1; shift
   [ -f "$OUT/$name.done" ] && return
+  [ -d "$OUT/$name" ] && set -- $N instruct "$name" --resume "$OUT/$name" "${D[@]}"
   echo "== $name"
   "$@" > "$OUT/$name.log" 2>&1 || { tail -5 "$OUT/$name.log"; exit 1; }
   touch "$OUT/$name.done"
