@@ -7,7 +7,7 @@
 #   BUDGET=560 PARTS=jukebox bash benchmarks/gpu_checks.sh           # on a 15-minute lease: two calls, this first,
 #   BUDGET=200 PARTS=instruct bash benchmarks/gpu_checks.sh          # then this at once (the machine stays warm 30 s)
 #   BUDGET=390 bash benchmarks/gpu_checks.sh                         # the default parts: what has no GPU figure yet
-#   BUDGET=240 PARTS=smol bash benchmarks/gpu_checks.sh              # SmolLM2's stages (SMOL=1 gpu_prepare.sh; a
+#   BUDGET=570 PARTS=smol bash benchmarks/gpu_checks.sh              # SmolLM2's stages (SMOL=1 gpu_prepare.sh; a
 #                                                                    # second call carrying .smol/b after the first)
 #   BUDGET=540 PARTS=grok bash benchmarks/gpu_checks.sh              # the grokking checks alone
 #   DEVICE=cpu SMALL=1 BUDGET=2000 JUKEBOX_FIXED_S=1300 PY=/tmp/gpuenv/bin/python bash benchmarks/gpu_checks.sh
@@ -17,8 +17,8 @@
 #
 # BUDGET: seconds the whole script may take (the last training of each part is sized to end inside it).
 # PARTS:  which checks to run, any of "grok muse jukebox jukebox-speed instruct smol" (default "jukebox-speed instruct":
-#         the ones with no GPU figures yet). jukebox-speed is the speed table at the gpu preset's sizes (speed does not
-#         depend on the weights), apart from the jukebox part so that its training cannot starve it.
+#         three minutes, then smol in a second call). jukebox-speed is the speed table at the gpu preset's sizes (speed
+#         does not depend on the weights), apart from the jukebox part so that its training cannot starve it.
 # CORPUS: the music21 corpus: .corpus/music21-small when gpu_prepare.sh made it, else music21-small (converted
 #         here: music21 must be installed), or any note table that `nexttoken muse prepare` printed.
 # SMALL:  1 shrinks the data and the sampled seconds so that a rehearsal on the CPU runs every step in minutes.
