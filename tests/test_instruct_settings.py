@@ -23,6 +23,23 @@ def test_the_demonstrators_and_ppos_baseline_and_kl_target_reach_their_stages(tm
     assert default["ppo-tiny"]["ppo"].target_kl == default["ppo_ptx-tiny"]["ppo"].target_kl == 4.0
 
 
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_plans_every_stage_for_each_of_its_sizes_with_its_own_values(tmp_path, preset):
+    """The cpu and gpu presets run for an hour or more, so a value one of them sets that a stage's config refuses
+    would otherwise show only then."""
+    stages = {s.name: s for s in plan(tmp_path, PipelineConfig(preset=preset))}
+    sizes = PRESETS[preset]["sizes"]
+    kinds = ["pretrain", "sft", "ppo", "ppo_ptx", "dpo"]
+    assert set(stages) == {f"{k}-{size}" for k in kinds for size in sizes} | {"rank", "reward", "evaluate"}
+    for kind, names in PRESETS[preset].items():
+        if kind == "sizes":
+            continue
+        stage = stages[kind if kind in ("rank", "reward", "evaluate") else f"{kind}-{sizes[-1]}"]
+        for name, values in names.items():
+            for field, value in values.items():
+                assert getattr(stage.configs[name], field) == value, (stage.name, name, field)
+
+
 def test_more_iterations_asked_for_on_resume_stay_the_plan_of_the_next_resume(tmp_path):
     """A resume that asks for more (then is killed) leaves the new plan in config.json: `--resume` alone, the line a
     Ctrl-C prints, continues to it instead of finding the run finished at the old count."""
