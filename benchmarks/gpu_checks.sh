@@ -6,9 +6,9 @@
 #   BUDGET=540 bash benchmarks/gpu_checks.sh                         # there, carrying .whl and .corpus
 #   BUDGET=560 PARTS=jukebox bash benchmarks/gpu_checks.sh           # on a 15-minute lease: two calls, this first,
 #   BUDGET=200 PARTS=instruct bash benchmarks/gpu_checks.sh          # then this at once (the machine stays warm 30 s)
-#   BUDGET=390 bash benchmarks/gpu_checks.sh                         # the default parts: what has no GPU figure yet
-#   BUDGET=570 PARTS=smol bash benchmarks/gpu_checks.sh              # SmolLM2's stages (SMOL=1 gpu_prepare.sh; a
-#                                                                    # second call carrying .smol/b after the first)
+#   BUDGET=390 bash benchmarks/gpu_checks.sh                         # the default parts, then smol at once:
+#   BUDGET=570 PARTS=smol bash benchmarks/gpu_checks.sh              # SmolLM2's stages (SMOL=1 gpu_prepare.sh; this
+#                                                                    # call carries .smol/b, the one before .smol/a)
 #   BUDGET=540 PARTS=grok bash benchmarks/gpu_checks.sh              # the grokking checks alone
 #   DEVICE=cpu SMALL=1 BUDGET=2000 JUKEBOX_FIXED_S=1300 PY=/tmp/gpuenv/bin/python bash benchmarks/gpu_checks.sh
 #       # a rehearsal of every part on the CPU (26 minutes on 2 cores) in a venv that holds only what the lent

